@@ -1,0 +1,1 @@
+"""The model on both sides of the conversion: the training module and the transformers implementation."""

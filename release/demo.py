@@ -1,0 +1,106 @@
+"""The built-in demo: a tiny model trained on a public-domain text, saved exactly like the training script saves.
+
+Used by ``release run`` when no checkpoint is configured, and by the tests, which need real checkpoints in the
+training format and a real byte-level BPE tokenizer without network access.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+DEMO_TEXT = "aesop.txt"
+ENDOFTEXT = "<|endoftext|>"
+
+
+def demo_text() -> str:
+    """The public-domain text shipped with the project (training data and default evaluation text)."""
+    return resources.files("release.data").joinpath(DEMO_TEXT).read_text(encoding="utf-8")
+
+
+def demo_text_path() -> Path:
+    return Path(str(resources.files("release.data").joinpath(DEMO_TEXT)))
+
+
+def train_tokenizer(text: str, out_dir: Path, *, vocab_size: int = 512) -> Path:
+    """Train a GPT-2-style byte-level BPE tokenizer on ``text`` and save it as a transformers tokenizer folder.
+
+    ``<|endoftext|>`` is the last id, as in GPT-2, and serves as bos, eos and pad.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - 1,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(text.split("\n\n"), trainer=trainer)
+    tok.add_special_tokens([ENDOFTEXT])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=ENDOFTEXT, eos_token=ENDOFTEXT, unk_token=ENDOFTEXT, pad_token=ENDOFTEXT
+    )
+    fast.model_max_length = 1024
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(out_dir)
+    return out_dir
+
+
+def write_training_checkpoint(
+    model,
+    path: Path,
+    *,
+    train_config: dict,
+    iter_num: int,
+    val_loss: float | None = None,
+    best_val_loss: float | None = None,
+    optimizer=None,
+    scaler=None,
+) -> Path:
+    """``torch.save`` a checkpoint dict exactly as the training script does (see issue #2 for the format)."""
+    import torch
+
+    if optimizer is None:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=train_config.get("learning_rate", 1e-3))
+    if scaler is None:
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+    ckpt = {
+        "model_state_dict": model.state_dict(),
+        "optimizer_state_dict": optimizer.state_dict(),
+        "scaler_state_dict": scaler.state_dict(),
+        "iter_num": iter_num,
+        "config": dict(train_config),
+    }
+    if val_loss is not None:
+        ckpt["val_loss"] = float(val_loss)
+    if best_val_loss is not None:
+        ckpt["best_val_loss"] = float(best_val_loss)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(ckpt, path)
+    return path
+
+
+def training_config_dict(
+    *, n_embd: int, n_head: int, n_layer: int, block_size: int, dropout: float = 0.0, **extra
+) -> dict:
+    """A training-script config dict (no vocab_size: the training script never recorded it)."""
+    cfg = {
+        "n_embd": n_embd,
+        "n_head": n_head,
+        "n_layer": n_layer,
+        "block_size": block_size,
+        "dropout": dropout,
+        "batch_size": 16,
+        "learning_rate": 3e-3,
+        "max_iters": 200,
+        "eval_interval": 50,
+        "use_flash_attn": False,
+        "gradient_checkpointing": False,
+    }
+    cfg.update(extra)
+    return cfg

@@ -1,0 +1,71 @@
+"""One typed error hierarchy for the whole pipeline.
+
+Library code raises these; ``release/cli.py`` turns each into a single line on stderr and an exit code.
+Every message says what is wrong and, where there is one, what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class ReleaseError(Exception):
+    """Base class: an expected failure that the CLI reports as one line (exit code 1)."""
+
+    exit_code = 1
+
+
+class UsageError(ReleaseError):
+    """The command was called wrongly (bad option value, bad version string). Exit code 2."""
+
+    exit_code = 2
+
+
+class SettingsError(UsageError):
+    """``[tool.release]`` or a ``RELEASE_*`` variable holds a value that cannot be used."""
+
+
+class CheckpointError(ReleaseError):
+    """The training checkpoint cannot be read safely, or it is not a checkpoint of this model."""
+
+
+class ConversionError(ReleaseError):
+    """The checkpoint's tensors do not map onto the transformers model (missing/unexpected/misshapen keys)."""
+
+
+class OutputExistsError(ReleaseError):
+    """The output folder exists and is not empty; pass --force to replace it."""
+
+
+class TokenizerError(ReleaseError):
+    """The tokenizer cannot be loaded or does not fit the model."""
+
+
+class VerificationError(ReleaseError):
+    """One or more verification gates failed. ``failures`` holds one line per failed gate."""
+
+    def __init__(self, message: str, failures: list[str] | None = None):
+        super().__init__(message)
+        self.failures = list(failures or [])
+
+
+class CardError(ReleaseError):
+    """The model card cannot be rendered (missing value, malformed metrics, placeholder text left)."""
+
+
+class FetchError(ReleaseError):
+    """The checkpoint artifact cannot be fetched or its hash does not match."""
+
+
+class PublishError(ReleaseError):
+    """Publishing to the Hub failed; nothing was tagged."""
+
+
+class VersionConflictError(PublishError):
+    """The version is already published with different content."""
+
+
+class ConcurrentPushError(PublishError):
+    """Someone else pushed to the target branch while this release was being committed."""
+
+
+class CompatError(ReleaseError):
+    """The compatibility matrix could not run, or a transformers version failed a gate."""
