@@ -86,3 +86,110 @@ def convert(checkpoint, out, tokenizer, dtype, max_shard_size, force, progress):
         progress=progress,
     )
     click.echo(f"Converted {checkpoint} -> {result.out_dir} ({len(result.files)} files)")
+
+
+@main.command()
+@click.argument("uri")
+@click.option("--sha256", "sha256", required=True, help="Expected SHA-256 of the file (64 hex digits).")
+@click.option(
+    "--out", "out", required=True, type=click.Path(path_type=Path, dir_okay=False), help="File to write."
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Artifact cache (default: $RELEASE_CACHE_DIR, else ~/.cache/custom-transformer-release/artifacts).",
+)
+@click.option("--progress/--no-progress", default=None, help="Progress on stderr (default: only on a TTY).")
+@reports_errors
+def fetch(uri, sha256, out, cache_dir, progress):
+    """Fetch the checkpoint at URI to --out and check its SHA-256.
+
+    URI is a local path, file://, http(s)://, hf://OWNER/REPO/PATH[@REV] (token: $HF_TOKEN),
+    s3:// or gs:// (needs the 'cloud' extra). Prints the path and where it came from
+    (download, local, cache or existing). An interrupted HTTP download resumes from <out>.part.
+
+    \b
+    Example:
+        release fetch https://example.com/ckpt.pt --sha256 9f86d0...0a08 --out dist/ckpt.pt
+    """
+    from release.fetch import fetch_artifact
+
+    result = fetch_artifact(uri, sha256=sha256, out=out, cache_dir=cache_dir, progress=progress)
+    click.echo(f"{result.path} ({result.source})")
+
+
+@main.command()
+@click.argument("folder", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--repo-id", required=True, help="Model repo OWNER/NAME (created if missing).")
+@click.option("--version", "version", required=True, help="vX.Y.Z, or vX.Y.Z-rc.N etc. for a prerelease.")
+@click.option(
+    "--private/--public",
+    default=None,
+    help="Set the repo's visibility, after the tag is in place (default: leave it; a new repo gets the Hub's default).",
+)
+@click.option(
+    "--dry-run", is_flag=True, help="Print the plan and change nothing (no token needed; works offline)."
+)
+@click.option(
+    "--commit-message", default=None, help="Summary of the release commit (default: 'Release <tag>')."
+)
+@click.option(
+    "--verification",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="The verification report the folder must match (default: FOLDER/../verification.json).",
+)
+@click.option(
+    "--json",
+    "json_out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Also write the result here.",
+)
+@reports_errors
+def publish(folder, repo_id, version, private, dry_run, commit_message, verification, json_out):
+    """Publish a verified model FOLDER to the Hub: one commit, checked from the Hub, then tagged.
+
+    A stable version (v1.2.0) updates main and tags it; a prerelease (v1.2.0-rc.1) goes to its own branch
+    release/<tag> and never touches main. Files not in FOLDER are deleted from the branch in the same commit
+    (.gitattributes is kept). Re-running an identical release is a no-op; the same version with other content
+    is refused.
+
+    Credentials come from the environment only: HF_TOKEN, or in GitHub Actions HF_OIDC_RESOURCE=OWNER/NAME
+    (trusted publishing; the job needs `permissions: id-token: write`). --dry-run needs neither.
+
+    \b
+    Example:
+        release publish dist/v1.2.0/model --repo-id me/tiny-gpt --version v1.2.0 --dry-run
+    """
+    from release.hub import publish_release
+    from release.hub_auth import redact
+
+    try:
+        result = publish_release(
+            folder,
+            repo_id=repo_id,
+            version=version,
+            private=private,
+            dry_run=dry_run,
+            commit_message=commit_message,
+            verification=verification,
+        )
+    except ReleaseError as exc:  # the library redacts already; this is the last line of defence before output
+        exc.args = (redact(str(exc)),)
+        if getattr(exc, "failures", None):
+            exc.failures = [redact(line) for line in exc.failures]
+        raise
+    if dry_run:
+        for line in result.plan.format_lines():
+            click.echo(redact(line))
+        click.echo("Dry run: nothing was changed.")
+    elif result.created:
+        click.echo(
+            f"Published {result.tag} to {result.repo_id} ({result.branch} at {result.commit}): {result.revision_url}"
+        )
+    else:
+        click.echo(f"{result.tag} is already published at {result.commit} with this content; nothing to do.")
+    if json_out is not None:
+        result.write_json(json_out)
