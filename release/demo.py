@@ -41,7 +41,11 @@ def train_tokenizer(text: str, out_dir: Path, *, vocab_size: int = 512) -> Path:
     tok.train_from_iterator(text.split("\n\n"), trainer=trainer)
     tok.add_special_tokens([ENDOFTEXT])
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=ENDOFTEXT, eos_token=ENDOFTEXT, unk_token=ENDOFTEXT, pad_token=ENDOFTEXT
+        tokenizer_object=tok,
+        bos_token=ENDOFTEXT,
+        eos_token=ENDOFTEXT,
+        unk_token=ENDOFTEXT,
+        pad_token=ENDOFTEXT,
     )
     fast.model_max_length = 1024
     out_dir = Path(out_dir)
@@ -104,3 +108,66 @@ def training_config_dict(
     }
     cfg.update(extra)
     return cfg
+
+
+DEMO_ARCH = {"n_embd": 64, "n_head": 4, "n_layer": 2, "block_size": 64}
+DEMO_VOCAB = 320
+
+
+def build_demo_checkpoint(out_dir: Path, *, iters: int = 100, seed: int = 1337) -> tuple[Path, Path]:
+    """Train the demo model briefly on the shipped text; write ``checkpoint.pt`` and ``tokenizer/``.
+
+    Deterministic: fixed seeds, one thread, and a fixed train/validation split (the last tenth of the tokens),
+    so the same code gives the same checkpoint bytes and hence the same release.
+    Returns (checkpoint path, tokenizer folder).
+    """
+    import torch
+
+    from modeling.reference import GPTLanguageModel, ReferenceConfig
+
+    out_dir = Path(out_dir)
+    tok_dir = train_tokenizer(demo_text(), out_dir / "tokenizer", vocab_size=DEMO_VOCAB)
+    from transformers import AutoTokenizer
+
+    ids = torch.tensor(AutoTokenizer.from_pretrained(tok_dir)(demo_text(), verbose=False).input_ids)
+    split = int(len(ids) * 0.9)
+    train, val = ids[:split], ids[split:]
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
+        cfg = ReferenceConfig(vocab_size=DEMO_VOCAB, ffn_type="swiglu", **DEMO_ARCH)
+        model = GPTLanguageModel(cfg)
+        train_config = training_config_dict(**DEMO_ARCH, learning_rate=1e-2, max_iters=iters, batch_size=16)
+        opt = torch.optim.AdamW(model.parameters(), lr=train_config["learning_rate"])
+        T = cfg.block_size
+
+        def batch(data: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+            starts = torch.randint(0, len(data) - T - 1, (size,), generator=gen)
+            x = torch.stack([data[s : s + T] for s in starts.tolist()])
+            y = torch.stack([data[s + 1 : s + T + 1] for s in starts.tolist()])
+            return x, y
+
+        model.train()
+        for _ in range(iters):
+            x, y = batch(train, train_config["batch_size"])
+            _, loss = model(x, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            val_loss = sum(model(*batch(val, 16))[1].item() for _ in range(4)) / 4
+    finally:
+        torch.set_num_threads(threads)
+    ckpt = write_training_checkpoint(
+        model,
+        out_dir / "checkpoint.pt",
+        train_config=train_config,
+        iter_num=iters,
+        val_loss=round(val_loss, 6),
+        optimizer=opt,
+    )
+    return ckpt, tok_dir
