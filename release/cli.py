@@ -61,7 +61,9 @@ def main(debug: bool) -> None:
 @main.command()
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Output model folder.")
-@click.option("--tokenizer", default=None, help="Tokenizer folder or Hub id (default: from settings, else gpt2).")
+@click.option(
+    "--tokenizer", default=None, help="Tokenizer folder or Hub id (default: from settings, else gpt2)."
+)
 @click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True)
 @click.option("--max-shard-size", default="5GB", show_default=True, help="e.g. 500MB, 2GB, or bytes.")
 @click.option("--force", is_flag=True, help="Replace an existing non-empty output folder.")
@@ -193,3 +195,413 @@ def publish(folder, repo_id, version, private, dry_run, commit_message, verifica
         click.echo(f"{result.tag} is already published at {result.commit} with this content; nothing to do.")
     if json_out is not None:
         result.write_json(json_out)
+
+
+@main.command()
+@click.argument("model_dir", metavar="DIR", type=click.Path(path_type=Path, file_okay=False))
+@click.option(
+    "--version", "version", required=True, help="vX.Y.Z[-prerelease]; the card's code pins revision=VERSION."
+)
+@click.option(
+    "--metrics",
+    "metrics",
+    multiple=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="A metrics file: a JSON object of name -> number, or lm-evaluation-harness results. Repeatable.",
+)
+@click.option(
+    "--template",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Your own card template (default: [tool.release.card] template, else the built-in one).",
+)
+@click.option(
+    "--verification",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="verification.json (default: DIR/../verification.json when it exists; without one, no verification section).",
+)
+@click.option(
+    "--diff-against",
+    "diff_against",
+    default=None,
+    metavar="REPO_ID[@REV]|FILE",
+    help="Print a diff against the published card and write a PR comment.",
+)
+@click.option(
+    "--pr-comment",
+    "pr_comment",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Where --diff-against writes the PR comment (default: DIR/../pr_comment.md).",
+)
+@click.option("--repo-id", default=None, help="Override the repo id (OWNER/NAME).")
+@click.option("--model-name", default=None, help="Override the card's model name.")
+@click.option("--license", "license_", default=None, help="Override the license (a Hub license id).")
+@reports_errors
+def card(
+    model_dir,
+    version,
+    metrics,
+    template,
+    verification,
+    diff_against,
+    pr_comment,
+    repo_id,
+    model_name,
+    license_,
+):
+    """Render the model card DIR/README.md (and .eval_results/*.yaml) for a converted model folder.
+
+    Card settings come from [tool.release.card] in pyproject.toml. Prints the files written; with
+    --diff-against, prints the diff to stdout (the file list then goes to stderr) and writes the PR comment.
+
+    \b
+    Example:
+        release card dist/v1.2.0/model --version v1.2.0 --metrics lm_eval.json --diff-against me/tiny-gpt
+    """
+    from release.card import (
+        card_settings_from,
+        default_verification_path,
+        load_verification,
+        render_model_card,
+        review_card,
+        write_model_card,
+    )
+    from release.settings import find_pyproject, load_settings
+
+    pyproject = find_pyproject()
+    settings = card_settings_from(
+        load_settings(overrides={"repo_id": repo_id}),
+        overrides={"model_name": model_name, "license": license_},
+        base_dir=pyproject.parent if pyproject else None,
+    )
+    if verification is None and default_verification_path(model_dir).is_file():
+        verification = default_verification_path(model_dir)
+    rendered = render_model_card(
+        model_dir,
+        version=version,
+        settings=settings,
+        metrics_files=metrics,
+        verification=load_verification(verification) if verification else None,
+        template=template,
+    )
+    written = write_model_card(model_dir, rendered)
+    for path in written:
+        click.echo(f"Wrote {path}", err=diff_against is not None)
+    if diff_against is not None:
+        review = review_card(rendered.text, diff_against, version=version, repo_id=settings.repo_id)
+        pr_comment = pr_comment or model_dir.parent / "pr_comment.md"
+        pr_comment.write_text(review.comment, encoding="utf-8")
+        click.echo(f"Compared with {review.old_description}", err=True)
+        click.echo(review.diff or "No changes.", nl=not review.diff)
+        click.echo(f"Wrote {pr_comment}", err=True)
+
+
+@main.command("run")
+@click.option(
+    "--version", "version", default=None, help="vX.Y.Z[-pre]; default: the tag on a GitHub tag push."
+)
+@click.option("--dry-run", is_flag=True, help="Run every step; publishing only prints its plan.")
+@click.option(
+    "--checkpoint", default=None, help="Checkpoint URI (path, file://, http(s)://, hf://, s3://, gs://)."
+)
+@click.option("--sha256", "checkpoint_sha256", default=None, help="The checkpoint's SHA-256.")
+@click.option("--repo-id", default=None, help="Model repo OWNER/NAME.")
+@click.option("--tokenizer", default=None, help="Tokenizer folder or Hub id.")
+@click.option("--dtype", type=click.Choice(DTYPES), default=None, help="Weights dtype of the release.")
+@click.option("--max-shard-size", default=None, help="e.g. 2GB.")
+@click.option("--dist-dir", default=None, help="Where dist/<version>/ goes (default: dist).")
+@click.option(
+    "--compat/--no-compat", "run_compat", default=None, help="Also run the transformers compatibility matrix."
+)
+@click.option("--private/--public", "private", default=None, help="Visibility of a newly created repo.")
+@click.option(
+    "--stop-after",
+    type=click.Choice(["fetch", "convert", "verify", "compat", "card"]),
+    default=None,
+    help="Stop after this step (the CI build job stops after card and publishes in another job).",
+)
+@reports_errors
+def run(version, dry_run, stop_after, **options):
+    """Release end to end: fetch -> convert -> verify -> card -> publish, into dist/<version>/.
+
+    Settings come from [tool.release] in pyproject.toml, overridden by RELEASE_* environment
+    variables, overridden by these options. With no checkpoint configured, releases the built-in
+    demo model (offline).
+
+    \b
+    Examples:
+        release run --dry-run                       # the demo, nothing pushed
+        release run --version v1.2.0                # a real release
+    """
+    from release.github import version_from_ref
+    from release.pipeline import run_release
+    from release.settings import find_pyproject, load_settings
+
+    version = version or version_from_ref() or ("v0.0.0-dryrun" if dry_run else None)
+    if not version:
+        raise click.UsageError("--version is required (or run on a tag push, where GITHUB_REF_NAME gives it)")
+    pyproject = find_pyproject()
+    settings = load_settings(overrides=options, pyproject=pyproject)
+    result = run_release(
+        settings,
+        version=version,
+        dry_run=dry_run,
+        stop_after=stop_after,
+        echo=lambda line: click.echo(line, err=True),
+        pyproject_dir=pyproject.parent if pyproject else None,
+    )
+    click.echo(f"dist folder:  {result.out_dir}")
+    if result.card_path:
+        click.echo(f"model card:   {result.card_path}")
+    click.echo(f"verification: {result.out_dir / 'verification.md'}")
+    if result.publish is not None and not dry_run:
+        click.echo(f"published:    {result.publish.revision_url}")
+
+
+@main.command()
+@click.argument(
+    "model_dir", metavar="[DIR]", required=False, type=click.Path(path_type=Path, file_okay=False)
+)
+@click.option(
+    "--checkpoint",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The training checkpoint (reference).",
+)
+@click.option(
+    "--repo-id", default=None, help="Verify a Hub repo instead of DIR (downloaded to a temporary cache)."
+)
+@click.option("--revision", default=None, help="Branch, tag or commit of --repo-id (default: main).")
+@click.option(
+    "--tokenizer",
+    default=None,
+    help="The tokenizer the model was trained with (default: from settings, else gpt2).",
+)
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="verification.json to write (default: DIR/../verification.json, or ./ for --repo-id); .md beside it.",
+)
+@click.option(
+    "--prompt",
+    "--prompts",
+    "prompts",
+    multiple=True,
+    help="A generation prompt; repeat it (default: from settings).",
+)
+@click.option(
+    "--eval-text",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Text for the perplexity gate (default: from settings, else the shipped public-domain text).",
+)
+@click.option(
+    "--max-new-tokens", type=click.IntRange(min=1), default=None, help="Per prompt (default: settings, 32)."
+)
+@click.option(
+    "--gate",
+    "gate_overrides",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Override a threshold of the dtype's defaults, e.g. max_abs_diff=2e-4 or max_kl_divergence=off.",
+)
+@reports_errors
+def verify(
+    model_dir,
+    checkpoint,
+    repo_id,
+    revision,
+    tokenizer,
+    report_path,
+    prompts,
+    eval_text,
+    max_new_tokens,
+    gate_overrides,
+):
+    """Check that a converted model DIR (or --repo-id at --revision) behaves like the training CHECKPOINT.
+
+    Loads the model the way users do (trust_remote_code, fresh remote-code cache) and checks logits parity,
+    perplexity, greedy and sampled generation, pipeline() and the remote code's imports. Writes
+    verification.json and verification.md, prints the summary (and appends it to $GITHUB_STEP_SUMMARY).
+    Exits 1 naming each failed gate on its own line.
+
+    \b
+    Examples:
+        release verify dist/v1.2.0/model --checkpoint ckpt.pt --tokenizer ./tokenizer
+        release verify --repo-id me/tiny-gpt --revision v1.2.0 --checkpoint ckpt.pt
+    """
+    from release.errors import VerificationError
+    from release.github import append_summary
+    from release.settings import load_settings
+    from release.verify import default_report_path, verify_model
+
+    if (model_dir is None) == (repo_id is None):
+        raise click.UsageError("give either DIR or --repo-id")
+    if revision is not None and repo_id is None:
+        raise click.UsageError("--revision needs --repo-id")
+    overrides = {}
+    for item in gate_overrides:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise click.BadParameter(f"{item!r} is not NAME=VALUE", param_hint="--gate")
+        overrides[name.strip()] = value.strip()
+    settings = load_settings(
+        overrides={
+            "tokenizer": tokenizer,
+            "prompts": list(prompts) or None,
+            "eval_text": str(eval_text) if eval_text else None,
+            "max_new_tokens": max_new_tokens,
+        }
+    )
+    model = repo_id if repo_id is not None else model_dir
+    report_path = report_path or default_report_path(model)
+    report = verify_model(
+        model,
+        checkpoint=checkpoint,
+        revision=revision,
+        prompts=settings.prompts,
+        eval_text=Path(settings.eval_text) if settings.eval_text else None,
+        gates=overrides or None,
+        max_new_tokens=settings.max_new_tokens,
+        report_path=report_path,
+        tokenizer=settings.tokenizer,
+    )
+    summary = report.markdown()
+    click.echo(summary)
+    append_summary(summary)
+    if not report.passed:
+        failed = len(report.failures)
+        raise VerificationError(
+            f"verification failed: {failed} of {len(report.gates)} gates; report: {report_path}",
+            report.failures,
+        )
+    click.echo(f"Verification passed: {report_path}")
+
+
+@main.command()
+@click.argument("model")
+@click.option("--prompt", required=True, help="Text to continue.")
+@click.option("--revision", default=None, help="Branch, tag or commit when MODEL is a Hub repo id.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option(
+    "--temperature", type=click.FloatRange(min=0.0), default=0.0, show_default=True, help="0 = greedy."
+)
+@click.option("--top-k", type=click.IntRange(min=1), default=None, help="Sample from the K likeliest tokens.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for sampling.")
+@reports_errors
+def generate(model, prompt, revision, max_new_tokens, temperature, top_k, seed):
+    """Continue --prompt with MODEL (a folder or a Hub repo id), loaded the way users load it.
+
+    \b
+    Examples:
+        release generate dist/v1.2.0/model --prompt "The Fox"
+        release generate me/tiny-gpt --revision v1.2.0 --prompt "Once upon a time" --temperature 0.8 --top-k 40
+    """
+    from release.verify import generate_text
+
+    click.echo(
+        generate_text(
+            model,
+            prompt=prompt,
+            revision=revision,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            seed=seed,
+        )
+    )
+
+
+@main.command()
+@click.argument("model_dir", metavar="DIR", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option(
+    "--checkpoint",
+    required=True,
+    type=click.Path(path_type=Path, exists=True),
+    help="The training checkpoint DIR was converted from (the reference outputs are computed from it).",
+)
+@click.option(
+    "--versions",
+    default=None,
+    envvar="RELEASE_COMPAT_VERSIONS",
+    help="Comma-separated transformers versions (default: [tool.release.compat] in pyproject.toml).",
+)
+@click.option(
+    "--report",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="verification.json to merge the results into under 'compat' (default: DIR/../verification.json).",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Environment cache (default: $RELEASE_CACHE_DIR/compat, else ~/.cache/custom-transformer-release/compat).",
+)
+@reports_errors
+def compat(model_dir, checkpoint, versions, report, cache_dir):
+    """Check the converted folder DIR on each transformers version of the compatibility matrix.
+
+    Each version runs in its own cached environment (reusing this torch) and must load DIR with
+    trust_remote_code, match the training module's logits (the float32 gates of `release verify`) and
+    its greedy generation token for token. Exits 1 naming each failing version and stage.
+
+    \b
+    Example:
+        release compat dist/v1.0.0/model --checkpoint ckpt.pt --versions 4.46.3,5.24.0
+    """
+    from release.compat import merge_into_report, parse_versions, run_compat_matrix
+    from release.errors import CompatError
+
+    result = run_compat_matrix(
+        model_dir,
+        checkpoint=checkpoint,
+        versions=parse_versions(versions) if versions else None,
+        cache_dir=cache_dir,
+        on_result=lambda r: click.echo(r.summary_line(), err=True),
+    )
+    path = merge_into_report(report or model_dir.parent / "verification.json", result)
+    if not result.passed:
+        failed = len([r for r in result.results if not r.passed])
+        raise CompatError(
+            f"{failed} of {len(result.results)} transformers versions failed (see {path})", result.failures
+        )
+    click.echo(
+        f"tested with transformers {', '.join(result.tested_versions)} (supported: {result.range}); {path}"
+    )
+
+
+@main.command("settings")
+@click.option("--get", "name", default=None, help="Print only this setting's value (empty if unset).")
+@click.option("--json", "as_json", is_flag=True, help="Print all effective settings as JSON.")
+@reports_errors
+def settings_(name, as_json):
+    """Show the effective settings (option > RELEASE_* environment > [tool.release] > default).
+
+    \b
+    Examples:
+        release settings
+        release settings --get checkpoint_sha256     # e.g. for a cache key in a workflow
+    """
+    import dataclasses
+    import json
+
+    from release.settings import find_pyproject, load_settings
+
+    settings = load_settings(pyproject=find_pyproject())
+    values = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings) if f.name != "sources"}
+    if name is not None:
+        if name not in values:
+            raise click.UsageError(f"unknown setting {name!r}; known: {', '.join(sorted(values))}")
+        value = values[name]
+        click.echo(json.dumps(value) if isinstance(value, tuple | dict) else ("" if value is None else value))
+    elif as_json:
+        click.echo(json.dumps({k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items()}, indent=2,
+                              sort_keys=True, default=str))
+    else:
+        for line in settings.describe():
+            click.echo(line)
