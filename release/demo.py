@@ -6,6 +6,7 @@ training format and a real byte-level BPE tokenizer without network access.
 
 from __future__ import annotations
 
+import json
 from importlib import resources
 from pathlib import Path
 
@@ -51,6 +52,12 @@ def train_tokenizer(text: str, out_dir: Path, *, vocab_size: int = 512) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fast.save_pretrained(out_dir)
+    # transformers 5.x records its own backend class name, which 4.x cannot resolve; name the class both know.
+    config_path = out_dir / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config.pop("backend", None)
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return out_dir
 
 
