@@ -267,6 +267,7 @@ def card(
         render_model_card,
         review_card,
         write_model_card,
+        write_pr_comment,
     )
     from release.settings import find_pyproject, load_settings
 
@@ -291,8 +292,7 @@ def card(
         click.echo(f"Wrote {path}", err=diff_against is not None)
     if diff_against is not None:
         review = review_card(rendered.text, diff_against, version=version, repo_id=settings.repo_id)
-        pr_comment = pr_comment or model_dir.parent / "pr_comment.md"
-        pr_comment.write_text(review.comment, encoding="utf-8")
+        pr_comment = write_pr_comment(pr_comment or model_dir.parent / "pr_comment.md", review.comment)
         click.echo(f"Compared with {review.old_description}", err=True)
         click.echo(review.diff or "No changes.", nl=not review.diff)
         click.echo(f"Wrote {pr_comment}", err=True)
@@ -605,3 +605,4 @@ def settings_(name, as_json):
     else:
         for line in settings.describe():
             click.echo(line)
+

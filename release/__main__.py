@@ -1,0 +1,5 @@
+"""``python -m release`` = the ``release`` command."""
+
+from release.cli import main
+
+main()
