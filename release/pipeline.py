@@ -52,6 +52,8 @@ class RunResult:
     card_path: Path | None = None
     publish: Any = None  # release.hub.PublishResult
     demo: bool = False
+    checkpoint: Path | None = None  # the checkpoint actually used (fetched, or the demo's)
+    tokenizer: str | None = None  # the tokenizer folder or Hub id actually used (None = GPT-2's)
 
     @property
     def failed(self) -> bool:
@@ -62,6 +64,8 @@ class RunResult:
             "version": self.version,
             "dry_run": self.dry_run,
             "demo": self.demo,
+            "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+            "tokenizer": self.tokenizer,
             "out_dir": str(self.out_dir),
             "model_dir": str(self.model_dir),
             "card_path": str(self.card_path) if self.card_path else None,
@@ -179,6 +183,7 @@ def _fetch(settings: Settings, result: RunResult, state: dict, say, pyproject_di
         )
         state["checkpoint"], state["tokenizer"] = build_demo_checkpoint(result.out_dir / "demo")
         result.demo = True
+        result.checkpoint, result.tokenizer = state["checkpoint"], str(state["tokenizer"])
         return f"demo checkpoint {state['checkpoint']}"
     from release.fetch import default_cache_dir, fetch_artifact
 
@@ -189,6 +194,7 @@ def _fetch(settings: Settings, result: RunResult, state: dict, say, pyproject_di
     )
     state["checkpoint"] = fetched.path
     state["tokenizer"] = settings.tokenizer
+    result.checkpoint, result.tokenizer = fetched.path, settings.tokenizer
     return f"{fetched.path} ({fetched.size} bytes, {fetched.source}, sha256 {sha[:12]}…)"
 
 
@@ -317,6 +323,8 @@ def _report_to_github(settings: Settings, result: RunResult) -> None:
         "commit": (publish.commit or "") if publish is not None and not result.dry_run else "",
         "revision-url": (publish.revision_url or "") if publish is not None and not result.dry_run else "",
         "status": "failed" if result.failed else "ok",
+        "checkpoint": str(result.checkpoint or ""),
+        "tokenizer": result.tokenizer or "",
     }
     github.write_outputs(outputs)
     from release.card import render_job_summary
