@@ -1,0 +1,625 @@
+"""Publish a verified release folder to the Hub as one commit and a tag that points at verified content.
+
+``publish_release`` is the library function behind ``release publish`` and the last step of ``release run``.
+
+How a release lands (stable ``vX.Y.Z`` on ``main``; prerelease ``vX.Y.Z-rc.N`` on branch ``release/<tag>``):
+
+1. Offline checks, before any network call: the version parses, and the folder is exactly what
+   ``verification.json`` passed on (``release.hub_plan.read_release_folder``).
+2. Tag check: if the tag exists, the tree of the commit it points to is compared with the folder. Same
+   content: success, nothing is written (``created=False``). Different content: ``VersionConflictError``
+   naming that commit. A tag is judged by its commit, never by its mere existence.
+3. Plan against the target branch head ``B`` (for a new prerelease branch: ``main``'s head): every release
+   file is add / replace / unchanged, every other remote file is deleted (``.gitattributes`` never).
+4. Stage: branch ``release-staging/<tag>`` is created at ``B`` and the whole plan is committed there in one
+   ``create_commit`` with ``parent_commit=B`` (this is where the LFS objects are uploaded). The staged commit
+   ``S`` must hold exactly the folder's files.
+5. Check: ``S`` is loaded from the Hub in a fresh cache with ``trust_remote_code=True`` and must reproduce
+   the reference generations recorded in the report (``release.verify.check_generation_against_report``).
+   Failure: the staging branch is deleted, nothing is tagged, the target branch was never touched.
+6. Land: the Hub has no fast-forward, so the target branch gets the same operations in one commit with
+   ``parent_commit=B``; LFS objects already exist, so nothing is re-uploaded. Same parent + same operations
+   = same tree, and that tree is re-read and compared with the folder before anything is tagged. A
+   prerelease branch that does not exist yet is simply created at ``S``. Either way the target branch only
+   ever receives the exact tree that passed step 5.
+7. Tag the landed commit, delete the staging branch (also on every failure), and only then apply a
+   requested visibility change, so a failed release never makes a repo public.
+
+Guarded: both commits name their parent; if the branch moved (HTTP 412, or a head that is not ours after a
+lost response), the release stops with ``ConcurrentPushError`` and nothing is tagged.
+
+Resilient: every Hub call is retried with exponential back-off and jitter on 5xx/408/429 and dropped
+connections (``release.hub_retry``). A commit is not blindly retried: after a failed attempt the branch head
+is re-read; unchanged means retry, moved to exactly our tree means the commit landed and only its response
+was lost, moved otherwise means a concurrent push. Re-running after any failure completes the release:
+if the target branch already holds the release but has no tag (a run died between step 6 and 7), that
+commit is checked as in step 5 and tagged without a new commit.
+
+Pinned content: every commit sends the bytes that were hashed when the folder was checked (small files from
+memory, LFS files by sha256 compared before sending), so a folder touched mid-release cannot put anything but
+the checked tree on the target branch.
+
+Dry run: no token, no writes; the plan is computed against the remote if it can be read (anonymously, or
+with ``HF_TOKEN`` if set), else against an empty repo with the reason ("offline"). A version conflict is
+reported by a dry run exactly as by a real one. Tokens: see
+``release.hub_auth``; every message built from an exception is redacted.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from release.errors import (
+    ConcurrentPushError,
+    PublishError,
+    ReleaseError,
+    UsageError,
+    VerificationError,
+    VersionConflictError,
+)
+from release.hub_auth import read_only_token, redact, resolve_token
+from release.hub_plan import (
+    LocalFile,
+    PlannedFile,
+    ReleaseFolder,
+    ReleasePlan,
+    RemoteFile,
+    compute_plan,
+    describe_difference,
+    is_written_after_verification,
+    read_release_folder,
+    tree_matches,
+)
+from release.hub_retry import RetryPolicy, call_with_retry, describe, http_status, is_transient
+from release.hub_versions import Version, parse_version
+
+logger = logging.getLogger("release.hub")
+
+IN_MEMORY_LIMIT = (
+    10 * 1024 * 1024
+)  # files up to this size are sent from memory (the Hub's regular-file limit)
+
+# (repo_id, commit sha) -> failure lines, empty when the commit loads from the Hub and generates as recorded.
+PostUploadCheck = Callable[[str, str], list[str]]
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    """What ``publish_release`` did (or, for a dry run, would do)."""
+
+    repo_id: str
+    version: str
+    tag: str
+    branch: str  # main, or release/<tag> for a prerelease
+    commit: str | None  # the commit the tag points to; None for a dry run
+    revision_url: str  # the tag's tree on the Hub, e.g. https://huggingface.co/org/model/tree/v1.2.0
+    created: bool  # False for an idempotent re-run (tag already there with this content) and for a dry run
+    plan: ReleasePlan
+    dry_run: bool = False
+
+    def to_dict(self) -> dict:
+        return {
+            "repo_id": self.repo_id,
+            "version": self.version,
+            "tag": self.tag,
+            "branch": self.branch,
+            "commit": self.commit,
+            "revision_url": self.revision_url,
+            "created": self.created,
+            "dry_run": self.dry_run,
+            "plan": self.plan.to_dict(),
+        }
+
+    def write_json(self, path: str | Path) -> Path:
+        """Write ``to_dict()`` as JSON atomically (temp file, then rename); redacted like every output."""
+        import json
+        import os
+        import tempfile
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(redact(json.dumps(self.to_dict(), indent=2, sort_keys=True)) + "\n")
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+
+def publish_release(
+    folder: str | Path,
+    *,
+    repo_id: str,
+    version: str | Version,
+    private: bool | None = None,
+    dry_run: bool = False,
+    commit_message: str | None = None,
+    verification: str | Path | None = None,
+    post_upload_check: PostUploadCheck | None = None,
+    retry: RetryPolicy | None = None,
+) -> PublishResult:
+    """Publish ``folder`` to ``repo_id`` as ``version``: one commit, checked from the Hub, then tagged.
+
+    Args:
+        folder: The release folder (converted model, tokenizer, card, ``release.json``).
+        repo_id: ``OWNER/NAME``; the model repo is created if missing.
+        version: ``vX.Y.Z`` (moves ``main``) or ``vX.Y.Z-PRERELEASE`` (own branch ``release/<tag>``).
+        private: Visibility: True/False sets it (a new repo is created that way; an existing one is changed
+            after the tag is in place); None leaves it as it is (a new repo gets the Hub's default).
+        dry_run: Compute and return the plan only; needs no token, writes nothing, works offline.
+        commit_message: Summary of the release commit (default ``Release <tag>``).
+        verification: ``verification.json``; default ``<folder>/../verification.json``.
+        post_upload_check: Replaces the generation check of the uploaded commit (tests); by default
+            ``release.verify.check_generation_against_report`` with the verification report.
+        retry: Retry policy for Hub calls.
+
+    Raises:
+        UsageError: Bad version or repo id, missing folder or report (before any network call).
+        PublishError: The folder is not what was verified, no credentials, or a Hub call failed for good.
+        VersionConflictError: The tag exists and points at different content.
+        ConcurrentPushError: The target branch moved while the release was being committed.
+        VerificationError: The uploaded commit failed the post-upload check; nothing was tagged.
+    """
+    parsed = version if isinstance(version, Version) else parse_version(version)
+    _validate_repo_id(repo_id)
+    release = read_release_folder(folder, verification)
+    policy = retry or RetryPolicy()
+    if dry_run:
+        return _Publisher(repo_id, parsed, release, policy, token=read_only_token() or False).dry_run()
+    resolve_token()  # fail early and clearly without credentials; the client re-resolves (OIDC refresh)
+    check = post_upload_check or _generation_check(release)
+    publisher = _Publisher(repo_id, parsed, release, policy, token=None)
+    return publisher.publish(private=private, commit_message=commit_message, check=check)
+
+
+def _validate_repo_id(repo_id: str) -> None:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        raise UsageError(f"invalid --repo-id {repo_id!r}: {exc}") from None
+    if repo_id.count("/") != 1:
+        raise UsageError(f"invalid --repo-id {repo_id!r}: expected OWNER/NAME")
+
+
+def _generation_check(release: ReleaseFolder) -> PostUploadCheck:
+    """The gate of ``release verify`` repeated on the uploaded commit, from the Hub, with the recorded tokens."""
+    # Card files are written after verification: the report cannot vouch for them, but they are uploaded too.
+    card_files = release.written_after_verification
+    model = dict(release.report["model"])
+    model["files"] = {
+        path: sha for path, sha in model["files"].items() if not is_written_after_verification(path)
+    }
+    report = {**release.report, "model": model}
+
+    def check(repo_id: str, commit: str) -> list[str]:
+        from release.verify import ALLOWED_EXTRA_FILES, check_generation_against_report
+
+        extra = (*ALLOWED_EXTRA_FILES, *card_files)
+        return check_generation_against_report(
+            repo_id, revision=commit, report=report, allowed_extra_files=extra
+        )
+
+    return check
+
+
+class _Publisher:
+    """One release of one folder to one repo; every Hub call goes through ``_call`` (retry + redaction)."""
+
+    def __init__(
+        self,
+        repo_id: str,
+        version: Version,
+        release: ReleaseFolder,
+        policy: RetryPolicy,
+        *,
+        token: str | bool | None,
+    ):
+        from huggingface_hub import HfApi
+
+        self.repo_id = repo_id
+        self.version = version
+        self.release = release
+        self.local: dict[str, LocalFile] = release.files
+        self.policy = policy
+        self.api = HfApi(token=token)
+
+    # -- the two entry points ----------------------------------------------------------------------
+
+    def dry_run(self) -> PublishResult:
+        """The plan against what can be read; an unreadable remote is planned as empty, with the reason."""
+        from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+        v, base_ref = self.version, self.version.branch
+        try:  # one attempt: offline, a dry run should answer at once rather than back off for a minute
+            branches, tags = self._refs(policy=RetryPolicy(attempts=1))
+        except PublishError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, RepositoryNotFoundError):
+                state = "the repo does not exist yet (or is private and HF_TOKEN is not set)"
+            elif isinstance(cause, HfHubHTTPError):
+                state = f"the Hub answered {describe(cause)}"
+            else:  # refused or dropped connection, timeout, HF_HUB_OFFLINE=1
+                state = "offline"
+            plan = self._plan(
+                remote={}, base_ref="main" if v.is_prerelease else base_ref, base=None, state=state
+            )
+            return self._result(plan, commit=None, created=False, dry_run=True)
+        if v.tag in tags:
+            published = self._existing_tag(tags[v.tag])
+            plan = self._plan(self._tree(published), base_ref=v.tag, base=published, published=published)
+            return self._result(plan, commit=published, created=False, dry_run=True)
+        if base_ref not in branches:
+            base_ref = "main"
+        base = branches.get(base_ref)
+        plan = self._plan(self._tree(base) if base else {}, base_ref=base_ref, base=base)
+        return self._result(plan, commit=None, created=False, dry_run=True)
+
+    def publish(
+        self, *, private: bool | None, commit_message: str | None, check: PostUploadCheck
+    ) -> PublishResult:
+        v = self.version
+        existed = self._ensure_repo(private)
+        branches, tags = self._refs()
+        if v.tag in tags:
+            published = self._existing_tag(tags[v.tag])
+            plan = self._plan(self._tree(published), base_ref=v.tag, base=published, published=published)
+            logger.info(
+                "%s is already published at %s with this content; nothing to do", v.tag, published[:12]
+            )
+            if v.staging_branch in branches:  # a leftover of an interrupted run
+                self._delete_branch(v.staging_branch, missing_ok=True)
+            self._apply_visibility(private, existed)
+            return self._result(plan, commit=published, created=False)
+
+        target = v.branch
+        target_exists = target in branches
+        base_ref = target if target_exists else "main"
+        base = branches[base_ref]
+        plan = self._plan(self._tree(base), base_ref=base_ref, base=base)
+        message = commit_message or f"Release {v.tag}"
+        description = self._commit_description(plan)
+
+        if not plan.changes:
+            # The branch already holds exactly this release but it is not tagged (e.g. a run that died after
+            # landing): check that commit from the Hub, then tag it. No new commit.
+            logger.info(
+                "%s at %s already holds this release; checking it before tagging", base_ref, base[:12]
+            )
+            self._run_check(check, base, where=f"{base_ref} at {base[:12]}", untouched=target)
+            if not target_exists:
+                self._create_branch(target, base)
+            final = base
+            if v.staging_branch in branches:  # a leftover of an interrupted run
+                self._delete_branch(v.staging_branch, missing_ok=True)
+        else:
+            stale = v.staging_branch in branches
+            final = self._stage_check_land(
+                plan, base, target, target_exists, message, description, check, stale
+            )
+        self._create_tag(v.tag, final)
+        self._apply_visibility(private, existed)
+        return self._result(plan, commit=final, created=True)
+
+    # -- the release steps -------------------------------------------------------------------------
+
+    def _stage_check_land(
+        self,
+        plan: ReleasePlan,
+        base: str,
+        target: str,
+        target_exists: bool,
+        message: str,
+        description: str,
+        check: PostUploadCheck,
+        stale_staging: bool,
+    ) -> str:
+        """Steps 4 to 6 of the module docstring; returns the commit to tag. The staging branch never survives."""
+        staging = self.version.staging_branch
+        if stale_staging:  # a leftover of an interrupted run, possibly at an older base: start afresh
+            self._delete_branch(staging, missing_ok=True)
+        self._create_branch(staging, base)
+        try:
+            staged = self._commit(staging, base, plan.files, message, description)
+            self._expect_release_tree(staged, where=f"staged commit {staged[:12]}")
+            self._run_check(check, staged, where=f"staged commit {staged[:12]}", untouched=target)
+            if target_exists:
+                final = self._commit(target, base, plan.files, message, description)
+                # Same parent and same operations give the same tree; confirm before anything is tagged.
+                self._expect_release_tree(final, where=f"{target} at {final[:12]}")
+            else:
+                self._create_branch(target, staged)
+                final = staged
+            return final
+        finally:
+            try:
+                self._delete_branch(staging, missing_ok=True)
+            except PublishError as exc:  # don't hide the error that got us here; the next run cleans up
+                logger.warning("could not delete %s: %s", staging, exc)
+
+    def _run_check(self, check: PostUploadCheck, commit: str, *, where: str, untouched: str) -> None:
+        logger.info("checking %s from the Hub (fresh cache, trust_remote_code)", where)
+        try:
+            failures = list(check(self.repo_id, commit))
+        except ReleaseError as exc:
+            failures = [redact(str(exc)), *(redact(f) for f in getattr(exc, "failures", []))]
+        except Exception as exc:  # a model that cannot even load is a failed check, not a crash
+            failures = [f"loading {self.repo_id}@{commit[:12]} failed: {describe(exc)}"]
+        if failures:
+            raise VerificationError(
+                f"{where} failed the post-upload check; nothing was tagged and {untouched} was not changed",
+                [redact(line) for line in failures],
+            )
+
+    def _commit(
+        self, branch: str, parent: str, files: tuple[PlannedFile, ...], message: str, description: str
+    ) -> str:
+        """One guarded commit of ``files`` onto ``branch``, which must still be at ``parent``. Returns its sha.
+
+        Not retried blindly: a dropped response may hide a commit that landed, so after each failure the head
+        is re-read (see the module docstring).
+        """
+        what = f"commit to {branch} of {self.repo_id}"
+        for attempt in range(1, self.policy.attempts + 1):
+            try:
+                info = self.api.create_commit(
+                    self.repo_id,
+                    self._operations(files),
+                    commit_message=message,
+                    commit_description=description,
+                    revision=branch,
+                    parent_commit=parent,
+                )
+                return info.oid
+            except Exception as exc:
+                status = http_status(exc)
+                if not is_transient(exc) and status != 412:
+                    raise PublishError(f"{what} failed: {describe(exc)}; nothing was tagged") from exc
+                head = self._refs()[0].get(branch)
+                if head != parent:
+                    if head is not None and tree_matches(self.local, self._tree(head)):
+                        logger.warning(
+                            "%s: the response was lost but the commit landed (%s)", what, head[:12]
+                        )
+                        return head
+                    raise ConcurrentPushError(
+                        f"{branch} of {self.repo_id} moved from {parent[:12]} to {(head or 'nothing')[:12]} while "
+                        "this release was being committed (someone else pushed); nothing was tagged. Check that "
+                        "push, then re-run: the release is planned afresh against the new head"
+                    ) from exc
+                if status == 412:  # stale parent although the head did not move: report it, don't loop
+                    raise ConcurrentPushError(
+                        f"{what} was refused: {describe(exc)}; nothing was tagged"
+                    ) from exc
+                if attempt == self.policy.attempts:
+                    raise PublishError(
+                        f"{what} failed after {attempt} attempts: {describe(exc)}; nothing was tagged and "
+                        f"{branch} is unchanged; re-run to complete the release"
+                    ) from exc
+                wait = self.policy.delay(attempt)
+                logger.warning("%s failed (%s); retrying in %.1fs", what, describe(exc), wait)
+                self.policy.sleep(wait)
+        raise AssertionError("unreachable")
+
+    def _operations(self, files: tuple[PlannedFile, ...]) -> list:
+        """Fresh operation objects for one commit attempt (huggingface_hub mutates and refuses to reuse them).
+
+        Content is pinned to the hashes the plan was made from, so the staged and the landed commit cannot differ
+        even if the folder is touched in between: small files are read once into memory (what is hashed is what
+        is sent); a large file goes by its sha256 (LFS), which is compared before anything is sent.
+        """
+        from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+        operations: list = []
+        for item in files:
+            if item.action in ("add", "replace"):
+                local_path = self.release.path / item.path
+                small = self.local[item.path].size <= IN_MEMORY_LIMIT
+                content = local_path.read_bytes() if small else str(local_path)
+                operation = CommitOperationAdd(path_in_repo=item.path, path_or_fileobj=content)
+                if operation.upload_info.sha256.hex() != self.local[item.path].sha256:
+                    raise PublishError(
+                        f"{item.path} changed since the release folder was checked; nothing was tagged. "
+                        "Re-run `release verify` on the finished folder, then publish"
+                    )
+                operations.append(operation)
+            elif item.action == "delete":
+                operations.append(CommitOperationDelete(path_in_repo=item.path))
+        return operations
+
+    def _expect_release_tree(self, commit: str, *, where: str) -> None:
+        remote = self._tree(commit)
+        if not tree_matches(self.local, remote):
+            raise PublishError(
+                f"{where} does not hold exactly the release ({describe_difference(self.local, remote)}); "
+                "nothing was tagged. Was the folder modified during the upload?"
+            )
+
+    def _existing_tag(self, commit: str) -> str:
+        remote = self._tree(commit)
+        if not tree_matches(self.local, remote):
+            raise VersionConflictError(
+                f"{self.version.tag} is already published in {self.repo_id} at commit {commit} with different "
+                f"content ({describe_difference(self.local, remote)}); publish a new version instead"
+            )
+        return commit
+
+    # -- Hub calls ---------------------------------------------------------------------------------
+
+    def _call(self, what: str, func, *, policy: RetryPolicy | None = None):
+        try:
+            return call_with_retry(func, what=what, policy=policy or self.policy)
+        except ReleaseError:
+            raise
+        except Exception as exc:
+            raise PublishError(f"{what} failed: {describe(exc)}; nothing was tagged") from exc
+
+    def _ensure_repo(self, private: bool | None) -> bool:
+        """Create the model repo if missing; True if it existed already."""
+        from huggingface_hub.errors import RepositoryNotFoundError
+
+        try:
+            call_with_retry(lambda: self.api.repo_info(self.repo_id), what="read repo", policy=self.policy)
+            return True
+        except RepositoryNotFoundError:
+            pass
+        except Exception as exc:
+            raise PublishError(f"reading {self.repo_id} failed: {describe(exc)}") from exc
+        self._call(
+            f"create repo {self.repo_id}",
+            lambda: self.api.create_repo(self.repo_id, repo_type="model", private=private, exist_ok=True),
+        )
+        logger.info("created %s", self.repo_id)
+        return False
+
+    def _apply_visibility(self, private: bool | None, existed: bool) -> None:
+        if private is None or not existed:
+            return
+        info = self._call(f"read {self.repo_id}", lambda: self.api.repo_info(self.repo_id))
+        if bool(info.private) != private:
+            self._call(
+                f"make {self.repo_id} {'private' if private else 'public'}",
+                lambda: self.api.update_repo_settings(self.repo_id, private=private),
+            )
+
+    def _refs(self, *, policy: RetryPolicy | None = None) -> tuple[dict[str, str], dict[str, str]]:
+        refs = self._call(
+            f"list refs of {self.repo_id}", lambda: self.api.list_repo_refs(self.repo_id), policy=policy
+        )
+        return (
+            {ref.name: ref.target_commit for ref in refs.branches},
+            {ref.name: ref.target_commit for ref in refs.tags},
+        )
+
+    def _tree(self, commit: str) -> dict[str, RemoteFile]:
+        from huggingface_hub.hf_api import RepoFile
+
+        entries = self._call(
+            f"list files of {self.repo_id}@{commit[:12]}",
+            lambda: list(self.api.list_repo_tree(self.repo_id, revision=commit, recursive=True)),
+        )
+        return {
+            e.path: RemoteFile(
+                path=e.path, size=e.size, git_oid=e.blob_id, lfs_sha256=e.lfs.sha256 if e.lfs else None
+            )
+            for e in entries
+            if isinstance(e, RepoFile)
+        }
+
+    def _create_branch(self, branch: str, commit: str) -> None:
+        from huggingface_hub.errors import HfHubHTTPError
+
+        try:
+            call_with_retry(
+                lambda: self.api.create_branch(self.repo_id, branch=branch, revision=commit),
+                what=f"create branch {branch}",
+                policy=self.policy,
+            )
+        except HfHubHTTPError as exc:
+            # 409 after a retry: our first attempt may have landed. Fine if the branch is where we wanted it.
+            if http_status(exc) != 409 or self._refs()[0].get(branch) != commit:
+                raise PublishError(
+                    f"creating branch {branch} failed: {describe(exc)}; nothing was tagged"
+                ) from exc
+        except Exception as exc:
+            raise PublishError(
+                f"creating branch {branch} failed: {describe(exc)}; nothing was tagged"
+            ) from exc
+
+    def _delete_branch(self, branch: str, *, missing_ok: bool) -> None:
+        from huggingface_hub.errors import RevisionNotFoundError
+
+        try:
+            call_with_retry(
+                lambda: self.api.delete_branch(self.repo_id, branch=branch),
+                what=f"delete branch {branch}",
+                policy=self.policy,
+            )
+        except RevisionNotFoundError:
+            if not missing_ok:
+                raise PublishError(f"branch {branch} of {self.repo_id} does not exist") from None
+        except Exception as exc:
+            if http_status(exc) == 404 and missing_ok:
+                return
+            raise PublishError(f"deleting branch {branch} failed: {describe(exc)}") from exc
+
+    def _create_tag(self, tag: str, commit: str) -> None:
+        from huggingface_hub.errors import HfHubHTTPError
+
+        try:
+            call_with_retry(
+                lambda: self.api.create_tag(
+                    self.repo_id, tag=tag, revision=commit, tag_message=f"Release {tag}"
+                ),
+                what=f"create tag {tag}",
+                policy=self.policy,
+            )
+        except HfHubHTTPError as exc:
+            if http_status(exc) == 409:  # a retry after a lost response, or another run of the same release
+                existing = self._refs()[1].get(tag)
+                if existing == commit:
+                    return
+                if existing is not None:
+                    self._existing_tag(existing)  # raises VersionConflictError if the content differs
+                    return
+            raise PublishError(
+                f"creating tag {tag} at {commit[:12]} failed: {describe(exc)}; {self.version.branch} holds the "
+                "release, re-run to check and tag it"
+            ) from exc
+        except Exception as exc:
+            raise PublishError(
+                f"creating tag {tag} at {commit[:12]} failed: {describe(exc)}; {self.version.branch} holds the "
+                "release, re-run to check and tag it"
+            ) from exc
+
+    # -- results -----------------------------------------------------------------------------------
+
+    def _plan(
+        self,
+        remote: dict[str, RemoteFile],
+        *,
+        base_ref: str,
+        base: str | None,
+        state: str = "known",
+        published: str | None = None,
+    ) -> ReleasePlan:
+        return ReleasePlan(
+            repo_id=self.repo_id,
+            tag=self.version.tag,
+            branch=self.version.branch,
+            base_ref=base_ref,
+            base_commit=base,
+            remote_state=state,
+            files=tuple(compute_plan(self.local, remote)),
+            published_commit=published,
+        )
+
+    def _commit_description(self, plan: ReleasePlan) -> str:
+        c = plan.counts()
+        return (
+            f"Release {self.version.tag}: {len(self.local)} files "
+            f"({c['add']} added, {c['replace']} replaced, {c['delete']} deleted, {c['unchanged']} unchanged). "
+            "Published by `release publish` after the verification gates passed."
+        )
+
+    def _result(
+        self, plan: ReleasePlan, *, commit: str | None, created: bool, dry_run: bool = False
+    ) -> PublishResult:
+        return PublishResult(
+            repo_id=self.repo_id,
+            version=str(self.version),
+            tag=self.version.tag,
+            branch=self.version.branch,
+            commit=commit,
+            revision_url=f"{self.api.endpoint}/{self.repo_id}/tree/{self.version.tag}",
+            created=created,
+            plan=plan,
+            dry_run=dry_run,
+        )

@@ -1,0 +1,77 @@
+"""Credentials for publishing, and the redaction every message about the Hub passes through.
+
+Where a token comes from (never from a command-line option, so it cannot end up in shell history or CI logs):
+
+1. ``HF_OIDC_RESOURCE`` set (GitHub Actions with ``permissions: id-token: write``): huggingface_hub's own
+   trusted-publishing support mints a GitHub OIDC id token and exchanges it for a short-lived Hub token scoped
+   to that resource. Nothing long-lived is stored anywhere. The library re-exchanges it before it expires.
+2. ``HF_TOKEN`` (or the legacy ``HUGGING_FACE_HUB_TOKEN``) in the environment.
+
+A token saved by ``hf auth login`` is deliberately not used for writes: a release must say where its
+credentials come from. Both sources are read by ``huggingface_hub.get_token()``, which also decides the
+precedence (OIDC first), so what is checked here is what the client sends.
+
+``redact`` replaces every known secret value and anything shaped like a Hub token or a bearer header; it is
+applied to every message derived from an exception before it is shown or raised.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from release.errors import PublishError
+
+# Environment variables whose values are secrets (the OIDC request token lets anyone mint id tokens).
+SECRET_ENV_VARS = (
+    "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN",
+    "HF_OIDC_ID_TOKEN",
+    "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
+)
+_TOKEN_SHAPES = re.compile(
+    r"(?i)\bhf_[A-Za-z0-9_]{8,}|(\b(?:bearer|authorization:)\s+(?:bearer\s+)?)[^\s'\",;]+"
+)
+REDACTED = "***"
+
+_known_secrets: set[str] = set()  # tokens resolved in this process (e.g. the OIDC-exchanged one)
+
+
+def redact(text: str) -> str:
+    """``text`` with every known secret and every token-shaped substring replaced by ``***``."""
+    secrets = set(_known_secrets)
+    secrets.update(value for name in SECRET_ENV_VARS if (value := os.environ.get(name)))
+    for secret in sorted((s.strip() for s in secrets), key=len, reverse=True):
+        if len(secret) >= 4:  # never blank out single characters of an accidental short value
+            text = text.replace(secret, REDACTED)
+    return _TOKEN_SHAPES.sub(lambda m: (m.group(1) or "") + REDACTED, text)
+
+
+def resolve_token() -> str:
+    """The token to publish with, from OIDC trusted publishing or ``HF_TOKEN``; remembered for redaction.
+
+    Raises:
+        PublishError: Neither source is configured, or the OIDC exchange failed.
+    """
+    from huggingface_hub import get_token
+
+    oidc = bool(os.environ.get("HF_OIDC_RESOURCE"))
+    if not oidc and not (os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")):
+        raise PublishError(
+            "no Hub credentials: set HF_TOKEN in the environment, or HF_OIDC_RESOURCE=OWNER/NAME inside GitHub "
+            "Actions (job permission id-token: write) for trusted publishing; --dry-run needs neither"
+        )
+    try:
+        token = get_token()
+    except Exception as exc:  # OIDCError, or an HTTP error from the token exchange
+        raise PublishError(f"trusted publishing (HF_OIDC_RESOURCE) failed: {redact(str(exc))}") from None
+    if not token:
+        raise PublishError("the Hub client resolved no token from HF_TOKEN / HF_OIDC_RESOURCE")
+    _known_secrets.add(token)
+    return token
+
+
+def read_only_token() -> str | None:
+    """A token for read-only calls (dry run) when one is at hand without any exchange; else anonymous."""
+    token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+    return token.strip() if token and token.strip() else None

@@ -1,0 +1,267 @@
+"""What a release uploads, and how it differs from a Hub revision. Pure: no network.
+
+``read_release_folder`` lists the folder (every file, in sorted order) with the two hashes the Hub can be
+compared against, and refuses a folder that is not exactly what verification passed on. ``compute_plan``
+then sorts each path into add / replace / unchanged / delete against a remote listing, and ``tree_matches``
+answers "is this revision exactly this release?", the question behind idempotent re-runs and tag checks.
+
+Content is compared by hash, never by size or date: an LFS file by its sha256, a regular file by its git
+blob id (``git hash-object``), whichever form the Hub reports for the remote file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from release.errors import PublishError, UsageError
+from release.hashing import CHUNK_SIZE
+
+KEEP_REMOTE = frozenset({".gitattributes"})  # the Hub's LFS rules: never deleted, never compared
+
+# Written into the folder after verification (the card step renders them from the report), so the report's
+# file map cannot vouch for them: they are neither required nor compared. Every other file must match the map
+# exactly, both ways. (verification.json itself lives outside the folder and is never uploaded: its timings vary.)
+WRITTEN_AFTER_VERIFICATION = ("README.md", ".eval_results/")
+
+FileAction = Literal["add", "replace", "unchanged", "delete"]
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    """One file of the release folder."""
+
+    path: str  # relative, with "/" separators: the path in the repo
+    size: int
+    sha256: str  # what the Hub reports for an LFS file
+    git_oid: str  # git blob sha1: what the Hub reports for a regular file
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One file of a Hub revision, as the tree listing reports it."""
+
+    path: str
+    size: int
+    git_oid: str  # blob id of the content (regular file) or of the pointer file (LFS)
+    lfs_sha256: str | None = None  # set for LFS files
+
+    def same_content(self, local: LocalFile) -> bool:
+        if self.lfs_sha256 is not None:
+            return self.lfs_sha256 == local.sha256
+        return self.git_oid == local.git_oid
+
+
+@dataclass(frozen=True)
+class PlannedFile:
+    path: str
+    action: FileAction
+    size: int  # bytes of the local file; of the remote file for a delete
+
+
+@dataclass(frozen=True)
+class ReleaseFolder:
+    """A complete, verified release folder and the verification report it passed."""
+
+    path: Path
+    files: dict[str, LocalFile]  # sorted by path
+    report: dict
+
+    @property
+    def written_after_verification(self) -> tuple[str, ...]:
+        """The card files (README.md, .eval_results/*) in this folder: uploaded, but not in the report."""
+        return tuple(path for path in self.files if is_written_after_verification(path))
+
+
+def hash_file(path: Path, rel: str) -> LocalFile:
+    """Size, sha256 and git blob id (``git hash-object``: sha1 of ``blob <size>\\0`` + content), in one read."""
+    sha256, size = hashlib.sha256(), path.stat().st_size
+    sha1 = hashlib.sha1(f"blob {size}\0".encode())
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK_SIZE):
+            sha256.update(chunk)
+            sha1.update(chunk)
+    return LocalFile(path=rel, size=size, sha256=sha256.hexdigest(), git_oid=sha1.hexdigest())
+
+
+def scan_folder(folder: Path) -> dict[str, LocalFile]:
+    """Every file below ``folder`` (symlinks followed), keyed by repo path, in sorted order.
+
+    ``.cache/`` (huggingface_hub's metadata in a ``--local-dir`` download) is skipped, as verify skips it.
+    """
+    files = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder)
+        if ".cache" not in rel.parts:
+            files[rel.as_posix()] = hash_file(path, rel.as_posix())
+    return dict(sorted(files.items()))
+
+
+def is_written_after_verification(path: str) -> bool:
+    """True for the card's files, which the verification report cannot list."""
+    return any(path == p or (p.endswith("/") and path.startswith(p)) for p in WRITTEN_AFTER_VERIFICATION)
+
+
+def _expected_sha256(entry: object) -> str | None:
+    if isinstance(entry, str):
+        return entry
+    if isinstance(entry, Mapping) and isinstance(entry.get("sha256"), str):
+        return entry["sha256"]
+    return None
+
+
+def read_release_folder(folder: str | Path, verification: str | Path | None = None) -> ReleaseFolder:
+    """Check that ``folder`` is complete and is what verification passed on; hash every file.
+
+    Args:
+        folder: The converted model folder (weights, config, modeling code, tokenizer, card, release.json).
+        verification: ``verification.json``; default ``<folder>/../verification.json``.
+
+    Raises:
+        UsageError: The folder or the report is missing or unreadable.
+        PublishError: The report did not pass, or the folder's files differ from the ones it verified
+            (each difference is named).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UsageError(f"release folder {folder} does not exist or is not a directory")
+    report_path = Path(verification) if verification is not None else folder.parent / "verification.json"
+    if not report_path.is_file():
+        raise UsageError(
+            f"no verification report at {report_path}: run `release verify` first (or pass --verification)"
+        )
+    try:
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read verification report {report_path}: {exc}") from None
+    if not isinstance(report, dict) or report.get("passed") is not True:
+        raise PublishError(f"verification report {report_path} did not pass; refusing to publish")
+    verified = (report.get("model") or {}).get("files") if isinstance(report.get("model"), dict) else None
+    if not isinstance(verified, dict) or not verified:
+        raise PublishError(f"verification report {report_path} has no model.files map of sha256 hashes")
+
+    files = scan_folder(folder)
+    problems = []
+    for path, entry in sorted(verified.items()):
+        expected = _expected_sha256(entry)
+        if is_written_after_verification(path):
+            continue  # a card present when verify ran may have been re-rendered since: neither required nor compared
+        if path not in files:
+            problems.append(f"missing: {path}")
+        elif expected is None:
+            problems.append(f"no sha256 recorded for {path}")
+        elif files[path].sha256 != expected:
+            problems.append(f"changed since verification: {path}")
+    problems += [
+        f"not verified: {path}"
+        for path in files
+        if path not in verified and not is_written_after_verification(path)
+    ]
+    if problems:
+        shown = "; ".join(problems[:6]) + (f"; and {len(problems) - 6} more" if len(problems) > 6 else "")
+        raise PublishError(
+            f"{folder} is not the folder {report_path.name} verified ({shown}); re-run `release verify`"
+        )
+    return ReleaseFolder(path=folder, files=files, report=report)
+
+
+def compute_plan(local: Mapping[str, LocalFile], remote: Mapping[str, RemoteFile]) -> list[PlannedFile]:
+    """Each release file as add / replace / unchanged, then each remote file not in the release as delete.
+
+    ``.gitattributes`` on the remote is never deleted; one in the release is uploaded like any file.
+    """
+    plan = []
+    for path, file in local.items():
+        theirs = remote.get(path)
+        if theirs is None:
+            action: FileAction = "add"
+        else:
+            action = "unchanged" if theirs.same_content(file) else "replace"
+        plan.append(PlannedFile(path=path, action=action, size=file.size))
+    for path in sorted(set(remote) - set(local) - KEEP_REMOTE):
+        plan.append(PlannedFile(path=path, action="delete", size=remote[path].size))
+    return plan
+
+
+def tree_matches(local: Mapping[str, LocalFile], remote: Mapping[str, RemoteFile]) -> bool:
+    """True if the remote revision holds exactly the release: same paths, same content (``.gitattributes`` aside)."""
+    return all(item.action == "unchanged" for item in compute_plan(local, remote))
+
+
+def describe_difference(
+    local: Mapping[str, LocalFile], remote: Mapping[str, RemoteFile], limit: int = 4
+) -> str:
+    """A short human list of how a remote revision differs from the release, e.g. for a version conflict."""
+    changed = [
+        f"{item.action} {item.path}" for item in compute_plan(local, remote) if item.action != "unchanged"
+    ]
+    if not changed:
+        return "no difference"
+    more = f", and {len(changed) - limit} more" if len(changed) > limit else ""
+    return ", ".join(changed[:limit]) + more
+
+
+@dataclass(frozen=True)
+class ReleasePlan:
+    """Where a release goes and what changes there. Printed by ``--dry-run``; returned with every result."""
+
+    repo_id: str
+    tag: str
+    branch: str  # the branch the release lands on: main, or release/<tag> for a prerelease
+    base_ref: str  # the branch whose head the plan was computed against (main for a new prerelease branch)
+    base_commit: str | None  # that head; None if the remote state is unknown
+    remote_state: str  # "known", or why the remote could not be read (the plan then assumes an empty repo)
+    files: tuple[PlannedFile, ...]
+    published_commit: str | None = None  # the commit the tag already points to (an idempotent re-run)
+
+    @property
+    def changes(self) -> list[PlannedFile]:
+        return [item for item in self.files if item.action != "unchanged"]
+
+    def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(("add", "replace", "unchanged", "delete"), 0)
+        for item in self.files:
+            counts[item.action] += 1
+        return counts
+
+    def to_dict(self) -> dict:
+        return {
+            "repo_id": self.repo_id,
+            "tag": self.tag,
+            "branch": self.branch,
+            "base_ref": self.base_ref,
+            "base_commit": self.base_commit,
+            "remote_state": self.remote_state,
+            "published_commit": self.published_commit,
+            "files": [{"path": f.path, "action": f.action, "size": f.size} for f in self.files],
+        }
+
+    def format_lines(self) -> list[str]:
+        """The human plan: destination, then one line per file with its action and size."""
+        lines = [f"repo:   {self.repo_id}", f"branch: {self.branch}", f"tag:    {self.tag}"]
+        if self.remote_state != "known":
+            lines.append(f"remote state unknown: {self.remote_state}; planned against an empty repo")
+        elif self.base_commit:
+            lines.append(f"base:   {self.base_ref} at {self.base_commit[:12]}")
+        if self.published_commit:
+            lines.append(f"already published at {self.published_commit[:12]}: nothing to do")
+            return lines
+        width = max((len(f.path) for f in self.files), default=0)
+        lines += [f"  {f.action:<9} {f.path:<{width}}  {format_size(f.size)}" for f in self.files]
+        c = self.counts()
+        lines.append(
+            f"{c['add']} to add, {c['replace']} to replace, {c['delete']} to delete, {c['unchanged']} unchanged"
+        )
+        return lines
+
+
+def format_size(size: int) -> str:
+    """Bytes, plus a human form from 1 kB up: ``1234567 B (1.2 MB)``."""
+    for unit, factor in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= factor:
+            return f"{size} B ({size / factor:.1f} {unit})"
+    return f"{size} B"
