@@ -35,10 +35,11 @@ def reports_errors(func):
         except ReleaseError as exc:
             if debug:
                 raise
-            failures = getattr(exc, "failures", None) or []
-            for line in failures:
-                click.echo(f"FAILED: {line}", err=True)
-            _fail(str(exc), exc.exit_code)
+            from release.hub_auth import redact  # every message, whichever step raised it
+
+            for line in getattr(exc, "failures", None) or []:
+                click.echo(f"FAILED: {redact(line)}", err=True)
+            _fail(redact(str(exc)), exc.exit_code)
         except KeyboardInterrupt:
             _fail("interrupted; nothing was left behind", 130)
 
@@ -123,7 +124,11 @@ def fetch(uri, sha256, out, cache_dir, progress):
 
 @main.command()
 @click.argument("folder", type=click.Path(path_type=Path, file_okay=False))
-@click.option("--repo-id", required=True, help="Model repo OWNER/NAME (created if missing).")
+@click.option(
+    "--repo-id",
+    default=None,
+    help="Model repo OWNER/NAME (created if missing); default: the settings' repo_id.",
+)
 @click.option("--version", "version", required=True, help="vX.Y.Z, or vX.Y.Z-rc.N etc. for a prerelease.")
 @click.option(
     "--private/--public",
@@ -168,21 +173,23 @@ def publish(folder, repo_id, version, private, dry_run, commit_message, verifica
     from release.hub import publish_release
     from release.hub_auth import redact
 
-    try:
-        result = publish_release(
-            folder,
-            repo_id=repo_id,
-            version=version,
-            private=private,
-            dry_run=dry_run,
-            commit_message=commit_message,
-            verification=verification,
-        )
-    except ReleaseError as exc:  # the library redacts already; this is the last line of defence before output
-        exc.args = (redact(str(exc)),)
-        if getattr(exc, "failures", None):
-            exc.failures = [redact(line) for line in exc.failures]
-        raise
+    if repo_id is None:
+        from release.settings import load_settings
+
+        repo_id = load_settings().repo_id
+        if not repo_id:
+            raise click.UsageError(
+                "no repo id: pass --repo-id or set [tool.release] repo_id / RELEASE_REPO_ID"
+            )
+    result = publish_release(
+        folder,
+        repo_id=repo_id,
+        version=version,
+        private=private,
+        dry_run=dry_run,
+        commit_message=commit_message,
+        verification=verification,
+    )
     if dry_run:
         for line in result.plan.format_lines():
             click.echo(redact(line))
@@ -195,6 +202,9 @@ def publish(folder, repo_id, version, private, dry_run, commit_message, verifica
         click.echo(f"{result.tag} is already published at {result.commit} with this content; nothing to do.")
     if json_out is not None:
         result.write_json(json_out)
+    from release.github import report_publish
+
+    report_publish(result.to_dict())
 
 
 @main.command()
@@ -260,26 +270,49 @@ def card(
     Example:
         release card dist/v1.2.0/model --version v1.2.0 --metrics lm_eval.json --diff-against me/tiny-gpt
     """
+    from release.card import review_card, write_model_card, write_pr_comment
+
+    rendered = _render_card(
+        model_dir,
+        version=version,
+        metrics=metrics,
+        template=template,
+        verification=verification,
+        overrides={"repo_id": repo_id, "model_name": model_name, "license": license_},
+    )
+    written = write_model_card(model_dir, rendered)
+    for path in written:
+        click.echo(f"Wrote {path}", err=diff_against is not None)
+    if diff_against is not None:
+        review = review_card(
+            rendered.text, diff_against, version=version, repo_id=rendered.context["settings"]["repo_id"]
+        )
+        pr_comment = write_pr_comment(pr_comment or model_dir.parent / "pr_comment.md", review.comment)
+        click.echo(f"Compared with {review.old_description}", err=True)
+        click.echo(review.diff or "No changes.", nl=not review.diff)
+        click.echo(f"Wrote {pr_comment}", err=True)
+
+
+def _render_card(model_dir, *, version, metrics=(), template=None, verification=None, overrides=None):
+    """The card for ``model_dir`` from the effective settings; shared by ``card`` and ``notes``."""
     from release.card import (
         card_settings_from,
         default_verification_path,
         load_verification,
         render_model_card,
-        review_card,
-        write_model_card,
-        write_pr_comment,
     )
     from release.settings import find_pyproject, load_settings
 
+    overrides = dict(overrides or {})
     pyproject = find_pyproject()
     settings = card_settings_from(
-        load_settings(overrides={"repo_id": repo_id}),
-        overrides={"model_name": model_name, "license": license_},
+        load_settings(overrides={"repo_id": overrides.pop("repo_id", None)}, pyproject=pyproject),
+        overrides=overrides,
         base_dir=pyproject.parent if pyproject else None,
     )
     if verification is None and default_verification_path(model_dir).is_file():
         verification = default_verification_path(model_dir)
-    rendered = render_model_card(
+    return render_model_card(
         model_dir,
         version=version,
         settings=settings,
@@ -287,15 +320,47 @@ def card(
         verification=load_verification(verification) if verification else None,
         template=template,
     )
-    written = write_model_card(model_dir, rendered)
-    for path in written:
-        click.echo(f"Wrote {path}", err=diff_against is not None)
-    if diff_against is not None:
-        review = review_card(rendered.text, diff_against, version=version, repo_id=settings.repo_id)
-        pr_comment = write_pr_comment(pr_comment or model_dir.parent / "pr_comment.md", review.comment)
-        click.echo(f"Compared with {review.old_description}", err=True)
-        click.echo(review.diff or "No changes.", nl=not review.diff)
-        click.echo(f"Wrote {pr_comment}", err=True)
+
+
+@main.command("notes")
+@click.argument("model_dir", metavar="DIR", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option(
+    "--published",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="The JSON written by `release publish --json FILE`.",
+)
+@click.option("--out", required=True, type=click.Path(path_type=Path, dir_okay=False), help="Notes file.")
+@reports_errors
+def notes(model_dir, published, out):
+    """Render GitHub Release notes for a published release (links the Hub revision).
+
+    \b
+    Example:
+        release notes dist/v1.2.0/model --published publish.json --out notes.md
+    """
+    import json
+
+    from release.card import render_release_notes
+    from release.errors import UsageError
+    from release.github import run_url
+
+    try:
+        result = json.loads(published.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UsageError(
+            f"{published} is not JSON ({exc}); pass the file written by `release publish --json`"
+        ) from None
+    if result.get("dry_run") or not result.get("commit") or not result.get("revision_url"):
+        raise UsageError(f"{published} describes a dry run or an unpublished release; publish first")
+    rendered = _render_card(model_dir, version=result["tag"], overrides={"repo_id": result["repo_id"]})
+    text = render_release_notes(
+        rendered, revision_url=result["revision_url"], hub_commit=result["commit"], run_url=run_url()
+    )
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(out)
+    click.echo(f"Wrote {out}")
 
 
 @main.command("run")
@@ -600,9 +665,14 @@ def settings_(name, as_json):
         value = values[name]
         click.echo(json.dumps(value) if isinstance(value, tuple | dict) else ("" if value is None else value))
     elif as_json:
-        click.echo(json.dumps({k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items()}, indent=2,
-                              sort_keys=True, default=str))
+        click.echo(
+            json.dumps(
+                {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items()},
+                indent=2,
+                sort_keys=True,
+                default=str,
+            )
+        )
     else:
         for line in settings.describe():
             click.echo(line)
-

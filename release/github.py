@@ -54,3 +54,31 @@ def version_from_ref(env: Mapping[str, str] | None = None) -> str | None:
     if env.get("GITHUB_REF_TYPE") == "tag" or env.get("GITHUB_REF", "").startswith("refs/tags/"):
         return env.get("GITHUB_REF_NAME") or env.get("GITHUB_REF", "").removeprefix("refs/tags/") or None
     return None
+
+
+def report_publish(result: Mapping, *, env: Mapping[str, str] | None = None) -> None:
+    """Step outputs and a short job summary for ``release publish`` (``PublishResult.to_dict()``)."""
+    if not in_github_actions(env):
+        return
+    dry_run = bool(result.get("dry_run"))
+    write_outputs(
+        {
+            "version": str(result.get("version", "")),
+            "tag": str(result.get("tag", "")),
+            "commit": "" if dry_run else str(result.get("commit") or ""),
+            "revision-url": "" if dry_run else str(result.get("revision_url") or ""),
+            "created": "true" if result.get("created") else "false",
+            "dry-run": "true" if dry_run else "false",
+        },
+        env=env,
+    )
+    if dry_run:
+        line = f"Dry run of {result.get('tag')} to `{result.get('repo_id')}`: nothing was changed."
+    elif result.get("created"):
+        line = (
+            f"Published [{result.get('repo_id')}@{result.get('tag')}]({result.get('revision_url')}) "
+            f"(Hub commit `{str(result.get('commit'))[:12]}`)."
+        )
+    else:
+        line = f"{result.get('tag')} was already published at `{str(result.get('commit'))[:12]}`; nothing uploaded."
+    append_summary(f"### release publish\n\n{line}\n", env=env)
