@@ -1,0 +1,487 @@
+"""Facts for the model card, read from a converted model folder and from verification.json.
+
+Everything here is read, checked and returned as plain data; nothing is guessed. A value the card needs
+that is missing from the folder is a ``CardError`` naming the file and the key, never a default.
+Only deterministic fields are kept (no timings, no dates): a re-release of the same checkpoint must
+render a byte-identical card so that nothing new is uploaded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import subprocess
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from release.errors import CardError
+
+FFN_LABELS = {
+    "swiglu": "SwiGLU",
+    "relu": "ReLU MLP",
+}
+
+# A safetensors header is JSON; anything larger than this is not a header we should trust.
+MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    name: str  # path relative to the model folder
+    size: int  # bytes
+    tensors: int
+    parameters: int
+    dtypes: tuple[str, ...]  # safetensors dtype codes, sorted (e.g. ("F32",))
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the card says about the architecture and the weights (from config.json and the weight files)."""
+
+    model_type: str
+    architectures: tuple[str, ...]
+    vocab_size: int
+    n_positions: int
+    n_embd: int
+    n_layer: int
+    n_head: int
+    ffn_type: str
+    intermediate_size: int
+    dtype: str
+    parameters: int  # sum of element counts over every tensor in the safetensors files
+    weight_files: tuple[WeightFile, ...]
+    tokenizer_vocab_size: int | None  # from tokenizer.json when the folder has one
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def weights_size(self) -> int:
+        return sum(f.size for f in self.weight_files)
+
+    @property
+    def ffn_label(self) -> str:
+        return FFN_LABELS.get(self.ffn_type, self.ffn_type)
+
+
+def read_json_object(path: Path, *, what: str) -> dict:
+    """Read a JSON file that must hold an object; CardError names the file and what is wrong."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CardError(f"{what} not found: {path}") from None
+    except OSError as exc:
+        raise CardError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CardError(
+            f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
+        ) from None
+    if not isinstance(data, dict):
+        raise CardError(f"{path}: expected a JSON object, found {_json_type(data)}")
+    return data
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+_MISSING = object()
+
+
+def get_field(
+    data: Mapping, dotted: str, *, source: Path | str, types: tuple[type, ...], nullable: bool = False
+):
+    """Return ``data[a][b]...`` for ``dotted="a.b"``, checking its type; CardError names the file and key.
+
+    ``nullable`` allows an explicit JSON null (the key must still be present: absent and null differ).
+    """
+    value: Any = data
+    for part in dotted.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            raise CardError(f"{source}: missing key '{dotted}'")
+        value = value[part]
+    if value is None:
+        if nullable:
+            return None
+        raise CardError(f"{source}: '{dotted}' is null")
+    if isinstance(value, str) and value in ("nan", "inf", "-inf") and str not in types:
+        raise CardError(f"{source}: '{dotted}' is {value}; the card reports finite numbers only")
+    if isinstance(value, bool) and bool not in types:
+        raise CardError(f"{source}: '{dotted}' must be {_type_names(types)}, found a boolean")
+    if not isinstance(value, types):
+        raise CardError(f"{source}: '{dotted}' must be {_type_names(types)}, found {_json_type(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise CardError(f"{source}: '{dotted}' is {value}, not a finite number")
+    return value
+
+
+def _type_names(types: tuple[type, ...]) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "a boolean", dict: "an object"}
+    names[list] = "an array"
+    return " or ".join(dict.fromkeys(names.get(t, t.__name__) for t in types))
+
+
+# --- the weights -------------------------------------------------------------------------------------
+
+
+def read_safetensors_header(path: Path) -> dict:
+    """Parse a safetensors header (8-byte little-endian length, then JSON) without reading any tensor."""
+    try:
+        with open(path, "rb") as f:
+            raw_len = f.read(8)
+            if len(raw_len) != 8:
+                raise CardError(f"{path}: not a safetensors file (shorter than its 8-byte header length)")
+            (header_len,) = struct.unpack("<Q", raw_len)
+            if header_len > MAX_SAFETENSORS_HEADER:
+                raise CardError(f"{path}: not a safetensors file (header length {header_len} bytes)")
+            raw = f.read(header_len)
+    except OSError as exc:
+        raise CardError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(raw) != header_len:
+        raise CardError(f"{path}: truncated safetensors header")
+    try:
+        header = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CardError(f"{path}: safetensors header is not valid JSON") from None
+    if not isinstance(header, dict):
+        raise CardError(f"{path}: safetensors header is not a JSON object")
+    return header
+
+
+def weight_file_facts(path: Path, *, name: str) -> WeightFile:
+    header = read_safetensors_header(path)
+    parameters = 0
+    tensors = 0
+    dtypes = set()
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        shape = info.get("shape") if isinstance(info, dict) else None
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise CardError(f"{path}: tensor '{key}' has no valid shape in the safetensors header")
+        parameters += math.prod(shape)
+        tensors += 1
+        dtypes.add(str(info.get("dtype")))
+    return WeightFile(
+        name=name,
+        size=path.stat().st_size,
+        tensors=tensors,
+        parameters=parameters,
+        dtypes=tuple(sorted(dtypes)),
+    )
+
+
+def read_model_facts(model_dir: Path, release: Mapping) -> ModelFacts:
+    """Architecture from ``config.json``, parameter count and sizes from the ``*.safetensors`` headers."""
+    config_path = model_dir / "config.json"
+    config = read_json_object(config_path, what="model config")
+
+    def get_int(key: str) -> int:
+        value = get_field(config, key, source=config_path, types=(int,))
+        if value <= 0:
+            raise CardError(f"{config_path}: '{key}' must be positive, found {value}")
+        return value
+
+    n_embd = get_int("n_embd")
+    ffn_type = get_field(config, "ffn_type", source=config_path, types=(str,))
+    intermediate_size = get_int("intermediate_size") if "intermediate_size" in config else 4 * n_embd
+    # transformers 5 writes `dtype`, 4.x writes `torch_dtype`; release.json records what convert produced.
+    dtype = config.get("dtype") or config.get("torch_dtype") or release.get("dtype")
+    if not isinstance(dtype, str) or not dtype:
+        raise CardError(
+            f"{config_path}: no 'dtype' (or 'torch_dtype'), and release.json has no 'dtype' either"
+        )
+    architectures = config.get("architectures") or []
+    if not isinstance(architectures, list) or not all(isinstance(a, str) for a in architectures):
+        raise CardError(f"{config_path}: 'architectures' must be a list of class names")
+
+    paths = sorted(model_dir.glob("*.safetensors"))
+    if not paths:
+        raise CardError(f"{model_dir}: no *.safetensors weight files; run `release convert` first")
+    files = tuple(weight_file_facts(p, name=p.name) for p in paths)
+
+    return ModelFacts(
+        model_type=get_field(config, "model_type", source=config_path, types=(str,)),
+        architectures=tuple(architectures),
+        vocab_size=get_int("vocab_size"),
+        n_positions=get_int("n_positions"),
+        n_embd=n_embd,
+        n_layer=get_int("n_layer"),
+        n_head=get_int("n_head"),
+        ffn_type=ffn_type,
+        intermediate_size=intermediate_size,
+        dtype=dtype,
+        parameters=sum(f.parameters for f in files),
+        weight_files=files,
+        tokenizer_vocab_size=_tokenizer_vocab_size(model_dir / "tokenizer.json"),
+    )
+
+
+def _tokenizer_vocab_size(path: Path) -> int | None:
+    """Token count of a `tokenizers` file: the model's vocab plus added tokens that are not in it."""
+    if not path.is_file():
+        return None
+    data = read_json_object(path, what="tokenizer")
+    vocab = (data.get("model") or {}).get("vocab")
+    if not isinstance(vocab, dict):
+        return None  # not a BPE/WordPiece-style vocab we can count; the card just leaves it out
+    added = {t.get("content") for t in data.get("added_tokens") or [] if isinstance(t, dict)}
+    return len(vocab) + len(added - set(vocab))
+
+
+# --- provenance --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReleaseFacts:
+    """Provenance from ``release.json`` (written by ``release convert``)."""
+
+    converter_name: str
+    converter_version: str
+    git_commit: str | None
+    dirty: bool
+    checkpoint_filename: str
+    checkpoint_sha256: str
+    checkpoint_size: int
+    checkpoint_format: str | None
+    iter_num: int | None
+    val_loss: float | None
+    best_val_loss: float | None
+    train_config: dict | None
+    libraries: tuple[tuple[str, str], ...]  # (name, version), in a fixed order
+    files: tuple[tuple[str, str, int], ...]  # (relpath, sha256, size), sorted by path
+
+
+LIBRARY_ORDER = ("python", "torch", "transformers", "safetensors", "tokenizers")
+
+
+def read_release_facts(model_dir: Path) -> tuple[dict, ReleaseFacts]:
+    path = model_dir / "release.json"
+    if not path.is_file():
+        raise CardError(f"{path} not found: {model_dir} is not a folder written by `release convert`")
+    data = read_json_object(path, what="release record")
+
+    def get(key, types, nullable=False):
+        return get_field(data, key, source=path, types=types, nullable=nullable)
+
+    sha = get("checkpoint.sha256", (str,))
+    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        raise CardError(f"{path}: 'checkpoint.sha256' is not 64 lowercase hex digits")
+    libraries = get("libraries", (dict,))
+    for name, version in libraries.items():
+        if not isinstance(version, str):
+            raise CardError(f"{path}: 'libraries.{name}' must be a version string")
+    ordered = [n for n in LIBRARY_ORDER if n in libraries] + sorted(set(libraries) - set(LIBRARY_ORDER))
+    files = []
+    for rel, info in sorted(get("files", (dict,)).items()):
+        files.append(
+            (
+                rel,
+                get_field(info, "sha256", source=path, types=(str,)),
+                get_field(info, "size", source=path, types=(int,)),
+            )
+        )
+    facts = ReleaseFacts(
+        converter_name=get("converter.name", (str,)),
+        converter_version=get("converter.version", (str,)),
+        git_commit=get("converter.git_commit", (str,), nullable=True),
+        dirty=bool(get("converter.dirty", (bool,), nullable=True)),
+        checkpoint_filename=get("checkpoint.filename", (str,)),
+        checkpoint_sha256=sha,
+        checkpoint_size=get("checkpoint.size", (int,)),
+        checkpoint_format=get("checkpoint.format", (str,), nullable=True),
+        iter_num=get("checkpoint.iter_num", (int,), nullable=True),
+        val_loss=_as_float(get("checkpoint.val_loss", (int, float), nullable=True)),
+        best_val_loss=_as_float(get("checkpoint.best_val_loss", (int, float), nullable=True)),
+        train_config=get("checkpoint.train_config", (dict,), nullable=True),
+        libraries=tuple((n, libraries[n]) for n in ordered),
+        files=tuple(files),
+    )
+    return data, facts
+
+
+def _as_float(value: int | float | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def git_head_commit(cwd: Path | None = None) -> str | None:
+    """``git rev-parse HEAD`` where the card is rendered; None outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = out.stdout.strip()
+    return commit if len(commit) == 40 else None
+
+
+# --- verification.json -------------------------------------------------------------------------------
+
+# What the card calls each gate of release/verify.py; a gate not listed here shows its own name.
+GATE_TITLES = {
+    "load": "Loads with `trust_remote_code=True`",
+    "hygiene": "Remote code is self-contained",
+    "parity.forward": "Forward pass runs",
+    "parity.max_abs_diff": "Logits: max. abs. difference",
+    "parity.mean_abs_diff": "Logits: mean abs. difference",
+    "parity.top1_agreement": "Logits: top-1 agreement",
+    "parity.kl_divergence": "Logits: KL divergence",
+    "perplexity": "Perplexity: relative difference",
+    "generation.greedy": "Greedy generation matches",
+    "generation.padded_batch": "Left-padded batch matches",
+    "generation.sampling": "Seeded sampling stops cleanly",
+    "generation.pipeline": "`text-generation` pipeline matches",
+}
+SAMPLING_PARAMETERS = ("seed", "temperature", "top_k", "top_p")
+
+
+def check_verification(report: Mapping, *, source: Path | str, checkpoint_sha256: str) -> dict:
+    """Validate the fields of a verification report that the card shows; return them as plain data.
+
+    Raises CardError when the report is for another checkpoint or records failed gates: a card must not
+    claim a verification the release does not have.
+    """
+    version = report.get("schema_version")
+    if version != 1:
+        raise CardError(f"{source}: unsupported schema_version {version!r} (this release tool reads 1)")
+
+    def get(key, types, nullable=False):
+        return get_field(report, key, source=source, types=types, nullable=nullable)
+
+    sha = get("checkpoint.sha256", (str,))
+    if sha != checkpoint_sha256:
+        raise CardError(
+            f"{source} verifies checkpoint {sha[:12]}…, but the model folder was converted from "
+            f"{checkpoint_sha256[:12]}…; run `release verify` on this folder"
+        )
+    if not get("passed", (bool,)):
+        failures = [str(f) for f in report.get("failures") or []]
+        detail = "; ".join(failures) if failures else "see the report"
+        raise CardError(
+            f"{source}: verification failed ({detail}); a card is only rendered for a verified model"
+        )
+
+    gates = []
+    for i, gate in enumerate(get("gates", (list,))):
+        if not isinstance(gate, Mapping):
+            raise CardError(f"{source}: 'gates[{i}]' must be an object")
+        name = get_field(gate, "name", source=source, types=(str,))
+        gates.append(
+            {
+                "name": name,
+                "title": GATE_TITLES.get(name, name),
+                "passed": get_field(gate, "passed", source=source, types=(bool,)),
+                "value": gate.get("value"),
+                "threshold": gate.get("threshold"),
+                "detail": gate.get("detail") or "",
+            }
+        )
+    if not gates:
+        raise CardError(f"{source}: 'gates' is empty; nothing was verified")
+
+    # A figure whose gate is off for this dtype may be absent (null); the card shows a dash for it.
+    parity = {
+        key: get(f"parity.{key}", (int, float), nullable=True)
+        for key in ("max_abs_diff", "mean_abs_diff", "top1_agreement", "kl_divergence")
+    }
+    perplexity = {
+        "text": get("perplexity.text", (str,)),
+        "text_sha256": get("perplexity.text_sha256", (str,)),
+        "tokens": get("perplexity.tokens", (int,)),
+        "reference": get("perplexity.reference", (int, float)),
+        "candidate": get("perplexity.candidate", (int, float)),
+        "relative_diff": get("perplexity.relative_diff", (int, float)),
+    }
+    cases = []
+    for i, case in enumerate(get("generation.cases", (list,))):
+        if not isinstance(case, Mapping):
+            raise CardError(f"{source}: 'generation.cases[{i}]' must be an object")
+        cases.append(
+            {
+                "prompt": visible_text(get_field(case, "prompt", source=source, types=(str,))),
+                "text": visible_text(get_field(case, "text", source=source, types=(str,))),
+                "match": get_field(case, "match", source=source, types=(bool,)),
+                # Parted from the reference only at a near tie the dtype's rounding can flip.
+                "tolerated": case.get("tolerated") is True,
+            }
+        )
+    sampling = report.get("generation", {}).get("sampling")
+    if sampling is not None:
+        if not isinstance(sampling, Mapping):
+            raise CardError(f"{source}: 'generation.sampling' must be an object")
+        sampling = {
+            "text": visible_text(get_field(sampling, "text", source=source, types=(str,))),
+            # The sampling parameters, in a fixed order; not the outcome fields (tokens, stopped).
+            "settings": [(k, sampling[k]) for k in SAMPLING_PARAMETERS if _is_scalar(sampling.get(k))],
+            "prompt": visible_text(sampling["prompt"]) if isinstance(sampling.get("prompt"), str) else None,
+        }
+    compat_passed, compat_failed, compat_range = [], [], None
+    if report.get("compat") is not None:
+        for i, entry in enumerate(get_field(report, "compat.versions", source=source, types=(list,))):
+            if not isinstance(entry, Mapping):
+                raise CardError(f"{source}: 'compat.versions[{i}]' must be an object")
+            version = get_field(entry, "transformers", source=source, types=(str,))
+            passed = get_field(entry, "passed", source=source, types=(bool,))
+            (compat_passed if passed else compat_failed).append(version)
+        compat_range = (
+            report["compat"].get("range") if isinstance(report["compat"].get("range"), str) else None
+        )
+    return {
+        "passed": True,
+        "gates": gates,
+        "parity": parity,
+        "perplexity": perplexity,
+        "generation": {
+            "max_new_tokens": get("generation.max_new_tokens", (int,)),
+            "cases": cases,
+            "sampling": sampling,
+        },
+        "compat_versions": sorted(set(compat_passed), key=_version_key),
+        "compat_failed": sorted(set(compat_failed), key=_version_key),
+        "compat_range": compat_range,
+        "dtype": get_field(report, "model.dtype", source=source, types=(str,)),
+    }
+
+
+def visible_text(text: str) -> str:
+    """Model output as card text: control and format characters become visible escapes (``\\x0e``).
+
+    A tiny or undertrained model emits stray control bytes; raw, they would vanish or garble the Markdown.
+    """
+    out = []
+    for ch in text:
+        if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cf"):
+            out.append(ch)
+        else:
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+    return "".join(out)
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, (int, float, str)) and not isinstance(value, bool)
+
+
+def _version_key(version: str) -> tuple:
+    parts = []
+    for piece in version.replace("-", ".").split("."):
+        parts.append((0, int(piece), "") if piece.isdigit() else (1, 0, piece))
+    return tuple(parts)
