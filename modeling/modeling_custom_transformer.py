@@ -4,8 +4,9 @@ Self-contained on purpose: it imports only torch, transformers and its sibling c
 load it on machines where the release repo is not installed. It must keep working across the transformers range
 the project supports (4.46 up to 5.x), so version differences are handled here explicitly:
 
-- the key/value cache argument is ``past_key_values`` in 4.x and ``cache`` in 5.x: ``forward`` accepts both and
-  returns the cache under the output field name the installed version defines;
+- the key/value cache argument (and output field) is ``past_key_values`` up to 5.23 and ``cache`` from 5.24 on
+  (``generate`` passes ``cache=``; checked with ``release compat``): ``forward`` accepts both and returns the cache
+  under the output field name the installed version defines;
 - caches are transformers' own ``Cache`` objects (``DynamicCache``), used only through ``update`` and
   ``get_seq_length``, which both major versions provide;
 - fresh weights are initialised through ``transformers.initialization`` when it exists (5.x, which skips weights
@@ -28,7 +29,7 @@ try:  # transformers >= 5: init functions that leave already-loaded weights alon
 except ImportError:  # transformers 4.x
     from torch.nn import init as _init
 
-# 5.x renamed the output field `past_key_values` to `cache`.
+# 5.24 renamed the output field `past_key_values` to `cache`.
 _CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 

@@ -1,0 +1,255 @@
+"""Benchmark ``release convert`` against the naive conversion and a plain copy, as ratios measured in one run.
+
+Generates a training checkpoint (~85M parameters with real AdamW state and the per-head ``tril`` buffers, ~1.3 GB
+on disk) in a temporary folder, then runs each contender in its own Python process and reads, inside that process,
+its wall time (start-up and imports excluded) and its peak RSS (VmHWM):
+
+    baseline   the interpreter with torch, transformers (incl. the tokenizer and config classes), safetensors and
+               release.convert imported: what every contender pays before doing anything
+    naive      torch.load the whole file (weights_only=True), save_file the model state dict
+    copy       shutil.copyfile of a file the size of the fp32 weights
+    convert    release.convert.convert_checkpoint (fp32, one safetensors file, local tokenizer)
+    hash       SHA-256 of the checkpoint (for scale: convert must do it for release.json)
+    copy+fsync the copy, then fsync (for scale: convert fsyncs what it writes; the copy does not)
+
+Targets (issue #3): convert's peak RSS - baseline <= 1.2x the weights' bytes; convert time <= naive time (aim for
+half) and <= 3x the copy time. Every contender runs ``--repeat`` times; the medians are reported. The files are
+in the page cache for every contender (each reads what the previous run also read).
+
+    python benchmarks/bench_convert.py            # ~85M parameters
+    python benchmarks/bench_convert.py --small    # a few million, for a quick check
+    python benchmarks/bench_convert.py --json results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+FULL = {
+    "vocab_size": 50257,
+    "n_embd": 512,
+    "n_head": 8,
+    "n_layer": 8,
+    "block_size": 1024,
+}  # ~85.5M parameters
+SMALL = {"vocab_size": 8192, "n_embd": 256, "n_head": 4, "n_layer": 4, "block_size": 256}  # ~7.4M parameters
+
+ROLES = ("baseline", "naive", "copy", "convert", "hash", "copy+fsync")
+IMPORTS = """
+import torch, transformers, safetensors.torch
+from transformers import AutoTokenizer, GenerationConfig  # resolve the lazy modules convert uses
+import release.convert, release.checkpoint, modeling.configuration_custom_transformer
+"""
+
+
+def _peak_rss() -> int:
+    """Peak resident set size of this process in bytes (VmHWM; ru_maxrss where /proc is missing)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    scale = 1 if sys.platform == "darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+# --------------------------------------------------------------------------- child processes
+
+
+def child_generate(args: dict) -> dict:
+    import torch
+
+    from modeling.reference import GPTLanguageModel, ReferenceConfig
+    from release.demo import demo_text, train_tokenizer, training_config_dict, write_training_checkpoint
+
+    dims = args["dims"]
+    torch.manual_seed(0)
+    model = GPTLanguageModel(ReferenceConfig(**dims, ffn_type="swiglu"))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    for p in model.parameters():  # one real AdamW step: exp_avg and exp_avg_sq for every parameter
+        p.grad = torch.randn_like(p) * 1e-3
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    config = training_config_dict(
+        n_embd=dims["n_embd"], n_head=dims["n_head"], n_layer=dims["n_layer"], block_size=dims["block_size"]
+    )
+    path = Path(args["checkpoint"])
+    write_training_checkpoint(
+        model, path, train_config=config, iter_num=5000, val_loss=3.1, best_val_loss=3.0, optimizer=optimizer
+    )
+    train_tokenizer(demo_text(), Path(args["tokenizer"]), vocab_size=384)
+    weights_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    with open(args["copy_source"], "wb") as f:  # a file the size of the weights, for the copy baseline
+        chunk = os.urandom(1 << 20)
+        for _ in range(weights_bytes >> 20):
+            f.write(chunk)
+        f.write(chunk[: weights_bytes & ((1 << 20) - 1)])
+    return {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "weights_bytes": weights_bytes,
+        "checkpoint_bytes": path.stat().st_size,
+    }
+
+
+def child_run(role: str, args: dict) -> dict:
+    exec(IMPORTS, {})  # noqa: S102 - the same imports for every contender, before the clock starts
+    out = Path(args["out"])
+    start = time.perf_counter()
+    if role == "naive":
+        import safetensors.torch
+        import torch
+
+        ckpt = torch.load(args["checkpoint"], map_location="cpu", weights_only=True)
+        out.mkdir()
+        safetensors.torch.save_file(
+            ckpt["model_state_dict"], out / "model.safetensors", metadata={"format": "pt"}
+        )
+    elif role in ("copy", "copy+fsync"):
+        out.mkdir()
+        shutil.copyfile(args["copy_source"], out / "weights.bin")
+        if role == "copy+fsync":
+            with open(out / "weights.bin", "rb+") as f:
+                os.fsync(f.fileno())
+    elif role == "hash":
+        from release.hashing import sha256_file
+
+        sha256_file(Path(args["checkpoint"]))
+    elif role == "convert":
+        from release.convert import convert_checkpoint
+
+        convert_checkpoint(Path(args["checkpoint"]), out, tokenizer=Path(args["tokenizer"]), progress=False)
+    elif role != "baseline":
+        raise SystemExit(f"unknown role {role}")
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "peak_rss": _peak_rss()}
+
+
+def _spawn(role: str, args: dict) -> dict:
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", role, json.dumps(args)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"{role} failed:\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def run(small: bool, repeat: int, workdir: Path) -> dict:
+    dims = SMALL if small else FULL
+    paths = {
+        "checkpoint": str(workdir / "ckpt.pt"),
+        "tokenizer": str(workdir / "tokenizer"),
+        "copy_source": str(workdir / "weights-sized.bin"),
+    }
+    print(f"generating a checkpoint with {dims} ...", file=sys.stderr)
+    info = _spawn("generate", {"dims": dims, **paths})
+    print(
+        f"  {info['parameters'] / 1e6:.1f}M parameters, weights {info['weights_bytes'] / 1e6:.0f} MB, "
+        f"checkpoint {info['checkpoint_bytes'] / 1e6:.0f} MB",
+        file=sys.stderr,
+    )
+    samples: dict[str, list[dict]] = {role: [] for role in ROLES}
+    for i in range(repeat):
+        for role in samples:
+            out = workdir / f"out-{role}"
+            shutil.rmtree(out, ignore_errors=True)
+            result = _spawn(role, {**paths, "out": str(out)})
+            samples[role].append(result)
+            print(
+                f"  run {i + 1}/{repeat} {role:10s} {result['seconds']:7.3f} s  peak RSS "
+                f"{result['peak_rss'] / 1e6:7.0f} MB",
+                file=sys.stderr,
+            )
+            shutil.rmtree(out, ignore_errors=True)
+    med = {
+        role: {key: statistics.median(s[key] for s in runs) for key in ("seconds", "peak_rss")}
+        for role, runs in samples.items()
+    }
+    weights = info["weights_bytes"]
+    base = med["baseline"]["peak_rss"]
+    ratios = {
+        "convert_rss_over_weights": (med["convert"]["peak_rss"] - base) / weights,
+        "naive_rss_over_weights": (med["naive"]["peak_rss"] - base) / weights,
+        "convert_time_over_naive": med["convert"]["seconds"] / med["naive"]["seconds"],
+        "convert_time_over_copy": med["convert"]["seconds"] / med["copy"]["seconds"],
+        # Not targets; they show where the time goes: the input's SHA-256 (provenance) and the fsync of the output.
+        "hash_time_over_copy": med["hash"]["seconds"] / med["copy"]["seconds"],
+        "copy_fsync_time_over_copy": med["copy+fsync"]["seconds"] / med["copy"]["seconds"],
+    }
+    targets = {
+        "convert_rss_over_weights": ratios["convert_rss_over_weights"] <= 1.2,
+        "convert_time_over_naive": ratios["convert_time_over_naive"] <= 1.0,
+        "convert_time_over_copy": ratios["convert_time_over_copy"] <= 3.0,
+    }
+    return {
+        "model": {**dims, **info},
+        "repeat": repeat,
+        "median": med,
+        "samples": samples,
+        "ratios": ratios,
+        "targets_met": targets,
+        "cpu_count": os.cpu_count(),
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--small", action="store_true", help="a model of a few million parameters")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per contender (medians are reported)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results to this file")
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="where to generate files (default: a temp dir)"
+    )
+    parser.add_argument("--child", nargs=2, metavar=("ROLE", "ARGS"), help=argparse.SUPPRESS)
+    options = parser.parse_args()
+    if options.child:
+        role, args = options.child[0], json.loads(options.child[1])
+        result = child_generate(args) if role == "generate" else child_run(role, args)
+        print(json.dumps(result))
+        return
+
+    own_tmp = options.workdir is None
+    workdir = Path(tempfile.mkdtemp(prefix="bench-convert-")) if own_tmp else options.workdir
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        results = run(options.small, options.repeat, workdir)
+    finally:
+        if own_tmp:
+            shutil.rmtree(workdir, ignore_errors=True)
+    r, m = results["ratios"], results["median"]
+    mb = 1e6
+    print(
+        f"weights {results['model']['weights_bytes'] / mb:.0f} MB, checkpoint {results['model']['checkpoint_bytes'] / mb:.0f} MB"
+    )
+    for role in ("baseline", "naive", "copy", "convert"):
+        print(f"  {role:8s} {m[role]['seconds']:7.3f} s   peak RSS {m[role]['peak_rss'] / mb:7.0f} MB")
+    print(f"convert peak RSS - baseline = {r['convert_rss_over_weights']:.2f}x weights (target <= 1.2)")
+    print(f"naive   peak RSS - baseline = {r['naive_rss_over_weights']:.2f}x weights")
+    print(f"convert time / naive time   = {r['convert_time_over_naive']:.2f} (target <= 1, aim 0.5)")
+    print(f"convert time / copy time    = {r['convert_time_over_copy']:.2f} (target <= 3)")
+    print(f"  for scale: sha256 of the input / copy = {r['hash_time_over_copy']:.2f}, ", end="")
+    print(f"copy with fsync / copy = {r['copy_fsync_time_over_copy']:.2f}")
+    if options.json:
+        options.json.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    main()

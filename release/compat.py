@@ -1,0 +1,899 @@
+"""The transformers compatibility matrix: prove a converted folder works on every transformers version we support.
+
+Remote-code models break silently when transformers changes (cache API, generation mixin, config names, weight
+loading). ``run_compat_matrix`` checks the folder on each version of a list, each in its own environment:
+
+1. Reference outputs are computed once, here, from the training module (``release.checkpoint``): logits on fixed
+   seeded token ids and greedy continuations (token ids) of a few short prompts.
+2. For each version, ``ensure_environment`` installs ``transformers==X`` with its own dependencies (huggingface_hub,
+   tokenizers, ...) into ``<cache>/transformers-X-pyNN`` with ``pip install --target``. transformers does not
+   depend on torch, so torch is not installed there: the child reuses the running interpreter's torch. A finished
+   environment holds a stamp file written before the folder is renamed into place, so an interrupted install is
+   simply redone and two concurrent runs cannot see a half-installed one.
+3. A child ``python -S`` runs ``CHILD_SCRIPT`` (stdlib, torch, transformers and safetensors only) with
+   ``PYTHONPATH=<environment>:<torch's site-packages>``: ``-S`` skips ``.pth`` files, so this repo's editable
+   install is invisible, and the child also blocks ``release``/``modeling`` imports in case of a regular install.
+   HF_HOME and the remote-code module cache are fresh temporary folders; the child works offline.
+   The child loads the folder with ``trust_remote_code=True`` (model and tokenizer) and reports figures as JSON;
+   the gates are applied here (``judge_child_result``).
+
+Stages and gates (the first failing stage names the result; every failed gate is one line):
+
+- ``load``: the model loads with no missing/unexpected/mismatched keys, in the dtype its config declares
+  (``torch_dtype="auto"``, ``dtype="auto"`` from 4.56), and the tokenizer loads and encodes the prompts as the main
+  environment does.
+- ``logits``: the #4 float32 gates (``release.verify_report.Gates``: max |diff| <= 1e-4, 100% top-1 agreement).
+  The model is upcast to float32 and the reference is computed with the training module's weights rounded to the
+  folder's dtype, so a bfloat16/float16 release is held to float32 gates too: precision loss is ``verify``'s
+  subject, the matrix only asks "does this version run the same computation on the same weights".
+- ``generation``: ``generate(do_sample=False, max_new_tokens=N, attention_mask=...)`` equals the training module's
+  ``generate_greedy`` token for token, for each prompt alone and for all prompts in one left-padded batch.
+
+The versions come from ``[tool.release.compat] transformers`` in pyproject.toml and must satisfy the supported
+range, the ``transformers`` requirement of ``[project].dependencies``: declared once and read by the code, CI and the
+card (``supported_range``). Results go into ``verification.json`` under ``"compat"`` (``merge_into_report``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from release.errors import CompatError, SettingsError, UsageError
+
+if TYPE_CHECKING:
+    import torch
+
+    from release.verify_report import Gates
+
+PROJECT = "custom-transformer-release"
+STAGES = ("load", "logits", "generation")
+STAMP = ".compat-environment.json"  # written last: its presence marks a complete environment
+DEFAULT_PROMPTS = ("The Fox", "A Lion lay asleep in the forest, when", "Once upon a time a")
+DEFAULT_MAX_NEW_TOKENS = 8
+PARITY_SHAPE = (2, 16)  # (batch, tokens) of the seeded random input the logits are compared on
+PARITY_SEED = 0
+RESULT_MARK = "COMPAT_RESULT "
+STAGE_MARK = "COMPAT_STAGE "
+CHILD_TIMEOUT = 900.0  # seconds for one version's load + checks
+PIP_TIMEOUT = 1800.0
+
+_EXACT_VERSION = re.compile(r"^\d+\.\d+\.\d+$")
+_OPERATOR_ORDER = {"===": 0, "==": 0, "~=": 1, ">=": 2, ">": 2, "!=": 3, "<=": 4, "<": 4}
+
+
+# --------------------------------------------------------------------------- the supported range and the list
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise SettingsError(f"cannot read {path}: {exc}") from exc
+
+
+def find_pyproject() -> Path | None:
+    """This project's pyproject.toml: beside the source tree (checkout, editable install), else in the cwd."""
+    for candidate in (
+        Path(__file__).resolve().parent.parent / "pyproject.toml",
+        Path.cwd() / "pyproject.toml",
+    ):
+        if candidate.is_file() and _read_toml(candidate).get("project", {}).get("name") == PROJECT:
+            return candidate
+    return None
+
+
+def _transformers_requirement(requirements: Sequence[str], source: str):
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+
+    for text in requirements:
+        try:
+            req = Requirement(text)
+        except InvalidRequirement as exc:
+            raise SettingsError(f"{source}: invalid requirement {text!r}: {exc}") from exc
+        if canonicalize_name(req.name) == "transformers" and (
+            req.marker is None or "extra" not in str(req.marker)
+        ):
+            if not req.specifier:
+                raise SettingsError(
+                    f"{source}: the transformers requirement {text!r} declares no version range"
+                )
+            return req
+    raise SettingsError(f"{source}: no transformers requirement among the project's dependencies")
+
+
+def _format_specifier(specifier) -> str:
+    """Lower bounds first (``>=4.46,<6``), whatever order packaging keeps them in."""
+    parts = sorted(specifier, key=lambda s: (_OPERATOR_ORDER.get(s.operator, 5), s.version))
+    return ",".join(str(s) for s in parts)
+
+
+def supported_range(pyproject: Path | None = None) -> str:
+    """The transformers range the published model code supports, e.g. ``">=4.46,<6"``.
+
+    Read from ``[project].dependencies`` of ``pyproject`` (default: this project's pyproject.toml when the source
+    tree is at hand), else from the installed package's metadata, so it works from a wheel install too.
+
+    Raises:
+        SettingsError: No transformers requirement, or one without a version range.
+    """
+    path = pyproject or find_pyproject()
+    if path is not None:
+        deps = _read_toml(path).get("project", {}).get("dependencies", [])
+        return _format_specifier(_transformers_requirement(deps, str(path)).specifier)
+    try:
+        requires = metadata.requires(PROJECT) or []
+    except metadata.PackageNotFoundError:
+        raise SettingsError(f"cannot find {PROJECT}'s pyproject.toml or installed metadata") from None
+    return _format_specifier(_transformers_requirement(requires, f"{PROJECT} metadata").specifier)
+
+
+def check_versions(versions: Sequence[str], *, range_spec: str, source: str) -> list[str]:
+    """Validate a version list against the supported range; returns it sorted, oldest first.
+
+    Every entry must be an exact release (``4.57.6``, not ``4.57`` or ``4.57.x``) inside ``range_spec``.
+
+    Raises:
+        UsageError: An entry is not an exact version, is outside the range, or is listed twice; or the list is empty.
+    """
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    if not versions:
+        raise UsageError(f"{source}: no transformers versions to test")
+    spec = SpecifierSet(range_spec)
+    problems = []
+    for v in versions:
+        if not _EXACT_VERSION.match(v):
+            problems.append(f"{v!r} is not an exact release version like 4.46.3")
+        elif Version(v) not in spec:
+            problems.append(f"{v} is outside the supported range {range_spec}")
+    dupes = sorted({v for v in versions if list(versions).count(v) > 1})
+    problems += [f"{v} is listed twice" for v in dupes]
+    if problems:
+        raise UsageError(f"{source}: " + "; ".join(problems))
+    return sorted(versions, key=Version)
+
+
+def parse_versions(text: str) -> list[str]:
+    """``"4.46.3, 5.0.0"`` -> ``["4.46.3", "5.0.0"]`` (validated and sorted).
+
+    Raises:
+        UsageError: See ``check_versions``.
+    """
+    items = [v.strip() for v in text.split(",") if v.strip()]
+    return check_versions(items, range_spec=supported_range(), source="--versions")
+
+
+def default_versions(pyproject: Path | None = None) -> list[str]:
+    """The matrix of ``[tool.release.compat] transformers`` in pyproject.toml, validated, oldest first.
+
+    The list must lie inside ``supported_range`` and include a release of the range's oldest line (e.g. a 4.46.x
+    for ``>=4.46``): a matrix that skips the lower bound does not prove it.
+
+    Raises:
+        SettingsError: No pyproject.toml with that table, or a list that does not fit the supported range.
+    """
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    path = pyproject or find_pyproject()
+    if path is None:
+        raise SettingsError(
+            f"cannot find {PROJECT}'s pyproject.toml for [tool.release.compat]; pass --versions "
+            "(or set RELEASE_COMPAT_VERSIONS)"
+        )
+    table = _read_toml(path).get("tool", {}).get("release", {}).get("compat", {})
+    listed = table.get("transformers")
+    source = f"{path} [tool.release.compat] transformers"
+    if not isinstance(listed, list) or not all(isinstance(v, str) for v in listed):
+        raise SettingsError(f"{source} must be a list of version strings")
+    range_spec = supported_range(path)
+    try:
+        versions = check_versions(listed, range_spec=range_spec, source=source)
+    except UsageError as exc:
+        raise SettingsError(str(exc)) from None
+    lower = [s.version for s in SpecifierSet(range_spec) if s.operator in (">=", "~=", "==")]
+    for bound in lower:
+        series = Version(bound).release[:2]
+        if not any(Version(v).release[:2] == series for v in versions):
+            raise SettingsError(
+                f"{source} does not test the oldest supported line {'.'.join(map(str, series))}.x of {range_spec}"
+            )
+    return versions
+
+
+# --------------------------------------------------------------------------- reference outputs
+
+
+@dataclass(frozen=True)
+class ReferenceOutputs:
+    """What the training module computes, once, in the main environment. Token ids only: no tokenizer needed."""
+
+    input_ids: torch.Tensor  # (B, T) int64, seeded random tokens
+    logits: torch.Tensor  # (B, T, V) float32
+    prompt_texts: tuple[str, ...]
+    prompt_ids: tuple[tuple[int, ...], ...]  # the main environment's tokenizer's ids of each prompt
+    greedy_ids: tuple[tuple[int, ...], ...]  # the new tokens only, per prompt
+    max_new_tokens: int
+    dtype: str  # the folder's dtype: the child checks it loads in it
+
+    def save(self, folder: Path) -> None:
+        """``reference.safetensors`` (tensors) + ``reference.json`` (the rest), what ``CHILD_SCRIPT`` reads."""
+        from safetensors.torch import save_file
+
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file(
+            {"input_ids": self.input_ids.contiguous(), "logits": self.logits.contiguous()},
+            str(folder / "reference.safetensors"),
+        )
+        meta = {
+            "prompt_texts": list(self.prompt_texts),
+            "prompt_ids": [list(p) for p in self.prompt_ids],
+            "max_new_tokens": self.max_new_tokens,
+            "dtype": self.dtype,
+        }
+        (folder / "reference.json").write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
+
+
+def _folder_config(model_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CompatError(
+            f"{model_dir} is not a converted model folder: cannot read config.json ({exc})"
+        ) from exc
+
+
+def _folder_eos(model_dir: Path, config: dict[str, Any]) -> int | None:
+    gen_path = model_dir / "generation_config.json"
+    gen = json.loads(gen_path.read_text(encoding="utf-8")) if gen_path.is_file() else {}
+    eos = gen.get("eos_token_id", config.get("eos_token_id"))
+    if isinstance(eos, list):
+        if len(eos) != 1:
+            raise CompatError(
+                f"{model_dir}: several eos_token_id values {eos}; the reference decoder takes one"
+            )
+        eos = eos[0]
+    return eos
+
+
+def compute_reference_outputs(
+    model,
+    prompt_ids: Sequence[Sequence[int]],
+    *,
+    prompt_texts: Sequence[str],
+    dtype: str = "float32",
+    eos_token_id: int | None = None,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+) -> ReferenceOutputs:
+    """Logits on seeded random ids and greedy continuations from the training module (``GPTLanguageModel``).
+
+    With ``dtype`` bfloat16/float16 the weights of a copy of ``model`` are rounded to that dtype first (and
+    computed in float32), exactly what the child computes after upcasting the folder's weights.
+    """
+    import copy
+
+    import torch
+
+    if dtype != "float32":
+        half = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
+        if half is None:
+            raise UsageError(f"unknown model dtype {dtype!r}; expected float32, bfloat16 or float16")
+        model = copy.deepcopy(model)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.data = p.data.to(half).float()
+    model = model.eval()
+    block = model.config.block_size
+    longest = max(len(p) for p in prompt_ids)
+    max_new_tokens = min(max_new_tokens, block - longest)
+    if max_new_tokens < 1:
+        raise CompatError(
+            f"the prompts ({longest} tokens) leave no room to generate within {block} positions"
+        )
+    gen = torch.Generator().manual_seed(PARITY_SEED)
+    batch, length = PARITY_SHAPE
+    input_ids = torch.randint(0, model.config.vocab_size, (batch, min(length, block)), generator=gen)
+    with torch.no_grad():
+        logits, _ = model(input_ids)
+        greedy = []
+        for ids in prompt_ids:
+            prompt = torch.tensor([list(ids)], dtype=torch.long)
+            out = model.generate_greedy(prompt, max_new_tokens, eos_token_id=eos_token_id)
+            greedy.append(tuple(out[0, prompt.shape[1] :].tolist()))
+    return ReferenceOutputs(
+        input_ids=input_ids,
+        logits=logits.float(),
+        prompt_texts=tuple(prompt_texts),
+        prompt_ids=tuple(tuple(int(i) for i in p) for p in prompt_ids),
+        greedy_ids=tuple(greedy),
+        max_new_tokens=max_new_tokens,
+        dtype=dtype,
+    )
+
+
+def reference_outputs(
+    model_dir: Path, checkpoint: Path, *, prompts: Sequence[str] = DEFAULT_PROMPTS
+) -> ReferenceOutputs:
+    """Reference outputs for ``model_dir`` from the training ``checkpoint`` it was converted from.
+
+    The prompts are encoded with the folder's tokenizer in this environment (``add_special_tokens=False``).
+
+    Raises:
+        CheckpointError, ConversionError: See ``release.checkpoint.load_reference_model``.
+        CompatError: The folder's config or tokenizer cannot be read.
+    """
+    from release.checkpoint import load_reference_model
+
+    model_dir = Path(model_dir)
+    config = _folder_config(model_dir)
+    dtype = str(config.get("dtype") or config.get("torch_dtype") or "float32").removeprefix("torch.")
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
+    except Exception as exc:  # transformers raises OSError, ValueError, KeyError... for unusable folders
+        raise CompatError(f"cannot load the tokenizer of {model_dir}: {_last_line(exc)}") from exc
+    prompt_ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in prompts]
+    model, ckpt = load_reference_model(Path(checkpoint))
+    try:
+        return compute_reference_outputs(
+            model, prompt_ids, prompt_texts=prompts, dtype=dtype, eos_token_id=_folder_eos(model_dir, config)
+        )
+    finally:
+        ckpt.close()
+
+
+# --------------------------------------------------------------------------- isolated environments
+
+
+def default_cache_dir() -> Path:
+    """``$RELEASE_CACHE_DIR/compat``, else ``~/.cache/custom-transformer-release/compat``."""
+    configured = os.environ.get("RELEASE_CACHE_DIR")
+    base = Path(configured).expanduser() if configured else Path.home() / ".cache" / PROJECT
+    return base / "compat"
+
+
+def environment_dir(version: str, cache_dir: Path) -> Path:
+    # Wheels (tokenizers, safetensors, numpy...) are built per Python version, so the key includes it.
+    return Path(cache_dir) / f"transformers-{version}-py{sys.version_info.major}{sys.version_info.minor}"
+
+
+def _pip_install(version: str, target: Path) -> None:
+    """``pip install --target``: transformers and its dependency closure, wheels only, nothing from this env."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--target",
+        str(target),
+        "--no-input",
+        "--disable-pip-version-check",
+        "--no-warn-script-location",
+        "--only-binary",
+        ":all:",
+        "--quiet",
+        f"transformers=={version}",
+    ]
+    try:
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT, stdin=subprocess.DEVNULL
+        )
+    except subprocess.TimeoutExpired:
+        raise CompatError(f"pip did not install transformers=={version} within {PIP_TIMEOUT:.0f}s") from None
+    if proc.returncode != 0:
+        lines = [
+            ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("WARNING: Location")
+        ]
+        tail = " | ".join(lines[-3:]) or f"exit code {proc.returncode}"
+        raise CompatError(f"pip could not install transformers=={version}: {tail}")
+
+
+def ensure_environment(version: str, *, cache_dir: Path | None = None) -> Path:
+    """The folder holding ``transformers==version`` and its dependencies (not torch), installed once and cached.
+
+    Raises:
+        CompatError: pip failed, or the install pulled in torch (it must come from the running environment).
+    """
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    target = environment_dir(version, cache_dir)
+    if (target / STAMP).is_file():
+        return target
+    if target.exists():  # never produced by the rename below; a leftover of an older layout or a manual copy
+        shutil.rmtree(target)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=cache_dir))
+    try:
+        _pip_install(version, staging)
+        if (staging / "torch").exists():
+            raise CompatError(
+                f"installing transformers=={version} pulled in torch; the matrix reuses the running torch"
+            )
+        packages = {d.metadata["Name"]: d.version for d in metadata.distributions(path=[str(staging)])}
+        if packages.get("transformers") != version:
+            raise CompatError(f"pip installed transformers {packages.get('transformers')}, not {version}")
+        stamp = {
+            "transformers": version,
+            "python": sys.version.split()[0],
+            "packages": dict(sorted(packages.items())),
+        }
+        (staging / STAMP).write_text(json.dumps(stamp, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        try:
+            os.rename(staging, target)
+        except OSError:
+            if not (target / STAMP).is_file():  # not a concurrent run that finished first
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _torch_search_paths() -> list[str]:
+    """The site-packages folders the child takes torch (and torch's own dependencies) from."""
+    import importlib.util
+    import sysconfig
+
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.submodule_search_locations:
+        raise CompatError("torch is not installed in this environment; the matrix reuses it")
+    torch_parent = str(Path(next(iter(spec.submodule_search_locations))).parent)
+    paths = sysconfig.get_paths()
+    return list(dict.fromkeys([torch_parent, paths["purelib"], paths["platlib"]]))
+
+
+# --------------------------------------------------------------------------- the child
+
+
+CHILD_SCRIPT = r'''
+"""One cell of the compatibility matrix, run inside an isolated transformers environment.
+
+Usage: python -S compat_check.py MODEL_DIR REFERENCE_DIR. Imports only the stdlib, torch, transformers, safetensors.
+Prints "COMPAT_STAGE <stage>" as each stage starts and one "COMPAT_RESULT <json>" line at the end.
+"""
+import importlib.abc
+import json
+import sys
+import traceback
+from pathlib import Path
+
+BLOCKED = ("release", "modeling", "tests")
+
+
+class _BlockRepo(importlib.abc.MetaPathFinder):
+    """Remote code must work without the release repo: refuse its packages even when they are installed."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked: the release repo is not importable here)")
+        return None
+
+
+sys.meta_path.insert(0, _BlockRepo())
+
+
+def last_line(exc):
+    lines = "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()
+    return lines[-1] if lines else type(exc).__name__
+
+
+def stage(name):
+    print("COMPAT_STAGE " + name, flush=True)
+
+
+def main(model_dir, ref_dir):
+    result = {"error": None, "error_stage": None}
+
+    def finish():
+        print("COMPAT_RESULT " + json.dumps(result), flush=True)
+
+    stage("load")
+    try:
+        import torch
+        import transformers
+        from safetensors.torch import load_file
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except Exception as exc:
+        result.update(error=f"import: {last_line(exc)}", error_stage="load")
+        return finish()
+    result["versions"] = {"transformers": transformers.__version__, "torch": torch.__version__}
+    for name in ("huggingface_hub", "tokenizers", "safetensors"):
+        result["versions"][name] = getattr(sys.modules.get(name) or __import__(name), "__version__", "?")
+    ref = json.loads((ref_dir / "reference.json").read_text(encoding="utf-8"))
+    tensors = load_file(str(ref_dir / "reference.safetensors"))
+    major_minor = tuple(int(p) for p in transformers.__version__.split(".")[:2])
+    dtype_arg = "dtype" if major_minor >= (4, 56) else "torch_dtype"  # renamed in 4.56
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(
+            model_dir, trust_remote_code=True, output_loading_info=True, **{dtype_arg: "auto"}
+        )
+        bad = {k: sorted(v) for k, v in info.items() if v}
+        if bad:
+            raise RuntimeError("weights did not load cleanly: " + json.dumps(bad)[:500])
+        dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters()})
+        if dtypes != [ref["dtype"]]:
+            raise RuntimeError(f"{dtype_arg}='auto' loaded the weights as {dtypes}, the folder declares {ref['dtype']}")
+        model = model.float().eval()
+    except Exception as exc:
+        result.update(error=f"model: {last_line(exc)}", error_stage="load")
+        return finish()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
+        result["tokenizer_ids"] = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in ref["prompt_texts"]]
+    except Exception as exc:  # recorded; the model's stages still run
+        result["tokenizer_error"] = f"tokenizer: {last_line(exc)}"
+
+    stage("logits")
+    try:
+        with torch.no_grad():
+            logits = model(input_ids=tensors["input_ids"]).logits.float()
+        reference = tensors["logits"]
+        if logits.shape != reference.shape:
+            raise RuntimeError(f"logits have shape {tuple(logits.shape)}, the reference {tuple(reference.shape)}")
+        result["max_abs_diff"] = float((logits - reference).abs().max())
+        result["top1_agreement"] = float((logits.argmax(-1) == reference.argmax(-1)).double().mean())
+    except Exception as exc:
+        result.update(error=last_line(exc), error_stage="logits")
+        return finish()
+
+    stage("generation")
+    try:
+        pad = model.generation_config.pad_token_id
+        if pad is None:
+            pad = model.generation_config.eos_token_id
+        if isinstance(pad, list):
+            pad = pad[0]
+        pad = 0 if pad is None else int(pad)
+        settings = dict(do_sample=False, max_new_tokens=ref["max_new_tokens"], pad_token_id=pad)
+        alone = []
+        with torch.no_grad():
+            for ids in ref["prompt_ids"]:
+                prompt = torch.tensor([ids], dtype=torch.long)
+                out = model.generate(prompt, attention_mask=torch.ones_like(prompt), **settings)
+                alone.append(out[0, prompt.shape[1]:].tolist())
+            width = max(len(ids) for ids in ref["prompt_ids"])
+            batch = torch.tensor([[pad] * (width - len(ids)) + ids for ids in ref["prompt_ids"]], dtype=torch.long)
+            mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in ref["prompt_ids"]])
+            out = model.generate(batch, attention_mask=mask, **settings)
+        result["generated"] = alone
+        result["generated_batch"] = out[:, width:].tolist()
+        result["pad_token_id"] = pad
+    except Exception as exc:
+        result.update(error=last_line(exc), error_stage="generation")
+    return finish()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), Path(sys.argv[2]))
+'''
+
+
+def _last_line(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip()
+    return text.splitlines()[-1] if text else type(exc).__name__
+
+
+def _child_env(env_dir: Path, hf_home: Path) -> dict[str, str]:
+    drop = ("PYTHON", "HF_", "HUGGINGFACE_", "TRANSFORMERS_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    env.update(
+        PYTHONPATH=os.pathsep.join([str(env_dir), *_torch_search_paths()]),
+        PYTHONNOUSERSITE="1",
+        HF_HOME=str(hf_home),
+        HF_MODULES_CACHE=str(hf_home / "modules"),
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        HF_HUB_DISABLE_PROGRESS_BARS="1",
+        HF_HUB_DISABLE_TELEMETRY="1",
+        TRANSFORMERS_VERBOSITY="error",
+        TOKENIZERS_PARALLELISM="false",
+    )
+    return env
+
+
+@dataclass
+class ChildOutcome:
+    """What one child process left: its JSON result (None if it died first), the last stage it began, stderr."""
+
+    result: dict[str, Any] | None
+    last_stage: str
+    returncode: int | None
+    stderr: str
+
+
+def run_child(model_dir: Path, reference_dir: Path, env_dir: Path, work_dir: Path) -> ChildOutcome:
+    """Run ``CHILD_SCRIPT`` with ``python -S`` in ``env_dir`` + torch, a fresh HF_HOME below ``work_dir``."""
+    script = work_dir / "compat_check.py"
+    if not script.is_file():
+        script.write_text(CHILD_SCRIPT, encoding="utf-8")
+    hf_home = Path(tempfile.mkdtemp(prefix="hf-", dir=work_dir))
+    cmd = [sys.executable, "-S", str(script), str(Path(model_dir).resolve()), str(reference_dir.resolve())]
+    try:
+        proc = subprocess.run(
+            cmd,
+            cwd=work_dir,
+            env=_child_env(env_dir, hf_home),
+            capture_output=True,
+            text=True,
+            timeout=CHILD_TIMEOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        stdout, stderr, code = proc.stdout, proc.stderr, proc.returncode
+    except subprocess.TimeoutExpired as exc:
+        stdout = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        stderr = f"timed out after {CHILD_TIMEOUT:.0f}s"
+        code = None
+    result, last_stage = None, "load"
+    for line in stdout.splitlines():
+        if line.startswith(STAGE_MARK):
+            last_stage = line[len(STAGE_MARK) :].strip()
+        elif line.startswith(RESULT_MARK):
+            result = json.loads(line[len(RESULT_MARK) :])
+    return ChildOutcome(result=result, last_stage=last_stage, returncode=code, stderr=stderr)
+
+
+# --------------------------------------------------------------------------- judging
+
+
+@dataclass
+class VersionResult:
+    """One transformers version's outcome. ``stage`` is the first stage that failed (None when all passed)."""
+
+    transformers: str
+    passed: bool
+    stage: str | None
+    max_abs_diff: float | None
+    top1_agreement: float | None
+    generation_match: bool
+    detail: str
+    failures: list[str] = field(default_factory=list)  # one line per failed gate, version included
+    environment: dict[str, str] = field(default_factory=dict)  # library versions the child ran with
+    seconds: float = 0.0  # install + check; not written to verification.json (not deterministic)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "transformers": self.transformers,
+            "passed": self.passed,
+            "stage": self.stage,
+            "max_abs_diff": self.max_abs_diff,
+            "top1_agreement": self.top1_agreement,
+            "generation_match": self.generation_match,
+            "detail": self.detail,
+            "environment": dict(sorted(self.environment.items())),
+        }
+
+    def summary_line(self) -> str:
+        if self.passed:
+            return f"transformers {self.transformers}: passed ({self.detail}) [{self.seconds:.1f}s]"
+        return (
+            f"transformers {self.transformers}: FAILED at {self.stage} ({self.detail}) [{self.seconds:.1f}s]"
+        )
+
+
+def _first_difference(got: Sequence[int], want: Sequence[int]) -> int:
+    for i, (a, b) in enumerate(zip(got, want, strict=False)):
+        if a != b:
+            return i
+    return min(len(got), len(want))
+
+
+def _compare_generation(
+    got: Sequence[int], want: Sequence[int], prompt: str, where: str, pad: int | None = None
+) -> str | None:
+    """None when ``got`` continues ``prompt`` exactly like ``want``; else the failure text (steps count from 1).
+
+    In a batch a row that met eos goes on with padding: the tokens after the reference's length must be ``pad``.
+    """
+    got = list(got)
+    if pad is not None and len(got) > len(want) and all(t == pad for t in got[len(want) :]):
+        got = got[: len(want)]
+    if got == list(want):
+        return None
+    step = _first_difference(got, want) + 1
+    if step > min(len(got), len(want)):
+        return (
+            f"greedy generation stopped after {len(got)} tokens, the reference after {len(want)}, "
+            f"for prompt {prompt!r}{where}"
+        )
+    return f"greedy tokens differ from the reference at step {step} for prompt {prompt!r}{where}"
+
+
+def judge_child_result(
+    version: str, outcome: ChildOutcome, reference: ReferenceOutputs, gates: Gates | None = None
+) -> VersionResult:
+    """Apply the gates to one child's figures. Every failure line starts with ``transformers X: <stage>:``."""
+    from release.verify_report import Gates
+
+    gates = gates or Gates.for_dtype("float32")
+    res = outcome.result
+    lines: list[tuple[str, str]] = []  # (stage, text)
+    if res is None:
+        tail = [ln for ln in outcome.stderr.splitlines() if ln.strip()]
+        how = f"exit code {outcome.returncode}" if outcome.returncode is not None else "no exit"
+        lines.append(
+            (outcome.last_stage, f"the check process died ({how}): {tail[-1] if tail else 'no output'}")
+        )
+        res = {}
+    elif res.get("error"):
+        lines.append((res["error_stage"], res["error"]))
+    if res.get("tokenizer_error"):
+        lines.append(("load", res["tokenizer_error"]))
+    elif "tokenizer_ids" in res:
+        for text, got, want in zip(
+            reference.prompt_texts, res["tokenizer_ids"], reference.prompt_ids, strict=True
+        ):
+            if list(got) != list(want):
+                lines.append(
+                    ("load", f"tokenizer encodes {text!r} as {got}, the main environment as {list(want)}")
+                )
+    max_diff, top1 = res.get("max_abs_diff"), res.get("top1_agreement")
+    if max_diff is not None and gates.max_abs_diff is not None and not max_diff <= gates.max_abs_diff:
+        lines.append(("logits", f"max |logit diff| {max_diff:.3g} exceeds the {gates.max_abs_diff:g} gate"))
+    if top1 is not None and gates.min_top1_agreement is not None and top1 < gates.min_top1_agreement:
+        lines.append(
+            ("logits", f"top-1 agreement {top1:.2%} is below the {gates.min_top1_agreement:.0%} gate")
+        )
+    generation_match = False
+    if "generated" in res:
+        gen_lines = []
+        for text, got, want in zip(
+            reference.prompt_texts, res["generated"], reference.greedy_ids, strict=True
+        ):
+            gen_lines.append(_compare_generation(got, want, text, ""))
+        for text, got, want in zip(
+            reference.prompt_texts, res["generated_batch"], reference.greedy_ids, strict=True
+        ):
+            gen_lines.append(
+                _compare_generation(got, want, text, " in a left-padded batch", res["pad_token_id"])
+            )
+        gen_lines = [g for g in gen_lines if g]
+        lines += [("generation", g) for g in gen_lines]
+        generation_match = not gen_lines
+    lines.sort(key=lambda item: STAGES.index(item[0]))  # stable: within a stage, the order found
+    failures = [f"transformers {version}: {stage}: {text}" for stage, text in lines]
+    if lines:
+        detail = "; ".join(f"{stage}: {text}" for stage, text in lines)
+    else:
+        detail = (
+            f"max |diff| {max_diff:.2g}, top-1 {top1:.0%}, greedy tokens match for {len(reference.prompt_ids)} "
+            "prompts alone and in a left-padded batch"
+        )
+    return VersionResult(
+        transformers=version,
+        passed=not lines,
+        stage=lines[0][0] if lines else None,
+        max_abs_diff=max_diff,
+        top1_agreement=top1,
+        generation_match=generation_match,
+        detail=detail,
+        failures=failures,
+        environment=dict(res.get("versions", {})),
+    )
+
+
+# --------------------------------------------------------------------------- the matrix
+
+
+@dataclass
+class CompatReport:
+    """The matrix's outcome: one ``VersionResult`` per version, oldest first, and the supported range."""
+
+    range: str
+    results: list[VersionResult]
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.results) and all(r.passed for r in self.results)
+
+    @property
+    def failures(self) -> list[str]:
+        """One line per version and failed gate, e.g. ``transformers 4.46.3: generation: greedy tokens differ...``."""
+        return [line for r in self.results for line in r.failures]
+
+    @property
+    def tested_versions(self) -> list[str]:
+        """The versions that passed: what the card states as "tested with transformers X, Y, Z"."""
+        return [r.transformers for r in self.results if r.passed]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "range": self.range,
+            "passed": self.passed,
+            "failures": self.failures,
+            "versions": [r.to_dict() for r in self.results],
+        }
+
+
+def run_compat_matrix(
+    model_dir: Path,
+    *,
+    checkpoint: Path | None = None,
+    reference: ReferenceOutputs | None = None,
+    versions: Sequence[str] | None = None,
+    cache_dir: Path | None = None,
+    gates: Gates | None = None,
+    on_result: Callable[[VersionResult], None] | None = None,
+) -> CompatReport:
+    """Check a converted folder on each transformers version of the matrix, each in an isolated environment.
+
+    Args:
+        model_dir: The converted folder (``release convert``'s output).
+        checkpoint: The training checkpoint it came from; the reference outputs are computed from it once.
+        reference: Precomputed reference outputs instead of ``checkpoint``.
+        versions: Exact transformers versions; default ``default_versions()`` (pyproject.toml).
+        cache_dir: Where environments are cached; default ``default_cache_dir()``.
+        gates: Logit thresholds; default the float32 gates of ``release.verify_report.Gates``.
+        on_result: Called with each version's result as soon as it is known (progress output).
+
+    Returns:
+        The report. A version that fails a gate does not raise: see ``CompatReport.passed`` and ``failures``.
+
+    Raises:
+        UsageError: Neither ``checkpoint`` nor ``reference``, or a version outside the supported range.
+        SettingsError: The default list in pyproject.toml is missing or invalid.
+        CompatError: The folder is unreadable, or an environment cannot be installed.
+    """
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise CompatError(f"{model_dir} is not a converted model folder (no config.json)")
+    range_spec = supported_range()
+    if versions is None:
+        versions = default_versions()
+    else:
+        versions = check_versions(list(versions), range_spec=range_spec, source="versions")
+    if reference is None:
+        if checkpoint is None:
+            raise UsageError(
+                "the compatibility matrix needs the training checkpoint (or precomputed reference outputs)"
+            )
+        reference = reference_outputs(model_dir, Path(checkpoint))
+    results = []
+    with tempfile.TemporaryDirectory(prefix="release-compat-") as tmp:
+        work = Path(tmp)
+        reference.save(work / "reference")
+        for version in versions:
+            start = time.monotonic()
+            env_dir = ensure_environment(version, cache_dir=cache_dir)
+            outcome = run_child(model_dir, work / "reference", env_dir, work)
+            result = judge_child_result(version, outcome, reference, gates)
+            result.seconds = time.monotonic() - start
+            results.append(result)
+            if on_result is not None:
+                on_result(result)
+    return CompatReport(range=range_spec, results=results)
+
+
+def merge_into_report(path: Path, report: CompatReport) -> Path:
+    """Merge ``report`` into ``path`` (``verification.json``) under ``"compat"``, keeping its other keys. Atomic.
+
+    Raises:
+        CompatError: ``path`` exists but is not a JSON object.
+    """
+    from release.verify_report import write_text_atomic
+
+    path = Path(path)
+    data: dict[str, Any] = {}
+    if path.exists():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CompatError(f"cannot merge into {path}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise CompatError(f"cannot merge into {path}: it does not hold a JSON object")
+    data["compat"] = report.to_dict()
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    return path

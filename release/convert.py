@@ -1,0 +1,805 @@
+"""Convert a training checkpoint into the folder users download: a transformers model with remote code.
+
+``convert_checkpoint`` validates everything that is cheap first (output folder, checkpoint, architecture against
+the training config, every key's shape, the tokenizer), then streams the weights tensor by tensor into safetensors
+files it writes itself, so memory stays near one tensor whatever the model's size. The folder is built beside
+``--out`` and renamed into place only when complete; nothing is left behind on any failure.
+
+Output (byte-identical for the same inputs: no timestamps, fixed order everywhere)::
+
+    config.json  generation_config.json  configuration_custom_transformer.py  modeling_custom_transformer.py
+    model.safetensors | model-0000K-of-0000N.safetensors + model.safetensors.index.json
+    tokenizer files (copied byte for byte)   release.json (provenance: input, converter, libraries, file hashes)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from release.errors import ConversionError, OutputExistsError, TokenizerError, UsageError
+
+if TYPE_CHECKING:
+    import torch
+
+    from modeling.mapping import Architecture, TargetTensor
+    from release.checkpoint import TrainingCheckpoint
+
+log = logging.getLogger(__name__)
+
+DTYPES = ("float32", "bfloat16", "float16")
+SAFETENSORS_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
+DEFAULT_TOKENIZER = "gpt2"
+GPT2_EOS = ("<|endoftext|>", 50256)
+MODELING_FILES = ("configuration_custom_transformer.py", "modeling_custom_transformer.py")
+AUTO_MAP = {
+    "AutoConfig": "configuration_custom_transformer.CustomTransformerConfig",
+    "AutoModelForCausalLM": "modeling_custom_transformer.CustomTransformerForCausalLM",
+}
+ARCHITECTURES = ["CustomTransformerForCausalLM"]
+# Files that make up a tokenizer folder; everything else in a folder given as --tokenizer is ignored.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "vocab.txt",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+RELEASE_FILE = "release.json"
+CONVERTER_NAME = "custom-transformer-release"
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """One output file: its SHA-256 and size in bytes."""
+
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class ConversionResult:
+    """What ``convert_checkpoint`` wrote.
+
+    Attributes:
+        out_dir: The finished model folder.
+        architecture: The model's dimensions, read from the checkpoint's tensors.
+        files: Every file in ``out_dir`` (relative POSIX path -> record), ``release.json`` included.
+        checkpoint_sha256: SHA-256 of the input (see ``release.checkpoint.checkpoint_digest`` for DCP folders).
+        dtype: The weights' dtype: "float32", "bfloat16" or "float16".
+    """
+
+    out_dir: Path
+    architecture: Architecture
+    files: dict[str, FileRecord]
+    checkpoint_sha256: str
+    dtype: str
+
+
+@dataclass(frozen=True)
+class TokenizerInfo:
+    """The tokenizer that ships with the model, as release.json records it."""
+
+    source: str  # "hub" | "local"
+    name: str  # Hub repo id, or the local folder's name (never a machine-specific path)
+    revision: str | None  # Hub commit, when it came from the Hub
+    size: int  # len(tokenizer), added tokens included
+    bos_token_id: int | None
+    eos_token_id: int | None
+    pad_token_id: int | None
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b|b)?\s*$", re.IGNORECASE)
+_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+_UNITS.update({"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40})
+
+
+def parse_size(text: str) -> int:
+    """Parse a size such as "500MB", "2GB", "1GiB" or "12345" (bytes) into bytes. KB/MB/GB are powers of 10.
+
+    Raises:
+        UsageError: The text is not a positive size.
+    """
+    match = _SIZE.match(str(text))
+    if match is None:
+        raise UsageError(f"invalid size {text!r}: use e.g. 500MB, 2GB, 1GiB or a number of bytes")
+    number, unit = match.groups()
+    size = int(float(number) * _UNITS[(unit or "b").lower()])
+    if size <= 0:
+        raise UsageError(f"invalid size {text!r}: must be more than 0 bytes")
+    return size
+
+
+def convert_checkpoint(
+    checkpoint: Path,
+    out: Path,
+    *,
+    tokenizer: str | Path | None = None,
+    dtype: str = "float32",
+    max_shard_size: int = 5 * 10**9,
+    force: bool = False,
+    progress: bool | None = None,
+) -> ConversionResult:
+    """Convert a training checkpoint into a transformers model folder with remote code, atomically.
+
+    Args:
+        checkpoint: A ``torch.save`` training checkpoint or bare state dict, or a ``torch.distributed.checkpoint``
+            folder.
+        out: The model folder to create. Built in a temporary folder beside it and renamed when complete.
+        tokenizer: A local tokenizer folder or a Hub repo id; None means GPT-2's ("gpt2" on the Hub).
+        dtype: "float32", "bfloat16" or "float16": the dtype the weights are cast to.
+        max_shard_size: Largest weights file in bytes; above it the weights are split into numbered shards.
+        force: Replace ``out`` if it exists and is not empty.
+        progress: Report tensors/bytes written on stderr; None means only when stderr is a terminal.
+
+    Raises:
+        UsageError: ``dtype`` or ``max_shard_size`` is invalid.
+        OutputExistsError: ``out`` exists and is not empty (and ``force`` is not set), or is not a folder.
+        CheckpointError: The checkpoint is missing, unreadable, unsafe or not a checkpoint of this model.
+        ConversionError: Keys are missing/unexpected/misshapen, the training config disagrees with the tensors,
+            or a weight is NaN/Inf (or overflows ``dtype``).
+        TokenizerError: The tokenizer cannot be loaded or its vocabulary does not fit the embedding.
+    """
+    from release.checkpoint import open_checkpoint
+
+    if dtype not in DTYPES:
+        raise UsageError(f"invalid dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    if isinstance(max_shard_size, bool) or not isinstance(max_shard_size, int) or max_shard_size <= 0:
+        raise UsageError(f"invalid max_shard_size {max_shard_size!r}: must be a positive number of bytes")
+    if sys.byteorder != "little":  # safetensors is little-endian and the weights are written as raw bytes
+        raise ConversionError("converting on a big-endian machine is not supported")
+    out, checkpoint = Path(out), Path(checkpoint)
+    _check_output(out, force=force)
+    reporter = _Progress(sys.stderr.isatty() if progress is None else progress)
+    # Hashing the input (all of it, optimizer state included) is the longest single task: it starts at once and
+    # runs beside everything else; any failure cancels it.
+    with _BackgroundDigest(checkpoint) as digest, _one_torch_thread():
+        ckpt = open_checkpoint(checkpoint)
+        try:
+            arch = ckpt.architecture  # config cross-check and every key's shape, before any weight is read
+            dropout = ckpt.dropout
+            with _staging_folder(out) as staging:
+                tok = _stage_tokenizer(tokenizer, staging, arch)
+                _write_text(staging / "config.json", _config_json(arch, dtype, dropout, tok))
+                _write_text(staging / "generation_config.json", _generation_config_json(tok))
+                for name in MODELING_FILES:
+                    _write_bytes(staging / name, resources.files("modeling").joinpath(name).read_bytes())
+                records = _write_weights(
+                    ckpt, arch, staging, dtype=dtype, max_shard_size=max_shard_size, progress=reporter
+                )
+                for path in sorted(p for p in staging.rglob("*") if p.is_file()):
+                    rel = path.relative_to(staging).as_posix()
+                    if rel not in records:
+                        records[rel] = _file_record(path)
+                checkpoint_sha256 = digest.result()
+                provenance = _release_json(ckpt, checkpoint_sha256, arch, dtype, tok, records)
+                _write_text(staging / RELEASE_FILE, provenance)
+                records[RELEASE_FILE] = _file_record(staging / RELEASE_FILE)
+                _fsync_dir(staging)
+                _publish(staging, out, force=force)
+        finally:
+            ckpt.close()
+    files = dict(sorted(records.items()))
+    return ConversionResult(
+        out_dir=out, architecture=arch, files=files, checkpoint_sha256=checkpoint_sha256, dtype=dtype
+    )
+
+
+# --------------------------------------------------------------------------- output folder: policy and atomicity
+
+
+def _check_output(out: Path, *, force: bool) -> None:
+    if out.exists() or out.is_symlink():
+        if not out.is_dir() or out.is_symlink():
+            raise OutputExistsError(f"output {out} exists and is not a folder; choose another --out")
+        if any(out.iterdir()) and not force:
+            raise OutputExistsError(f"output folder {out} is not empty; pass --force to replace it")
+
+
+@contextmanager
+def _staging_folder(out: Path) -> Iterator[Path]:
+    """A fresh hidden folder beside ``out``; removed (with any parents it created) if anything goes wrong."""
+    parent = out.parent.absolute()
+    created = []
+    for folder in [parent, *parent.parents]:
+        if folder.exists():
+            break
+        created.append(folder)
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+    try:
+        yield staging
+    except BaseException:  # Ctrl-C and a full disk included: leave nothing behind
+        shutil.rmtree(staging, ignore_errors=True)
+        for folder in created:  # innermost first
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+
+
+def _publish(staging: Path, out: Path, *, force: bool) -> None:
+    """Rename the finished folder to ``out``; with ``force`` the old folder is moved aside and deleted after.
+
+    If anything fails (Ctrl-C included) before the new folder is in place, the old one is moved back.
+    """
+    _check_output(out, force=force)  # again: something may have appeared at ``out`` meanwhile
+    aside = None
+    try:
+        if out.exists() and any(out.iterdir()):
+            aside = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, aside / "previous")
+        try:
+            os.replace(staging, out)  # replaces an empty folder atomically on POSIX
+        except OSError as exc:
+            raise OutputExistsError(f"cannot move the converted model into {out}: {exc.strerror or exc}") from exc
+    except BaseException:
+        if aside is not None and (aside / "previous").exists() and not out.exists():
+            os.replace(aside / "previous", out)
+            aside.rmdir()
+        raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+    _fsync_dir(out.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_text(path: Path, text: str) -> None:
+    _write_bytes(path, text.encode("utf-8"))
+
+
+def _json_text(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def _file_record(path: Path) -> FileRecord:
+    from release.hashing import sha256_file
+
+    return FileRecord(sha256=sha256_file(path), size=path.stat().st_size)
+
+
+@contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """Run torch ops on one thread meanwhile. The work is memory-bound, the other core hashes the input, and on a
+    busy machine every small op otherwise waits ~10-20 ms for the intra-op thread pool to wake up."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+class _BackgroundDigest:
+    """Hash the input in a thread while the conversion runs: reading it again afterwards would double the time."""
+
+    def __init__(self, path: Path):
+        self._path = path
+        self._cancel = threading.Event()
+        self._value: str | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="checkpoint-sha256", daemon=True)
+
+    def _run(self) -> None:
+        from release.checkpoint import CancelledHash, checkpoint_digest
+
+        try:
+            self._value = checkpoint_digest(self._path, cancel=self._cancel)
+        except CancelledHash:
+            pass
+        except BaseException as exc:  # reported by result()
+            self._error = exc
+
+    def __enter__(self) -> _BackgroundDigest:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._cancel.set()
+
+    def result(self) -> str:
+        self._thread.join()
+        if self._error is not None:
+            raise ConversionError(f"cannot hash the checkpoint {self._path}: {self._error}") from self._error
+        assert self._value is not None
+        return self._value
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+
+def _stage_tokenizer(tokenizer: str | Path | None, staging: Path, arch: Architecture) -> TokenizerInfo:
+    """Copy the tokenizer's files into ``staging`` byte for byte, load them back and check they fit the model."""
+    source, name, folder, revision = _locate_tokenizer(tokenizer)
+    files = [f for f in TOKENIZER_FILES if (folder / f).is_file()]
+    if not files:
+        raise TokenizerError(
+            f"no tokenizer files in {folder} (expected e.g. tokenizer.json, tokenizer_config.json)"
+        )
+    for f in files:
+        _write_bytes(staging / f, (folder / f).read_bytes())
+    try:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(staging)
+    except Exception as exc:  # transformers raises OSError, ValueError, KeyError... for unusable folders
+        raise TokenizerError(f"cannot load the tokenizer {name}: {_first_line(exc)}") from exc
+    size = len(tok)
+    if size > arch.vocab_size:
+        raise TokenizerError(
+            f"tokenizer {name} has {size} tokens but the model's embedding has {arch.vocab_size} rows "
+            "(token_embedding.weight); use the tokenizer the model was trained with"
+        )
+    bos, eos, pad = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
+    gpt2_eos = tok.convert_tokens_to_ids(GPT2_EOS[0]) if GPT2_EOS[0] in tok.get_vocab() else None
+    if eos is None and gpt2_eos is not None:
+        log.info(
+            "tokenizer %s declares no eos token: using %s (%d), as GPT-2 does", name, GPT2_EOS[0], gpt2_eos
+        )
+        eos = gpt2_eos
+    if bos is None and eos is not None and eos == gpt2_eos:
+        bos = eos  # GPT-2 convention: <|endoftext|> is both bos and eos
+    if pad is None:
+        pad = eos
+    ids = {"bos": bos, "eos": eos, "pad": pad}
+    too_big = [f"{k}={v}" for k, v in ids.items() if v is not None and not 0 <= v < arch.vocab_size]
+    if too_big:
+        raise TokenizerError(
+            f"tokenizer {name}: special token ids {', '.join(too_big)} are outside the embedding"
+        )
+    return TokenizerInfo(source, name, revision, size, bos, eos, pad)
+
+
+def _locate_tokenizer(tokenizer: str | Path | None) -> tuple[str, str, Path, str | None]:
+    """(source, name, local folder, revision) for a local folder or a Hub repo id (downloaded to the HF cache)."""
+    if tokenizer is None:
+        tokenizer = DEFAULT_TOKENIZER
+    path = Path(tokenizer).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise TokenizerError(
+                f"tokenizer {tokenizer} is a file; pass the folder that holds tokenizer files"
+            )
+        return "local", path.resolve().name, path, None
+    text = str(tokenizer)
+    looks_like_path = isinstance(tokenizer, Path) or text.startswith((".", "/", "~")) or text.count("/") > 1
+    if looks_like_path or "\\" in text:
+        raise TokenizerError(f"tokenizer folder not found: {tokenizer}")
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(text, allow_patterns=list(TOKENIZER_FILES)))
+    except Exception as exc:  # offline, unknown repo, invalid id, gated repo...
+        hint = (
+            " (the default, GPT-2's)" if tokenizer == DEFAULT_TOKENIZER else " (no local folder by that name)"
+        )
+        raise TokenizerError(
+            f"cannot download the tokenizer {text!r}{hint} from the Hub: {_first_line(exc)}; "
+            "pass --tokenizer with a local tokenizer folder"
+        ) from exc
+    return "hub", text, folder, folder.name
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+# --------------------------------------------------------------------------- config files
+
+
+def _config_json(arch: Architecture, dtype: str, dropout: float, tok: TokenizerInfo) -> str:
+    from modeling.configuration_custom_transformer import CustomTransformerConfig
+
+    config = CustomTransformerConfig(
+        **arch.hf_config_kwargs(),
+        dropout=dropout,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        auto_map=dict(AUTO_MAP),
+        architectures=list(ARCHITECTURES),
+    )
+    data = json.loads(config.to_json_string(use_diff=True))
+    data.update(arch.hf_config_kwargs())  # every dimension explicit, even one equal to a default
+    data["dtype"] = dtype  # transformers 5.x
+    data["torch_dtype"] = dtype  # transformers 4.x reads this name
+    return _json_text(data)
+
+
+def _generation_config_json(tok: TokenizerInfo) -> str:
+    from transformers import GenerationConfig
+
+    config = GenerationConfig(
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
+    )
+    return _json_text(json.loads(config.to_json_string(use_diff=True)))
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def _torch_dtype(name: str) -> torch.dtype:
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def plan_shards(plan: list[TargetTensor], itemsize: int, max_shard_size: int) -> list[tuple[str, list]]:
+    """Split the plan, in order, into shards of at most ``max_shard_size`` tensor bytes (a bigger tensor: alone)."""
+    groups: list[list[TargetTensor]] = [[]]
+    size = 0
+    for target in plan:
+        nbytes = _numel(target.shape) * itemsize
+        if groups[-1] and size + nbytes > max_shard_size:
+            groups.append([])
+            size = 0
+        groups[-1].append(target)
+        size += nbytes
+    if len(groups) == 1:
+        return [(SINGLE_FILE, groups[0])]
+    n = len(groups)
+    return [(f"model-{i:05d}-of-{n:05d}.safetensors", g) for i, g in enumerate(groups, start=1)]
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _write_weights(
+    ckpt: TrainingCheckpoint,
+    arch: Architecture,
+    folder: Path,
+    *,
+    dtype: str,
+    max_shard_size: int,
+    progress: _Progress,
+) -> dict[str, FileRecord]:
+    """Stream every output tensor into safetensors files; returns the weights files' records (index included).
+
+    Every tensor is checked for NaN/Inf after the cast; all offending keys are collected before failing.
+    """
+    from modeling.mapping import build_target, dropped_keys, plan_conversion
+
+    _check_dropped(ckpt, dropped_keys(arch))
+    target_dtype = _torch_dtype(dtype)
+    plan = plan_conversion(arch)
+    shards = plan_shards(plan, target_dtype.itemsize, max_shard_size)
+    progress.start(len(plan), sum(_numel(t.shape) for t in plan) * target_dtype.itemsize)
+    records: dict[str, FileRecord] = {}
+    weight_map: dict[str, str] = {}
+    bad: list[str] = []
+    for filename, targets in shards:
+        writer = None if bad else SafetensorsWriter(folder / filename, targets, SAFETENSORS_DTYPES[dtype])
+        try:
+            for target in targets:
+                sources: list[torch.Tensor] = []
+
+                def get_source(key: str, sources=sources) -> torch.Tensor:
+                    sources.append(ckpt.get(key))
+                    return sources[-1]
+
+                tensor = build_target(target, get_source).to(target_dtype).contiguous()
+                problem = _nonfinite(tensor, sources, dtype)
+                if problem:
+                    bad.append(f"{', '.join(target.sources)} ({problem})")
+                elif not bad:
+                    writer.write(target.name, tensor)
+                    progress.advance(tensor.numel() * tensor.element_size())
+                del tensor
+                for source in sources:
+                    ckpt.release(source)
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
+        if writer is None:
+            continue
+        if bad:  # keep checking the remaining tensors so the error lists them all, but write nothing more
+            writer.abort()
+            continue
+        records[filename] = writer.close()
+        weight_map.update(dict.fromkeys((t.name for t in targets), filename))
+        progress.file_done(filename)
+    progress.finish()
+    if bad:
+        shown = "; ".join(bad[:8]) + (f"; and {len(bad) - 8} more" if len(bad) > 8 else "")
+        raise ConversionError(f"non-finite weights in {len(bad)} tensor(s): {shown}")
+    if len(shards) > 1:
+        index = {
+            "metadata": {"total_size": sum(_numel(t.shape) for t in plan) * target_dtype.itemsize},
+            "weight_map": dict(sorted(weight_map.items())),
+        }
+        _write_text(folder / INDEX_FILE, _json_text(index))
+        records[INDEX_FILE] = _file_record(folder / INDEX_FILE)
+    return records
+
+
+def _nonfinite(tensor: torch.Tensor, sources: list[torch.Tensor], dtype: str) -> str | None:
+    """None when every value is finite, else what is wrong. A NaN or Inf anywhere makes the sum non-finite, so one
+    reduction without allocations clears almost every tensor; only a non-finite sum (or an overflowing one) gets
+    the element-wise check."""
+    import torch
+
+    if math.isfinite(float(tensor.sum(dtype=torch.float32))) or bool(torch.isfinite(tensor).all()):
+        return None
+    if all(bool(torch.isfinite(s).all()) for s in sources):
+        return f"values beyond the range of {dtype}"
+    return "NaN/Inf"
+
+
+def _check_dropped(ckpt: TrainingCheckpoint, keys: list[str]) -> None:
+    """The dropped ``tril`` buffers must be the causal mask the converted model builds itself; anything else would
+    mean the training module computed something the converted model does not."""
+    import torch
+
+    masks: dict[tuple, torch.Tensor] = {}
+    wrong = []
+    for key in keys:
+        tensor = ckpt.get(key)
+        mask_key = (tuple(tensor.shape), tensor.dtype)
+        if mask_key not in masks:
+            masks[mask_key] = torch.tril(torch.ones(tensor.shape, dtype=tensor.dtype))
+        if not _bitwise_equal(tensor, masks[mask_key]):
+            wrong.append(key)
+        ckpt.release(tensor)
+        del tensor
+    if wrong:
+        shown = ", ".join(wrong[:5]) + (f" and {len(wrong) - 5} more" if len(wrong) > 5 else "")
+        raise ConversionError(f"causal-mask buffers are not lower-triangular ones: {shown}")
+
+
+def _bitwise_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Same shape, dtype and bits; compared as integers, which is about twice as fast as a float comparison."""
+    import torch
+
+    as_int = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
+    same_layout = a.shape == b.shape and a.dtype == b.dtype
+    return same_layout and torch.equal(a.contiguous().view(as_int), b.contiguous().view(as_int))
+
+
+class SafetensorsWriter:
+    """Write one safetensors file tensor by tensor, in the given order, hashing the bytes as they are written.
+
+    The header (names, dtypes, shapes, offsets; ``{"format": "pt"}`` metadata) is known from the plan, so only one
+    tensor is ever in memory. Tensors are written contiguously in plan order; the header is padded with spaces to a
+    multiple of 8 bytes so every tensor is aligned for memory-mapped loading.
+    """
+
+    def __init__(self, path: Path, targets: list[TargetTensor], dtype_code: str):
+        itemsize = {"F32": 4, "BF16": 2, "F16": 2}[dtype_code]
+        header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+        offset = 0
+        self._expected: list[tuple[str, int]] = []
+        for target in targets:
+            nbytes = _numel(target.shape) * itemsize
+            header[target.name] = {
+                "dtype": dtype_code,
+                "shape": list(target.shape),
+                "data_offsets": [offset, offset + nbytes],
+            }
+            self._expected.append((target.name, nbytes))
+            offset += nbytes
+        raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        raw += b" " * (-len(raw) % 8)
+        self.path = path
+        self._next = 0
+        self._hash = hashlib.sha256()
+        self._size = 0
+        self._file = open(path, "wb")
+        self._emit(struct.pack("<Q", len(raw)) + raw)
+
+    def _emit(self, data) -> None:
+        self._file.write(data)
+        self._hash.update(data)
+        self._size += len(data)
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        import torch
+
+        expected_name, nbytes = self._expected[self._next]
+        if name != expected_name or tensor.numel() * tensor.element_size() != nbytes:
+            raise ConversionError(f"internal error: {name} written out of order or with the wrong size")
+        if nbytes:
+            self._emit(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+        self._next += 1
+
+    def close(self) -> FileRecord:
+        if self._next != len(self._expected):
+            raise ConversionError(f"internal error: {self.path.name} is missing tensors")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        return FileRecord(sha256=self._hash.hexdigest(), size=self._size)
+
+    def abort(self) -> None:
+        self._file.close()
+
+
+# --------------------------------------------------------------------------- provenance
+
+
+def _release_json(
+    ckpt: TrainingCheckpoint,
+    checkpoint_sha256: str,
+    arch: Architecture,
+    dtype: str,
+    tok: TokenizerInfo,
+    records: dict[str, FileRecord],
+) -> str:
+    import safetensors
+    import tokenizers
+    import torch
+    import transformers
+
+    import release
+
+    path = Path(ckpt.path)
+    size = (
+        sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        if path.is_dir()
+        else path.stat().st_size
+    )
+    commit, dirty = _converter_git()
+    data = {
+        "converter": {
+            "name": CONVERTER_NAME,
+            "version": release.__version__,
+            "git_commit": commit,
+            "dirty": dirty,
+        },
+        "checkpoint": {
+            "filename": path.name,
+            "sha256": checkpoint_sha256,
+            "size": size,
+            "format": ckpt.format,
+            "iter_num": _jsonable(ckpt.meta.get("iter_num")),
+            "val_loss": _jsonable(ckpt.meta.get("val_loss")),
+            "best_val_loss": _jsonable(ckpt.meta.get("best_val_loss")),
+            "train_config": _jsonable(ckpt.train_config),
+        },
+        "architecture": asdict(arch),
+        "num_parameters": sum(_numel(s) for k, s in ckpt.shapes.items() if not k.endswith(".tril")),
+        "dtype": dtype,
+        "tokenizer": asdict(tok),
+        "libraries": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "safetensors": safetensors.__version__,
+            "tokenizers": tokenizers.__version__,
+            "python": platform.python_version(),
+        },
+        "files": {name: asdict(rec) for name, rec in sorted(records.items())},
+    }
+    return _json_text(data)
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON: non-finite floats become "inf"/"nan" (JSON has no such numbers), tuples lists, keys strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return str(value)
+
+
+def _converter_git() -> tuple[str | None, bool | None]:
+    """The commit of the repository the converter runs from, and whether tracked files differ from it."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return None, None
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+    return commit or None, bool(status.strip())
+
+
+# --------------------------------------------------------------------------- progress
+
+
+class _Progress:
+    """Tensors and bytes written, on stderr: a live line on a terminal, a line per weights file otherwise."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self._tty = enabled and sys.stderr.isatty()
+        self._tensors = self._bytes = self._total_tensors = self._total_bytes = 0
+        self._last = 0.0
+
+    def start(self, tensors: int, nbytes: int) -> None:
+        self._total_tensors, self._total_bytes = tensors, nbytes
+
+    def _line(self) -> str:
+        mb = 10**6
+        return (
+            f"converting: {self._tensors}/{self._total_tensors} tensors, "
+            f"{self._bytes / mb:.1f}/{self._total_bytes / mb:.1f} MB"
+        )
+
+    def advance(self, nbytes: int) -> None:
+        self._tensors += 1
+        self._bytes += nbytes
+        now = time.monotonic()
+        if self._tty and now - self._last > 0.1:
+            self._last = now
+            self._say("\r" + self._line())
+
+    def file_done(self, filename: str) -> None:
+        if self.enabled and not self._tty:
+            self._say(f"{self._line()} (wrote {filename})\n")
+
+    def finish(self) -> None:
+        if self._tty:
+            self._say("\r" + self._line() + "\n")
+
+    @staticmethod
+    def _say(text: str) -> None:
+        sys.stderr.write(text)
+        sys.stderr.flush()

@@ -1,0 +1,402 @@
+"""The numerical side of verification: what the reference computes, and how the candidate is compared with it.
+
+Memory is the constraint. The two models are never alive together: the reference computes everything first and
+its large outputs (logits and per-layer hidden states of the parity inputs) go to a temporary file (``Spill``),
+read back a few MiB at a time while the candidate is compared. Forward passes are cut into row groups whose logits
+stay under ``LOGITS_BUDGET_BYTES``, and every reduction over the vocabulary runs on chunks of positions, so the peak
+is the model's weights plus a few tens of MiB whatever the vocabulary or context length.
+
+Perplexity uses non-overlapping windows of ``block_size`` tokens (stride = block_size): inside a window each token
+is predicted from the tokens before it in that window, and the first token of a window is not predicted. This is
+cheaper than a sliding window and exactly as good for comparing two implementations of one model.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+PARITY_SEED = 1234  # torch.Generator seed of the random parity inputs
+PARITY_BATCH = 2  # rows of each random parity input
+LOGITS_BUDGET_BYTES = 32 * 2**20  # float32 logits of one forward call (rows are split to stay below)
+CHUNK_BYTES = 4 * 2**20  # one float64 [positions, vocab] block in reductions over the vocabulary
+TOPK = 8  # reference logits kept per greedy step, to judge near ties
+
+
+# --------------------------------------------------------------------------- spill file
+
+
+class Spill:
+    """Float32 tensors written to a temporary folder and read back in row ranges (bounded memory)."""
+
+    def __init__(self) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="release-verify-spill-")
+        self._shapes: dict[str, list[int]] = {}
+
+    def close(self) -> None:
+        self._dir.cleanup()
+
+    def __enter__(self) -> Spill:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _path(self, key: str) -> Path:
+        return Path(self._dir.name) / f"{key}.f32"
+
+    def append(self, key: str, tensor: torch.Tensor) -> None:
+        """Append ``tensor`` along dim 0 (all appends of a key share the trailing shape)."""
+        data = tensor.detach().to(torch.float32).contiguous().numpy()
+        shape = self._shapes.setdefault(key, [0, *tensor.shape[1:]])
+        if list(tensor.shape[1:]) != shape[1:]:
+            raise ValueError(f"spill {key}: shape {tuple(tensor.shape)} does not continue {shape}")
+        with open(self._path(key), "ab") as f:
+            data.tofile(f)
+        shape[0] += tensor.shape[0]
+
+    def rows(self, key: str, start: int, stop: int) -> torch.Tensor:
+        """Rows ``start:stop`` along dim 0."""
+        shape = self._shapes[key]
+        row = math.prod(shape[1:])
+        count = (stop - start) * row
+        data = np.fromfile(self._path(key), dtype=np.float32, count=count, offset=start * row * 4)
+        return torch.from_numpy(data).view(stop - start, *shape[1:])
+
+
+def row_groups(n_rows: int, row_bytes: int, budget: int = LOGITS_BUDGET_BYTES) -> list[slice]:
+    """Split ``n_rows`` into consecutive slices of at most ``budget`` bytes each (at least one row)."""
+    per = max(1, budget // max(1, row_bytes))
+    return [slice(i, min(i + per, n_rows)) for i in range(0, n_rows, per)]
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class ParityInput:
+    key: str
+    ids: torch.Tensor  # (B, T) int64
+    kind: str  # "random" | "prompt"
+    prompt: str | None = None
+
+    def describe(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "kind": self.kind,
+            "batch": int(self.ids.shape[0]),
+            "length": int(self.ids.shape[1]),
+        }
+        if self.kind == "random":
+            d["seed"] = PARITY_SEED
+        else:
+            d["prompt"] = self.prompt
+        return d
+
+
+def make_parity_inputs(
+    vocab_size: int, block_size: int, prompts: Sequence[str], prompt_ids: Sequence[Sequence[int]]
+) -> list[ParityInput]:
+    """Seeded random ids (batch of 2 at lengths 1, block_size // 2 and block_size) plus each tokenized prompt."""
+    generator = torch.Generator().manual_seed(PARITY_SEED)
+    inputs = []
+    for length in sorted({1, max(1, block_size // 2), block_size}):
+        ids = torch.randint(0, vocab_size, (PARITY_BATCH, length), generator=generator)
+        inputs.append(ParityInput(f"random{length}", ids, "random"))
+    for i, (prompt, ids) in enumerate(zip(prompts, prompt_ids, strict=True)):
+        inputs.append(ParityInput(f"prompt{i}", torch.tensor([list(ids)]), "prompt", prompt))
+    return inputs
+
+
+def eval_windows(ids: Sequence[int], block_size: int) -> list[list[int]]:
+    """Non-overlapping windows of ``block_size`` tokens; a last window shorter than 2 tokens predicts nothing."""
+    windows = [list(ids[i : i + block_size]) for i in range(0, len(ids), block_size)]
+    return [w for w in windows if len(w) >= 2]
+
+
+# --------------------------------------------------------------------------- reference side
+
+
+@dataclass
+class GreedyRun:
+    """One greedy continuation and, per generated step, the TOPK logits that chose it."""
+
+    ids: list[int]
+    top_values: list[list[float]] = field(default_factory=list)
+    top_ids: list[list[int]] = field(default_factory=list)
+
+
+@dataclass
+class ReferenceOutputs:
+    inputs: list[ParityInput]
+    n_hidden: int  # hidden states per input: embeddings + one per block
+    vocab_size: int
+    nll_sum: float
+    nll_tokens: int
+    greedy: list[GreedyRun]
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.nll_sum / self.nll_tokens) if self.nll_tokens else float("nan")
+
+
+@torch.no_grad()
+def reference_outputs(
+    model,
+    *,
+    inputs: list[ParityInput],
+    eval_ids: Sequence[int],
+    prompt_ids: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    eos_token_id: int | None,
+    spill: Spill,
+) -> ReferenceOutputs:
+    """Everything the candidate is compared with, from the training module (``modeling.reference``)."""
+    cfg = model.config
+    for inp in inputs:
+        B, T = inp.ids.shape
+        for rows in row_groups(B, T * cfg.vocab_size * 4):
+            logits, _, hidden = model(inp.ids[rows], return_hidden_states=True)
+            spill.append(f"{inp.key}.logits", logits.reshape(-1, cfg.vocab_size))  # (b*T, V)
+            for layer, h in enumerate(hidden):
+                spill.append(f"{inp.key}.h{layer}", h)  # (b, T, C)
+            del logits, hidden
+    nll_sum, nll_tokens = perplexity_nll(
+        lambda x: model(x)[0], eval_ids, block_size=cfg.block_size, vocab_size=cfg.vocab_size
+    )
+    greedy = []
+    for ids in prompt_ids:
+        prompt = torch.tensor([list(ids)])
+        out = model.generate_greedy(prompt, max_new_tokens, eos_token_id=eos_token_id)
+        cont = out[0, prompt.shape[1] :].tolist()
+        run = GreedyRun(cont)
+        if cont:  # the logits that chose each generated token: one forward over prompt + continuation[:-1]
+            logits, _ = model(out[:, :-1])
+            step_logits = logits[0, prompt.shape[1] - 1 :]  # (len(cont), V)
+            top = step_logits.topk(min(TOPK, cfg.vocab_size), dim=-1)
+            run.top_values, run.top_ids = top.values.tolist(), top.indices.tolist()
+        greedy.append(run)
+    return ReferenceOutputs(
+        inputs=inputs,
+        n_hidden=cfg.n_layer + 1,
+        vocab_size=cfg.vocab_size,
+        nll_sum=nll_sum,
+        nll_tokens=nll_tokens,
+        greedy=greedy,
+    )
+
+
+def perplexity_nll(
+    logits_of: Callable[[torch.Tensor], torch.Tensor], ids: Sequence[int], *, block_size: int, vocab_size: int
+) -> tuple[float, int]:
+    """Summed next-token negative log-likelihood over ``eval_windows`` and the number of predicted tokens."""
+    windows = eval_windows(ids, block_size)
+    total, count = 0.0, 0
+    full = [w for w in windows if len(w) == len(windows[0])] if windows else []
+    rest = windows[len(full) :]
+    batches = [full[g] for g in row_groups(len(full), block_size * vocab_size * 4)] + [[w] for w in rest]
+    chunk = max(1, CHUNK_BYTES // (vocab_size * 8))
+    with torch.no_grad():
+        for batch in batches:
+            x = torch.tensor(batch)
+            logits = logits_of(x)[:, :-1].float()  # (b, T-1, V)
+            targets = x[:, 1:]
+            flat, flat_t = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
+            for i in range(0, flat.shape[0], chunk):
+                total += F.cross_entropy(
+                    flat[i : i + chunk].double(), flat_t[i : i + chunk], reduction="sum"
+                ).item()
+            count += flat_t.numel()
+            del logits, flat
+    return total, count
+
+
+# --------------------------------------------------------------------------- candidate side: parity
+
+
+@dataclass
+class ParityFigures:
+    max_abs_diff: float = 0.0
+    mean_abs_diff: float = 0.0
+    top1_agreement: float = 1.0
+    kl_divergence: float = 0.0
+    positions: int = 0
+    per_layer_max_abs_diff: list[float] | None = None
+    per_layer_rel_diff: list[float] | None = None
+    first_divergent_hidden: int | None = None  # index into the hidden states (0 = embeddings)
+
+    def location(self, n_hidden: int) -> str | None:
+        """Where the first divergence is, in words; None when no hidden state diverges (or none were given)."""
+        if self.first_divergent_hidden is None:
+            if self.per_layer_rel_diff is None:
+                return None
+            return "final norm or lm_head"
+        if self.first_divergent_hidden == 0:
+            return "embeddings"
+        return f"layer {self.first_divergent_hidden - 1}"
+
+    @property
+    def first_divergent_layer(self) -> int | None:
+        if self.first_divergent_hidden is None or self.first_divergent_hidden == 0:
+            return None
+        return self.first_divergent_hidden - 1
+
+
+@torch.no_grad()
+def compare_parity(
+    model, reference: ReferenceOutputs, spill: Spill, *, hidden_rel_tol: float
+) -> ParityFigures:
+    """Run the candidate on the parity inputs and compare logits and hidden states with the spilled reference."""
+    V = reference.vocab_size
+    chunk = max(1, CHUNK_BYTES // (V * 8))
+    max_abs, sum_abs, n_el, agree, kl_sum, positions = 0.0, 0.0, 0, 0, 0.0, 0
+    layer_diff = [0.0] * reference.n_hidden
+    layer_ref = [0.0] * reference.n_hidden
+    have_hidden = True
+    for inp in reference.inputs:
+        B, T = inp.ids.shape
+        for rows in row_groups(B, T * V * 4):
+            out = model(input_ids=inp.ids[rows], output_hidden_states=True)
+            logits = out.logits.reshape(-1, out.logits.shape[-1])  # (b*T, V)
+            if logits.shape[-1] != V:
+                raise ValueError(f"candidate has {logits.shape[-1]} logits per position, the reference {V}")
+            first = rows.start * T
+            for i in range(0, logits.shape[0], chunk):
+                cand = logits[i : i + chunk].double()
+                ref = spill.rows(f"{inp.key}.logits", first + i, first + i + cand.shape[0]).double()
+                diff = (cand - ref).abs_()
+                max_abs = max(max_abs, float(diff.max()))
+                sum_abs += float(diff.sum())
+                n_el += diff.numel()
+                agree += int((cand.argmax(-1) == ref.argmax(-1)).sum())
+                lp_ref, lp_cand = F.log_softmax(ref, -1), F.log_softmax(cand, -1)
+                kl_sum += float((lp_ref.exp() * (lp_ref - lp_cand)).sum())
+                positions += cand.shape[0]
+                del cand, ref, diff, lp_ref, lp_cand
+            hidden = out.hidden_states
+            if hidden is None or len(hidden) != reference.n_hidden:
+                have_hidden = False
+            else:
+                for layer, h in enumerate(hidden):
+                    ref_h = spill.rows(f"{inp.key}.h{layer}", rows.start, rows.stop).double()
+                    layer_diff[layer] = max(layer_diff[layer], float((h.double() - ref_h).abs().max()))
+                    layer_ref[layer] = max(layer_ref[layer], float(ref_h.abs().max()))
+            del out, logits, hidden
+    figures = ParityFigures(
+        max_abs_diff=max_abs,
+        mean_abs_diff=sum_abs / max(1, n_el),
+        top1_agreement=agree / max(1, positions),
+        kl_divergence=max(0.0, kl_sum / max(1, positions)),
+        positions=positions,
+    )
+    if have_hidden:
+        figures.per_layer_max_abs_diff = layer_diff
+        figures.per_layer_rel_diff = [
+            d / r if r > 0 else d for d, r in zip(layer_diff, layer_ref, strict=True)
+        ]
+        figures.first_divergent_hidden = next(
+            (i for i, rel in enumerate(figures.per_layer_rel_diff) if not rel <= hidden_rel_tol), None
+        )
+    return figures
+
+
+# --------------------------------------------------------------------------- candidate side: generation
+
+
+def normalize_eos(eos: Any) -> set[int]:
+    if eos is None:
+        return set()
+    if isinstance(eos, (list, tuple, set)):
+        return {int(e) for e in eos}
+    if isinstance(eos, torch.Tensor):
+        return {int(e) for e in eos.flatten().tolist()}
+    return {int(eos)}
+
+
+@torch.no_grad()
+def candidate_greedy(
+    model, input_ids: list[int], *, max_new_tokens: int, pad_token_id: int | None
+) -> GreedyRun:
+    """``generate()`` with its cache, greedy, one prompt; also the TOPK logits of each step."""
+    x = torch.tensor([input_ids])
+    out = model.generate(
+        input_ids=x,
+        attention_mask=torch.ones_like(x),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        pad_token_id=pad_token_id,
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
+    run = GreedyRun(out.sequences[0, x.shape[1] :].tolist())
+    if out.logits:
+        step_logits = torch.stack([s[0] for s in out.logits]).float()  # (steps, V)
+        top = step_logits.topk(min(TOPK, step_logits.shape[-1]), dim=-1)
+        run.top_values, run.top_ids = top.values.tolist(), top.indices.tolist()
+    return run
+
+
+@dataclass
+class Divergence:
+    """How ``actual`` compares with ``expected`` (a greedy run with its step logits)."""
+
+    match: bool
+    index: int | None = None  # first differing position
+    expected_token: int | None = None
+    actual_token: int | None = None
+    margin: float | None = None  # expected run's logit(expected token) - logit(actual token); None if unknown
+    tolerated: bool = False
+
+    def describe(self, total: int) -> str:
+        if self.match:
+            return "identical"
+        exp = "end" if self.expected_token is None else str(self.expected_token)
+        act = "end" if self.actual_token is None else str(self.actual_token)
+        margin = "" if self.margin is None else f", logit margin {self.margin:.2e}"
+        return f"token {self.index} of {total} differs (expected {exp}, got {act}{margin})"
+
+
+def compare_greedy(expected: GreedyRun, actual: list[int], *, tie_margin: float) -> Divergence:
+    """Token for token; a divergence is tolerated only at a near tie (within ``tie_margin``) of ``expected``."""
+    a, b = expected.ids, actual
+    n = min(len(a), len(b))
+    index = next((i for i in range(n) if a[i] != b[i]), None)
+    if index is None:
+        if len(a) == len(b):
+            return Divergence(match=True)
+        index = n
+        return Divergence(
+            match=False,
+            index=index,
+            expected_token=a[index] if index < len(a) else None,
+            actual_token=b[index] if index < len(b) else None,
+        )
+    margin = None
+    if index < len(expected.top_ids) and b[index] in expected.top_ids[index]:
+        values, ids = expected.top_values[index], expected.top_ids[index]
+        margin = values[ids.index(a[index])] - values[ids.index(b[index])] if a[index] in ids else None
+    tolerated = margin is not None and margin <= tie_margin
+    return Divergence(
+        match=False,
+        index=index,
+        expected_token=a[index],
+        actual_token=b[index],
+        margin=margin,
+        tolerated=tolerated,
+    )
+
+
+def trim_at_eos(ids: list[int], eos: set[int]) -> list[int]:
+    """Up to and including the first eos (what one-by-one generation returns for a row that finished)."""
+    for i, token in enumerate(ids):
+        if token in eos:
+            return ids[: i + 1]
+    return ids

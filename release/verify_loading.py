@@ -1,0 +1,207 @@
+"""Loading a candidate exactly as users load it, with remote code that cannot come from a stale cache.
+
+Users run ``AutoModelForCausalLM.from_pretrained(path_or_id, trust_remote_code=True)``. transformers then copies
+the folder's ``*.py`` files into ``HF_MODULES_CACHE`` and imports them as ``transformers_modules.<...>``; both the
+copy on disk and the module in ``sys.modules`` outlive the call. A verification must never pass because an old,
+correct copy answered instead of the shipped file, so every load here happens inside ``fresh_remote_code_modules``.
+
+Why in-process and not a subprocess with its own ``HF_MODULES_CACHE``: a child interpreter is the most obviously
+isolated, but on the CPU runners this targets importing torch + transformers takes ~10 s and ~330 MB of RSS, as
+much memory as the ~85M-parameter benchmark model's weights; the memory gate (peak <= baseline + 1.3x weights)
+could not hold with a second interpreter alive next to the parent. In-process isolation is three pieces of state,
+all restored afterwards: the modules-cache path (read once at import into ``transformers.dynamic_module_utils``
+and ``transformers.utils.hub``; both are repointed to a new temporary folder), ``sys.modules`` (every
+``transformers_modules*`` entry is taken out before and after, so the import system cannot find an old module
+object or an old package ``__path__``), and ``sys.path`` / the import caches. tests/test_verify.py poisons both the
+on-disk cache and ``sys.modules`` with a correct module and checks a broken file still fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from release.errors import UsageError, VerificationError
+from release.hashing import sha256_file
+
+log = logging.getLogger(__name__)
+
+_DYNAMIC_PACKAGE = "transformers_modules"
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+def hf_token() -> str | bool:
+    """The Hub token: ``$HF_TOKEN`` only. ``False`` (send none) rather than a token file found on the machine."""
+    return os.environ.get("HF_TOKEN") or False
+
+
+def _take_dynamic_modules() -> dict[str, Any]:
+    taken = {
+        name: sys.modules.pop(name)
+        for name in list(sys.modules)
+        if name == _DYNAMIC_PACKAGE or name.startswith(_DYNAMIC_PACKAGE + ".")
+    }
+    importlib.invalidate_caches()
+    return taken
+
+
+@contextlib.contextmanager
+def fresh_remote_code_modules() -> Iterator[Path]:
+    """Within this block, remote code is copied to and imported from a new, empty modules cache.
+
+    Yields the temporary modules-cache folder. Everything is put back on exit (previously imported
+    ``transformers_modules`` entries included), so the caller's process is left as it was found.
+    """
+    import transformers.dynamic_module_utils as dynamic_module_utils
+    import transformers.utils.hub as hub_utils
+
+    saved_modules = _take_dynamic_modules()
+    saved_path = list(sys.path)
+    saved_cache = (dynamic_module_utils.HF_MODULES_CACHE, hub_utils.HF_MODULES_CACHE)
+    saved_env = os.environ.get("HF_MODULES_CACHE")
+    with tempfile.TemporaryDirectory(prefix="release-verify-modules-") as tmp:
+        dynamic_module_utils.HF_MODULES_CACHE = tmp
+        hub_utils.HF_MODULES_CACHE = tmp
+        os.environ["HF_MODULES_CACHE"] = tmp  # read by any module that looks it up late
+        try:
+            yield Path(tmp)
+        finally:
+            _take_dynamic_modules()
+            sys.modules.update(saved_modules)
+            sys.path[:] = saved_path
+            dynamic_module_utils.HF_MODULES_CACHE, hub_utils.HF_MODULES_CACHE = saved_cache
+            if saved_env is None:
+                os.environ.pop("HF_MODULES_CACHE", None)
+            else:
+                os.environ["HF_MODULES_CACHE"] = saved_env
+            importlib.invalidate_caches()
+
+
+@dataclass
+class CandidateSource:
+    """Where the candidate comes from and the local folder holding exactly its files."""
+
+    kind: str  # "folder" | "hub"
+    folder: Path  # the files that are loaded (for the Hub: the downloaded snapshot)
+    load_id: str  # what is passed to from_pretrained: the folder path, or the repo id
+    repo_id: str | None = None
+    revision: str | None = None
+    commit: str | None = None
+    cache_dir: Path | None = None  # the fresh Hub cache a Hub candidate was downloaded into
+
+    def from_pretrained_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"trust_remote_code": True}
+        if self.kind == "hub":
+            kwargs.update(revision=self.commit or self.revision, token=hf_token())
+            if self.cache_dir is not None:
+                kwargs["cache_dir"] = str(self.cache_dir)
+        return kwargs
+
+    def describe(self) -> dict[str, Any]:
+        if self.kind == "hub":
+            return {
+                "source": "hub",
+                "repo_id": self.repo_id,
+                "revision": self.revision,
+                "commit": self.commit,
+            }
+        return {"source": "folder", "path": str(self.folder)}
+
+
+def is_repo_id(model: str | Path) -> bool:
+    return not Path(model).exists() and bool(_REPO_ID.match(str(model)))
+
+
+@contextlib.contextmanager
+def candidate_source(model: str | Path, revision: str | None) -> Iterator[CandidateSource]:
+    """A folder as it is, or a Hub revision downloaded into a fresh temporary cache (removed afterwards).
+
+    Raises:
+        UsageError: ``model`` is neither an existing folder nor a repo id; a revision was given for a folder.
+        VerificationError: The Hub revision cannot be downloaded.
+    """
+    path = Path(model)
+    if path.exists():
+        if not path.is_dir():
+            raise UsageError(f"{path} is not a model folder")
+        if revision is not None:
+            raise UsageError("--revision applies to a Hub repo id, not to a local folder")
+        if not (path / "config.json").is_file():
+            raise UsageError(f"{path} has no config.json; is it a converted model folder?")
+        resolved = path.resolve()
+        yield CandidateSource(kind="folder", folder=resolved, load_id=str(resolved))
+        return
+    if not _REPO_ID.match(str(model)):
+        raise UsageError(f"{model} is neither a model folder nor a Hub repo id (owner/name)")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    with tempfile.TemporaryDirectory(prefix="release-verify-hub-") as tmp:
+        try:
+            snapshot = Path(snapshot_download(str(model), revision=revision, cache_dir=tmp, token=hf_token()))
+        except (RepositoryNotFoundError, LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            where = f"{model}@{revision}" if revision else str(model)
+            raise VerificationError(f"cannot download {where} from the Hub: {first}") from exc
+        yield CandidateSource(
+            kind="hub",
+            folder=snapshot,
+            load_id=str(model),
+            repo_id=str(model),
+            revision=revision,
+            commit=snapshot.name,  # snapshots/<commit sha>/
+            cache_dir=Path(tmp),
+        )
+
+
+def folder_file_hashes(folder: Path) -> dict[str, str]:
+    """``{relative posix path: sha256}`` of every file under ``folder`` (symlinks followed, as loaders do)."""
+    folder = Path(folder)
+    return {
+        p.relative_to(folder).as_posix(): sha256_file(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and ".cache" not in p.relative_to(folder).parts
+    }
+
+
+def load_candidate(source: CandidateSource):
+    """``AutoModelForCausalLM`` and ``AutoTokenizer`` with ``trust_remote_code=True``, nothing else changed.
+
+    Call inside ``fresh_remote_code_modules``. Progress bars are off while loading (the CI log stays readable).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    kwargs = source.from_pretrained_kwargs()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source.load_id, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(source.load_id, **kwargs)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    model.eval()
+    return model, tokenizer
+
+
+def library_versions() -> dict[str, str]:
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"python": platform.python_version()}
+    for name in ("torch", "transformers", "tokenizers", "huggingface_hub", "safetensors"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions

@@ -1,0 +1,584 @@
+"""release verify: a correct conversion passes, and each gate fails when it should, saying where.
+
+Real files throughout: a tiny training checkpoint, converted by ``release.convert``; broken candidates are copies of
+that folder with one thing changed (a weight, the order of two heads, a line of the modeling file, the tokenizer).
+Most runs use ``FAST`` settings (two prompts, 12 new tokens, a short text); the correct conversion is verified
+once with the defaults.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from release.demo import demo_text, train_tokenizer, training_config_dict, write_training_checkpoint
+from tests.conftest import build_reference
+
+REPO = "owner/verified-model"
+CACHE_LINE = "k, v = cache.update(k, v, self.layer_idx)"
+CAUSAL_LINE = "is_causal=attn_mask is None and T > 1,"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models: threads only add overhead (and thrash on a shared CI machine)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class Release:
+    def __init__(self, root: Path, checkpoint: Path, model_dir: Path, tokenizer: Path, short_text: Path):
+        self.root, self.checkpoint, self.model_dir, self.tokenizer, self.short_text = (
+            root,
+            checkpoint,
+            model_dir,
+            tokenizer,
+            short_text,
+        )
+
+    def fast(self, **extra) -> dict:
+        """Settings for the failure cases: cheap, but every check still runs."""
+        return {
+            "checkpoint": self.checkpoint,
+            "tokenizer": self.tokenizer,
+            "prompts": ["The Fox", "Once upon a time"],
+            "max_new_tokens": 12,
+            "eval_text": self.short_text,
+            **extra,
+        }
+
+    def copy(self, dest: Path) -> Path:
+        shutil.copytree(self.model_dir, dest)
+        return dest
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory, tokenizer_dir) -> Release:
+    from release.convert import convert_checkpoint
+
+    root = tmp_path_factory.mktemp("verify")
+    model = build_reference()
+    c = model.config
+    config = training_config_dict(
+        n_embd=c.n_embd, n_head=c.n_head, n_layer=c.n_layer, block_size=c.block_size
+    )
+    ckpt = write_training_checkpoint(model, root / "ckpt.pt", train_config=config, iter_num=100, val_loss=2.0)
+    out = convert_checkpoint(ckpt, root / "dist" / "v1" / "model", tokenizer=tokenizer_dir).out_dir
+    short = root / "short.txt"
+    short.write_text(demo_text()[:2500], encoding="utf-8")
+    return Release(root, ckpt, out, tokenizer_dir, short)
+
+
+@pytest.fixture(scope="module")
+def good(release):
+    """The correct conversion verified with the default prompts, text and max_new_tokens; records whether the
+    reference model was already gone when the candidate was loaded."""
+    import gc
+    import weakref
+
+    import release.checkpoint as checkpoint_module
+    import release.verify_loading as loading_module
+    from release.verify import verify_model
+
+    seen = {}
+    real_load_reference, real_load_candidate = (
+        checkpoint_module.load_reference_model,
+        loading_module.load_candidate,
+    )
+
+    def load_reference(path):
+        model, ckpt = real_load_reference(path)
+        seen["reference"] = weakref.ref(model)
+        return model, ckpt
+
+    def load_candidate(source):
+        gc.collect()
+        seen["reference_alive_at_candidate_load"] = seen["reference"]() is not None
+        return real_load_candidate(source)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(checkpoint_module, "load_reference_model", load_reference)
+        mp.setattr(loading_module, "load_candidate", load_candidate)
+        path = release.root / "good" / "verification.json"
+        report = verify_model(release.model_dir, checkpoint=release.checkpoint, tokenizer=release.tokenizer,
+                              report_path=path)  # fmt: skip
+    return report, path, seen
+
+
+def gate(report, name):
+    return next(g for g in report.gates if g.name == name)
+
+
+def failed(report) -> set[str]:
+    return {g.name for g in report.gates if not g.passed}
+
+
+def edit_tensor(folder: Path, name: str, edit) -> None:
+    from safetensors.torch import load_file, save_file
+
+    path = folder / "model.safetensors"
+    tensors = load_file(path)
+    tensors[name] = edit(tensors[name].clone())
+    save_file(tensors, path, metadata={"format": "pt"})
+
+
+def edit_modeling(folder: Path, old: str, new: str) -> None:
+    path = folder / "modeling_custom_transformer.py"
+    text = path.read_text(encoding="utf-8")
+    assert text.count(old) == 1, old
+    path.write_text(text.replace(old, new), encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- the correct conversion
+
+
+def test_correct_conversion_passes_every_gate(release, good):
+    report, path, seen = good
+    assert report.passed and report.failures == [], report.failures
+    assert {g.name for g in report.gates} == {
+        "hygiene",
+        "load",
+        "parity.max_abs_diff",
+        "parity.top1_agreement",
+        "perplexity",
+        "generation.greedy",
+        "generation.padded_batch",
+        "generation.sampling",
+        "generation.pipeline",
+    }
+    assert report.parity["max_abs_diff"] <= 1e-4 and report.parity["top1_agreement"] == 1.0
+    assert report.parity["first_divergent_layer"] is None and report.parity["divergence_location"] is None
+    inputs = report.parity["inputs"]
+    assert [(i["batch"], i["length"]) for i in inputs if i["kind"] == "random"] == [(2, 1), (2, 32), (2, 64)]
+    assert [i["prompt"] for i in inputs if i["kind"] == "prompt"] == [
+        "The Fox",
+        "Once upon a time",
+        "The Lion said",
+    ]
+    assert report.perplexity["relative_diff"] <= 1e-3 and report.perplexity["text"] == "aesop.txt"
+    cases = report.generation["cases"]
+    assert [c["prompt"] for c in cases] == ["The Fox", "Once upon a time", "The Lion said"]
+    assert all(c["match"] and c["candidate_ids"] == c["reference_ids"] and c["text"] for c in cases)
+    assert report.generation["padded_batch_match"] and report.generation["pipeline_ok"]
+    assert report.generation["sampling"]["stopped"] in ("eos", "max_new_tokens")
+    # Never both models at once: the reference was collected before the candidate was loaded.
+    assert seen["reference_alive_at_candidate_load"] is False
+
+
+def test_report_files_are_complete_sorted_and_name_every_verified_file(release, good):
+    from release.hashing import sha256_file
+
+    report, path, _ = good
+    text = path.read_text(encoding="utf-8")
+    data = json.loads(text)
+    assert text == json.dumps(data, indent=2, sort_keys=True) + "\n"
+    assert data["schema_version"] == 1 and data["passed"] is True and data["failures"] == []
+    for key in (
+        "model",
+        "checkpoint",
+        "gates",
+        "parity",
+        "perplexity",
+        "generation",
+        "hygiene",
+        "versions",
+        "timings",
+    ):
+        assert key in data
+    files = data["model"]["files"]
+    on_disk = sorted(
+        p.relative_to(release.model_dir).as_posix() for p in release.model_dir.rglob("*") if p.is_file()
+    )
+    assert sorted(files) == on_disk
+    assert files["model.safetensors"] == sha256_file(release.model_dir / "model.safetensors")
+    assert data["model"]["source"] == "folder" and data["model"]["dtype"] == "float32"
+    assert data["checkpoint"]["sha256"] == sha256_file(release.checkpoint)
+    assert set(data["versions"]) >= {"python", "torch", "transformers", "tokenizers", "huggingface_hub"}
+    assert data["timings"]["total"] > 0
+    markdown = path.with_suffix(".md").read_text(encoding="utf-8")
+    assert markdown == report.markdown() and "Verification passed" in markdown
+    assert "| The Fox | yes |" in markdown
+
+
+def test_card_reads_the_report(release, good):
+    from release.card_facts import check_verification
+
+    report, _, _ = good
+    facts = check_verification(
+        report.to_dict(), source="verification.json", checkpoint_sha256=report.checkpoint["sha256"]
+    )
+    assert facts["parity"]["max_abs_diff"] == report.parity["max_abs_diff"]
+    assert len(facts["generation"]["cases"]) == 3
+
+
+# --------------------------------------------------------------------------- each gate fails when it should
+
+
+def test_corrupt_weight_fails_parity_and_generation_naming_the_layer(release, tmp_path):
+    from release.verify import verify_model
+
+    folder = release.copy(tmp_path / "model")
+
+    def corrupt(w):
+        w[3, 7] = 25.0
+        return w
+
+    edit_tensor(folder, "model.layers.1.mlp.down_proj.weight", corrupt)
+    report = verify_model(folder, **release.fast())
+    assert not report.passed
+    assert {"parity.max_abs_diff", "parity.top1_agreement", "perplexity", "generation.greedy"} <= failed(
+        report
+    )
+    assert report.parity["first_divergent_layer"] == 1
+    lines = report.failures
+    parity_line = next(line for line in lines if line.startswith("parity: max abs diff"))
+    assert parity_line.endswith("> 1e-04 (first divergent layer: 1)"), parity_line
+    assert any(line.startswith("generation: ") and "(first divergent layer: 1)" in line for line in lines), (
+        lines
+    )
+    per_layer = report.parity["per_layer_max_abs_diff"]
+    assert per_layer[0] < 1e-5 and per_layer[1] < 1e-4 and per_layer[2] > 1e-2  # embeddings, layer 0, layer 1
+
+
+def test_swapped_heads_fail_parity(release, tmp_path):
+    from release.verify import verify_model
+
+    folder = release.copy(tmp_path / "model")
+    hs = 32 // 4
+
+    def swap_heads_0_and_1(w):  # rows: [q heads | k heads | v heads]; swap heads 0 and 1 in all three
+        for base in (0, 32, 64):
+            h0, h1 = w[base : base + hs].clone(), w[base + hs : base + 2 * hs].clone()
+            w[base : base + hs], w[base + hs : base + 2 * hs] = h1, h0
+        return w
+
+    edit_tensor(folder, "model.layers.0.self_attn.qkv_proj.weight", swap_heads_0_and_1)
+    report = verify_model(folder, **release.fast())
+    assert "parity.max_abs_diff" in failed(report)
+    assert gate(report, "load").passed and gate(report, "hygiene").passed
+    assert report.parity["first_divergent_layer"] == 0
+    assert any(line.endswith("(first divergent layer: 0)") for line in report.failures)
+
+
+def test_cache_path_bug_fails_generation_while_plain_logits_pass(release, tmp_path):
+    from release.verify import verify_model
+
+    folder = release.copy(tmp_path / "model")
+    # The cache is filled but its result ignored: without a past nothing changes; with one, the past is lost.
+    edit_modeling(folder, CACHE_LINE, "cache.update(k, v, self.layer_idx)")
+    report = verify_model(folder, **release.fast())
+    assert not report.passed
+    for name in ("parity.max_abs_diff", "parity.top1_agreement", "perplexity", "hygiene", "load"):
+        assert gate(report, name).passed, name
+    assert "generation.greedy" in failed(report)
+    assert not any(c["match"] for c in report.generation["cases"])
+    assert report.parity["max_abs_diff"] <= 1e-4
+
+
+def test_stale_remote_code_module_cannot_mask_a_broken_file(release, tmp_path, monkeypatch):
+    import torch
+    import transformers.dynamic_module_utils as dynamic_module_utils
+    import transformers.utils.hub as hub_utils
+    from transformers import AutoModelForCausalLM
+
+    from release.verify import verify_model
+
+    cache = tmp_path / "modules"
+    monkeypatch.setattr(dynamic_module_utils, "HF_MODULES_CACHE", str(cache))
+    monkeypatch.setattr(hub_utils, "HF_MODULES_CACHE", str(cache))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    folder = release.copy(tmp_path / "model")
+    edit_modeling(folder, CAUSAL_LINE, "is_causal=False,")  # attends to the future: logits change
+
+    # Import the broken file as transformers does, then turn the imported module into the correct code while
+    # keeping transformers' "already up to date" hash: a stale, correct module sitting in sys.modules.
+    cls = dynamic_module_utils.get_class_from_dynamic_module(
+        "modeling_custom_transformer.CustomTransformerForCausalLM", str(folder)
+    )
+    stale = sys.modules[cls.__module__]
+    good_source = (release.model_dir / "modeling_custom_transformer.py").read_text(encoding="utf-8")
+    exec(compile(good_source, stale.__file__, "exec"), stale.__dict__)
+
+    # Control: a plain load in this process is masked by the stale module and behaves causally.
+    masked = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
+    ids = torch.tensor([[5, 17, 42, 7, 99, 3]])
+    with torch.no_grad():
+        assert torch.allclose(masked(ids).logits[:, :3], masked(ids[:, :3]).logits, atol=1e-5)
+    del masked
+
+    report = verify_model(folder, **release.fast())
+    assert "parity.max_abs_diff" in failed(report), report.failures
+    # The caller's world is as it was: the stale module and the modules-cache path are back.
+    assert sys.modules[cls.__module__] is stale
+    assert dynamic_module_utils.HF_MODULES_CACHE == str(cache)
+
+
+def test_tokenizer_other_than_the_training_one_fails_perplexity(release, tmp_path):
+    from release.verify import verify_model
+
+    folder = release.copy(tmp_path / "model")
+    other = train_tokenizer(demo_text(), tmp_path / "other_tokenizer", vocab_size=320)
+    for f in other.iterdir():
+        shutil.copy2(f, folder / f.name)
+    report = verify_model(folder, **release.fast())
+    assert "perplexity" in failed(report)
+    assert gate(report, "parity.max_abs_diff").passed  # the weights are right; only the tokenizer is not
+    line = next(line for line in report.failures if line.startswith("perplexity: "))
+    assert "> 1e-03" in line
+
+
+def test_broken_modeling_file_fails_load_and_hygiene_and_still_reports(release, tmp_path):
+    from release.verify import verify_model
+
+    folder = release.copy(tmp_path / "dist" / "model")
+    (folder / "modeling_custom_transformer.py").write_text("class Broken(:\n", encoding="utf-8")
+    report = verify_model(folder, **release.fast(report_path=tmp_path / "dist" / "verification.json"))
+    assert failed(report) == {"hygiene", "load"}
+    assert report.failures[0].startswith("hygiene: modeling_custom_transformer.py cannot be parsed")
+    assert report.failures[1].startswith("load: from_pretrained(trust_remote_code=True) raised ")
+    data = json.loads((tmp_path / "dist" / "verification.json").read_text())
+    assert data["parity"]["max_abs_diff"] is None and data["passed"] is False
+    assert "Not measured" in (tmp_path / "dist" / "verification.md").read_text()
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_export_passes_its_documented_gates(release, tmp_path, dtype):
+    from release.convert import convert_checkpoint
+    from release.verify import Gates, verify_model
+
+    folder = convert_checkpoint(
+        release.checkpoint, tmp_path / "model", tokenizer=release.tokenizer, dtype=dtype
+    ).out_dir
+    report = verify_model(folder, **release.fast())
+    assert report.passed, report.failures
+    assert report.model["dtype"] == dtype
+    assert report.to_dict()["settings"]["gates"] == Gates.for_dtype(dtype).to_dict()
+    assert report.parity["max_abs_diff"] > Gates().max_abs_diff  # the float32 gate would refuse this export
+
+
+# --------------------------------------------------------------------------- remote-code hygiene (static)
+
+
+def test_hygiene_names_foreign_imports_and_dangling_auto_map(release, tmp_path):
+    from release.verify_hygiene import check_remote_code_hygiene
+
+    folder = release.copy(tmp_path / "model")
+    assert check_remote_code_hygiene(folder).problems == []
+    modeling = folder / "modeling_custom_transformer.py"
+    modeling.write_text(modeling.read_text() + "\nfrom modeling.reference import GPTLanguageModel\n")
+    (folder / "extra.py").write_text(
+        "import numpy\nfrom .nowhere import x\nimport importlib\nimportlib.import_module('release')\n"
+    )
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"]["AutoModelForCausalLM"] = "modeling_custom_transformer.Missing"
+    config["auto_map"]["AutoModel"] = "other/repo--modeling.Model"
+    (folder / "config.json").write_text(json.dumps(config))
+    problems = check_remote_code_hygiene(folder).problems
+    assert any(
+        p.startswith("modeling_custom_transformer.py:") and "imports modeling.reference" in p
+        for p in problems
+    )
+    assert any(p.startswith("extra.py:1 imports numpy") for p in problems)
+    assert any(p.startswith("extra.py:2 imports .nowhere") for p in problems)
+    assert any(p.startswith("extra.py:4 imports release") for p in problems)
+    assert any("AutoModelForCausalLM" in p and "does not define class Missing" in p for p in problems)
+    assert any("AutoModel ->" in p and "another repo" in p for p in problems)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+@pytest.fixture
+def cli(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    from release.cli import main
+
+    monkeypatch.chdir(tmp_path)  # no [tool.release] settings from the repo's pyproject
+    summary = tmp_path / "step_summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+
+    def invoke(*args):
+        return CliRunner().invoke(main, [str(a) for a in args])
+
+    invoke.summary = summary
+    return invoke
+
+
+def fast_options(release):
+    return ["--checkpoint", release.checkpoint, "--tokenizer", release.tokenizer, "--prompt", "The Fox",
+            "--prompt", "Once upon a time", "--max-new-tokens", 8, "--eval-text", release.short_text]  # fmt: skip
+
+
+def test_cli_verify_passes_writes_reports_beside_the_model_folder_and_the_step_summary(
+    release, tmp_path, cli
+):
+    folder = release.copy(tmp_path / "dist" / "v1.0.0" / "model")
+    result = cli("verify", folder, *fast_options(release))
+    assert result.exit_code == 0, result.output
+    report = tmp_path / "dist" / "v1.0.0" / "verification.json"
+    assert json.loads(report.read_text())["passed"] is True
+    assert (tmp_path / "dist" / "v1.0.0" / "verification.md").is_file()
+    assert "## Verification passed" in result.stdout
+    assert "## Verification passed" in cli.summary.read_text()
+
+
+def test_cli_verify_fails_with_one_line_per_failed_gate(release, tmp_path, cli):
+    folder = release.copy(tmp_path / "model")
+    edit_modeling(folder, CACHE_LINE, "cache.update(k, v, self.layer_idx)")
+    result = cli("verify", folder, *fast_options(release), "--report", tmp_path / "out" / "report.json")
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    failed_lines = [line for line in lines if line.startswith("FAILED: ")]
+    assert failed_lines and all(line.startswith("FAILED: generation: ") for line in failed_lines), lines
+    assert lines[-1].startswith("Error: verification failed: ") and "report.json" in lines[-1]
+    data = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert [f"FAILED: {line}" for line in data["failures"]] == failed_lines
+    assert "FAILED" in cli.summary.read_text()
+
+
+def test_cli_verify_usage_errors(release, tmp_path, cli):
+    assert cli("verify", "--checkpoint", release.checkpoint).exit_code == 2
+    assert (
+        cli("verify", release.model_dir, "--repo-id", REPO, "--checkpoint", release.checkpoint).exit_code == 2
+    )
+    assert (
+        cli("verify", release.model_dir, "--revision", "v1", "--checkpoint", release.checkpoint).exit_code
+        == 2
+    )
+    result = cli("verify", release.model_dir, "--checkpoint", release.checkpoint, "--gate", "bogus=1")
+    assert result.exit_code == 2 and "unknown gate 'bogus'" in result.stderr
+
+
+def test_cli_generate_and_generate_text_agree_with_the_verified_continuation(release, good, cli):
+    from release.verify import generate_text
+
+    case = good[0].generation["cases"][0]
+    text = generate_text(release.model_dir, prompt=case["prompt"], max_new_tokens=32)
+    assert text == case["prompt"] + case["text"]
+    result = cli("generate", release.model_dir, "--prompt", "The Fox", "--max-new-tokens", 5, "--temperature", 0.8,
+                 "--top-k", 20, "--seed", 3)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("The Fox")
+    too_long = cli("generate", release.model_dir, "--prompt", "The Fox", "--max-new-tokens", 64)
+    assert too_long.exit_code == 2 and "--max-new-tokens" in too_long.stderr
+
+
+# --------------------------------------------------------------------------- the post-upload gate
+
+
+def test_check_generation_against_report_passes_on_the_verified_folder(release, good):
+    from release.verify import check_generation_against_report
+
+    assert check_generation_against_report(release.model_dir, revision=None, report=good[0].to_dict()) == []
+
+
+def test_check_generation_against_report_fails_on_a_cache_path_bug(release, good, tmp_path):
+    from release.verify import check_generation_against_report
+
+    folder = release.copy(tmp_path / "model")
+    edit_modeling(folder, CACHE_LINE, "cache.update(k, v, self.layer_idx)")
+    failures = check_generation_against_report(folder, revision=None, report=good[0].to_dict())
+    assert "files: modeling_custom_transformer.py differs from the verified file" in failures[0]
+    generation = [line for line in failures if line.startswith("generation: ")]
+    assert len(generation) == 3 and "differs from the verified output" in generation[0]
+
+
+def test_check_generation_against_report_refuses_unusable_reports(release, good):
+    from release.verify import check_generation_against_report
+
+    data = good[0].to_dict()
+    assert check_generation_against_report(
+        release.model_dir, revision=None, report={**data, "passed": False}
+    ) == ["report: the verification did not pass; there is nothing verified to compare with"]
+    broken = {**data, "generation": {"max_new_tokens": 8, "cases": []}}
+    assert check_generation_against_report(release.model_dir, revision=None, report=broken)[0].startswith(
+        "report: "
+    )
+
+
+def test_hub_revision_is_verified_and_rechecked_from_a_fresh_cache(release, hub, tmp_path):
+    from release.verify import check_generation_against_report, verify_model
+
+    hub.create_repo(REPO)
+    files = {
+        p.relative_to(release.model_dir).as_posix(): p.read_bytes()
+        for p in release.model_dir.rglob("*")
+        if p.is_file()
+    }
+    commit = hub.commit(REPO, files, message="release")
+    hub.create_tag(REPO, "v1.0.0", revision=commit)
+
+    report = verify_model(REPO, revision="v1.0.0", **release.fast(report_path=tmp_path / "verification.json"))
+    assert report.passed, report.failures
+    assert (
+        report.model["source"] == "hub"
+        and report.model["commit"] == commit
+        and report.model["revision"] == "v1.0.0"
+    )
+    assert ".gitattributes" in report.model["files"]
+
+    data = report.to_dict()
+    assert check_generation_against_report(REPO, revision=commit, report=data) == []
+
+    modeling = (
+        files["modeling_custom_transformer.py"]
+        .decode()
+        .replace(CACHE_LINE, "cache.update(k, v, self.layer_idx)")
+    )
+    broken = hub.commit(REPO, {"modeling_custom_transformer.py": modeling.encode()}, message="regression")
+    failures = check_generation_against_report(REPO, revision=broken, report=data)
+    assert any(line.startswith("generation: 'The Fox'") for line in failures), failures
+
+
+# --------------------------------------------------------------------------- small pieces
+
+
+def test_prompt_and_max_new_tokens_must_fit_the_context(release):
+    from release.errors import UsageError
+    from release.verify import verify_model
+
+    with pytest.raises(UsageError, match=r"context of 64 tokens: lower --max-new-tokens to \d+ or less"):
+        verify_model(release.model_dir, **release.fast(max_new_tokens=64))
+
+
+def test_gates_per_dtype_and_overrides():
+    from release.errors import UsageError
+    from release.verify import Gates
+
+    assert (
+        Gates.for_dtype("fp32") == Gates()
+        and Gates().max_abs_diff == 1e-4
+        and Gates().min_top1_agreement == 1.0
+    )
+    bf16 = Gates.for_dtype("torch.bfloat16")
+    assert bf16.dtype == "bfloat16" and bf16.max_abs_diff is None and bf16.max_kl_divergence is not None
+    changed = bf16.with_overrides({"max_abs_diff": "0.5", "max_kl_divergence": "off"})
+    assert changed.max_abs_diff == 0.5 and changed.max_kl_divergence is None
+    for bad in ({"nope": "1"}, {"max_abs_diff": "x"}, {"max_abs_diff": "-1"}, {"greedy_tie_margin": "off"}):
+        with pytest.raises(UsageError):
+            Gates().with_overrides(bad)
+    with pytest.raises(UsageError, match="no default gates"):
+        Gates.for_dtype("int8")
+
+
+def test_spill_reads_back_row_ranges_and_row_groups_respect_the_budget():
+    import torch
+
+    from release.verify_checks import Spill, row_groups
+
+    assert row_groups(5, 10, budget=25) == [slice(0, 2), slice(2, 4), slice(4, 5)]
+    assert row_groups(2, 100, budget=10) == [slice(0, 1), slice(1, 2)]
+    x = torch.randn(7, 3, 5)
+    with Spill() as spill:
+        spill.append("x", x[:4])
+        spill.append("x", x[4:])
+        assert torch.equal(spill.rows("x", 2, 6), x[2:6])
