@@ -1,20 +1,21 @@
 """Benchmark ``release convert`` against the naive conversion and a plain copy, as ratios measured in one run.
 
-Generates a training checkpoint (~85M parameters with real AdamW state and the per-head ``tril`` buffers, ~1.3 GB
-on disk) in a temporary folder, then runs each contender in its own Python process and reads, inside that process,
-its wall time (start-up and imports excluded) and its peak RSS (VmHWM):
+Generates a training checkpoint (~85M parameters with real AdamW state and the per-head ``tril`` buffers,
+~1.3 GB on disk) in a temporary folder, then runs each contender in its own Python process and reads, inside
+that process, its wall time (start-up and imports excluded) and its peak RSS (VmHWM):
 
-    baseline   the interpreter with torch, transformers (incl. the tokenizer and config classes), safetensors and
-               release.convert imported: what every contender pays before doing anything
+    baseline   the interpreter with torch, transformers (incl. the tokenizer and config classes),
+               safetensors and release.convert imported: what every contender pays before doing anything
     naive      torch.load the whole file (weights_only=True), save_file the model state dict
     copy       shutil.copyfile of a file the size of the fp32 weights
     convert    release.convert.convert_checkpoint (fp32, one safetensors file, local tokenizer)
     hash       SHA-256 of the checkpoint (for scale: convert must do it for release.json)
     copy+fsync the copy, then fsync (for scale: convert fsyncs what it writes; the copy does not)
+    convert-known-sha   convert with the input's SHA-256 supplied instead of computed (for scale)
 
-Targets (issue #3): convert's peak RSS - baseline <= 1.2x the weights' bytes; convert time <= naive time (aim for
-half) and <= 3x the copy time. Every contender runs ``--repeat`` times; the medians are reported. The files are
-in the page cache for every contender (each reads what the previous run also read).
+Targets (issue #3): convert's peak RSS - baseline <= 1.2x the weights' bytes; convert time <= naive time
+(aim for half) and <= 3x the copy time. Every contender runs ``--repeat`` times; the medians are reported.
+The files are in the page cache for every contender (each reads what the previous run also read).
 
     python benchmarks/bench_convert.py            # ~85M parameters
     python benchmarks/bench_convert.py --small    # a few million, for a quick check
@@ -43,7 +44,7 @@ FULL = {
 }  # ~85.5M parameters
 SMALL = {"vocab_size": 8192, "n_embd": 256, "n_head": 4, "n_layer": 4, "block_size": 256}  # ~7.4M parameters
 
-ROLES = ("baseline", "naive", "copy", "convert", "hash", "copy+fsync")
+ROLES = ("baseline", "naive", "copy", "convert", "hash", "copy+fsync", "convert-known-sha")
 IMPORTS = """
 import torch, transformers, safetensors.torch
 from transformers import AutoTokenizer, GenerationConfig  # resolve the lazy modules convert uses
@@ -96,7 +97,10 @@ def child_generate(args: dict) -> dict:
         for _ in range(weights_bytes >> 20):
             f.write(chunk)
         f.write(chunk[: weights_bytes & ((1 << 20) - 1)])
+    from release.hashing import sha256_file
+
     return {
+        "sha256": sha256_file(path),
         "parameters": sum(p.numel() for p in model.parameters()),
         "weights_bytes": weights_bytes,
         "checkpoint_bytes": path.stat().st_size,
@@ -126,9 +130,14 @@ def child_run(role: str, args: dict) -> dict:
         from release.hashing import sha256_file
 
         sha256_file(Path(args["checkpoint"]))
-    elif role == "convert":
+    elif role in ("convert", "convert-known-sha"):
+        import release.checkpoint
         from release.convert import convert_checkpoint
 
+        if (
+            role == "convert-known-sha"
+        ):  # what convert costs when its input's digest is known (e.g. from fetch)
+            release.checkpoint.checkpoint_digest = lambda path, cancel=None: args["sha256"]
         convert_checkpoint(Path(args["checkpoint"]), out, tokenizer=Path(args["tokenizer"]), progress=False)
     elif role != "baseline":
         raise SystemExit(f"unknown role {role}")
@@ -170,10 +179,10 @@ def run(small: bool, repeat: int, workdir: Path) -> dict:
         for role in samples:
             out = workdir / f"out-{role}"
             shutil.rmtree(out, ignore_errors=True)
-            result = _spawn(role, {**paths, "out": str(out)})
+            result = _spawn(role, {**paths, "out": str(out), "sha256": info["sha256"]})
             samples[role].append(result)
             print(
-                f"  run {i + 1}/{repeat} {role:10s} {result['seconds']:7.3f} s  peak RSS "
+                f"  run {i + 1}/{repeat} {role:17s} {result['seconds']:7.3f} s  peak RSS "
                 f"{result['peak_rss'] / 1e6:7.0f} MB",
                 file=sys.stderr,
             )
@@ -189,9 +198,11 @@ def run(small: bool, repeat: int, workdir: Path) -> dict:
         "naive_rss_over_weights": (med["naive"]["peak_rss"] - base) / weights,
         "convert_time_over_naive": med["convert"]["seconds"] / med["naive"]["seconds"],
         "convert_time_over_copy": med["convert"]["seconds"] / med["copy"]["seconds"],
-        # Not targets; they show where the time goes: the input's SHA-256 (provenance) and the fsync of the output.
+        # Not targets; where the time goes: the input's SHA-256 (provenance) and the output's fsync.
         "hash_time_over_copy": med["hash"]["seconds"] / med["copy"]["seconds"],
         "copy_fsync_time_over_copy": med["copy+fsync"]["seconds"] / med["copy"]["seconds"],
+        "convert_known_sha_time_over_naive": med["convert-known-sha"]["seconds"] / med["naive"]["seconds"],
+        "convert_known_sha_time_over_copy": med["convert-known-sha"]["seconds"] / med["copy"]["seconds"],
     }
     targets = {
         "convert_rss_over_weights": ratios["convert_rss_over_weights"] <= 1.2,
@@ -208,6 +219,26 @@ def run(small: bool, repeat: int, workdir: Path) -> dict:
         "cpu_count": os.cpu_count(),
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }
+
+
+def print_summary(results: dict) -> None:
+    r, m, model, mb = results["ratios"], results["median"], results["model"], 1e6
+    print(f"weights {model['weights_bytes'] / mb:.0f} MB, checkpoint {model['checkpoint_bytes'] / mb:.0f} MB")
+    for role in ROLES:
+        print(f"  {role:17s} {m[role]['seconds']:7.3f} s   peak RSS {m[role]['peak_rss'] / mb:7.0f} MB")
+    print(f"convert peak RSS - baseline = {r['convert_rss_over_weights']:.2f}x weights (target <= 1.2)")
+    print(f"naive   peak RSS - baseline = {r['naive_rss_over_weights']:.2f}x weights")
+    print(f"convert time / naive time   = {r['convert_time_over_naive']:.2f} (target <= 1, aim 0.5)")
+    print(f"convert time / copy time    = {r['convert_time_over_copy']:.2f} (target <= 3)")
+    print(
+        f"  for scale: sha256 of the input / copy = {r['hash_time_over_copy']:.2f}, "
+        f"copy with fsync / copy = {r['copy_fsync_time_over_copy']:.2f}"
+    )
+    print(
+        "  with the input's digest already known: "
+        f"convert / naive = {r['convert_known_sha_time_over_naive']:.2f}, "
+        f"convert / copy = {r['convert_known_sha_time_over_copy']:.2f}"
+    )
 
 
 def main() -> None:
@@ -234,19 +265,7 @@ def main() -> None:
     finally:
         if own_tmp:
             shutil.rmtree(workdir, ignore_errors=True)
-    r, m = results["ratios"], results["median"]
-    mb = 1e6
-    print(
-        f"weights {results['model']['weights_bytes'] / mb:.0f} MB, checkpoint {results['model']['checkpoint_bytes'] / mb:.0f} MB"
-    )
-    for role in ("baseline", "naive", "copy", "convert"):
-        print(f"  {role:8s} {m[role]['seconds']:7.3f} s   peak RSS {m[role]['peak_rss'] / mb:7.0f} MB")
-    print(f"convert peak RSS - baseline = {r['convert_rss_over_weights']:.2f}x weights (target <= 1.2)")
-    print(f"naive   peak RSS - baseline = {r['naive_rss_over_weights']:.2f}x weights")
-    print(f"convert time / naive time   = {r['convert_time_over_naive']:.2f} (target <= 1, aim 0.5)")
-    print(f"convert time / copy time    = {r['convert_time_over_copy']:.2f} (target <= 3)")
-    print(f"  for scale: sha256 of the input / copy = {r['hash_time_over_copy']:.2f}, ", end="")
-    print(f"copy with fsync / copy = {r['copy_fsync_time_over_copy']:.2f}")
+    print_summary(results)
     if options.json:
         options.json.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
 

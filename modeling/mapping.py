@@ -85,7 +85,8 @@ def infer_architecture(shapes: Mapping[str, Sequence[int]]) -> Architecture:
     if layers != list(range(len(layers))):
         gaps = sorted(set(range(max(layers) + 1)) - set(layers))
         raise MappingError(
-            f"blocks are not numbered 0..{max(layers)}: missing {gaps}", [f"missing: blocks.{i}.*" for i in gaps]
+            f"blocks are not numbered 0..{max(layers)}: missing {gaps}",
+            [f"missing: blocks.{i}.*" for i in gaps],
         )
     heads = sorted({int(m.group(1)) for k in shapes if (m := _HEAD_KEY.match(k))})
     if not heads or heads != list(range(len(heads))):
@@ -192,7 +193,9 @@ def plan_conversion(arch: Architecture) -> list[TargetTensor]:
             TargetTensor(f"{dst}.input_layernorm.weight", (f"{src}.layer_norm1.weight",), (C,)),
             TargetTensor(f"{dst}.input_layernorm.bias", (f"{src}.layer_norm1.bias",), (C,)),
             TargetTensor(f"{dst}.self_attn.qkv_proj.weight", qkv_sources, (3 * C, C)),
-            TargetTensor(f"{dst}.self_attn.o_proj.weight", (f"{src}.self_attention.projection.weight",), (C, C)),
+            TargetTensor(
+                f"{dst}.self_attn.o_proj.weight", (f"{src}.self_attention.projection.weight",), (C, C)
+            ),
             TargetTensor(f"{dst}.self_attn.o_proj.bias", (f"{src}.self_attention.projection.bias",), (C,)),
             TargetTensor(f"{dst}.post_attention_layernorm.weight", (f"{src}.layer_norm2.weight",), (C,)),
             TargetTensor(f"{dst}.post_attention_layernorm.bias", (f"{src}.layer_norm2.bias",), (C,)),
@@ -224,7 +227,9 @@ def build_target(target: TargetTensor, get_source) -> torch.Tensor:
     return tensor
 
 
-def convert_state_dict(state_dict: Mapping[str, torch.Tensor]) -> tuple[Architecture, dict[str, torch.Tensor]]:
+def convert_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+) -> tuple[Architecture, dict[str, torch.Tensor]]:
     """Training state dict -> (architecture, transformers state dict), strictly checked. In memory."""
     shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
     arch = infer_architecture(shapes)

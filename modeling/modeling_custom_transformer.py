@@ -254,7 +254,9 @@ class CustomTransformerModel(CustomTransformerPreTrainedModel):
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
             if self.gradient_checkpointing and self.training:
-                hidden_states = self._gradient_checkpointing_func(layer.__call__, hidden_states, attn_mask, None)
+                hidden_states = self._gradient_checkpointing_func(
+                    layer.__call__, hidden_states, attn_mask, None
+                )
             else:
                 hidden_states = layer(hidden_states, attn_mask, cache)
         if output_hidden_states:

@@ -96,7 +96,9 @@ class Block(nn.Module):
     def __init__(self, config: ReferenceConfig):
         super().__init__()
         self.self_attention = MultiHeadAttention(config)
-        self.feed_forward = SwiGLUFeedForward(config) if config.ffn_type == "swiglu" else ReLUFeedForward(config)
+        self.feed_forward = (
+            SwiGLUFeedForward(config) if config.ffn_type == "swiglu" else ReLUFeedForward(config)
+        )
         self.layer_norm1 = nn.LayerNorm(config.n_embd)
         self.layer_norm2 = nn.LayerNorm(config.n_embd)
 

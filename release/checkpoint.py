@@ -1,9 +1,9 @@
-"""Read training checkpoints safely and lazily: ``torch.save`` files and ``torch.distributed.checkpoint`` folders.
+"""Read training checkpoints safely and lazily: ``torch.save`` files and ``torch.distributed.checkpoint``.
 
 ``open_checkpoint`` accepts the training script's checkpoint dict (``model_state_dict`` + optimizer, scaler,
-``iter_num``, losses and the training ``config``), a bare state dict, and a DCP directory as multi-GPU FSDP runs
-save it. It offers the model tensors' shapes at once and each tensor on demand, so a converter can validate a
-checkpoint before reading any weight and never holds more than it is writing:
+``iter_num``, losses and the training ``config``), a bare state dict, and a DCP folder as multi-GPU FSDP runs
+save it. It offers the model tensors' shapes at once and each tensor on demand, so a converter can validate
+a checkpoint before reading any weight and never holds more than it is writing:
 
 - ``torch.save`` files are opened with ``weights_only=True`` (a pickle that would run code is refused) and
   ``mmap=True``: tensors stay backed by the file; optimizer and scaler state are never read.
@@ -12,9 +12,9 @@ checkpoint before reading any weight and never holds more than it is writing:
   ``weights_only=False``; here the metadata goes through an allow-list and non-tensor entries through
   ``torch.load(weights_only=True)``, so a crafted DCP folder cannot run code either.
 
-Keys prefixed by DistributedDataParallel (``module.``) or ``torch.compile`` (``_orig_mod.``), in any nesting, are
-stripped (``strip_wrapper_prefixes``). Every problem is a ``CheckpointError`` (unreadable, unsafe, not a checkpoint)
-or a ``ConversionError`` (tensors that do not fit the model, a training config that disagrees with them).
+Keys prefixed by DistributedDataParallel (``module.``) or ``torch.compile`` (``_orig_mod.``), in any nesting,
+are stripped (``strip_wrapper_prefixes``). Every problem is a ``CheckpointError`` (unreadable, unsafe, not a
+checkpoint) or a ``ConversionError`` (tensors that do not fit the model, a config that disagrees with them).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ CONFIG_ARCH_KEYS = ("n_embd", "n_head", "n_layer", "block_size", "vocab_size")
 def strip_wrapper_prefixes(keys: list[str]) -> dict[str, str]:
     """Map each key without its leading ``module.`` / ``_orig_mod.`` prefixes (any nesting) to the stored key.
 
-    Logs what it strips. Two stored keys that become the same key are an error: the checkpoint holds two models.
+    Logs what it strips. Two stored keys that become one are an error: the checkpoint holds two models.
     """
     stripped: dict[str, str] = {}
     removed: set[str] = set()
@@ -112,22 +112,22 @@ class TrainingCheckpoint:
 
     @functools.cached_property
     def sha256(self) -> str:
-        """SHA-256 of the file; for a DCP folder, of its files' relative paths and SHA-256s (``checkpoint_digest``)."""
+        """SHA-256 of the file; of a DCP folder, its files' paths and SHA-256s (``checkpoint_digest``)."""
         return checkpoint_digest(self.path)
 
     @functools.cached_property
     def architecture(self) -> Architecture:
-        """The architecture read from the tensors, cross-checked against ``train_config`` and every key's shape.
+        """The architecture read from the tensors, checked against ``train_config`` and every key's shape.
 
         Raises:
             CheckpointError: The tensors are not those of this model at all.
-            ConversionError: Keys are missing, unexpected or misshapen, or the config disagrees with the tensors.
+            ConversionError: Keys are missing, unexpected or misshapen, or the config disagrees with them.
         """
         return validate_architecture(self.shapes, self.train_config)
 
     @property
     def dropout(self) -> float:
-        """The training config's dropout (0.0 when the checkpoint carries no config; it does not affect outputs)."""
+        """The training config's dropout (0.0 without a config; it does not affect outputs)."""
         if self.train_config is None or "dropout" not in self.train_config:
             return 0.0
         value = self.train_config["dropout"]
@@ -194,18 +194,16 @@ def _cross_check_config(arch: Architecture, train_config: dict) -> None:
 
 
 def checkpoint_digest(path: Path, *, cancel: threading.Event | None = None) -> str:
-    """SHA-256 of a checkpoint file; for a folder, of the lines ``"<sha256>  <relative path>\\n"`` sorted by path.
+    """SHA-256 of a checkpoint file; of a folder, of the lines ``"<sha256>  <relative path>\\n"`` by path.
 
     ``cancel`` stops a background computation early (the result is then meaningless and is not returned).
     """
     path = Path(path)
-    if path.is_dir():
-        lines = [
-            f"{_file_sha256(f, cancel)}  {f.relative_to(path).as_posix()}\n"
-            for f in sorted(p for p in path.rglob("*") if p.is_file())
-        ]
-        return hashlib.sha256("".join(sorted(lines, key=lambda s: s.split("  ", 1)[1])).encode()).hexdigest()
-    return _file_sha256(path, cancel)
+    if not path.is_dir():
+        return _file_sha256(path, cancel)
+    files = sorted((f.relative_to(path).as_posix(), f) for f in path.rglob("*") if f.is_file())
+    listing = "".join(f"{_file_sha256(f, cancel)}  {rel}\n" for rel, f in files)
+    return hashlib.sha256(listing.encode("utf-8")).hexdigest()
 
 
 def _file_sha256(path: Path, cancel: threading.Event | None) -> str:
@@ -228,7 +226,7 @@ class CancelledHash(Exception):
 
 
 class TorchSaveCheckpoint(TrainingCheckpoint):
-    """A ``torch.save`` file opened with ``weights_only=True, mmap=True``: tensors are views of the mapped file."""
+    """A ``torch.save`` file opened with ``weights_only=True, mmap=True``: tensors are views of the file."""
 
     def __init__(
         self, path: Path, fmt: str, tensors: dict[str, torch.Tensor], meta, train_config, mapped: bool
@@ -259,8 +257,9 @@ def _drop_file_pages(tensor: torch.Tensor) -> None:
     """``madvise(MADV_DONTNEED)`` the pages under a tensor of the (private, read-only use) checkpoint mapping.
 
     Reading a mapped tensor makes its pages resident and they count towards the process's RSS until unmapped;
-    dropping them after use keeps a conversion near one tensor of memory instead of the whole model. Reading again
-    faults them back in from the file, so this is safe for tensors that were never written to. Linux only.
+    dropping them after use keeps a conversion near one tensor of memory instead of the whole model. Reading
+    again faults them back in from the file, so this is safe for tensors that were never written to. Linux
+    only.
     """
     if _LIBC is None or tensor.numel() == 0:
         return
@@ -381,11 +380,12 @@ def _open_torch_save(path: Path) -> TorchSaveCheckpoint:
         return TorchSaveCheckpoint(path, "state-dict", _model_tensors(obj, str(path)), {}, None, mapped)
     shown = ", ".join(map(str, list(obj)[:6])) or "nothing"
     raise CheckpointError(
-        f"{path} is not a checkpoint of this model: a dict with {shown} but no model_state_dict and not a state dict"
+        f"{path} is not a checkpoint of this model: a dict with {shown} but no model_state_dict, "
+        "and not a state dict"
     )
 
 
-# --------------------------------------------------------------------------- torch.distributed.checkpoint folders
+# --------------------------------------------------------------------------- torch.distributed.checkpoint
 
 _DCP_METADATA_GLOBALS = {
     "torch.distributed.checkpoint.metadata": {
@@ -424,6 +424,19 @@ class _MetadataUnpickler(pickle.Unpickler):
         raise _ForbiddenGlobal(f"GLOBAL {module}.{name} is not allowed in DCP metadata")
 
 
+# What a truncated or garbled pickle raises (the allow-list's refusal is handled before).
+_BROKEN_PICKLE = (
+    pickle.UnpicklingError,
+    EOFError,
+    ValueError,
+    TypeError,
+    AttributeError,
+    IndexError,
+    KeyError,
+    OSError,
+)
+
+
 def _read_dcp_metadata(folder: Path):
     try:
         with open(folder / ".metadata", "rb") as f:
@@ -432,7 +445,7 @@ def _read_dcp_metadata(folder: Path):
         raise CheckpointError(
             f"refusing to load {folder}: its .metadata contains Python objects that could run code ({exc})"
         ) from exc
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, OSError) as exc:
+    except _BROKEN_PICKLE as exc:
         raise CheckpointError(f"cannot read {folder}/.metadata: truncated or corrupt ({exc})") from exc
     from torch.distributed.checkpoint.metadata import Metadata
 
@@ -442,7 +455,7 @@ def _read_dcp_metadata(folder: Path):
 
 
 class DistributedCheckpoint(TrainingCheckpoint):
-    """A ``torch.distributed.checkpoint`` folder, read tensor by tensor without gathering it into one pickle."""
+    """A ``torch.distributed.checkpoint`` folder, read tensor by tensor, never gathered into one pickle."""
 
     format = "dcp"
 
@@ -522,8 +535,8 @@ class DistributedCheckpoint(TrainingCheckpoint):
         entry = self._metadata.state_dict_metadata[fqn]
         tensor = torch.empty(tuple(entry.size), dtype=entry.properties.dtype)
         try:
-            with warnings.catch_warnings():  # "torch.distributed is disabled ... single process": exactly the case
-                warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+            with warnings.catch_warnings():  # "torch.distributed is disabled ... single process": indeed
+                warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
                 dcp.load({fqn: tensor}, storage_reader=self._reader(), no_dist=True)
         except Exception as exc:  # DCP wraps reader failures in its own exception types
             raise CheckpointError(
@@ -532,7 +545,7 @@ class DistributedCheckpoint(TrainingCheckpoint):
         return tensor
 
     def _read_bytes(self, folder: Path, fqn: str) -> Any:
-        """A non-tensor entry (iter_num, a config value), read with ``weights_only=True`` unlike DCP's planner."""
+        """A non-tensor entry (iter_num, a config value), read with ``weights_only=True`` (DCP: False)."""
         import torch
         from torch.distributed.checkpoint.metadata import MetadataIndex
 
@@ -581,11 +594,12 @@ def open_checkpoint(path: Path) -> TrainingCheckpoint:
     """Open a training checkpoint for reading without loading its tensors.
 
     Args:
-        path: A ``torch.save`` file (training dict or bare state dict) or a ``torch.distributed.checkpoint`` folder.
+        path: A ``torch.save`` file (training dict or bare state dict) or a ``torch.distributed.checkpoint``
+            folder.
 
     Raises:
-        CheckpointError: The path is missing, unreadable, truncated or corrupt, holds a pickle that would run code,
-            or is not a checkpoint of this model.
+        CheckpointError: The path is missing, unreadable, truncated or corrupt, holds a pickle that would run
+            code, or is not a checkpoint of this model.
     """
     path = Path(path)
     if not path.exists():

@@ -620,7 +620,7 @@ def compat(model_dir, checkpoint, versions, report, cache_dir):
         release compat dist/v1.0.0/model --checkpoint ckpt.pt --versions 4.46.3,5.24.0
     """
     from release.compat import merge_into_report, parse_versions, run_compat_matrix
-    from release.errors import CompatError
+    from release.errors import VerificationError  # carries one FAILED line per version and gate
 
     result = run_compat_matrix(
         model_dir,
@@ -632,7 +632,7 @@ def compat(model_dir, checkpoint, versions, report, cache_dir):
     path = merge_into_report(report or model_dir.parent / "verification.json", result)
     if not result.passed:
         failed = len([r for r in result.results if not r.passed])
-        raise CompatError(
+        raise VerificationError(
             f"{failed} of {len(result.results)} transformers versions failed (see {path})", result.failures
         )
     click.echo(

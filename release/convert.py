@@ -1,15 +1,16 @@
 """Convert a training checkpoint into the folder users download: a transformers model with remote code.
 
-``convert_checkpoint`` validates everything that is cheap first (output folder, checkpoint, architecture against
-the training config, every key's shape, the tokenizer), then streams the weights tensor by tensor into safetensors
-files it writes itself, so memory stays near one tensor whatever the model's size. The folder is built beside
-``--out`` and renamed into place only when complete; nothing is left behind on any failure.
+``convert_checkpoint`` validates everything that is cheap first (output folder, checkpoint, architecture
+against the training config, every key's shape, the tokenizer), then streams the weights tensor by tensor into
+safetensors files it writes itself, so memory stays near one tensor whatever the model's size. The folder is
+built beside ``--out`` and renamed into place only when complete; nothing is left behind on any failure.
 
 Output (byte-identical for the same inputs: no timestamps, fixed order everywhere)::
 
     config.json  generation_config.json  configuration_custom_transformer.py  modeling_custom_transformer.py
     model.safetensors | model-0000K-of-0000N.safetensors + model.safetensors.index.json
-    tokenizer files (copied byte for byte)   release.json (provenance: input, converter, libraries, file hashes)
+    tokenizer files (copied byte for byte)
+    release.json (provenance: input, converter, libraries, every file's SHA-256)
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from release.errors import ConversionError, OutputExistsError, TokenizerError, UsageError
+from release.errors import CheckpointError, ConversionError, OutputExistsError, TokenizerError, UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -92,7 +93,7 @@ class ConversionResult:
         out_dir: The finished model folder.
         architecture: The model's dimensions, read from the checkpoint's tensors.
         files: Every file in ``out_dir`` (relative POSIX path -> record), ``release.json`` included.
-        checkpoint_sha256: SHA-256 of the input (see ``release.checkpoint.checkpoint_digest`` for DCP folders).
+        checkpoint_sha256: SHA-256 of the input (``release.checkpoint.checkpoint_digest`` for DCP folders).
         dtype: The weights' dtype: "float32", "bfloat16" or "float16".
     """
 
@@ -150,8 +151,8 @@ def convert_checkpoint(
     """Convert a training checkpoint into a transformers model folder with remote code, atomically.
 
     Args:
-        checkpoint: A ``torch.save`` training checkpoint or bare state dict, or a ``torch.distributed.checkpoint``
-            folder.
+        checkpoint: A ``torch.save`` training checkpoint or bare state dict, or a
+            ``torch.distributed.checkpoint`` folder.
         out: The model folder to create. Built in a temporary folder beside it and renamed when complete.
         tokenizer: A local tokenizer folder or a Hub repo id; None means GPT-2's ("gpt2" on the Hub).
         dtype: "float32", "bfloat16" or "float16": the dtype the weights are cast to.
@@ -163,8 +164,8 @@ def convert_checkpoint(
         UsageError: ``dtype`` or ``max_shard_size`` is invalid.
         OutputExistsError: ``out`` exists and is not empty (and ``force`` is not set), or is not a folder.
         CheckpointError: The checkpoint is missing, unreadable, unsafe or not a checkpoint of this model.
-        ConversionError: Keys are missing/unexpected/misshapen, the training config disagrees with the tensors,
-            or a weight is NaN/Inf (or overflows ``dtype``).
+        ConversionError: Keys are missing/unexpected/misshapen, the training config disagrees with the
+            tensors, or a weight is NaN/Inf (or overflows ``dtype``).
         TokenizerError: The tokenizer cannot be loaded or its vocabulary does not fit the embedding.
     """
     from release.checkpoint import open_checkpoint
@@ -178,8 +179,8 @@ def convert_checkpoint(
     out, checkpoint = Path(out), Path(checkpoint)
     _check_output(out, force=force)
     reporter = _Progress(sys.stderr.isatty() if progress is None else progress)
-    # Hashing the input (all of it, optimizer state included) is the longest single task: it starts at once and
-    # runs beside everything else; any failure cancels it.
+    # Hashing the input (all of it, optimizer state included) is the longest single task: it starts at once
+    # and runs beside everything else; any failure cancels it.
     with _BackgroundDigest(checkpoint) as digest, _one_torch_thread():
         ckpt = open_checkpoint(checkpoint)
         try:
@@ -212,7 +213,7 @@ def convert_checkpoint(
     )
 
 
-# --------------------------------------------------------------------------- output folder: policy and atomicity
+# --------------------------------------------------------------------------- output folder
 
 
 def _check_output(out: Path, *, force: bool) -> None:
@@ -260,7 +261,8 @@ def _publish(staging: Path, out: Path, *, force: bool) -> None:
         try:
             os.replace(staging, out)  # replaces an empty folder atomically on POSIX
         except OSError as exc:
-            raise OutputExistsError(f"cannot move the converted model into {out}: {exc.strerror or exc}") from exc
+            reason = exc.strerror or exc
+            raise OutputExistsError(f"cannot move the converted model into {out}: {reason}") from exc
     except BaseException:
         if aside is not None and (aside / "previous").exists() and not out.exists():
             os.replace(aside / "previous", out)
@@ -304,8 +306,11 @@ def _file_record(path: Path) -> FileRecord:
 
 @contextmanager
 def _one_torch_thread() -> Iterator[None]:
-    """Run torch ops on one thread meanwhile. The work is memory-bound, the other core hashes the input, and on a
-    busy machine every small op otherwise waits ~10-20 ms for the intra-op thread pool to wake up."""
+    """Run torch ops on one thread meanwhile.
+
+    The work is memory-bound, another thread hashes the input, and on a busy machine every small op otherwise
+    waits ~10-20 ms for the intra-op thread pool to wake up.
+    """
     import torch
 
     previous = torch.get_num_threads()
@@ -317,7 +322,7 @@ def _one_torch_thread() -> Iterator[None]:
 
 
 class _BackgroundDigest:
-    """Hash the input in a thread while the conversion runs: reading it again afterwards would double the time."""
+    """Hash the input in a thread while the conversion runs (reading it again afterwards adds its time)."""
 
     def __init__(self, path: Path):
         self._path = path
@@ -346,7 +351,7 @@ class _BackgroundDigest:
     def result(self) -> str:
         self._thread.join()
         if self._error is not None:
-            raise ConversionError(f"cannot hash the checkpoint {self._path}: {self._error}") from self._error
+            raise CheckpointError(f"cannot read checkpoint {self._path}: {self._error}") from self._error
         assert self._value is not None
         return self._value
 
@@ -355,7 +360,7 @@ class _BackgroundDigest:
 
 
 def _stage_tokenizer(tokenizer: str | Path | None, staging: Path, arch: Architecture) -> TokenizerInfo:
-    """Copy the tokenizer's files into ``staging`` byte for byte, load them back and check they fit the model."""
+    """Copy the tokenizer's files into ``staging`` byte for byte, load them back, check they fit the model."""
     source, name, folder, revision = _locate_tokenizer(tokenizer)
     files = [f for f in TOKENIZER_FILES if (folder / f).is_file()]
     if not files:
@@ -397,7 +402,7 @@ def _stage_tokenizer(tokenizer: str | Path | None, staging: Path, arch: Architec
 
 
 def _locate_tokenizer(tokenizer: str | Path | None) -> tuple[str, str, Path, str | None]:
-    """(source, name, local folder, revision) for a local folder or a Hub repo id (downloaded to the HF cache)."""
+    """(source, name, local folder, revision) of a local folder or a Hub repo id (downloaded to the cache)."""
     if tokenizer is None:
         tokenizer = DEFAULT_TOKENIZER
     path = Path(tokenizer).expanduser()
@@ -472,7 +477,7 @@ def _torch_dtype(name: str) -> torch.dtype:
 
 
 def plan_shards(plan: list[TargetTensor], itemsize: int, max_shard_size: int) -> list[tuple[str, list]]:
-    """Split the plan, in order, into shards of at most ``max_shard_size`` tensor bytes (a bigger tensor: alone)."""
+    """Split the plan, in order, into shards of at most ``max_shard_size`` bytes (a bigger tensor: alone)."""
     groups: list[list[TargetTensor]] = [[]]
     size = 0
     for target in plan:
@@ -529,10 +534,9 @@ def _write_weights(
                     return sources[-1]
 
                 tensor = build_target(target, get_source).to(target_dtype).contiguous()
-                problem = _nonfinite(tensor, sources, dtype)
-                if problem:
-                    bad.append(f"{', '.join(target.sources)} ({problem})")
-                elif not bad:
+                problems = _nonfinite(tensor, dict(zip(target.sources, sources, strict=True)), target_dtype)
+                bad += problems
+                if not bad:
                     writer.write(target.name, tensor)
                     progress.advance(tensor.numel() * tensor.element_size())
                 del tensor
@@ -553,7 +557,7 @@ def _write_weights(
     progress.finish()
     if bad:
         shown = "; ".join(bad[:8]) + (f"; and {len(bad) - 8} more" if len(bad) > 8 else "")
-        raise ConversionError(f"non-finite weights in {len(bad)} tensor(s): {shown}")
+        raise ConversionError(f"non-finite weights in {len(bad)} checkpoint tensor(s): {shown}")
     if len(shards) > 1:
         index = {
             "metadata": {"total_size": sum(_numel(t.shape) for t in plan) * target_dtype.itemsize},
@@ -564,22 +568,30 @@ def _write_weights(
     return records
 
 
-def _nonfinite(tensor: torch.Tensor, sources: list[torch.Tensor], dtype: str) -> str | None:
-    """None when every value is finite, else what is wrong. A NaN or Inf anywhere makes the sum non-finite, so one
-    reduction without allocations clears almost every tensor; only a non-finite sum (or an overflowing one) gets
-    the element-wise check."""
+def _nonfinite(tensor: torch.Tensor, sources: dict[str, torch.Tensor], dtype: torch.dtype) -> list[str]:
+    """The source keys behind non-finite values of ``tensor`` (the cast of their concatenation), with why.
+
+    A NaN or Inf anywhere makes the sum non-finite, so one reduction without allocations clears almost every
+    tensor; only a non-finite sum (or an overflowing one) gets the element-wise checks.
+    """
     import torch
 
     if math.isfinite(float(tensor.sum(dtype=torch.float32))) or bool(torch.isfinite(tensor).all()):
-        return None
-    if all(bool(torch.isfinite(s).all()) for s in sources):
-        return f"values beyond the range of {dtype}"
-    return "NaN/Inf"
+        return []
+    problems = []
+    for key, source in sources.items():
+        if not bool(torch.isfinite(source).all()):
+            problems.append(f"{key} (NaN/Inf)")
+        elif not bool(torch.isfinite(source.to(dtype)).all()):
+            problems.append(f"{key} (values beyond the range of {str(dtype).removeprefix('torch.')})")
+    return problems
 
 
 def _check_dropped(ckpt: TrainingCheckpoint, keys: list[str]) -> None:
-    """The dropped ``tril`` buffers must be the causal mask the converted model builds itself; anything else would
-    mean the training module computed something the converted model does not."""
+    """The dropped ``tril`` buffers must be the causal mask the converted model builds itself.
+
+    Anything else would mean the training module computed something the converted model does not.
+    """
     import torch
 
     masks: dict[tuple, torch.Tensor] = {}
@@ -599,7 +611,7 @@ def _check_dropped(ckpt: TrainingCheckpoint, keys: list[str]) -> None:
 
 
 def _bitwise_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Same shape, dtype and bits; compared as integers, which is about twice as fast as a float comparison."""
+    """Same shape, dtype and bits; compared as integers (about twice as fast as comparing floats)."""
     import torch
 
     as_int = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
@@ -610,9 +622,9 @@ def _bitwise_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
 class SafetensorsWriter:
     """Write one safetensors file tensor by tensor, in the given order, hashing the bytes as they are written.
 
-    The header (names, dtypes, shapes, offsets; ``{"format": "pt"}`` metadata) is known from the plan, so only one
-    tensor is ever in memory. Tensors are written contiguously in plan order; the header is padded with spaces to a
-    multiple of 8 bytes so every tensor is aligned for memory-mapped loading.
+    The header (names, dtypes, shapes, offsets; ``{"format": "pt"}`` metadata) is known from the plan, so only
+    one tensor is ever in memory. Tensors are written contiguously in plan order; the header is padded with
+    spaces to a multiple of 8 bytes so every tensor is aligned for memory-mapped loading.
     """
 
     def __init__(self, path: Path, targets: list[TargetTensor], dtype_code: str):
@@ -724,7 +736,7 @@ def _release_json(
 
 
 def _jsonable(value: Any) -> Any:
-    """Plain JSON: non-finite floats become "inf"/"nan" (JSON has no such numbers), tuples lists, keys strings."""
+    """Plain JSON: non-finite floats become "inf"/"nan" (JSON has no such numbers), keys become strings."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if isinstance(value, (str, int, float, bool)) or value is None:

@@ -97,6 +97,13 @@ def verify_model(
     """
     from release.checkpoint import load_reference_model
     from release.demo import demo_text_path
+    from release.verify_checks import (
+        logits_budget,
+        make_parity_inputs,
+        perplexity_window,
+        reference_outputs,
+        share_causal_masks,
+    )
     from release.verify_hygiene import check_remote_code_hygiene
     from release.verify_loading import candidate_source, folder_file_hashes, library_versions
 
@@ -127,16 +134,18 @@ def verify_model(
         t = time.perf_counter()
         ref_tokenizer = _load_training_tokenizer(tokenizer_name)
         ref_model, ckpt = load_reference_model(Path(checkpoint))
+        shared_masks = share_causal_masks(ref_model, ckpt)
         timings["reference_load"] = time.perf_counter() - t
         t = time.perf_counter()
         block_size, vocab_size = ref_model.config.block_size, ref_model.config.vocab_size
+        weights_bytes = sum(p.numel() * p.element_size() for p in ref_model.parameters())
+        budget = logits_budget(weights_bytes)
+        window = perplexity_window(block_size, vocab_size, budget)
         ref_prompt_ids = [_encode(ref_tokenizer, p) for p in prompts]
         _check_fits(prompts, ref_prompt_ids, max_new_tokens, block_size)
         eval_ids = _encode(ref_tokenizer, text)
         eos_token_id = ref_tokenizer.eos_token_id
         spill = stack.enter_context(_spill())
-        from release.verify_checks import make_parity_inputs, reference_outputs
-
         inputs = make_parity_inputs(vocab_size, block_size, prompts, ref_prompt_ids)
         reference = reference_outputs(
             ref_model,
@@ -146,6 +155,8 @@ def verify_model(
             max_new_tokens=max_new_tokens,
             eos_token_id=eos_token_id,
             spill=spill,
+            budget=budget,
+            window=window,
         )
         checkpoint_info = {
             "path": str(Path(checkpoint).resolve()),
@@ -168,7 +179,8 @@ def verify_model(
             ref_prompt_ids=ref_prompt_ids,
             text=text,
             max_new_tokens=max_new_tokens,
-            block_size=block_size,
+            budget=budget,
+            window=window,
             timings=timings,
         )
         candidate.run()
@@ -186,6 +198,8 @@ def verify_model(
             "training_tokenizer": tokenizer_name,
             "eval_text": str(text_path),
             "sampling": dict(SAMPLING),
+            "logits_budget_bytes": budget,
+            "shared_causal_masks": shared_masks,
         },
         parity={**candidate.parity, "inputs": [inp.describe() for inp in inputs]},
         perplexity={
@@ -194,7 +208,8 @@ def verify_model(
             "tokens": reference.nll_tokens,
             "reference": reference.perplexity,
             **candidate.perplexity,
-            "method": f"non-overlapping windows of {block_size} tokens (the first token of a window is not scored)",
+            "window": window,
+            "method": f"non-overlapping windows of {window} tokens (the first token of a window is not scored)",
         },
         generation={"max_new_tokens": max_new_tokens, "eos_token_id": eos_token_id, **candidate.generation},
         hygiene=hygiene.to_dict(),
@@ -221,7 +236,8 @@ class _CandidateRun:
         ref_prompt_ids,
         text,
         max_new_tokens,
-        block_size,
+        budget,
+        window,
         timings,
     ):
         self.source = source
@@ -232,7 +248,8 @@ class _CandidateRun:
         self.ref_prompt_ids = ref_prompt_ids
         self.text = text
         self.max_new_tokens = max_new_tokens
-        self.block_size = block_size
+        self.budget = budget
+        self.window = window
         self.timings = timings
         self.gates: list[GateResult] = []
         self.used_gates: Gates | None = gates if isinstance(gates, Gates) else None
@@ -313,7 +330,9 @@ class _CandidateRun:
 
         g = self.used_gates
         try:
-            fig = compare_parity(model, self.reference, self.spill, hidden_rel_tol=g.hidden_rel_tol)
+            fig = compare_parity(
+                model, self.reference, self.spill, hidden_rel_tol=g.hidden_rel_tol, budget=self.budget
+            )
         except Exception as exc:
             log.debug("parity forward failed", exc_info=True)
             self.gates.append(
@@ -369,8 +388,9 @@ class _CandidateRun:
             nll, count = perplexity_nll(
                 lambda x: model(input_ids=x).logits,
                 ids,
-                block_size=self.block_size,
+                window=self.window,
                 vocab_size=self.reference.vocab_size,
+                budget=self.budget,
             )
         except Exception as exc:
             log.debug("perplexity failed", exc_info=True)

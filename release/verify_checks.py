@@ -2,13 +2,21 @@
 
 Memory is the constraint. The two models are never alive together: the reference computes everything first and
 its large outputs (logits and per-layer hidden states of the parity inputs) go to a temporary file (``Spill``),
-read back a few MiB at a time while the candidate is compared. Forward passes are cut into row groups whose logits
-stay under ``LOGITS_BUDGET_BYTES``, and every reduction over the vocabulary runs on chunks of positions, so the peak
-is the model's weights plus a few tens of MiB whatever the vocabulary or context length.
+read back a few MiB at a time while the candidate is compared. No forward call produces more logits than the
+budget (``logits_budget``: a tenth of the weights' bytes, at least 8 MiB), whatever the vocabulary and context:
 
-Perplexity uses non-overlapping windows of ``block_size`` tokens (stride = block_size): inside a window each token
-is predicted from the tokens before it in that window, and the first token of a window is not predicted. This is
-cheaper than a sliding window and exactly as good for comparing two implementations of one model.
+- the reference's ``lm_head`` is applied by position chunks to the normalised hidden states its own forward
+  computed (a pre-hook hands the forward's own ``lm_head`` call just the last position);
+- the candidate is called as users call it: one plain forward when its logits fit, otherwise forwards on growing
+  prefixes ``ids[:, :e]`` with ``logits_to_keep=e - s`` (the argument ``generate()`` uses) for positions ``s:e``.
+  A causal model gives the same logits at ``s:e`` either way; the price is compute (~``n_chunks / 2`` forwards).
+
+Every reduction over the vocabulary runs on chunks of ``CHUNK_BYTES``.
+
+Perplexity uses non-overlapping windows (stride = window): inside a window each token is predicted from the tokens
+before it in that window; the first token of a window is not scored. The window is the context length, shortened
+when a window's logits would exceed the budget; the report records it. This is exactly as good as a sliding
+window for comparing two implementations of one model, and much cheaper.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from torch.nn import functional as F
 
 PARITY_SEED = 1234  # torch.Generator seed of the random parity inputs
 PARITY_BATCH = 2  # rows of each random parity input
-LOGITS_BUDGET_BYTES = 32 * 2**20  # float32 logits of one forward call (rows are split to stay below)
+MIN_LOGITS_BUDGET = 8 * 2**20  # float32 logits of one forward call, at least (see logits_budget)
 CHUNK_BYTES = 4 * 2**20  # one float64 [positions, vocab] block in reductions over the vocabulary
 TOPK = 8  # reference logits kept per greedy step, to judge near ties
 
@@ -72,10 +80,38 @@ class Spill:
         return torch.from_numpy(data).view(stop - start, *shape[1:])
 
 
-def row_groups(n_rows: int, row_bytes: int, budget: int = LOGITS_BUDGET_BYTES) -> list[slice]:
-    """Split ``n_rows`` into consecutive slices of at most ``budget`` bytes each (at least one row)."""
-    per = max(1, budget // max(1, row_bytes))
-    return [slice(i, min(i + per, n_rows)) for i in range(0, n_rows, per)]
+def logits_budget(weights_bytes: int) -> int:
+    """Bytes of float32 logits one forward call may produce: a tenth of the weights, at least 8 MiB."""
+    return max(MIN_LOGITS_BUDGET, weights_bytes // 10)
+
+
+def position_chunks(length: int, positions_per_chunk: int) -> list[tuple[int, int]]:
+    """``[(start, stop), ...]`` covering ``range(length)`` in steps of ``positions_per_chunk`` (at least 1)."""
+    step = max(1, positions_per_chunk)
+    return [(s, min(s + step, length)) for s in range(0, length, step)]
+
+
+def share_causal_masks(model, ckpt) -> int:
+    """Make the reference's per-head ``tril`` buffers one shared tensor, where they are the standard mask.
+
+    The training module keeps a (block_size, block_size) float mask per head, read from the checkpoint: at a
+    1024-token context that is 4 MiB per head, 268 MB for 8 layers of 8 heads, most of a small model's weights
+    again, and every full-context forward pages all of it in. Each buffer is compared with ``tril(ones)`` and its
+    file pages are dropped again (``ckpt.release``) before the next is read; only buffers equal to it are replaced,
+    so the module computes exactly what it computed before. Returns how many were shared.
+    """
+    size = model.config.block_size
+    shared = torch.tril(torch.ones(size, size))
+    count = 0
+    for block in model.blocks:
+        for head in block.self_attention.heads:
+            mask = head.tril
+            same = mask.shape == shared.shape and mask.dtype == shared.dtype and torch.equal(mask, shared)
+            ckpt.release(mask)
+            if same:
+                head.tril = shared
+                count += 1
+    return count
 
 
 # --------------------------------------------------------------------------- inputs
@@ -157,19 +193,38 @@ def reference_outputs(
     max_new_tokens: int,
     eos_token_id: int | None,
     spill: Spill,
+    budget: int,
+    window: int,
 ) -> ReferenceOutputs:
     """Everything the candidate is compared with, from the training module (``modeling.reference``)."""
     cfg = model.config
+    V = cfg.vocab_size
+    captured: dict[str, torch.Tensor] = {}
+
+    def last_position_only(module, args):  # the forward's own lm_head call: one position; we do the rest
+        (normed,) = args
+        captured["normed"] = normed  # (B, T, C)
+        return (normed[:, -1:, :],)
+
     for inp in inputs:
         B, T = inp.ids.shape
-        for rows in row_groups(B, T * cfg.vocab_size * 4):
-            logits, _, hidden = model(inp.ids[rows], return_hidden_states=True)
-            spill.append(f"{inp.key}.logits", logits.reshape(-1, cfg.vocab_size))  # (b*T, V)
-            for layer, h in enumerate(hidden):
-                spill.append(f"{inp.key}.h{layer}", h)  # (b, T, C)
-            del logits, hidden
+        handle = model.lm_head.register_forward_pre_hook(last_position_only)
+        try:
+            _, _, hidden = model(inp.ids, return_hidden_states=True)
+        finally:
+            handle.remove()
+        normed = captured.pop("normed")
+        for s, e in position_chunks(T, budget // (B * V * 4)):
+            logits = model.lm_head(normed[:, s:e])  # (B, e-s, V)
+            for row in range(B):
+                spill.append(f"{inp.key}.r{row}.logits", logits[row])  # (e-s, V)
+            del logits
+        for layer, h in enumerate(hidden):
+            for row in range(B):
+                spill.append(f"{inp.key}.r{row}.h{layer}", h[row])  # (T, C)
+        del hidden, normed
     nll_sum, nll_tokens = perplexity_nll(
-        lambda x: model(x)[0], eval_ids, block_size=cfg.block_size, vocab_size=cfg.vocab_size
+        lambda x: model(x)[0], eval_ids, window=window, vocab_size=V, budget=budget
     )
     greedy = []
     for ids in prompt_ids:
@@ -193,27 +248,36 @@ def reference_outputs(
     )
 
 
+def perplexity_window(block_size: int, vocab_size: int, budget: int) -> int:
+    """The perplexity window: the context length, or fewer tokens if one window's logits exceed ``budget``."""
+    return max(2, min(block_size, budget // (vocab_size * 4)))
+
+
 def perplexity_nll(
-    logits_of: Callable[[torch.Tensor], torch.Tensor], ids: Sequence[int], *, block_size: int, vocab_size: int
+    logits_of: Callable[[torch.Tensor], torch.Tensor],
+    ids: Sequence[int],
+    *,
+    window: int,
+    vocab_size: int,
+    budget: int,
 ) -> tuple[float, int]:
     """Summed next-token negative log-likelihood over ``eval_windows`` and the number of predicted tokens."""
-    windows = eval_windows(ids, block_size)
-    total, count = 0.0, 0
-    full = [w for w in windows if len(w) == len(windows[0])] if windows else []
-    rest = windows[len(full) :]
-    batches = [full[g] for g in row_groups(len(full), block_size * vocab_size * 4)] + [[w] for w in rest]
+    windows = eval_windows(ids, window)
+    full = [w for w in windows if len(w) == window]
+    per_batch = max(1, budget // (window * vocab_size * 4))
+    batches = [full[i : i + per_batch] for i in range(0, len(full), per_batch)]
+    batches += [[w] for w in windows if len(w) != window]
     chunk = max(1, CHUNK_BYTES // (vocab_size * 8))
+    total, count = 0.0, 0
     with torch.no_grad():
         for batch in batches:
             x = torch.tensor(batch)
-            logits = logits_of(x)[:, :-1].float()  # (b, T-1, V)
-            targets = x[:, 1:]
-            flat, flat_t = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
+            logits = logits_of(x)[:, :-1]  # (b, T-1, V)
+            flat, targets = logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1)
             for i in range(0, flat.shape[0], chunk):
-                total += F.cross_entropy(
-                    flat[i : i + chunk].double(), flat_t[i : i + chunk], reduction="sum"
-                ).item()
-            count += flat_t.numel()
+                part = flat[i : i + chunk].double()
+                total += F.cross_entropy(part, targets[i : i + chunk], reduction="sum").item()
+            count += targets.numel()
             del logits, flat
     return total, count
 
@@ -251,7 +315,7 @@ class ParityFigures:
 
 @torch.no_grad()
 def compare_parity(
-    model, reference: ReferenceOutputs, spill: Spill, *, hidden_rel_tol: float
+    model, reference: ReferenceOutputs, spill: Spill, *, hidden_rel_tol: float, budget: int
 ) -> ParityFigures:
     """Run the candidate on the parity inputs and compare logits and hidden states with the spilled reference."""
     V = reference.vocab_size
@@ -262,32 +326,37 @@ def compare_parity(
     have_hidden = True
     for inp in reference.inputs:
         B, T = inp.ids.shape
-        for rows in row_groups(B, T * V * 4):
-            out = model(input_ids=inp.ids[rows], output_hidden_states=True)
-            logits = out.logits.reshape(-1, out.logits.shape[-1])  # (b*T, V)
+        for s, e in position_chunks(T, budget // (B * V * 4)):
+            if (s, e) == (0, T):
+                out = model(input_ids=inp.ids, output_hidden_states=True)
+            else:
+                out = model(input_ids=inp.ids[:, :e], output_hidden_states=True, logits_to_keep=e - s)
+            logits = out.logits[:, -(e - s) :]  # (B, e-s, V); sliced again in case logits_to_keep is ignored
             if logits.shape[-1] != V:
                 raise ValueError(f"candidate has {logits.shape[-1]} logits per position, the reference {V}")
-            first = rows.start * T
-            for i in range(0, logits.shape[0], chunk):
-                cand = logits[i : i + chunk].double()
-                ref = spill.rows(f"{inp.key}.logits", first + i, first + i + cand.shape[0]).double()
-                diff = (cand - ref).abs_()
-                max_abs = max(max_abs, float(diff.max()))
-                sum_abs += float(diff.sum())
-                n_el += diff.numel()
-                agree += int((cand.argmax(-1) == ref.argmax(-1)).sum())
-                lp_ref, lp_cand = F.log_softmax(ref, -1), F.log_softmax(cand, -1)
-                kl_sum += float((lp_ref.exp() * (lp_ref - lp_cand)).sum())
-                positions += cand.shape[0]
-                del cand, ref, diff, lp_ref, lp_cand
+            for row in range(B):
+                for i in range(0, e - s, chunk):
+                    cand = logits[row, i : i + chunk].double()
+                    ref = spill.rows(f"{inp.key}.r{row}.logits", s + i, s + i + cand.shape[0]).double()
+                    diff = (cand - ref).abs_()
+                    max_abs = max(max_abs, float(diff.max()))
+                    sum_abs += float(diff.sum())
+                    n_el += diff.numel()
+                    agree += int((cand.argmax(-1) == ref.argmax(-1)).sum())
+                    lp_ref, lp_cand = F.log_softmax(ref, -1), F.log_softmax(cand, -1)
+                    kl_sum += float((lp_ref.exp() * (lp_ref - lp_cand)).sum())
+                    positions += cand.shape[0]
+                    del cand, ref, diff, lp_ref, lp_cand
             hidden = out.hidden_states
             if hidden is None or len(hidden) != reference.n_hidden:
                 have_hidden = False
             else:
                 for layer, h in enumerate(hidden):
-                    ref_h = spill.rows(f"{inp.key}.h{layer}", rows.start, rows.stop).double()
-                    layer_diff[layer] = max(layer_diff[layer], float((h.double() - ref_h).abs().max()))
-                    layer_ref[layer] = max(layer_ref[layer], float(ref_h.abs().max()))
+                    for row in range(B):
+                        ref_h = spill.rows(f"{inp.key}.r{row}.h{layer}", s, e).double()
+                        cand_h = h[row, s:e].double()
+                        layer_diff[layer] = max(layer_diff[layer], float((cand_h - ref_h).abs().max()))
+                        layer_ref[layer] = max(layer_ref[layer], float(ref_h.abs().max()))
             del out, logits, hidden
     figures = ParityFigures(
         max_abs_diff=max_abs,

@@ -15,7 +15,9 @@ import pytest
 pytest_plugins = ["tests.conftest_hub"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-TOKENIZER_VOCAB = 384  # the tokenizer's size; models use a slightly larger embedding, like GPT-2 checkpoints can
+TOKENIZER_VOCAB = (
+    384  # the tokenizer's size; models use a slightly larger embedding, like GPT-2 checkpoints can
+)
 
 
 @dataclass
@@ -50,7 +52,12 @@ def build_reference(
 
     torch.manual_seed(seed)
     cfg = ReferenceConfig(
-        vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd, ffn_type=ffn_type
+        vocab_size=vocab_size,
+        block_size=block_size,
+        n_layer=n_layer,
+        n_head=n_head,
+        n_embd=n_embd,
+        ffn_type=ffn_type,
     )
     model = GPTLanguageModel(cfg)
     with torch.no_grad():  # default init leaves LayerNorm at 1/0 and would hide a swapped weight/bias
@@ -65,7 +72,9 @@ def make_checkpoint(tmp_path):
     """Factory: write a training-format checkpoint; returns a Checkpoint with the reference module."""
     from release.demo import training_config_dict, write_training_checkpoint
 
-    def make(name: str = "ckpt.pt", *, val_loss: float | None = 2.5, iter_num: int = 1000, **arch) -> Checkpoint:
+    def make(
+        name: str = "ckpt.pt", *, val_loss: float | None = 2.5, iter_num: int = 1000, **arch
+    ) -> Checkpoint:
         model = build_reference(**arch)
         c = model.config
         train_config = training_config_dict(

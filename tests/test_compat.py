@@ -436,3 +436,40 @@ def test_missing_weights_fail_at_load(converted, tmp_path):
     result = run_compat_matrix(broken, checkpoint=checkpoint, versions=[oldest]).results[0]
     assert result.stage == "load", result.failures
     assert "weights did not load cleanly" in result.failures[0] and "lm_head.bias" in result.failures[0]
+
+
+@pytest.mark.compat
+def test_bfloat16_release_loads_in_its_dtype(make_checkpoint, tokenizer_dir, tmp_path):
+    """4.x reads ``torch_dtype``, 5.x ``dtype``: either way "auto" must load the bfloat16 weights as bfloat16."""
+    from release.convert import convert_checkpoint
+
+    ckpt = make_checkpoint()
+    convert_checkpoint(ckpt.path, tmp_path / "model", tokenizer=tokenizer_dir, dtype="bfloat16")
+    oldest = selected_versions()[0]
+    report = run_compat_matrix(tmp_path / "model", checkpoint=ckpt.path, versions=[oldest])
+    assert report.passed, report.failures
+
+
+# --------------------------------------------------------------------------- reference outputs
+
+
+def test_reference_outputs_round_a_copy_for_half_precision():
+    from tests.conftest import build_reference
+
+    model = build_reference(block_size=12)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    full = compat.compute_reference_outputs(model, [[1, 2, 3], [4, 5]], prompt_texts=("a", "b"))
+    half = compat.compute_reference_outputs(
+        model, [[1, 2, 3], [4, 5]], prompt_texts=("a", "b"), dtype="bfloat16"
+    )
+    assert all(
+        torch.equal(before[k], v) for k, v in model.state_dict().items()
+    )  # the caller's model is untouched
+    assert full.max_new_tokens == half.max_new_tokens == 8  # 3 prompt tokens + 8 fit in 12 positions
+    assert torch.equal(full.input_ids, half.input_ids)
+    diff = (full.logits - half.logits).abs().max().item()
+    assert 0 < diff < 0.5, f"bfloat16 rounding should move the logits a little, moved {diff}"
+    assert all(len(g) == 8 for g in full.greedy_ids)
+    assert compat.compute_reference_outputs(model, [[1] * 6], prompt_texts=("c",)).max_new_tokens == 6
+    with pytest.raises(CompatError, match="leave no room to generate"):
+        compat.compute_reference_outputs(model, [[1] * 12], prompt_texts=("d",))

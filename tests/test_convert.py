@@ -68,7 +68,7 @@ def save_dcp(folder: Path, state: dict) -> Path:
 
 @pytest.fixture
 def convert(tokenizer_dir, tmp_path):
-    """convert_checkpoint with the offline tokenizer and quiet progress; ``out`` defaults to tmp_path/"model"."""
+    """convert_checkpoint with the offline tokenizer, no progress; ``out`` defaults to tmp_path/"model"."""
 
     def run(checkpoint: Path, out: Path | None = None, **kwargs) -> ConversionResult:
         kwargs.setdefault("tokenizer", tokenizer_dir)
@@ -204,8 +204,11 @@ def test_bare_state_dict(tmp_path, convert):
 
 
 def test_bfloat16_output(make_checkpoint, convert):
-    """bf16 weights are the fp32 weights rounded once: loaded back in fp32 they match a reference whose weights
-    were rounded the same way to 1e-5; run natively in bf16 the logits stay within bf16's precision (0.05 here)."""
+    """bf16 weights are the fp32 weights rounded once.
+
+    Loaded back in fp32 they match a reference whose weights were rounded the same way to 1e-5; run natively
+    in bf16 the logits stay within bf16's precision (0.05 here).
+    """
     from safetensors import safe_open
 
     ckpt = make_checkpoint()
@@ -436,10 +439,12 @@ def test_nan_and_inf_weights_are_errors_listing_every_key(tmp_path, convert):
         model.blocks[1].feed_forward.w3.bias[1] = float("inf")
     torch.save(model.state_dict(), tmp_path / "c.pt")
     before = {p.name for p in tmp_path.iterdir()}
-    with pytest.raises(ConversionError, match=r"non-finite weights in 2 tensor\(s\)") as info:
+    with pytest.raises(ConversionError, match=r"non-finite weights in 2 checkpoint tensor\(s\)") as info:
         convert(tmp_path / "c.pt", max_shard_size=30_000)
-    assert "blocks.0.self_attention.heads.2.value_proj.weight" in str(info.value)
-    assert "blocks.1.feed_forward.w3.bias (NaN/Inf)" in str(info.value)
+    message = str(info.value)
+    assert "blocks.0.self_attention.heads.2.value_proj.weight (NaN/Inf)" in message
+    assert "blocks.1.feed_forward.w3.bias (NaN/Inf)" in message
+    assert "heads.1" not in message  # only the offending head, not the whole fused QKV
     assert_nothing_left(tmp_path, before)
 
 

@@ -570,15 +570,51 @@ def test_gates_per_dtype_and_overrides():
         Gates.for_dtype("int8")
 
 
-def test_spill_reads_back_row_ranges_and_row_groups_respect_the_budget():
+def test_spill_reads_back_row_ranges_and_chunks_cover_every_position():
     import torch
 
-    from release.verify_checks import Spill, row_groups
+    from release.verify_checks import MIN_LOGITS_BUDGET, Spill, logits_budget, position_chunks
 
-    assert row_groups(5, 10, budget=25) == [slice(0, 2), slice(2, 4), slice(4, 5)]
-    assert row_groups(2, 100, budget=10) == [slice(0, 1), slice(1, 2)]
+    assert position_chunks(5, 2) == [(0, 2), (2, 4), (4, 5)]
+    assert position_chunks(3, 0) == [(0, 1), (1, 2), (2, 3)]
+    assert logits_budget(10) == MIN_LOGITS_BUDGET and logits_budget(10**9) == 10**8
     x = torch.randn(7, 3, 5)
     with Spill() as spill:
         spill.append("x", x[:4])
         spill.append("x", x[4:])
         assert torch.equal(spill.rows("x", 2, 6), x[2:6])
+
+
+def test_logits_beyond_the_budget_are_compared_by_position_chunks(release, good, monkeypatch):
+    import release.verify_checks as checks
+    from release.verify import verify_model
+
+    # 2 rows x 10 positions x 384 logits x 4 bytes: a forward may return 10 positions of a batch of 2.
+    monkeypatch.setattr(checks, "MIN_LOGITS_BUDGET", 2 * 10 * 384 * 4)
+    calls = []
+    real = checks.compare_parity
+
+    def spy(model, *args, **kwargs):
+        original = model.forward
+
+        def forward(*a, **kw):
+            calls.append(kw.get("logits_to_keep"))
+            return original(*a, **kw)
+
+        model.forward = forward
+        try:
+            return real(model, *args, **kwargs)
+        finally:
+            del model.forward
+
+    monkeypatch.setattr(checks, "compare_parity", spy)
+    report = verify_model(release.model_dir, **release.fast())
+    assert report.passed, report.failures
+    assert (
+        10 in calls and None in calls
+    )  # prefixes with logits_to_keep for 64 positions; plain calls for short ones
+    assert report.perplexity["window"] == 20
+    assert report.parity["positions"] == 2 * (1 + 32 + 64) + sum(
+        i["length"] for i in report.parity["inputs"][3:]
+    )
+    assert report.parity["max_abs_diff"] <= 1e-4 and report.parity["top1_agreement"] == 1.0
