@@ -28,15 +28,16 @@ never HF_TOKEN or RELEASE_*, so a value can only reach a step the way the workfl
     actions/download-artifact  copied from the artifact store of this run (or of `run-id`, which then needs
                                `github-token`) into `path`.
     actions/github-script      the script run by node (as github-script does: an async function of require,
-                               github, context, core) with `github` talking to a FakeGitHub: an in-memory REST
-                               API with the endpoints the workflows use, whose state the test reads back.
+                               github, context, core) with `github` talking to a FakeGitHub: a fake of the
+                               REST endpoints the workflows use, its state a JSON file the test reads back.
 
 The GitHub CLI of hosted runners is replaced the same way: a run given a FakeGitHub finds a fake `gh` first on
 PATH (`gh release create`, checking GH_TOKEN, GH_REPO and --verify-tag), so the step still runs as written.
 
 One `run:` step is not executed: the step with `id: install` (pip-installing CPU torch and this package) maps to
 "already installed", since the tests run inside the virtualenv that step would create and its bin folder is
-first on PATH. Every other `run:` step runs as written (INSTALL_STEP_ID).
+first on PATH; that install is editable, so the `release` that runs is this working tree's code, the same
+code the checkout copies. Every other `run:` step runs as written (INSTALL_STEP_ID).
 
 Expressions (`${{ }}` and `if:`) are evaluated by a small implementation of GitHub's expression language:
 literals, contexts (github, env, inputs, secrets, vars, steps, needs, matrix, strategy, runner, job), property
@@ -451,11 +452,6 @@ class Event:
         )
 
     @staticmethod
-    def branch_push(branch: str = "main", *, sha: str | None = None) -> Event:
-        sha = sha or _head_sha()
-        return Event("push", f"refs/heads/{branch}", {"ref": f"refs/heads/{branch}", "after": sha}, sha)
-
-    @staticmethod
     def dispatch(inputs: Mapping[str, Any], *, ref: str = "refs/heads/main", sha: str | None = None) -> Event:
         # github.event.inputs holds strings; the `inputs` context gets typed values (see WorkflowRun).
         payload = {"inputs": {k: to_string(v) for k, v in inputs.items()}, "ref": ref}
@@ -639,7 +635,7 @@ class FakeGitHub:
         self.bin_dir = self.path.parent / f"{self.path.stem}-bin"
         self.bin_dir.mkdir(exist_ok=True)
         gh = self.bin_dir / "gh"
-        gh.write_text(f"#!{sys.executable}\n{_FAKE_GH}", encoding="utf-8")
+        gh.write_text(f"#!{sys.executable}\nSTATE = {str(self.path)!r}\n{_FAKE_GH}", encoding="utf-8")
         gh.chmod(0o755)
 
     def _load(self) -> dict:
@@ -686,7 +682,7 @@ _FAKE_GH = r"""
 import json, os, sys
 from pathlib import Path
 
-state_path = Path(__file__).resolve().parent.parent / (Path(__file__).resolve().parent.name[: -len("-bin")] + ".json")
+state_path = Path(STATE)  # noqa: F821 -- written above this text by FakeGitHub
 state = json.loads(state_path.read_text())
 args = sys.argv[1:]
 if not os.environ.get("GH_TOKEN"):
@@ -1005,7 +1001,9 @@ class WorkflowRun:
     # -- jobs ----------------------------------------------------------------------------------
 
     def run_all(self) -> dict[str, JobResult]:
-        """Every job, each after its needs (matrix jobs excluded: use `matrix` to inspect those)."""
+        """Every job, each after its needs. Not for workflows with matrix jobs: run those with `run_job`."""
+        if any(spec.get("strategy", {}).get("matrix") is not None for spec in self.workflow.jobs.values()):
+            raise WorkflowError("run_all does not expand matrices; use matrix() and run_job(job, matrix=...)")
         pending = list(self.workflow.jobs)
         while pending:
             ready = [j for j in pending if all(n in self.jobs for n in _needs(self.workflow.jobs[j]))]
