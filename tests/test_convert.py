@@ -351,6 +351,19 @@ def test_release_json_records_provenance(make_checkpoint, convert):
     assert result.files["release.json"].sha256 == sha256_file(out / "release.json")
 
 
+def test_release_json_of_a_dcp_folder_and_non_finite_losses(tmp_path, convert):
+    from release.checkpoint import checkpoint_digest
+
+    model = build_reference()
+    folder = save_dcp(
+        tmp_path / "dcp", {"model": model.state_dict(), "iter_num": 7, "best_val_loss": float("inf")}
+    )
+    data = json.loads((convert(folder).out_dir / "release.json").read_text())
+    assert data["checkpoint"]["sha256"] == checkpoint_digest(folder)
+    assert data["checkpoint"]["size"] == sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    assert (data["checkpoint"]["iter_num"], data["checkpoint"]["best_val_loss"]) == (7, None)
+
+
 # --------------------------------------------------------------------------- deterministic and atomic
 
 
@@ -480,10 +493,12 @@ def test_a_tril_buffer_that_is_not_causal_is_an_error(tmp_path, convert):
     state = dict(build_reference().state_dict())
     state["blocks.1.self_attention.heads.0.tril"] = torch.ones(64, 64)
     torch.save(state, tmp_path / "c.pt")
+    before = {p.name for p in tmp_path.iterdir()}
     with pytest.raises(
         ConversionError, match=r"not lower-triangular ones: blocks\.1\.self_attention\.heads\.0\.tril"
     ):
         convert(tmp_path / "c.pt")
+    assert_nothing_left(tmp_path, before)
 
 
 # --------------------------------------------------------------------------- tokenizer
