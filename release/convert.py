@@ -148,6 +148,7 @@ def convert_checkpoint(
     max_shard_size: int = 5 * 10**9,
     force: bool = False,
     progress: bool | None = None,
+    checkpoint_sha256: str | None = None,
 ) -> ConversionResult:
     """Convert a training checkpoint into a transformers model folder with remote code, atomically.
 
@@ -160,6 +161,9 @@ def convert_checkpoint(
         max_shard_size: Largest weights file in bytes; above it the weights are split into numbered shards.
         force: Replace ``out`` if it exists and is not empty.
         progress: Report tensors/bytes written on stderr; None means only when stderr is a terminal.
+        checkpoint_sha256: The input's SHA-256 when the caller computed it itself over the same bytes (the
+            pipeline's fetch step hashes the file as it writes it); recorded in ``release.json`` instead of
+            hashing the input a second time. None: hash it here.
 
     Raises:
         UsageError: ``dtype`` or ``max_shard_size`` is invalid.
@@ -183,7 +187,7 @@ def convert_checkpoint(
     reporter = _Progress(sys.stderr.isatty() if progress is None else progress)
     # Hashing the input (all of it, optimizer state included) is the longest single task: it starts at once
     # and runs beside everything else; any failure cancels it.
-    with _BackgroundDigest(checkpoint) as digest, _one_torch_thread():
+    with _BackgroundDigest(checkpoint, checkpoint_sha256) as digest, _one_torch_thread():
         ckpt = open_checkpoint(checkpoint)
         try:
             arch = ckpt.architecture  # config cross-check and every key's shape, before any weight is read
@@ -340,12 +344,16 @@ def _one_torch_thread() -> Iterator[None]:
 
 
 class _BackgroundDigest:
-    """Hash the input in a thread while the conversion runs (reading it again afterwards adds its time)."""
+    """Hash the input in a thread while the conversion runs (reading it again afterwards adds its time).
 
-    def __init__(self, path: Path):
+    With ``known``, a digest the caller computed itself while writing the file (``release fetch`` hashes what it
+    writes), no thread runs: hashing a 12 GB checkpoint twice is the single largest cost of a release.
+    """
+
+    def __init__(self, path: Path, known: str | None = None):
         self._path = path
         self._cancel = threading.Event()
-        self._value: str | None = None
+        self._value: str | None = known
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="checkpoint-sha256", daemon=True)
 
@@ -360,14 +368,16 @@ class _BackgroundDigest:
             self._error = exc
 
     def __enter__(self) -> _BackgroundDigest:
-        self._thread.start()
+        if self._value is None:
+            self._thread.start()
         return self
 
     def __exit__(self, *exc_info) -> None:
         self._cancel.set()
 
     def result(self) -> str:
-        self._thread.join()
+        if self._thread.ident is not None:  # started: wait for its digest
+            self._thread.join()
         if self._error is not None:
             raise CheckpointError(f"cannot read checkpoint {self._path}: {self._error}") from self._error
         assert self._value is not None
@@ -386,7 +396,10 @@ def _stage_tokenizer(tokenizer: str | Path | None, staging: Path, arch: Architec
             f"no tokenizer files in {folder} (expected e.g. tokenizer.json, tokenizer_config.json)"
         )
     for f in files:
-        _write_bytes(staging / f, (folder / f).read_bytes())
+        data = (folder / f).read_bytes()
+        if f == "tokenizer_config.json":
+            data = fix_tokenizer_class_for_4x(data, name=name)
+        _write_bytes(staging / f, data)
     try:
         from transformers import AutoTokenizer
 
@@ -417,6 +430,31 @@ def _stage_tokenizer(tokenizer: str | Path | None, staging: Path, arch: Architec
             f"tokenizer {name}: special token ids {', '.join(too_big)} are outside the embedding"
         )
     return TokenizerInfo(source, name, revision, size, bos, eos, pad)
+
+
+# transformers 5.x saves this backend name, which no 4.x release can resolve ("Tokenizer class TokenizersBackend
+# does not exist"); every supported version loads the same tokenizer.json as PreTrainedTokenizerFast.
+_CLASSES_4X_CANNOT_LOAD = {"TokenizersBackend": "PreTrainedTokenizerFast"}
+
+
+def fix_tokenizer_class_for_4x(config_bytes: bytes, *, name: str) -> bytes:
+    """Rename a tokenizer class that transformers 4.x cannot load; logs the change. Other files pass untouched."""
+    try:
+        config = json.loads(config_bytes)
+    except ValueError:
+        return config_bytes  # AutoTokenizer reports a broken file right after
+    old = config.get("tokenizer_class") if isinstance(config, dict) else None
+    if old not in _CLASSES_4X_CANNOT_LOAD:
+        return config_bytes
+    config["tokenizer_class"] = _CLASSES_4X_CANNOT_LOAD[old]
+    config.pop("backend", None)
+    log.info(
+        "tokenizer %s: tokenizer_class %s -> %s so transformers 4.x can load it",
+        name,
+        old,
+        config["tokenizer_class"],
+    )
+    return (json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
 
 
 def _locate_tokenizer(tokenizer: str | Path | None) -> tuple[str, str, Path, str | None]:

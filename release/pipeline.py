@@ -193,6 +193,7 @@ def _fetch(settings: Settings, result: RunResult, state: dict, say, pyproject_di
         settings.checkpoint, sha256=sha, out=default_cache_dir().parent / "checkpoints" / sha / name
     )
     state["checkpoint"] = fetched.path
+    state["checkpoint_sha256"] = fetched.sha256
     state["tokenizer"] = settings.tokenizer
     result.checkpoint, result.tokenizer = fetched.path, settings.tokenizer
     return f"{fetched.path} ({fetched.size} bytes, {fetched.source}, sha256 {sha[:12]}…)"
@@ -208,6 +209,7 @@ def _convert(settings: Settings, result: RunResult, state: dict, say, pyproject_
         dtype=settings.dtype,
         max_shard_size=parse_size(settings.max_shard_size),
         force=False,
+        checkpoint_sha256=state.get("checkpoint_sha256"),  # fetch hashed these very bytes as it wrote them
     )
     a = converted.architecture
     return (

@@ -659,3 +659,43 @@ def test_cli_usage_errors_exit_2(make_checkpoint, tokenizer_dir, tmp_path, optio
     )
     assert result.exit_code == 2, result.output
     assert not (tmp_path / "m").exists()
+
+
+def test_a_digest_computed_by_the_caller_is_recorded_without_rehashing(
+    make_checkpoint, tokenizer_dir, tmp_path
+):
+    """The pipeline's fetch step hashed the file as it wrote it; convert records that digest as its own."""
+    import json
+
+    from release.convert import convert_checkpoint
+    from release.hashing import sha256_file
+
+    ckpt = make_checkpoint()
+    digest = sha256_file(ckpt.path)
+    hashed = convert_checkpoint(ckpt.path, tmp_path / "hashed", tokenizer=tokenizer_dir)
+    given = convert_checkpoint(
+        ckpt.path, tmp_path / "given", tokenizer=tokenizer_dir, checkpoint_sha256=digest
+    )
+    assert hashed.checkpoint_sha256 == given.checkpoint_sha256 == digest
+    assert (tmp_path / "hashed" / "release.json").read_bytes() == (
+        tmp_path / "given" / "release.json"
+    ).read_bytes()
+    assert json.loads((tmp_path / "given" / "release.json").read_text())["checkpoint"]["sha256"] == digest
+
+
+def test_a_tokenizer_saved_by_transformers_5_is_renamed_for_4x(make_checkpoint, tokenizer_dir, tmp_path):
+    """5.x writes tokenizer_class "TokenizersBackend", which 4.x cannot resolve; the release ships a name both load."""
+    import json
+    import shutil
+
+    from release.convert import convert_checkpoint
+
+    tok5 = tmp_path / "tok5"
+    shutil.copytree(tokenizer_dir, tok5)
+    config = json.loads((tok5 / "tokenizer_config.json").read_text())
+    config.update(tokenizer_class="TokenizersBackend", backend="tokenizers")
+    (tok5 / "tokenizer_config.json").write_text(json.dumps(config))
+    convert_checkpoint(make_checkpoint().path, tmp_path / "out", tokenizer=tok5)
+    shipped = json.loads((tmp_path / "out" / "tokenizer_config.json").read_text())
+    assert shipped["tokenizer_class"] == "PreTrainedTokenizerFast" and "backend" not in shipped
+    assert (tmp_path / "out" / "tokenizer.json").read_bytes() == (tok5 / "tokenizer.json").read_bytes()
