@@ -11,7 +11,7 @@ that process, its wall time (start-up and imports excluded) and its peak RSS (Vm
     convert    release.convert.convert_checkpoint (fp32, one safetensors file, local tokenizer)
     hash       SHA-256 of the checkpoint (for scale: convert must do it for release.json)
     copy+fsync the copy, then fsync (for scale: convert fsyncs what it writes; the copy does not)
-    convert-known-sha   convert with the input's SHA-256 supplied instead of computed (for scale)
+    convert-known-sha   convert given the input's SHA-256, as `release run` does after fetch hashed it
 
 Targets (issue #3): convert's peak RSS - baseline <= 1.2x the weights' bytes; convert time <= naive time
 (aim for half) and <= 3x the copy time. Every contender runs ``--repeat`` times; the medians are reported.
@@ -131,14 +131,17 @@ def child_run(role: str, args: dict) -> dict:
 
         sha256_file(Path(args["checkpoint"]))
     elif role in ("convert", "convert-known-sha"):
-        import release.checkpoint
         from release.convert import convert_checkpoint
 
-        if (
-            role == "convert-known-sha"
-        ):  # what convert costs when its input's digest is known (e.g. from fetch)
-            release.checkpoint.checkpoint_digest = lambda path, cancel=None: args["sha256"]
-        convert_checkpoint(Path(args["checkpoint"]), out, tokenizer=Path(args["tokenizer"]), progress=False)
+        # convert-known-sha is what `release run` pays: its fetch step hashed the file while writing it
+        known = args["sha256"] if role == "convert-known-sha" else None
+        convert_checkpoint(
+            Path(args["checkpoint"]),
+            out,
+            tokenizer=Path(args["tokenizer"]),
+            progress=False,
+            checkpoint_sha256=known,
+        )
     elif role != "baseline":
         raise SystemExit(f"unknown role {role}")
     seconds = time.perf_counter() - start
