@@ -1,14 +1,14 @@
 """Verify that a converted model behaves like the trained one, loaded the way users load it.
 
 ``verify_model`` compares a model folder (or a Hub revision) with the training module built from the original
-checkpoint: logits parity with per-layer localisation, perplexity on an evaluation text, greedy generation token for
-token (single prompts, a padded batch), seeded sampling, ``pipeline("text-generation")``, and remote-code hygiene.
-The reference runs first and is freed before the candidate is loaded; the two models are never in memory together.
-The result is a ``VerificationReport`` (``verification.json`` + a Markdown summary).
+checkpoint: logits parity with per-layer localisation, perplexity on an evaluation text, greedy generation
+token for token (single prompts, a padded batch), seeded sampling, ``pipeline("text-generation")``, and
+remote-code hygiene. The reference runs first and is freed before the candidate is loaded; the two models are
+never in memory together. The result is a ``VerificationReport`` (``verification.json`` + a Markdown summary).
 
-``check_generation_against_report`` repeats the generation check on a published revision without the checkpoint
-(the expected tokens are in the report): the gate that runs after an upload and before a tag is created.
-``generate_text`` is the quick look a person takes at a folder or a Hub revision.
+``check_generation_against_report`` repeats the generation check on a published revision without the
+checkpoint (the expected tokens are in the report): the gate that runs after an upload and before a tag is
+created. ``generate_text`` is the quick look a person takes at a folder or a Hub revision.
 """
 
 from __future__ import annotations
@@ -46,12 +46,14 @@ DEFAULT_TRAINING_TOKENIZER = (
     DEFAULT_TOKENIZER  # GPT-2 BPE, what the training script used; as `release convert`
 )
 SAMPLING = {"seed": 0, "temperature": 0.8, "top_k": 40}
-# Files a published revision may hold beyond the verified ones (fnmatch patterns): never loaded by users' code.
+# Files a published revision may hold beyond the verified ones (fnmatch patterns): never loaded by users'
+# code.
 ALLOWED_EXTRA_FILES = ("README.md", ".gitattributes")
 
 
 def default_report_path(model: str | Path) -> Path:
-    """``<folder>/../verification.json`` for a folder (``dist/<version>/``), ``./verification.json`` for a repo id."""
+    """``<folder>/../verification.json`` for a folder (in ``dist/<version>/``); ``./verification.json`` for a
+    repo id."""
     path = Path(model)
     if path.is_dir():
         return path.resolve().parent / "verification.json"
@@ -73,24 +75,27 @@ def verify_model(
     """Check a converted model against the training checkpoint it came from; never raises for a failed gate.
 
     Args:
-        model: A converted model folder, or a Hub repo id (then ``revision`` selects the revision; it is downloaded
-            into a temporary cache with ``$HF_TOKEN``).
+        model: A converted model folder, or a Hub repo id (then ``revision`` selects the revision; it is
+            downloaded into a temporary cache with ``$HF_TOKEN``).
         checkpoint: The training checkpoint the model was converted from (the reference).
         revision: Branch, tag or commit of a Hub repo id.
         prompts: Generation prompts (default ``DEFAULT_PROMPTS``); also parity inputs once tokenized.
         eval_text: Text for the perplexity gate (default: the public-domain text shipped in ``release/data``).
         gates: Thresholds (default: ``Gates.for_dtype`` of the loaded model's dtype). A mapping instead of a
-            ``Gates`` overrides some of those defaults, e.g. ``{"max_abs_diff": "2e-4"}`` (``Gates.with_overrides``).
+            ``Gates`` overrides some of those defaults, e.g. ``{"max_abs_diff": "2e-4"}``
+            (``Gates.with_overrides``).
         max_new_tokens: Tokens generated per prompt; prompt + max_new_tokens must fit in the context.
-        report_path: Where to write ``verification.json`` (and the ``.md`` beside it); nothing is written if None.
-        tokenizer: The tokenizer the model was trained with (folder or Hub id; default ``"gpt2"``), used on the
-            reference side, so a model folder shipping another tokenizer fails the perplexity gate.
+        report_path: Where to write ``verification.json`` (and the ``.md`` beside it); nothing is written if
+            None.
+        tokenizer: The tokenizer the model was trained with (folder or Hub id; default ``"gpt2"``), used on
+            the reference side, so a model folder shipping another tokenizer fails the perplexity gate.
 
     Returns:
         The report; ``report.passed`` tells whether every gate passed, ``report.failures`` which did not.
 
     Raises:
-        UsageError: Bad prompts, a prompt that does not fit the context with ``max_new_tokens``, a missing text.
+        UsageError: Bad prompts, a prompt that does not fit the context with ``max_new_tokens``, a missing
+            text.
         CheckpointError, ConversionError: The checkpoint cannot serve as the reference.
         TokenizerError: The training tokenizer cannot be loaded.
         VerificationError: A Hub revision cannot be downloaded.
@@ -102,6 +107,7 @@ def verify_model(
         make_parity_inputs,
         perplexity_window,
         reference_outputs,
+        return_freed_memory,
         share_causal_masks,
     )
     from release.verify_hygiene import check_remote_code_hygiene
@@ -119,9 +125,8 @@ def verify_model(
         raise UsageError(f"cannot read the evaluation text {text_path}: {exc}") from exc
     tokenizer_name = str(tokenizer) if tokenizer is not None else DEFAULT_TRAINING_TOKENIZER
     if gates is not None and not isinstance(gates, Gates):
-        Gates().with_overrides(
-            dict(gates)
-        )  # unknown names and bad values fail now, not after the reference ran
+        # Unknown names and bad values fail now, not after the reference has run.
+        Gates().with_overrides(dict(gates))
 
     with contextlib.ExitStack() as stack:
         source = stack.enter_context(candidate_source(model, revision))
@@ -166,7 +171,7 @@ def verify_model(
         del ref_model
         ckpt.close()
         del ckpt
-        gc.collect()
+        return_freed_memory()
         timings["reference_outputs"] = time.perf_counter() - t
 
         # ---- candidate
@@ -209,7 +214,7 @@ def verify_model(
             "reference": reference.perplexity,
             **candidate.perplexity,
             "window": window,
-            "method": f"non-overlapping windows of {window} tokens (the first token of a window is not scored)",
+            "method": f"non-overlapping windows of {window} tokens; a window's first token is not scored",
         },
         generation={"max_new_tokens": max_new_tokens, "eos_token_id": eos_token_id, **candidate.generation},
         hygiene=hygiene.to_dict(),
@@ -326,21 +331,28 @@ class _CandidateRun:
     # ---- parity
 
     def _parity(self, model) -> None:
-        from release.verify_checks import compare_parity
+        from release.verify_checks import compare_logits, locate_divergence
 
         g = self.used_gates
         try:
-            fig = compare_parity(
-                model, self.reference, self.spill, hidden_rel_tol=g.hidden_rel_tol, budget=self.budget
-            )
+            fig = compare_logits(model, self.reference, self.spill, budget=self.budget)
+            # Where the hidden states part ways is worth a second pass only when the logits disagree.
+            failed = not _parity_within(fig, g)
+            if failed:
+                locate_divergence(
+                    model,
+                    self.reference,
+                    self.spill,
+                    fig,
+                    hidden_rel_tol=g.hidden_rel_tol,
+                    budget=self.budget,
+                )
         except Exception as exc:
             log.debug("parity forward failed", exc_info=True)
             self.gates.append(
                 GateResult("parity.forward", False, None, None, f"forward on the parity inputs {_exc(exc)}")
             )
             return
-        # Where the hidden states part ways is worth a word only when the logits do.
-        failed = not _parity_within(fig, g)
         location = fig.location(self.reference.n_hidden) if failed else None
         self.parity.update(
             max_abs_diff=fig.max_abs_diff,
@@ -354,39 +366,33 @@ class _CandidateRun:
             per_layer_relative_diff=fig.per_layer_rel_diff,
             hidden_states="index 0: embeddings; index i: output of layer i-1",
         )
-        checks = [
-            ("parity.max_abs_diff", fig.max_abs_diff, g.max_abs_diff, "max abs diff", "<=", "{:.1e}", "{:.0e}"),
-            ("parity.mean_abs_diff", fig.mean_abs_diff, g.mean_abs_diff, "mean abs diff", "<=", "{:.1e}", "{:.0e}"),
-            ("parity.top1_agreement", fig.top1_agreement, g.min_top1_agreement, "top-1 agreement", ">=",
-             "{:.2%}", "{:.2%}"),
-            ("parity.kl_divergence", fig.kl_divergence, g.max_kl_divergence, "KL divergence", "<=", "{:.1e}",
-             "{:.0e}"),
-        ]  # fmt: skip
-        results = []
-        for name, value, threshold, label, op, vfmt, tfmt in checks:
+        self.location = location
+        figures = [  # gate, label, value, threshold, higher is better, value format
+            ("max_abs_diff", "max abs diff", fig.max_abs_diff, g.max_abs_diff, False, "{:.1e}"),
+            ("mean_abs_diff", "mean abs diff", fig.mean_abs_diff, g.mean_abs_diff, False, "{:.1e}"),
+            ("top1_agreement", "top-1 agreement", fig.top1_agreement, g.min_top1_agreement, True, "{:.2%}"),
+            ("kl_divergence", "KL divergence", fig.kl_divergence, g.max_kl_divergence, False, "{:.1e}"),
+        ]
+        for key, label, value, threshold, at_least, fmt in figures:
             if threshold is None:
                 continue
-            ok = value <= threshold if op == "<=" else value >= threshold
-            bad = ">" if op == "<=" else "<"
-            shown = f"{label} {vfmt.format(value)} {op if ok else bad} {tfmt.format(threshold)}"
-            results.append((name, ok, value, threshold, shown))
-        self.location = location
-        for name, ok, value, threshold, shown in results:
-            self.gates.append(GateResult(name, ok, value, threshold, shown + ("" if ok else self._where())))
+            ok = value >= threshold if at_least else value <= threshold
+            op = (">=" if ok else "<") if at_least else ("<=" if ok else ">")
+            shown_threshold = fmt.format(threshold) if at_least else _sci(threshold)
+            detail = f"{label} {fmt.format(value)} {op} {shown_threshold}" + ("" if ok else self._where())
+            self.gates.append(GateResult(f"parity.{key}", ok, value, threshold, detail))
 
     # ---- perplexity
 
     def _perplexity(self, model, tokenizer) -> None:
-        import math
-
-        from release.verify_checks import perplexity_nll
+        from release.verify_checks import perplexity, perplexity_nll
 
         threshold = self.used_gates.max_perplexity_rel_diff
         ref_ppl = self.reference.perplexity
         try:
             ids = _encode(tokenizer, self.text)
             nll, count = perplexity_nll(
-                lambda x: model(input_ids=x).logits,
+                lambda x: model(input_ids=x, use_cache=False).logits,
                 ids,
                 window=self.window,
                 vocab_size=self.reference.vocab_size,
@@ -398,14 +404,14 @@ class _CandidateRun:
                 GateResult("perplexity", False, None, threshold, f"scoring the text {_exc(exc)}")
             )
             return
-        ppl = math.exp(nll / count) if count else float("nan")
+        ppl = perplexity(nll, count)
         rel = abs(ppl - ref_ppl) / ref_ppl if ref_ppl > 0 else float("nan")
         self.perplexity.update(candidate=ppl, candidate_tokens=count, relative_diff=rel)
         if threshold is None:
             return
         ok = rel <= threshold
         detail = (
-            f"relative diff {rel:.1e} {'<=' if ok else '>'} {threshold:.0e} "
+            f"relative diff {rel:.1e} {'<=' if ok else '>'} {_sci(threshold)} "
             f"(reference {ref_ppl:.4g}, candidate {ppl:.4g}"
             + (
                 ""
@@ -614,11 +620,11 @@ def check_generation_against_report(
 ) -> list[str]:
     """Greedy-generate every case of a passing report again from ``model`` and compare token for token.
 
-    ``model`` is a folder or a Hub repo id (``revision``: the commit or tag to check). A Hub revision is downloaded
-    into a fresh temporary cache, and the remote code is imported from a fresh modules cache, so what is checked is
-    what a user gets. The files must be those the report verified (same SHA-256; extra files only from
-    ``allowed_extra_files``), each prompt must tokenize to the recorded ``input_ids``, and ``generate()`` must give
-    the recorded ``candidate_ids`` (equal to the reference's for a passing report).
+    ``model`` is a folder or a Hub repo id (``revision``: the commit or tag to check). A Hub revision is
+    downloaded into a fresh temporary cache, and the remote code is imported from a fresh modules cache, so
+    what is checked is what a user gets. The files must be those the report verified (same SHA-256; extra
+    files only from ``allowed_extra_files``), each prompt must tokenize to the recorded ``input_ids``, and
+    ``generate()`` must give the recorded ``candidate_ids`` (equal to the reference's for a passing report).
 
     Returns:
         One line per problem; empty when everything matches.
@@ -636,7 +642,7 @@ def check_generation_against_report(
         try:
             source = stack.enter_context(candidate_source(model, revision))
         except ReleaseError as exc:
-            return [f"download: {exc}"]
+            return [f"model: {exc}"]
         files = folder_file_hashes(source.folder)
         for rel, sha in sorted(expected_files.items()):
             if rel not in files:
@@ -689,8 +695,10 @@ def _regenerate(source, cases: list[dict], max_new_tokens: int) -> list[str]:
             try:
                 ids = _encode(tokenizer, prompt)
                 if ids != case["input_ids"]:
-                    failures.append(f"generation: {prompt!r} tokenizes to {ids}, the verified tokenizer gave "
-                                    f"{case['input_ids']}")  # fmt: skip
+                    verified = case["input_ids"]
+                    failures.append(
+                        f"generation: {prompt!r} tokenizes to {ids}, the verified tokenizer gave {verified}"
+                    )
                     continue
                 got = candidate_greedy(model, ids, max_new_tokens=max_new_tokens, pad_token_id=pad).ids
             except Exception as exc:
@@ -706,8 +714,8 @@ def _regenerate(source, cases: list[dict], max_new_tokens: int) -> list[str]:
                 exp = expected[index] if index < len(expected) else "end"
                 act = got[index] if index < len(got) else "end"
                 failures.append(
-                    f"generation: {prompt!r}: token {index} of {len(expected)} differs from the verified output "
-                    f"(verified {exp}, got {act})"
+                    f"generation: {prompt!r}: token {index} of {len(expected)} differs from the verified "
+                    f"output (verified {exp}, got {act})"
                 )
     finally:
         del model, tokenizer
@@ -733,7 +741,8 @@ def generate_text(
     ``temperature`` 0 decodes greedily; above 0 it samples (with ``top_k`` if given), seeded by ``seed``.
 
     Raises:
-        UsageError: An empty prompt, a bad setting, or prompt + max_new_tokens longer than the model's context.
+        UsageError: An empty prompt, a bad setting, or prompt + max_new_tokens longer than the model's
+            context.
         VerificationError: The model cannot be loaded or generation fails.
     """
     import torch
@@ -771,8 +780,9 @@ def generate_text(
             context = int(getattr(lm.config, "max_position_embeddings", 0) or 0)
             if context and ids.shape[1] + max_new_tokens > context:
                 raise UsageError(
-                    f"the prompt is {ids.shape[1]} tokens; with max_new_tokens={max_new_tokens} it exceeds the "
-                    f"model's context of {context}; use --max-new-tokens {max(1, context - ids.shape[1])} or less"
+                    f"the prompt is {ids.shape[1]} tokens; with max_new_tokens={max_new_tokens} it exceeds "
+                    f"the model's context of {context}; use --max-new-tokens "
+                    f"{max(1, context - ids.shape[1])} or less"
                 )
             sampling: dict[str, Any] = {"do_sample": False}
             if temperature > 0:
@@ -824,8 +834,8 @@ def _check_fits(
             room = block_size - len(ids)
             hint = f"lower --max-new-tokens to {room} or less" if room > 0 else "shorten the prompt"
             raise UsageError(
-                f"prompt {prompt!r} is {len(ids)} tokens; with max_new_tokens={max_new_tokens} it does not fit the "
-                f"model's context of {block_size} tokens: {hint}"
+                f"prompt {prompt!r} is {len(ids)} tokens; with max_new_tokens={max_new_tokens} it does not "
+                f"fit the model's context of {block_size} tokens: {hint}"
             )
 
 
@@ -869,6 +879,12 @@ def _spill():
 
     with Spill() as spill:
         yield spill
+
+
+def _sci(value: float) -> str:
+    """A threshold as written: 1e-04, 1.5e-03."""
+    short = f"{value:.0e}"
+    return short if float(short) == value else f"{value:.1e}"
 
 
 def _exc(exc: BaseException) -> str:

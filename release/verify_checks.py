@@ -1,22 +1,24 @@
 """The numerical side of verification: what the reference computes, and how the candidate is compared with it.
 
 Memory is the constraint. The two models are never alive together: the reference computes everything first and
-its large outputs (logits and per-layer hidden states of the parity inputs) go to a temporary file (``Spill``),
-read back a few MiB at a time while the candidate is compared. No forward call produces more logits than the
-budget (``logits_budget``: a tenth of the weights' bytes, at least 8 MiB), whatever the vocabulary and context:
+its large outputs (logits and per-layer hidden states of the parity inputs) go to a temporary file
+(``Spill``), read back a few MiB at a time while the candidate is compared. No forward call produces more
+logits than the budget (``logits_budget``: 1/16 of the weights' bytes, at least 8 MiB), whatever the
+vocabulary and context:
 
 - the reference's ``lm_head`` is applied by position chunks to the normalised hidden states its own forward
   computed (a pre-hook hands the forward's own ``lm_head`` call just the last position);
-- the candidate is called as users call it: one plain forward when its logits fit, otherwise forwards on growing
-  prefixes ``ids[:, :e]`` with ``logits_to_keep=e - s`` (the argument ``generate()`` uses) for positions ``s:e``.
-  A causal model gives the same logits at ``s:e`` either way; the price is compute (~``n_chunks / 2`` forwards).
+- the candidate is called as users call it: one plain forward when its logits fit, otherwise forwards on
+  growing prefixes ``ids[:, :e]`` with ``logits_to_keep=e - s`` (the argument ``generate()`` uses) for
+  positions ``s:e``. A causal model gives the same logits at ``s:e`` either way; the price is compute
+  (~``n_chunks / 2`` forwards).
 
 Every reduction over the vocabulary runs on chunks of ``CHUNK_BYTES``.
 
-Perplexity uses non-overlapping windows (stride = window): inside a window each token is predicted from the tokens
-before it in that window; the first token of a window is not scored. The window is the context length, shortened
-when a window's logits would exceed the budget; the report records it. This is exactly as good as a sliding
-window for comparing two implementations of one model, and much cheaper.
+Perplexity uses non-overlapping windows (stride = window): inside a window each token is predicted from the
+tokens before it in that window; the first token of a window is not scored. The window is the context length,
+shortened when a window's logits would exceed the budget; the report records it. This is exactly as good as a
+sliding window for comparing two implementations of one model, and much cheaper.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from torch.nn import functional as F
 PARITY_SEED = 1234  # torch.Generator seed of the random parity inputs
 PARITY_BATCH = 2  # rows of each random parity input
 MIN_LOGITS_BUDGET = 8 * 2**20  # float32 logits of one forward call, at least (see logits_budget)
-CHUNK_BYTES = 4 * 2**20  # one float64 [positions, vocab] block in reductions over the vocabulary
+CHUNK_BYTES = 2**20  # one float64 [positions, vocab] block in reductions over the vocabulary
 TOPK = 8  # reference logits kept per greedy step, to judge near ties
 
 
@@ -81,12 +83,55 @@ class Spill:
 
 
 def logits_budget(weights_bytes: int) -> int:
-    """Bytes of float32 logits one forward call may produce: a tenth of the weights, at least 8 MiB."""
-    return max(MIN_LOGITS_BUDGET, weights_bytes // 10)
+    """Bytes of logits (and activations) one forward call may produce: 1/16 of the weights, >= 8 MiB."""
+    return max(MIN_LOGITS_BUDGET, weights_bytes // 16)
+
+
+def _load_malloc_trim():
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        return None
+
+
+_MALLOC_TRIM = _load_malloc_trim()
+
+
+def trim_heap() -> None:
+    """Give freed heap pages back to the system (glibc's ``malloc_trim``; a no-op elsewhere).
+
+    torch frees CPU tensors with ``free()``, and glibc keeps freed chunks below its (self-raising, up to 32 MiB)
+    mmap threshold in the heap: after a few forward passes the process holds tens of MiB of freed activations,
+    interleaved with live objects, that count towards its RSS. Trimming after each forward pass keeps the peak
+    near what is actually alive; it costs a few milliseconds and changes no allocator setting.
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
+def return_freed_memory() -> None:
+    """After the reference is deleted: collect it and trim the heap, so the candidate starts from a clean slate."""
+    import gc
+
+    gc.collect()
+    trim_heap()
+
+
+def rows_per_forward(batch: int, length: int, *, width: int, n_layer: int, budget: int) -> int:
+    """How many rows of a (batch, length) input one forward call may take, its activations within ``budget``.
+
+    Per position a forward keeps every layer's hidden state (``output_hidden_states``) and, inside a layer,
+    the attention scores of a row (the training module materialises them) and the feed-forward's three 4x-wide
+    intermediates.
+    """
+    per_position = 4 * ((n_layer + 1) * width + 12 * width + 3 * length)
+    return max(1, min(batch, budget // max(1, length * per_position)))
 
 
 def position_chunks(length: int, positions_per_chunk: int) -> list[tuple[int, int]]:
-    """``[(start, stop), ...]`` covering ``range(length)`` in steps of ``positions_per_chunk`` (at least 1)."""
+    """``[(start, stop), ...]`` covering ``range(length)`` in steps of ``positions_per_chunk`` (>= 1)."""
     step = max(1, positions_per_chunk)
     return [(s, min(s + step, length)) for s in range(0, length, step)]
 
@@ -96,9 +141,9 @@ def share_causal_masks(model, ckpt) -> int:
 
     The training module keeps a (block_size, block_size) float mask per head, read from the checkpoint: at a
     1024-token context that is 4 MiB per head, 268 MB for 8 layers of 8 heads, most of a small model's weights
-    again, and every full-context forward pages all of it in. Each buffer is compared with ``tril(ones)`` and its
-    file pages are dropped again (``ckpt.release``) before the next is read; only buffers equal to it are replaced,
-    so the module computes exactly what it computed before. Returns how many were shared.
+    again, and every full-context forward pages all of it in. Each buffer is compared with ``tril(ones)`` and
+    its file pages are dropped again (``ckpt.release``) before the next is read; only buffers equal to it are
+    replaced, so the module computes exactly what it computed before. Returns how many were shared.
     """
     size = model.config.block_size
     shared = torch.tril(torch.ones(size, size))
@@ -140,7 +185,7 @@ class ParityInput:
 def make_parity_inputs(
     vocab_size: int, block_size: int, prompts: Sequence[str], prompt_ids: Sequence[Sequence[int]]
 ) -> list[ParityInput]:
-    """Seeded random ids (batch of 2 at lengths 1, block_size // 2 and block_size) plus each tokenized prompt."""
+    """Seeded random ids (2 rows at lengths 1, block_size // 2, block_size) and each tokenized prompt."""
     generator = torch.Generator().manual_seed(PARITY_SEED)
     inputs = []
     for length in sorted({1, max(1, block_size // 2), block_size}):
@@ -152,7 +197,7 @@ def make_parity_inputs(
 
 
 def eval_windows(ids: Sequence[int], block_size: int) -> list[list[int]]:
-    """Non-overlapping windows of ``block_size`` tokens; a last window shorter than 2 tokens predicts nothing."""
+    """Non-overlapping windows of ``block_size`` tokens; a last window of 1 token predicts nothing."""
     windows = [list(ids[i : i + block_size]) for i in range(0, len(ids), block_size)]
     return [w for w in windows if len(w) >= 2]
 
@@ -174,13 +219,14 @@ class ReferenceOutputs:
     inputs: list[ParityInput]
     n_hidden: int  # hidden states per input: embeddings + one per block
     vocab_size: int
+    width: int  # n_embd
     nll_sum: float
     nll_tokens: int
     greedy: list[GreedyRun]
 
     @property
     def perplexity(self) -> float:
-        return math.exp(self.nll_sum / self.nll_tokens) if self.nll_tokens else float("nan")
+        return perplexity(self.nll_sum, self.nll_tokens)
 
 
 @torch.no_grad()
@@ -199,30 +245,49 @@ def reference_outputs(
     """Everything the candidate is compared with, from the training module (``modeling.reference``)."""
     cfg = model.config
     V = cfg.vocab_size
-    captured: dict[str, torch.Tensor] = {}
+    state: dict[str, Any] = {}
 
-    def last_position_only(module, args):  # the forward's own lm_head call: one position; we do the rest
-        (normed,) = args
-        captured["normed"] = normed  # (B, T, C)
-        return (normed[:, -1:, :],)
+    # Hooks stream what the reference's own forward computes: each hidden state goes to the spill as soon as
+    # it exists (no list of all of them), and the forward's lm_head sees only the last position; the logits of
+    # every position are then made by the same lm_head, a chunk of positions at a time.
+    def spill_hidden(layer: int, h: torch.Tensor) -> None:
+        for row in range(h.shape[0]):
+            spill.append(f"{state['key']}.r{state['r0'] + row}.h{layer}", h[row])  # (T, C)
 
-    for inp in inputs:
-        B, T = inp.ids.shape
-        handle = model.lm_head.register_forward_pre_hook(last_position_only)
-        try:
-            _, _, hidden = model(inp.ids, return_hidden_states=True)
-        finally:
-            handle.remove()
-        normed = captured.pop("normed")
-        for s, e in position_chunks(T, budget // (B * V * 4)):
-            logits = model.lm_head(normed[:, s:e])  # (B, e-s, V)
-            for row in range(B):
-                spill.append(f"{inp.key}.r{row}.logits", logits[row])  # (e-s, V)
-            del logits
-        for layer, h in enumerate(hidden):
-            for row in range(B):
-                spill.append(f"{inp.key}.r{row}.h{layer}", h[row])  # (T, C)
-        del hidden, normed
+    def embeddings(module, args):
+        spill_hidden(0, args[0])
+
+    def block_output(layer: int):
+        return lambda module, args, output: spill_hidden(layer, output)
+
+    def last_position_only(module, args):
+        state["normed"] = args[0]  # (b, T, C)
+        return (args[0][:, -1:, :],)
+
+    hooks = [model.blocks[0].register_forward_pre_hook(embeddings)]
+    hooks += [block.register_forward_hook(block_output(i + 1)) for i, block in enumerate(model.blocks)]
+    hooks.append(model.lm_head.register_forward_pre_hook(last_position_only))
+    try:
+        for inp in inputs:
+            B, T = inp.ids.shape
+            rows = rows_per_forward(B, T, width=cfg.n_embd, n_layer=cfg.n_layer, budget=budget)
+            for r0 in range(0, B, rows):
+                ids = inp.ids[r0 : r0 + rows]
+                state.update(key=inp.key, r0=r0)
+                model(ids)
+                normed = state.pop("normed")
+                for s, e in position_chunks(T, budget // (ids.shape[0] * V * 4)):
+                    # lm_head's own computation, called directly: the hook would cut its input to one
+                    # position.
+                    logits = F.linear(normed[:, s:e], model.lm_head.weight, model.lm_head.bias)  # (b, e-s, V)
+                    for row in range(ids.shape[0]):
+                        spill.append(f"{inp.key}.r{r0 + row}.logits", logits[row])  # (e-s, V)
+                    del logits
+                del normed
+                trim_heap()
+    finally:
+        for hook in hooks:
+            hook.remove()
     nll_sum, nll_tokens = perplexity_nll(
         lambda x: model(x)[0], eval_ids, window=window, vocab_size=V, budget=budget
     )
@@ -242,10 +307,19 @@ def reference_outputs(
         inputs=inputs,
         n_hidden=cfg.n_layer + 1,
         vocab_size=cfg.vocab_size,
+        width=cfg.n_embd,
         nll_sum=nll_sum,
         nll_tokens=nll_tokens,
         greedy=greedy,
     )
+
+
+def perplexity(nll_sum: float, tokens: int) -> float:
+    """exp(mean negative log-likelihood); inf where that overflows, nan without tokens."""
+    if not tokens:
+        return float("nan")
+    mean = nll_sum / tokens
+    return math.exp(mean) if mean < 700 else float("inf")
 
 
 def perplexity_window(block_size: int, vocab_size: int, budget: int) -> int:
@@ -272,13 +346,15 @@ def perplexity_nll(
     with torch.no_grad():
         for batch in batches:
             x = torch.tensor(batch)
-            logits = logits_of(x)[:, :-1]  # (b, T-1, V)
-            flat, targets = logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1)
-            for i in range(0, flat.shape[0], chunk):
-                part = flat[i : i + chunk].double()
-                total += F.cross_entropy(part, targets[i : i + chunk], reduction="sum").item()
-            count += targets.numel()
-            del logits, flat
+            logits = logits_of(x)  # (b, T, V)
+            for row in range(x.shape[0]):
+                for i in range(0, x.shape[1] - 1, chunk):
+                    stop = min(i + chunk, x.shape[1] - 1)
+                    part = logits[row, i:stop].double()  # predicts tokens i+1 .. stop
+                    total += F.cross_entropy(part, x[row, i + 1 : stop + 1], reduction="sum").item()
+                    count += stop - i
+            del logits
+            trim_heap()
     return total, count
 
 
@@ -297,7 +373,7 @@ class ParityFigures:
     first_divergent_hidden: int | None = None  # index into the hidden states (0 = embeddings)
 
     def location(self, n_hidden: int) -> str | None:
-        """Where the first divergence is, in words; None when no hidden state diverges (or none were given)."""
+        """Where the first divergence is, in words; None without per-layer figures."""
         if self.first_divergent_hidden is None:
             if self.per_layer_rel_diff is None:
                 return None
@@ -314,66 +390,103 @@ class ParityFigures:
 
 
 @torch.no_grad()
-def compare_parity(
-    model, reference: ReferenceOutputs, spill: Spill, *, hidden_rel_tol: float, budget: int
-) -> ParityFigures:
-    """Run the candidate on the parity inputs and compare logits and hidden states with the spilled reference."""
+def compare_logits(model, reference: ReferenceOutputs, spill: Spill, *, budget: int) -> ParityFigures:
+    """Run the candidate on the parity inputs and compare its logits with the spilled reference's."""
     V = reference.vocab_size
     chunk = max(1, CHUNK_BYTES // (V * 8))
     max_abs, sum_abs, n_el, agree, kl_sum, positions = 0.0, 0.0, 0, 0, 0.0, 0
-    layer_diff = [0.0] * reference.n_hidden
-    layer_ref = [0.0] * reference.n_hidden
-    have_hidden = True
     for inp in reference.inputs:
         B, T = inp.ids.shape
-        for s, e in position_chunks(T, budget // (B * V * 4)):
-            if (s, e) == (0, T):
-                out = model(input_ids=inp.ids, output_hidden_states=True)
-            else:
-                out = model(input_ids=inp.ids[:, :e], output_hidden_states=True, logits_to_keep=e - s)
-            logits = out.logits[:, -(e - s) :]  # (B, e-s, V); sliced again in case logits_to_keep is ignored
-            if logits.shape[-1] != V:
-                raise ValueError(f"candidate has {logits.shape[-1]} logits per position, the reference {V}")
-            for row in range(B):
-                for i in range(0, e - s, chunk):
-                    cand = logits[row, i : i + chunk].double()
-                    ref = spill.rows(f"{inp.key}.r{row}.logits", s + i, s + i + cand.shape[0]).double()
-                    diff = (cand - ref).abs_()
-                    max_abs = max(max_abs, float(diff.max()))
-                    sum_abs += float(diff.sum())
-                    n_el += diff.numel()
-                    agree += int((cand.argmax(-1) == ref.argmax(-1)).sum())
-                    lp_ref, lp_cand = F.log_softmax(ref, -1), F.log_softmax(cand, -1)
-                    kl_sum += float((lp_ref.exp() * (lp_ref - lp_cand)).sum())
-                    positions += cand.shape[0]
-                    del cand, ref, diff, lp_ref, lp_cand
-            hidden = out.hidden_states
-            if hidden is None or len(hidden) != reference.n_hidden:
-                have_hidden = False
-            else:
-                for layer, h in enumerate(hidden):
-                    for row in range(B):
-                        ref_h = spill.rows(f"{inp.key}.r{row}.h{layer}", s, e).double()
-                        cand_h = h[row, s:e].double()
-                        layer_diff[layer] = max(layer_diff[layer], float((cand_h - ref_h).abs().max()))
-                        layer_ref[layer] = max(layer_ref[layer], float(ref_h.abs().max()))
-            del out, logits, hidden
-    figures = ParityFigures(
+        rows = rows_per_forward(B, T, width=reference.width, n_layer=reference.n_hidden - 1, budget=budget)
+        for r0 in range(0, B, rows):
+            ids = inp.ids[r0 : r0 + rows]
+            b = ids.shape[0]
+            for s, e in position_chunks(T, budget // (b * V * 4)):
+                # Users' plain forward; no key/value cache is built (use_cache=False), as for any scoring.
+                if (s, e) == (0, T):
+                    out = model(input_ids=ids, use_cache=False)
+                else:
+                    out = model(input_ids=ids[:, :e], use_cache=False, logits_to_keep=e - s)
+                logits = out.logits[
+                    :, -(e - s) :
+                ]  # (b, e-s, V); sliced again in case logits_to_keep is ignored
+                if logits.shape[-1] != V:
+                    raise ValueError(
+                        f"candidate has {logits.shape[-1]} logits per position, the reference {V}"
+                    )
+                for row in range(b):
+                    for i in range(0, e - s, chunk):
+                        cand = logits[row, i : i + chunk].double()
+                        ref = spill.rows(
+                            f"{inp.key}.r{r0 + row}.logits", s + i, s + i + cand.shape[0]
+                        ).double()
+                        diff = (cand - ref).abs_()
+                        max_abs = _max(max_abs, float(diff.max()))
+                        sum_abs += float(diff.sum())
+                        n_el += diff.numel()
+                        agree += int((cand.argmax(-1) == ref.argmax(-1)).sum())
+                        lp_ref, lp_cand = F.log_softmax(ref, -1), F.log_softmax(cand, -1)
+                        kl_sum += float((lp_ref.exp() * (lp_ref - lp_cand)).sum())
+                        positions += cand.shape[0]
+                        del cand, ref, diff, lp_ref, lp_cand
+                del out, logits
+                trim_heap()
+    return ParityFigures(
         max_abs_diff=max_abs,
         mean_abs_diff=sum_abs / max(1, n_el),
         top1_agreement=agree / max(1, positions),
-        kl_divergence=max(0.0, kl_sum / max(1, positions)),
+        kl_divergence=_at_least_zero(kl_sum / max(1, positions)),  # rounding can dip below 0
         positions=positions,
     )
-    if have_hidden:
-        figures.per_layer_max_abs_diff = layer_diff
-        figures.per_layer_rel_diff = [
-            d / r if r > 0 else d for d, r in zip(layer_diff, layer_ref, strict=True)
-        ]
-        figures.first_divergent_hidden = next(
-            (i for i, rel in enumerate(figures.per_layer_rel_diff) if not rel <= hidden_rel_tol), None
-        )
-    return figures
+
+
+@torch.no_grad()
+def locate_divergence(
+    model,
+    reference: ReferenceOutputs,
+    spill: Spill,
+    figures: ParityFigures,
+    *,
+    hidden_rel_tol: float,
+    budget: int,
+) -> None:
+    """Fill in ``figures``' per-layer hidden-state differences and the first hidden state that diverges.
+
+    Run only when the logits disagree: a second pass with ``output_hidden_states=True`` (and one position of
+    logits), so a passing verification never holds every layer's activations.
+    """
+    n = reference.n_hidden
+    layer_diff, layer_ref = [0.0] * n, [0.0] * n
+    for inp in reference.inputs:
+        B, T = inp.ids.shape
+        rows = rows_per_forward(B, T, width=reference.width, n_layer=n - 1, budget=budget)
+        for r0 in range(0, B, rows):
+            ids = inp.ids[r0 : r0 + rows]
+            out = model(input_ids=ids, use_cache=False, output_hidden_states=True, logits_to_keep=1)
+            hidden = out.hidden_states
+            if hidden is None or len(hidden) != n:
+                return  # the candidate does not report one hidden state per layer: nothing to locate with
+            for layer, h in enumerate(hidden):
+                for row in range(ids.shape[0]):
+                    ref_h = spill.rows(f"{inp.key}.r{r0 + row}.h{layer}", 0, T).double()
+                    layer_diff[layer] = _max(layer_diff[layer], float((h[row].double() - ref_h).abs().max()))
+                    layer_ref[layer] = max(layer_ref[layer], float(ref_h.abs().max()))
+            del out, hidden
+            trim_heap()
+    figures.per_layer_max_abs_diff = layer_diff
+    figures.per_layer_rel_diff = [d / r if r > 0 else d for d, r in zip(layer_diff, layer_ref, strict=True)]
+    figures.first_divergent_hidden = next(
+        (i for i, rel in enumerate(figures.per_layer_rel_diff) if not rel <= hidden_rel_tol), None
+    )
+
+
+def _max(a: float, b: float) -> float:
+    """max() that keeps a NaN (Python's max(0.0, nan) is 0.0: a NaN logit would pass as a perfect match)."""
+    return a if a != a else b if b != b else max(a, b)
+
+
+def _at_least_zero(value: float) -> float:
+    return 0.0 if value < 0 else value  # NaN stays NaN
 
 
 # --------------------------------------------------------------------------- candidate side: generation
@@ -434,7 +547,7 @@ class Divergence:
 
 
 def compare_greedy(expected: GreedyRun, actual: list[int], *, tie_margin: float) -> Divergence:
-    """Token for token; a divergence is tolerated only at a near tie (within ``tie_margin``) of ``expected``."""
+    """Token for token; a divergence is tolerated only at a near tie (``tie_margin``) of ``expected``."""
     a, b = expected.ids, actual
     n = min(len(a), len(b))
     index = next((i for i in range(n) if a[i] != b[i]), None)

@@ -1,10 +1,11 @@
 """Remote-code hygiene of a model folder, checked statically (nothing is imported).
 
-- ``config.json``'s ``auto_map`` must point at files shipped in the folder that define the named classes (not at
-  code in another repo, ``other/repo--module.Class``, and not at a file that is missing);
+- ``config.json``'s ``auto_map`` must point at files shipped in the folder that define the named classes (not
+  at code in another repo, ``other/repo--module.Class``, and not at a file that is missing);
 - every ``*.py`` in the folder may import only torch, transformers, the standard library and its sibling files
   (relative imports). This repo's packages (``release``, ``modeling``, ``tests``) are called out by name: they
-  exist on the machine that converted the model and nowhere else, so such a file passes here and breaks for users.
+  exist on the machine that converted the model and nowhere else, so such a file passes here and breaks for
+  users.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class HygieneResult:
 
 
 def check_remote_code_hygiene(folder: Path) -> HygieneResult:
-    """Check ``auto_map`` and the imports of every Python file under ``folder``; problems are listed, not raised."""
+    """Check ``auto_map`` and the imports of every Python file under ``folder``; problems are listed."""
     folder = Path(folder)
     result = HygieneResult()
     trees: dict[str, ast.Module] = {}
@@ -113,8 +114,8 @@ def _scan_imports(rel: str, tree: ast.Module, folder: Path) -> tuple[list[str], 
             )
         elif top not in stdlib and top not in ALLOWED_THIRD_PARTY:
             problems.append(
-                f"{rel}:{lineno} imports {module}; remote code may import only torch, transformers, the standard "
-                "library and its sibling files"
+                f"{rel}:{lineno} imports {module}; remote code may import only torch, transformers, the "
+                "standard library and its sibling files"
             )
 
     for node in ast.walk(tree):

@@ -1,19 +1,21 @@
 """Loading a candidate exactly as users load it, with remote code that cannot come from a stale cache.
 
-Users run ``AutoModelForCausalLM.from_pretrained(path_or_id, trust_remote_code=True)``. transformers then copies
-the folder's ``*.py`` files into ``HF_MODULES_CACHE`` and imports them as ``transformers_modules.<...>``; both the
-copy on disk and the module in ``sys.modules`` outlive the call. A verification must never pass because an old,
-correct copy answered instead of the shipped file, so every load here happens inside ``fresh_remote_code_modules``.
+Users run ``AutoModelForCausalLM.from_pretrained(path_or_id, trust_remote_code=True)``. transformers then
+copies the folder's ``*.py`` files into ``HF_MODULES_CACHE`` and imports them as
+``transformers_modules.<...>``; both the copy on disk and the module in ``sys.modules`` outlive the call. A
+verification must never pass because an old, correct copy answered instead of the shipped file, so every load
+here happens inside ``fresh_remote_code_modules``.
 
-Why in-process and not a subprocess with its own ``HF_MODULES_CACHE``: a child interpreter is the most obviously
-isolated, but on the CPU runners this targets importing torch + transformers takes ~10 s and ~330 MB of RSS, as
-much memory as the ~85M-parameter benchmark model's weights; the memory gate (peak <= baseline + 1.3x weights)
-could not hold with a second interpreter alive next to the parent. In-process isolation is three pieces of state,
-all restored afterwards: the modules-cache path (read once at import into ``transformers.dynamic_module_utils``
-and ``transformers.utils.hub``; both are repointed to a new temporary folder), ``sys.modules`` (every
-``transformers_modules*`` entry is taken out before and after, so the import system cannot find an old module
-object or an old package ``__path__``), and ``sys.path`` / the import caches. tests/test_verify.py poisons both the
-on-disk cache and ``sys.modules`` with a correct module and checks a broken file still fails.
+Why in-process and not a subprocess with its own ``HF_MODULES_CACHE``: a child interpreter is the most
+obviously isolated, but on the CPU runners this targets importing torch + transformers takes ~10 s and ~330 MB
+of RSS, as much memory as the ~85M-parameter benchmark model's weights; the memory gate (peak <= baseline +
+1.3x weights) could not hold with a second interpreter alive next to the parent. In-process isolation is three
+pieces of state, all restored afterwards: the modules-cache path (read once at import into
+``transformers.dynamic_module_utils`` and ``transformers.utils.hub``; both are repointed to a new temporary
+folder), ``sys.modules`` (every ``transformers_modules*`` entry is taken out before and after, so the import
+system cannot find an old module object or an old package ``__path__``), and ``sys.path`` / the import caches.
+tests/test_verify.py poisons both the on-disk cache and ``sys.modules`` with a correct module and checks a
+broken file still fails.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)
 
 
 def hf_token() -> str | bool:
-    """The Hub token: ``$HF_TOKEN`` only. ``False`` (send none) rather than a token file found on the machine."""
+    """The Hub token: ``$HF_TOKEN`` only; ``False`` (send none) rather than a token file on the machine."""
     return os.environ.get("HF_TOKEN") or False
 
 
@@ -176,7 +178,8 @@ def folder_file_hashes(folder: Path) -> dict[str, str]:
 def load_candidate(source: CandidateSource):
     """``AutoModelForCausalLM`` and ``AutoTokenizer`` with ``trust_remote_code=True``, nothing else changed.
 
-    Call inside ``fresh_remote_code_modules``. Progress bars are off while loading (the CI log stays readable).
+    Call inside ``fresh_remote_code_modules``. Progress bars are off while loading (the CI log stays
+    readable).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging

@@ -1,10 +1,10 @@
-"""The verification report and its gates: thresholds per dtype, pass/fail lines, ``verification.json``, Markdown.
+"""The verification report and its gates: thresholds per dtype, failure lines, verification.json, Markdown.
 
 Pure Python (no torch): the card and publish steps read reports through this module without paying for torch.
 
 ``verification.json`` (schema_version 1) is written with sorted keys and an indent of 2. Its figures are
-deterministic on one machine (fixed seeds, CPU); only ``timings`` vary, which is why the file is not uploaded and
-the card uses only the deterministic fields.
+deterministic on one machine (fixed seeds, CPU); only ``timings`` vary, which is why the file is not uploaded
+and the card uses only the deterministic fields.
 """
 
 from __future__ import annotations
@@ -41,26 +41,29 @@ _DTYPE_ALIASES = {
 class Gates:
     """Thresholds of the verification gates. ``None`` turns a gate off. Build with ``Gates.for_dtype``.
 
-    Logits are always compared with the float32 training module, so a half-precision export is judged by what its
-    rounding can explain. Defaults (see ``for_dtype``):
+    Logits are always compared with the float32 training module, so a half-precision export is judged by what
+    its rounding can explain. Defaults (see ``for_dtype``):
 
     ============================  =========  =========  =========
     threshold                     float32    bfloat16   float16
     ============================  =========  =========  =========
     max_abs_diff (logits)         1e-4       off        off
-    mean_abs_diff (logits)        off        5e-2       1e-2
-    min_top1_agreement            1.0        0.95       0.98
-    max_kl_divergence (nats)      off        5e-3       1e-3
-    max_perplexity_rel_diff       1e-3       5e-3       1e-3
+    mean_abs_diff (logits)        off        6e-2       1e-2
+    min_top1_agreement            1.0        0.95       0.99
+    max_kl_divergence (nats)      off        1.5e-3     5e-5
+    max_perplexity_rel_diff       1e-3       1e-3       1e-3
     greedy_tie_margin (logits)    0          0.25       0.05
     hidden_rel_tol (locating)     1e-4       5e-2       1e-2
     ============================  =========  =========  =========
 
     float32 must match to rounding noise (different kernels: per-head matmuls vs fused QKV and SDPA). bfloat16
     keeps 8 significant bits (relative step 2**-8) and float16 11: the largest logit error of a half-precision
-    model grows with the logits' range, so it is not gated; the mean error, the distributions' KL divergence and
-    top-1 agreement are. The values come from measurements on the demo models (see tests/test_verify.py) with a
-    margin of about 3x.
+    model grows with the logits' range, so it is not gated; the mean error, the distributions' KL divergence
+    and top-1 agreement are. Measured on two models trained on the demo text (widths 64 and 128, vocab 384),
+    the figures were, bfloat16 / float16: max abs diff <= 0.22 / 0.027, mean <= 0.019 / 0.0024, top-1 >= 98.2%
+    / 100%, KL <= 4.0e-4 / 7.0e-6, perplexity relative diff <= 3.1e-4 / 3.6e-5, hidden states relative <=
+    0.015 / 0.0021, and greedy decoding parted at near ties only, with margins <= 0.063 / 0.0044 (float32: max
+    abs diff <= 1.3e-5, every continuation equal). Each default leaves a margin of about 3x or more.
     """
 
     dtype: str = "float32"
@@ -75,16 +78,16 @@ class Gates:
     # perplexity on the evaluation text: |ppl_candidate - ppl_reference| / ppl_reference.
     max_perplexity_rel_diff: float | None = 1e-3
     # Greedy decoding may part ways with the reference only where the reference's logits for the two competing
-    # tokens are within this margin: a near tie the dtype's rounding can flip (the rest of that continuation is
-    # then not compared). 0 demands token-for-token equality.
+    # tokens are within this margin: a near tie the dtype's rounding can flip (the rest of that continuation
+    # is then not compared). 0 demands token-for-token equality.
     greedy_tie_margin: float = 0.0
-    # Not a gate: a hidden state "diverges" when max|diff| / max|reference| exceeds this; the first one that does
-    # names the layer in the failure lines.
+    # Not a gate: a hidden state "diverges" when max|diff| / max|reference| exceeds this; the first one that
+    # does names the layer in the failure lines.
     hidden_rel_tol: float = 1e-4
 
     @classmethod
     def for_dtype(cls, dtype: str) -> Gates:
-        """The documented defaults for an export dtype (``"float32"``, ``"bfloat16"``/``"bf16"``, ``"float16"``)."""
+        """The documented defaults for an export dtype: ``float32``, ``bfloat16`` (``bf16``), ``float16``."""
         name = _DTYPE_ALIASES.get(str(dtype).lower())
         if name is None:
             raise UsageError(f"no default gates for dtype {dtype!r}; use one of float32, bfloat16, float16")
@@ -92,10 +95,10 @@ class Gates:
             return cls(
                 dtype=name,
                 max_abs_diff=None,
-                mean_abs_diff=5e-2,
+                mean_abs_diff=6e-2,
                 min_top1_agreement=0.95,
-                max_kl_divergence=5e-3,
-                max_perplexity_rel_diff=5e-3,
+                max_kl_divergence=1.5e-3,
+                max_perplexity_rel_diff=1e-3,
                 greedy_tie_margin=0.25,
                 hidden_rel_tol=5e-2,
             )
@@ -104,8 +107,8 @@ class Gates:
                 dtype=name,
                 max_abs_diff=None,
                 mean_abs_diff=1e-2,
-                min_top1_agreement=0.98,
-                max_kl_divergence=1e-3,
+                min_top1_agreement=0.99,
+                max_kl_divergence=5e-5,
                 max_perplexity_rel_diff=1e-3,
                 greedy_tie_margin=0.05,
                 hidden_rel_tol=1e-2,
@@ -113,7 +116,7 @@ class Gates:
         return cls()
 
     def with_overrides(self, overrides: dict[str, str | float | None]) -> Gates:
-        """A copy with some thresholds replaced, e.g. ``{"max_abs_diff": "2e-4", "max_kl_divergence": "off"}``.
+        """A copy with thresholds replaced, e.g. ``{"max_abs_diff": "2e-4", "max_kl_divergence": "off"}``.
 
         Raises:
             UsageError: An unknown name or a value that is not a non-negative number (or ``off``/``none``).
@@ -216,10 +219,10 @@ class VerificationReport:
         )
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=False) + "\n"
+        return json.dumps(_json_safe(self.to_dict()), indent=2, sort_keys=True, allow_nan=False) + "\n"
 
     def write(self, path: Path) -> Path:
-        """Write ``verification.json`` to ``path`` and the Markdown summary beside it (``<stem>.md``), atomically."""
+        """Write ``verification.json`` to ``path`` and the Markdown beside it (``<stem>.md``), atomically."""
         path = Path(path)
         write_text_atomic(path, self.to_json())
         write_text_atomic(path.with_suffix(".md"), self.markdown())
@@ -228,6 +231,18 @@ class VerificationReport:
     def markdown(self) -> str:
         """The summary rendered from ``templates/verification.md.j2``."""
         return render_markdown(self.to_dict())
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and infinities (a broken candidate's figures) as the strings "nan", "inf", "-inf": JSON has no such
+    numbers."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def read_report(path: Path) -> dict[str, Any]:

@@ -1,9 +1,9 @@
 """release verify: a correct conversion passes, and each gate fails when it should, saying where.
 
-Real files throughout: a tiny training checkpoint, converted by ``release.convert``; broken candidates are copies of
-that folder with one thing changed (a weight, the order of two heads, a line of the modeling file, the tokenizer).
-Most runs use ``FAST`` settings (two prompts, 12 new tokens, a short text); the correct conversion is verified
-once with the defaults.
+Real files throughout: a tiny training checkpoint, converted by ``release.convert``; broken candidates are
+copies of that folder with one thing changed (a weight, the order of two heads, a line of the modeling file,
+the tokenizer). Most runs use ``Release.fast()`` settings (two prompts, 12 new tokens, a short text); the
+correct conversion is verified once with the defaults.
 """
 
 from __future__ import annotations
@@ -108,8 +108,9 @@ def good(release):
         mp.setattr(checkpoint_module, "load_reference_model", load_reference)
         mp.setattr(loading_module, "load_candidate", load_candidate)
         path = release.root / "good" / "verification.json"
-        report = verify_model(release.model_dir, checkpoint=release.checkpoint, tokenizer=release.tokenizer,
-                              report_path=path)  # fmt: skip
+        report = verify_model(
+            release.model_dir, checkpoint=release.checkpoint, tokenizer=release.tokenizer, report_path=path
+        )
     return report, path, seen
 
 
@@ -349,6 +350,18 @@ def test_broken_modeling_file_fails_load_and_hygiene_and_still_reports(release, 
     assert "Not measured" in (tmp_path / "dist" / "verification.md").read_text()
 
 
+def test_nan_weights_fail_and_the_report_is_still_valid_json(release, tmp_path):
+    from release.verify import verify_model
+
+    folder = release.copy(tmp_path / "model")
+    edit_tensor(folder, "model.layers.0.mlp.up_proj.weight", lambda w: w.fill_(float("nan")))
+    report = verify_model(folder, **release.fast(report_path=tmp_path / "verification.json"))
+    assert {"parity.max_abs_diff", "perplexity", "generation.greedy"} <= failed(report)
+    data = json.loads((tmp_path / "verification.json").read_text())  # strict JSON: NaN is written as "nan"
+    assert data["parity"]["max_abs_diff"] == "nan" and data["passed"] is False
+    assert report.parity["first_divergent_layer"] == 0
+
+
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_half_precision_export_passes_its_documented_gates(release, tmp_path, dtype):
     from release.convert import convert_checkpoint
@@ -414,8 +427,11 @@ def cli(monkeypatch, tmp_path):
 
 
 def fast_options(release):
-    return ["--checkpoint", release.checkpoint, "--tokenizer", release.tokenizer, "--prompt", "The Fox",
-            "--prompt", "Once upon a time", "--max-new-tokens", 8, "--eval-text", release.short_text]  # fmt: skip
+    return [
+        *("--checkpoint", release.checkpoint, "--tokenizer", release.tokenizer),
+        *("--prompt", "The Fox", "--prompt", "Once upon a time"),
+        *("--max-new-tokens", 8, "--eval-text", release.short_text),
+    ]
 
 
 def test_cli_verify_passes_writes_reports_beside_the_model_folder_and_the_step_summary(
@@ -464,8 +480,8 @@ def test_cli_generate_and_generate_text_agree_with_the_verified_continuation(rel
     case = good[0].generation["cases"][0]
     text = generate_text(release.model_dir, prompt=case["prompt"], max_new_tokens=32)
     assert text == case["prompt"] + case["text"]
-    result = cli("generate", release.model_dir, "--prompt", "The Fox", "--max-new-tokens", 5, "--temperature", 0.8,
-                 "--top-k", 20, "--seed", 3)  # fmt: skip
+    sampled = ("--temperature", 0.8, "--top-k", 20, "--seed", 3)
+    result = cli("generate", release.model_dir, "--prompt", "The Fox", "--max-new-tokens", 5, *sampled)
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("The Fox")
     too_long = cli("generate", release.model_dir, "--prompt", "The Fox", "--max-new-tokens", 64)
@@ -573,11 +589,19 @@ def test_gates_per_dtype_and_overrides():
 def test_spill_reads_back_row_ranges_and_chunks_cover_every_position():
     import torch
 
-    from release.verify_checks import MIN_LOGITS_BUDGET, Spill, logits_budget, position_chunks
+    from release.verify_checks import (
+        MIN_LOGITS_BUDGET,
+        Spill,
+        logits_budget,
+        position_chunks,
+        rows_per_forward,
+    )
 
     assert position_chunks(5, 2) == [(0, 2), (2, 4), (4, 5)]
     assert position_chunks(3, 0) == [(0, 1), (1, 2), (2, 3)]
-    assert logits_budget(10) == MIN_LOGITS_BUDGET and logits_budget(10**9) == 10**8
+    assert logits_budget(10) == MIN_LOGITS_BUDGET and logits_budget(16 * 10**8) == 10**8
+    assert rows_per_forward(2, 64, width=32, n_layer=2, budget=10**8) == 2
+    assert rows_per_forward(2, 1024, width=512, n_layer=8, budget=21 * 10**6) == 1
     x = torch.randn(7, 3, 5)
     with Spill() as spill:
         spill.append("x", x[:4])
@@ -589,10 +613,11 @@ def test_logits_beyond_the_budget_are_compared_by_position_chunks(release, good,
     import release.verify_checks as checks
     from release.verify import verify_model
 
-    # 2 rows x 10 positions x 384 logits x 4 bytes: a forward may return 10 positions of a batch of 2.
-    monkeypatch.setattr(checks, "MIN_LOGITS_BUDGET", 2 * 10 * 384 * 4)
+    # 20 positions x 384 logits x 4 bytes: a forward may return 20 positions of one row (a 64-token row's
+    # activations exceed it too, so rows go one at a time).
+    monkeypatch.setattr(checks, "MIN_LOGITS_BUDGET", 20 * 384 * 4)
     calls = []
-    real = checks.compare_parity
+    real = checks.compare_logits
 
     def spy(model, *args, **kwargs):
         original = model.forward
@@ -607,14 +632,13 @@ def test_logits_beyond_the_budget_are_compared_by_position_chunks(release, good,
         finally:
             del model.forward
 
-    monkeypatch.setattr(checks, "compare_parity", spy)
+    monkeypatch.setattr(checks, "compare_logits", spy)
     report = verify_model(release.model_dir, **release.fast())
     assert report.passed, report.failures
-    assert (
-        10 in calls and None in calls
-    )  # prefixes with logits_to_keep for 64 positions; plain calls for short ones
+    # Prefixes with logits_to_keep for the 32- and 64-token inputs (20 + 12; 20 + 20 + 20 + 4), plain calls
+    # for the batch of two 1-token rows and for the prompts.
+    assert {20, 12, 4, None} <= set(calls)
     assert report.perplexity["window"] == 20
-    assert report.parity["positions"] == 2 * (1 + 32 + 64) + sum(
-        i["length"] for i in report.parity["inputs"][3:]
-    )
+    prompt_tokens = sum(i["length"] for i in report.parity["inputs"] if i["kind"] == "prompt")
+    assert report.parity["positions"] == 2 * (1 + 32 + 64) + prompt_tokens
     assert report.parity["max_abs_diff"] <= 1e-4 and report.parity["top1_agreement"] == 1.0

@@ -1,0 +1,265 @@
+"""Benchmark ``release verify``: peak memory against the weights' bytes, time against the reference alone.
+
+Generates a training checkpoint (the ~85M-parameter shape of ``bench_convert.py``: GPT-2 vocabulary, 8 layers
+of width 512, a 1024-token context) and converts it with ``release.convert``, then runs each contender in its
+own Python process and reads, inside that process, its wall time (start-up and imports excluded) and its peak
+RSS (VmHWM):
+
+    baseline    the interpreter with torch, transformers (auto classes, pipeline), release.verify and the
+                reference model's code imported: what every contender pays before doing anything
+    reference   the training module alone: load the checkpoint, one forward over a full-context row, then
+                greedy decoding of ``--max-new-tokens`` tokens from a short prompt (the unit of time)
+    both        the training module and the transformers model loaded at once, one forward each: what a naive
+                verifier that holds both models needs
+    verify      release.verify.verify_model with its defaults (3 prompts, 32 new tokens, the shipped text)
+
+Targets (issue #4): verify's peak RSS - baseline <= 1.3x the weights' bytes (holding both needs > 2x);
+verify's wall time is reported as a multiple of the reference pass.
+
+    python benchmarks/bench_verify.py            # ~85M parameters
+    python benchmarks/bench_verify.py --small    # a few million, for a quick check
+    python benchmarks/bench_verify.py --json results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# The same shapes as benchmarks/bench_convert.py.
+FULL = {
+    "vocab_size": 50257,
+    "n_embd": 512,
+    "n_head": 8,
+    "n_layer": 8,
+    "block_size": 1024,
+}  # ~85.5M parameters
+SMALL = {"vocab_size": 8192, "n_embd": 256, "n_head": 4, "n_layer": 4, "block_size": 256}  # ~7.4M parameters
+ROLES = ("baseline", "reference", "both", "verify")
+
+IMPORTS = """
+import torch, transformers
+from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline  # resolve the lazy modules verify uses
+import release.verify, release.verify_checks, release.verify_loading, release.checkpoint, modeling.reference
+"""
+
+
+def _peak_rss() -> int:
+    """Peak resident set size of this process in bytes (VmHWM; ru_maxrss where /proc is missing)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    scale = 1 if sys.platform == "darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+# --------------------------------------------------------------------------- child processes
+
+
+def child_generate(args: dict) -> dict:
+    import torch
+
+    from modeling.reference import GPTLanguageModel, ReferenceConfig
+    from release.convert import convert_checkpoint
+    from release.demo import demo_text, train_tokenizer, training_config_dict, write_training_checkpoint
+
+    dims = args["dims"]
+    torch.manual_seed(0)
+    model = GPTLanguageModel(ReferenceConfig(**dims, ffn_type="swiglu"))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    for (
+        p
+    ) in model.parameters():  # one real AdamW step: the checkpoint carries optimizer state, as in training
+        p.grad = torch.randn_like(p) * 1e-3
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    config = training_config_dict(
+        n_embd=dims["n_embd"], n_head=dims["n_head"], n_layer=dims["n_layer"], block_size=dims["block_size"]
+    )
+    checkpoint = Path(args["checkpoint"])
+    write_training_checkpoint(
+        model, checkpoint, train_config=config, iter_num=5000, val_loss=3.1, optimizer=optimizer
+    )
+    weights_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    parameters = sum(p.numel() for p in model.parameters())
+    del model, optimizer
+    tokenizer = train_tokenizer(demo_text(), Path(args["tokenizer"]), vocab_size=384)
+    convert_checkpoint(checkpoint, Path(args["model"]), tokenizer=tokenizer, progress=False)
+    return {
+        "parameters": parameters,
+        "weights_bytes": weights_bytes,
+        "checkpoint_bytes": checkpoint.stat().st_size,
+    }
+
+
+def child_run(role: str, args: dict) -> dict:
+    exec(IMPORTS, {})  # noqa: S102 - the same imports for every contender, before the clock starts
+    import torch
+
+    extra: dict = {}
+    start = time.perf_counter()
+    if role == "reference":
+        from release.checkpoint import load_reference_model
+
+        model, ckpt = load_reference_model(Path(args["checkpoint"]))
+        generator = torch.Generator().manual_seed(0)
+        ids = torch.randint(0, model.config.vocab_size, (1, model.config.block_size), generator=generator)
+        with torch.no_grad():
+            model(ids)
+            model.generate_greedy(ids[:, :8], args["max_new_tokens"])
+    elif role == "both":
+        from transformers import AutoModelForCausalLM
+
+        from release.checkpoint import load_reference_model
+
+        reference, ckpt = load_reference_model(Path(args["checkpoint"]))
+        candidate = AutoModelForCausalLM.from_pretrained(args["model"], trust_remote_code=True)
+        ids = torch.randint(
+            0, reference.config.vocab_size, (1, 64), generator=torch.Generator().manual_seed(0)
+        )
+        with torch.no_grad():
+            reference(ids)
+            candidate(input_ids=ids)
+    elif role == "verify":
+        from release.verify import verify_model
+
+        report = verify_model(
+            Path(args["model"]),
+            checkpoint=Path(args["checkpoint"]),
+            tokenizer=Path(args["tokenizer"]),
+            max_new_tokens=args["max_new_tokens"],
+        )
+        extra = {"passed": report.passed, "failures": report.failures, "timings": report.timings}
+    elif role != "baseline":
+        raise SystemExit(f"unknown role {role}")
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "peak_rss": _peak_rss(), **extra}
+
+
+def _spawn(role: str, args: dict) -> dict:
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", role, json.dumps(args)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"{role} failed:\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def run(small: bool, repeat: int, workdir: Path, max_new_tokens: int) -> dict:
+    dims = SMALL if small else FULL
+    paths = {
+        "checkpoint": str(workdir / "ckpt.pt"),
+        "tokenizer": str(workdir / "tokenizer"),
+        "model": str(workdir / "dist" / "model"),
+        "max_new_tokens": max_new_tokens,
+    }
+    print(f"generating and converting a checkpoint with {dims} ...", file=sys.stderr)
+    info = _spawn("generate", {"dims": dims, **paths})
+    print(
+        f"  {info['parameters'] / 1e6:.1f}M parameters, weights {info['weights_bytes'] / 1e6:.0f} MB, "
+        f"checkpoint {info['checkpoint_bytes'] / 1e6:.0f} MB",
+        file=sys.stderr,
+    )
+    samples: dict[str, list[dict]] = {role: [] for role in ROLES}
+    for i in range(repeat):
+        for role in ROLES:
+            result = _spawn(role, paths)
+            samples[role].append(result)
+            print(
+                f"  run {i + 1}/{repeat} {role:9s} {result['seconds']:8.2f} s  peak RSS "
+                f"{result['peak_rss'] / 1e6:7.0f} MB"
+                + ("" if result.get("passed", True) else "  (FAILED gates)"),
+                file=sys.stderr,
+            )
+    med = {
+        role: {key: statistics.median(s[key] for s in runs) for key in ("seconds", "peak_rss")}
+        for role, runs in samples.items()
+    }
+    weights = info["weights_bytes"]
+    base = med["baseline"]["peak_rss"]
+    ratios = {
+        "verify_rss_over_weights": (med["verify"]["peak_rss"] - base) / weights,
+        "both_rss_over_weights": (med["both"]["peak_rss"] - base) / weights,
+        "verify_time_over_reference_pass": med["verify"]["seconds"] / med["reference"]["seconds"],
+    }
+    return {
+        "model": {**dims, **info},
+        "repeat": repeat,
+        "median": med,
+        "samples": samples,
+        "ratios": ratios,
+        "targets_met": {
+            "verify_rss_over_weights": ratios["verify_rss_over_weights"] <= 1.3,
+            "verify_passed": all(s["passed"] for s in samples["verify"]),
+        },
+        "cpu_count": os.cpu_count(),
+        "torch_threads": _torch_threads(),
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--small", action="store_true", help="a model of a few million parameters")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per contender (medians are reported)")
+    parser.add_argument("--max-new-tokens", type=int, default=32, help="per prompt, as verify's default")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results to this file")
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="where to generate files (default: a temp dir)"
+    )
+    parser.add_argument("--child", nargs=2, metavar=("ROLE", "ARGS"), help=argparse.SUPPRESS)
+    options = parser.parse_args()
+    if options.child:
+        role, args = options.child[0], json.loads(options.child[1])
+        result = child_generate(args) if role == "generate" else child_run(role, args)
+        print(json.dumps(result))
+        return
+
+    own_tmp = options.workdir is None
+    workdir = Path(tempfile.mkdtemp(prefix="bench-verify-")) if own_tmp else options.workdir
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        results = run(options.small, options.repeat, workdir, options.max_new_tokens)
+    finally:
+        if own_tmp:
+            shutil.rmtree(workdir, ignore_errors=True)
+    r, m, model = results["ratios"], results["median"], results["model"]
+    mb = 1e6
+    print(f"weights {model['weights_bytes'] / mb:.0f} MB, {model['parameters'] / 1e6:.1f}M parameters")
+    for role in ROLES:
+        print(f"  {role:9s} {m[role]['seconds']:8.2f} s   peak RSS {m[role]['peak_rss'] / mb:7.0f} MB")
+    print(f"verify peak RSS - baseline = {r['verify_rss_over_weights']:.2f}x weights (target <= 1.3)")
+    print(f"both   peak RSS - baseline = {r['both_rss_over_weights']:.2f}x weights")
+    print(f"verify time / reference forward+generate = {r['verify_time_over_reference_pass']:.1f}x")
+    print(f"verify passed: {results['targets_met']['verify_passed']}")
+    if options.json:
+        options.json.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    main()
