@@ -29,20 +29,12 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-FULL = {
-    "vocab_size": 50257,
-    "n_embd": 512,
-    "n_head": 8,
-    "n_layer": 8,
-    "block_size": 1024,
-}  # ~85.5M parameters
-SMALL = {"vocab_size": 8192, "n_embd": 256, "n_head": 4, "n_layer": 4, "block_size": 256}  # ~7.4M parameters
+from harness import FULL, SMALL, peak_rss, spawn, write_benchmark_checkpoint
 
 ROLES = ("baseline", "naive", "copy", "convert", "hash", "copy+fsync", "convert-known-sha")
 IMPORTS = """
@@ -52,59 +44,23 @@ import release.convert, release.checkpoint, modeling.configuration_custom_transf
 """
 
 
-def _peak_rss() -> int:
-    """Peak resident set size of this process in bytes (VmHWM; ru_maxrss where /proc is missing)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-
-    scale = 1 if sys.platform == "darwin" else 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-
-
 # --------------------------------------------------------------------------- child processes
 
 
 def child_generate(args: dict) -> dict:
-    import torch
+    from release.demo import demo_text, train_tokenizer
+    from release.hashing import sha256_file
 
-    from modeling.reference import GPTLanguageModel, ReferenceConfig
-    from release.demo import demo_text, train_tokenizer, training_config_dict, write_training_checkpoint
-
-    dims = args["dims"]
-    torch.manual_seed(0)
-    model = GPTLanguageModel(ReferenceConfig(**dims, ffn_type="swiglu"))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    for p in model.parameters():  # one real AdamW step: exp_avg and exp_avg_sq for every parameter
-        p.grad = torch.randn_like(p) * 1e-3
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    config = training_config_dict(
-        n_embd=dims["n_embd"], n_head=dims["n_head"], n_layer=dims["n_layer"], block_size=dims["block_size"]
-    )
     path = Path(args["checkpoint"])
-    write_training_checkpoint(
-        model, path, train_config=config, iter_num=5000, val_loss=3.1, best_val_loss=3.0, optimizer=optimizer
-    )
+    info = write_benchmark_checkpoint(args["dims"], path)
     train_tokenizer(demo_text(), Path(args["tokenizer"]), vocab_size=384)
-    weights_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    weights_bytes = info["weights_bytes"]
     with open(args["copy_source"], "wb") as f:  # a file the size of the weights, for the copy baseline
         chunk = os.urandom(1 << 20)
         for _ in range(weights_bytes >> 20):
             f.write(chunk)
         f.write(chunk[: weights_bytes & ((1 << 20) - 1)])
-    from release.hashing import sha256_file
-
-    return {
-        "sha256": sha256_file(path),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "weights_bytes": weights_bytes,
-        "checkpoint_bytes": path.stat().st_size,
-    }
+    return {"sha256": sha256_file(path), **info}
 
 
 def child_run(role: str, args: dict) -> dict:
@@ -145,19 +101,7 @@ def child_run(role: str, args: dict) -> dict:
     elif role != "baseline":
         raise SystemExit(f"unknown role {role}")
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "peak_rss": _peak_rss()}
-
-
-def _spawn(role: str, args: dict) -> dict:
-    proc = subprocess.run(
-        [sys.executable, __file__, "--child", role, json.dumps(args)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"{role} failed:\n{proc.stderr}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return {"seconds": seconds, "peak_rss": peak_rss()}
 
 
 # --------------------------------------------------------------------------- driver
@@ -171,7 +115,7 @@ def run(small: bool, repeat: int, workdir: Path) -> dict:
         "copy_source": str(workdir / "weights-sized.bin"),
     }
     print(f"generating a checkpoint with {dims} ...", file=sys.stderr)
-    info = _spawn("generate", {"dims": dims, **paths})
+    info = spawn(__file__, "generate", {"dims": dims, **paths})
     print(
         f"  {info['parameters'] / 1e6:.1f}M parameters, weights {info['weights_bytes'] / 1e6:.0f} MB, "
         f"checkpoint {info['checkpoint_bytes'] / 1e6:.0f} MB",
@@ -182,7 +126,7 @@ def run(small: bool, repeat: int, workdir: Path) -> dict:
         for role in samples:
             out = workdir / f"out-{role}"
             shutil.rmtree(out, ignore_errors=True)
-            result = _spawn(role, {**paths, "out": str(out), "sha256": info["sha256"]})
+            result = spawn(__file__, role, {**paths, "out": str(out), "sha256": info["sha256"]})
             samples[role].append(result)
             print(
                 f"  run {i + 1}/{repeat} {role:17s} {result['seconds']:7.3f} s  peak RSS "

@@ -28,21 +28,13 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-# The same shapes as benchmarks/bench_convert.py.
-FULL = {
-    "vocab_size": 50257,
-    "n_embd": 512,
-    "n_head": 8,
-    "n_layer": 8,
-    "block_size": 1024,
-}  # ~85.5M parameters
-SMALL = {"vocab_size": 8192, "n_embd": 256, "n_head": 4, "n_layer": 4, "block_size": 256}  # ~7.4M parameters
+from harness import FULL, SMALL, peak_rss, spawn, write_benchmark_checkpoint
+
 ROLES = ("baseline", "reference", "both", "verify")
 
 IMPORTS = """
@@ -52,57 +44,18 @@ import release.verify, release.verify_checks, release.verify_loading, release.ch
 """
 
 
-def _peak_rss() -> int:
-    """Peak resident set size of this process in bytes (VmHWM; ru_maxrss where /proc is missing)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-
-    scale = 1 if sys.platform == "darwin" else 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-
-
 # --------------------------------------------------------------------------- child processes
 
 
 def child_generate(args: dict) -> dict:
-    import torch
-
-    from modeling.reference import GPTLanguageModel, ReferenceConfig
     from release.convert import convert_checkpoint
-    from release.demo import demo_text, train_tokenizer, training_config_dict, write_training_checkpoint
+    from release.demo import demo_text, train_tokenizer
 
-    dims = args["dims"]
-    torch.manual_seed(0)
-    model = GPTLanguageModel(ReferenceConfig(**dims, ffn_type="swiglu"))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    for (
-        p
-    ) in model.parameters():  # one real AdamW step: the checkpoint carries optimizer state, as in training
-        p.grad = torch.randn_like(p) * 1e-3
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    config = training_config_dict(
-        n_embd=dims["n_embd"], n_head=dims["n_head"], n_layer=dims["n_layer"], block_size=dims["block_size"]
-    )
     checkpoint = Path(args["checkpoint"])
-    write_training_checkpoint(
-        model, checkpoint, train_config=config, iter_num=5000, val_loss=3.1, optimizer=optimizer
-    )
-    weights_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    parameters = sum(p.numel() for p in model.parameters())
-    del model, optimizer
+    info = write_benchmark_checkpoint(args["dims"], checkpoint)
     tokenizer = train_tokenizer(demo_text(), Path(args["tokenizer"]), vocab_size=384)
     convert_checkpoint(checkpoint, Path(args["model"]), tokenizer=tokenizer, progress=False)
-    return {
-        "parameters": parameters,
-        "weights_bytes": weights_bytes,
-        "checkpoint_bytes": checkpoint.stat().st_size,
-    }
+    return info
 
 
 def child_run(role: str, args: dict) -> dict:
@@ -146,19 +99,7 @@ def child_run(role: str, args: dict) -> dict:
     elif role != "baseline":
         raise SystemExit(f"unknown role {role}")
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "peak_rss": _peak_rss(), **extra}
-
-
-def _spawn(role: str, args: dict) -> dict:
-    proc = subprocess.run(
-        [sys.executable, __file__, "--child", role, json.dumps(args)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"{role} failed:\n{proc.stderr}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return {"seconds": seconds, "peak_rss": peak_rss(), **extra}
 
 
 # --------------------------------------------------------------------------- driver
@@ -173,7 +114,7 @@ def run(small: bool, repeat: int, workdir: Path, max_new_tokens: int) -> dict:
         "max_new_tokens": max_new_tokens,
     }
     print(f"generating and converting a checkpoint with {dims} ...", file=sys.stderr)
-    info = _spawn("generate", {"dims": dims, **paths})
+    info = spawn(__file__, "generate", {"dims": dims, **paths})
     print(
         f"  {info['parameters'] / 1e6:.1f}M parameters, weights {info['weights_bytes'] / 1e6:.0f} MB, "
         f"checkpoint {info['checkpoint_bytes'] / 1e6:.0f} MB",
@@ -182,7 +123,7 @@ def run(small: bool, repeat: int, workdir: Path, max_new_tokens: int) -> dict:
     samples: dict[str, list[dict]] = {role: [] for role in ROLES}
     for i in range(repeat):
         for role in ROLES:
-            result = _spawn(role, paths)
+            result = spawn(__file__, role, paths)
             samples[role].append(result)
             print(
                 f"  run {i + 1}/{repeat} {role:9s} {result['seconds']:8.2f} s  peak RSS "

@@ -1,0 +1,75 @@
+"""What the benchmarks share: the benchmark model's shapes, a realistic training checkpoint, peak RSS, and
+running each contender in its own Python process (so one contender's memory never counts against another)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+FULL = {
+    "vocab_size": 50257,
+    "n_embd": 512,
+    "n_head": 8,
+    "n_layer": 8,
+    "block_size": 1024,
+}  # ~85.5M parameters
+SMALL = {"vocab_size": 8192, "n_embd": 256, "n_head": 4, "n_layer": 4, "block_size": 256}  # ~7.4M parameters
+
+
+def peak_rss() -> int:
+    """Peak resident set size of this process in bytes (VmHWM; ru_maxrss where /proc is missing)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    scale = 1 if sys.platform == "darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def write_benchmark_checkpoint(dims: dict, path: Path) -> dict:
+    """A training checkpoint of the given shapes with real AdamW state (one optimizer step), as training saves.
+
+    Returns its parameter count, the fp32 weights' bytes and the file's size.
+    """
+    import torch
+
+    from modeling.reference import GPTLanguageModel, ReferenceConfig
+    from release.demo import training_config_dict, write_training_checkpoint
+
+    torch.manual_seed(0)
+    model = GPTLanguageModel(ReferenceConfig(**dims, ffn_type="swiglu"))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    for p in model.parameters():  # one real step: exp_avg and exp_avg_sq for every parameter
+        p.grad = torch.randn_like(p) * 1e-3
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    config = training_config_dict(
+        n_embd=dims["n_embd"], n_head=dims["n_head"], n_layer=dims["n_layer"], block_size=dims["block_size"]
+    )
+    write_training_checkpoint(
+        model, path, train_config=config, iter_num=5000, val_loss=3.1, best_val_loss=3.0, optimizer=optimizer
+    )
+    return {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "weights_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
+        "checkpoint_bytes": path.stat().st_size,
+    }
+
+
+def spawn(script: str, role: str, args: dict) -> dict:
+    """Run ``script --child ROLE ARGS`` in a fresh interpreter and return the JSON it prints last."""
+    proc = subprocess.run(
+        [sys.executable, script, "--child", role, json.dumps(args)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"{role} failed:\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
