@@ -103,6 +103,7 @@ def verify_model(
     from release.checkpoint import load_reference_model
     from release.demo import demo_text_path
     from release.verify_checks import (
+        heap_without_retention,
         logits_budget,
         make_parity_inputs,
         perplexity_window,
@@ -129,6 +130,7 @@ def verify_model(
         Gates().with_overrides(dict(gates))
 
     with contextlib.ExitStack() as stack:
+        stack.enter_context(heap_without_retention())
         source = stack.enter_context(candidate_source(model, revision))
         t = time.perf_counter()
         hygiene = check_remote_code_hygiene(source.folder)

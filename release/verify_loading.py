@@ -14,8 +14,9 @@ pieces of state, all restored afterwards: the modules-cache path (read once at i
 ``transformers.dynamic_module_utils`` and ``transformers.utils.hub``; both are repointed to a new temporary
 folder), ``sys.modules`` (every ``transformers_modules*`` entry is taken out before and after, so the import
 system cannot find an old module object or an old package ``__path__``), and ``sys.path`` / the import caches.
-tests/test_verify.py poisons both the on-disk cache and ``sys.modules`` with a correct module and checks a
-broken file still fails.
+tests/test_verify.py leaves a correct module in ``sys.modules`` under the name (and with the source hash)
+transformers gives a broken file, shows that a plain load in that process is masked by it, and checks that
+verification still fails.
 """
 
 from __future__ import annotations

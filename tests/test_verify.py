@@ -521,38 +521,35 @@ def test_check_generation_against_report_refuses_unusable_reports(release, good)
     )
 
 
-def test_hub_revision_is_verified_and_rechecked_from_a_fresh_cache(release, hub, tmp_path):
-    from release.verify import check_generation_against_report, verify_model
+def test_hub_revision_is_verified_and_rechecked_from_a_fresh_cache(release, hub, cli, tmp_path):
+    from release.verify import check_generation_against_report
 
     hub.create_repo(REPO)
-    files = {
-        p.relative_to(release.model_dir).as_posix(): p.read_bytes()
-        for p in release.model_dir.rglob("*")
-        if p.is_file()
-    }
+    files = {p.name: p.read_bytes() for p in release.model_dir.iterdir()}  # convert writes no subfolders
     commit = hub.commit(REPO, files, message="release")
     hub.create_tag(REPO, "v1.0.0", revision=commit)
 
-    report = verify_model(REPO, revision="v1.0.0", **release.fast(report_path=tmp_path / "verification.json"))
-    assert report.passed, report.failures
-    assert (
-        report.model["source"] == "hub"
-        and report.model["commit"] == commit
-        and report.model["revision"] == "v1.0.0"
+    result = cli("verify", "--repo-id", REPO, "--revision", "v1.0.0", *fast_options(release))
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "verification.json").read_text())  # ./verification.json for a repo id
+    assert data["passed"] and data["model"]["source"] == "hub"
+    assert (data["model"]["repo_id"], data["model"]["revision"], data["model"]["commit"]) == (
+        REPO,
+        "v1.0.0",
+        commit,
     )
-    assert ".gitattributes" in report.model["files"]
+    assert ".gitattributes" in data["model"]["files"]
 
-    data = report.to_dict()
     assert check_generation_against_report(REPO, revision=commit, report=data) == []
 
-    modeling = (
-        files["modeling_custom_transformer.py"]
-        .decode()
-        .replace(CACHE_LINE, "cache.update(k, v, self.layer_idx)")
+    source = files["modeling_custom_transformer.py"].decode()
+    broken_source = source.replace(CACHE_LINE, "cache.update(k, v, self.layer_idx)")
+    broken = hub.commit(
+        REPO, {"modeling_custom_transformer.py": broken_source.encode()}, message="regression"
     )
-    broken = hub.commit(REPO, {"modeling_custom_transformer.py": modeling.encode()}, message="regression")
     failures = check_generation_against_report(REPO, revision=broken, report=data)
-    assert any(line.startswith("generation: 'The Fox'") for line in failures), failures
+    assert "files: modeling_custom_transformer.py differs from the verified file" in failures[0]
+    assert any(line.startswith("generation: 'The Fox': token ") for line in failures), failures
 
 
 # --------------------------------------------------------------------------- small pieces
