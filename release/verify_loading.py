@@ -75,6 +75,9 @@ def fresh_remote_code_modules() -> Iterator[Path]:
         dynamic_module_utils.HF_MODULES_CACHE = tmp
         hub_utils.HF_MODULES_CACHE = tmp
         os.environ["HF_MODULES_CACHE"] = tmp  # read by any module that looks it up late
+        # An earlier load left its modules cache on sys.path; `import transformers_modules` would find that
+        # old package first (transformers appends the new cache after it), so take those entries out too.
+        sys.path[:] = [p for p in sys.path if not (Path(p or ".") / _DYNAMIC_PACKAGE).is_dir()]
         try:
             yield Path(tmp)
         finally:

@@ -295,7 +295,15 @@ def test_stale_remote_code_module_cannot_mask_a_broken_file(release, tmp_path, m
     cache = tmp_path / "modules"
     monkeypatch.setattr(dynamic_module_utils, "HF_MODULES_CACHE", str(cache))
     monkeypatch.setattr(hub_utils, "HF_MODULES_CACHE", str(cache))
-    monkeypatch.setattr(sys, "path", list(sys.path))
+    # Earlier in-process loads (other tests) left their modules caches on sys.path and their package in
+    # sys.modules; start this test's own cache from a clean slate so the setup below imports from it.
+    monkeypatch.setattr(
+        sys, "path", [p for p in sys.path if not (Path(p or ".") / "transformers_modules").is_dir()]
+    )
+    for name in [
+        n for n in sys.modules if n == "transformers_modules" or n.startswith("transformers_modules.")
+    ]:
+        monkeypatch.delitem(sys.modules, name)
     folder = release.copy(tmp_path / "model")
     edit_modeling(folder, CAUSAL_LINE, "is_causal=False,")  # attends to the future: logits change
 
