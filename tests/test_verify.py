@@ -530,7 +530,7 @@ def test_check_generation_against_report_refuses_unusable_reports(release, good)
 
 
 def test_hub_revision_is_verified_and_rechecked_from_a_fresh_cache(release, hub, cli, tmp_path):
-    from release.verify import check_generation_against_report
+    from release.verify import check_generation_against_report, generate_text
 
     hub.create_repo(REPO)
     files = {p.name: p.read_bytes() for p in release.model_dir.iterdir()}  # convert writes no subfolders
@@ -549,6 +549,9 @@ def test_hub_revision_is_verified_and_rechecked_from_a_fresh_cache(release, hub,
     assert ".gitattributes" in data["model"]["files"]
 
     assert check_generation_against_report(REPO, revision=commit, report=data) == []
+    case = data["generation"]["cases"][0]
+    text = generate_text(REPO, revision="v1.0.0", prompt=case["prompt"], max_new_tokens=8)
+    assert text.startswith(case["prompt"])
 
     source = files["modeling_custom_transformer.py"].decode()
     broken_source = source.replace(CACHE_LINE, "cache.update(k, v, self.layer_idx)")
