@@ -25,16 +25,14 @@ The files are in the page cache for every contender (each reads what the previou
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from harness import FULL, SMALL, peak_rss, spawn, write_benchmark_checkpoint
+from harness import FULL, SMALL, bench_main, peak_rss, spawn, write_benchmark_checkpoint
 
 ROLES = ("baseline", "naive", "copy", "convert", "hash", "copy+fsync", "convert-known-sha")
 IMPORTS = """
@@ -190,31 +188,15 @@ def print_summary(results: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--small", action="store_true", help="a model of a few million parameters")
     parser.add_argument("--repeat", type=int, default=3, help="runs per contender (medians are reported)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the results to this file")
-    parser.add_argument(
-        "--workdir", type=Path, default=None, help="where to generate files (default: a temp dir)"
+    bench_main(
+        parser,
+        prefix="bench-convert-",
+        child_generate=child_generate,
+        child_run=child_run,
+        run=run,
+        print_summary=print_summary,
     )
-    parser.add_argument("--child", nargs=2, metavar=("ROLE", "ARGS"), help=argparse.SUPPRESS)
-    options = parser.parse_args()
-    if options.child:
-        role, args = options.child[0], json.loads(options.child[1])
-        result = child_generate(args) if role == "generate" else child_run(role, args)
-        print(json.dumps(result))
-        return
-
-    own_tmp = options.workdir is None
-    workdir = Path(tempfile.mkdtemp(prefix="bench-convert-")) if own_tmp else options.workdir
-    workdir.mkdir(parents=True, exist_ok=True)
-    try:
-        results = run(options.small, options.repeat, workdir)
-    finally:
-        if own_tmp:
-            shutil.rmtree(workdir, ignore_errors=True)
-    print_summary(results)
-    if options.json:
-        options.json.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
 
 
 if __name__ == "__main__":

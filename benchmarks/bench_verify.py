@@ -24,16 +24,13 @@ verify's wall time is reported as a multiple of the reference pass.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from harness import FULL, SMALL, peak_rss, spawn, write_benchmark_checkpoint
+from harness import FULL, SMALL, bench_main, peak_rss, spawn, write_benchmark_checkpoint
 
 ROLES = ("baseline", "reference", "both", "verify")
 
@@ -164,31 +161,7 @@ def _torch_threads() -> int:
     return torch.get_num_threads()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--small", action="store_true", help="a model of a few million parameters")
-    parser.add_argument("--repeat", type=int, default=1, help="runs per contender (medians are reported)")
-    parser.add_argument("--max-new-tokens", type=int, default=32, help="per prompt, as verify's default")
-    parser.add_argument("--json", type=Path, default=None, help="also write the results to this file")
-    parser.add_argument(
-        "--workdir", type=Path, default=None, help="where to generate files (default: a temp dir)"
-    )
-    parser.add_argument("--child", nargs=2, metavar=("ROLE", "ARGS"), help=argparse.SUPPRESS)
-    options = parser.parse_args()
-    if options.child:
-        role, args = options.child[0], json.loads(options.child[1])
-        result = child_generate(args) if role == "generate" else child_run(role, args)
-        print(json.dumps(result))
-        return
-
-    own_tmp = options.workdir is None
-    workdir = Path(tempfile.mkdtemp(prefix="bench-verify-")) if own_tmp else options.workdir
-    workdir.mkdir(parents=True, exist_ok=True)
-    try:
-        results = run(options.small, options.repeat, workdir, options.max_new_tokens)
-    finally:
-        if own_tmp:
-            shutil.rmtree(workdir, ignore_errors=True)
+def print_summary(results: dict) -> None:
     r, m, model = results["ratios"], results["median"], results["model"]
     mb = 1e6
     print(f"weights {model['weights_bytes'] / mb:.0f} MB, {model['parameters'] / 1e6:.1f}M parameters")
@@ -198,8 +171,21 @@ def main() -> None:
     print(f"both   peak RSS - baseline = {r['both_rss_over_weights']:.2f}x weights")
     print(f"verify time / reference forward+generate = {r['verify_time_over_reference_pass']:.1f}x")
     print(f"verify passed: {results['targets_met']['verify_passed']}")
-    if options.json:
-        options.json.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeat", type=int, default=1, help="runs per contender (medians are reported)")
+    parser.add_argument("--max-new-tokens", type=int, default=32, help="per prompt, as verify's default")
+    bench_main(
+        parser,
+        prefix="bench-verify-",
+        child_generate=child_generate,
+        child_run=child_run,
+        run=run,
+        print_summary=print_summary,
+        run_kwargs=lambda options: {"max_new_tokens": options.max_new_tokens},
+    )
 
 
 if __name__ == "__main__":

@@ -73,3 +73,35 @@ def spawn(script: str, role: str, args: dict) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"{role} failed:\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def bench_main(
+    parser, *, prefix: str, child_generate, child_run, run, print_summary, run_kwargs=None
+) -> None:
+    """The shared command-line flow: ``--child ROLE ARGS`` runs one contender and prints its JSON; otherwise
+    run every contender in ``--workdir`` (default: a temporary folder, removed afterwards) and print the ratios."""
+    import shutil
+    import tempfile
+
+    parser.add_argument("--small", action="store_true", help="a model of a few million parameters")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results to this file")
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="where to generate files (default: a temp dir)"
+    )
+    parser.add_argument("--child", nargs=2, metavar=("ROLE", "ARGS"), help=__import__("argparse").SUPPRESS)
+    options = parser.parse_args()
+    if options.child:
+        role, args = options.child[0], json.loads(options.child[1])
+        print(json.dumps(child_generate(args) if role == "generate" else child_run(role, args)))
+        return
+    own_tmp = options.workdir is None
+    workdir = Path(tempfile.mkdtemp(prefix=prefix)) if own_tmp else options.workdir
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        results = run(options.small, options.repeat, workdir, **(run_kwargs(options) if run_kwargs else {}))
+    finally:
+        if own_tmp:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print_summary(results)
+    if options.json:
+        options.json.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
