@@ -5,7 +5,7 @@ Generates a training checkpoint (~85M parameters with real AdamW state and the p
 that process, its wall time (start-up and imports excluded) and its peak RSS (VmHWM):
 
     baseline   the interpreter with torch, transformers (incl. the tokenizer and config classes),
-               safetensors and release.convert imported: what every contender pays before doing anything
+               safetensors and release.convert.folder imported: what every contender pays before doing anything
     naive      torch.load the whole file (weights_only=True), save_file the model state dict
     copy       shutil.copyfile of a file the size of the fp32 weights
     convert    release.convert.convert_checkpoint (fp32, one safetensors file, local tokenizer)
@@ -38,7 +38,7 @@ ROLES = ("baseline", "naive", "copy", "convert", "hash", "copy+fsync", "convert-
 IMPORTS = """
 import torch, transformers, safetensors.torch
 from transformers import AutoTokenizer, GenerationConfig  # resolve the lazy modules convert uses
-import release.convert, release.checkpoint, modeling.configuration_custom_transformer
+import release.convert.folder, release.checkpoint, modeling.configuration_custom_transformer
 """
 
 
@@ -46,8 +46,8 @@ import release.convert, release.checkpoint, modeling.configuration_custom_transf
 
 
 def child_generate(args: dict) -> dict:
+    from release._io import sha256_file
     from release.demo import demo_text, train_tokenizer
-    from release.hashing import sha256_file
 
     path = Path(args["checkpoint"])
     info = write_benchmark_checkpoint(args["dims"], path)
@@ -81,11 +81,11 @@ def child_run(role: str, args: dict) -> dict:
             with open(out / "weights.bin", "rb+") as f:
                 os.fsync(f.fileno())
     elif role == "hash":
-        from release.hashing import sha256_file
+        from release._io import sha256_file
 
         sha256_file(Path(args["checkpoint"]))
     elif role in ("convert", "convert-known-sha"):
-        from release.convert import convert_checkpoint
+        from release.convert.folder import convert_checkpoint
 
         # convert-known-sha is what `release run` pays: its fetch step hashed the file while writing it
         known = args["sha256"] if role == "convert-known-sha" else None

@@ -1,11 +1,11 @@
 """Benchmark ``release verify``: peak memory against the weights' bytes, time against the reference alone.
 
 Generates a training checkpoint (the ~85M-parameter shape of ``bench_convert.py``: GPT-2 vocabulary, 8 layers
-of width 512, a 1024-token context) and converts it with ``release.convert``, then runs each contender in its
+of width 512, a 1024-token context) and converts it with ``release.convert.folder``, then runs each contender in its
 own Python process and reads, inside that process, its wall time (start-up and imports excluded) and its peak
 RSS (VmHWM):
 
-    baseline    the interpreter with torch, transformers (auto classes, pipeline), release.verify and the
+    baseline    the interpreter with torch, transformers (auto classes, pipeline), release.verify.runner and the
                 reference model's code imported: what every contender pays before doing anything
     reference   the training module alone: load the checkpoint, one forward over a full-context row, then
                 greedy decoding of ``--max-new-tokens`` tokens from a short prompt (the unit of time)
@@ -37,7 +37,7 @@ ROLES = ("baseline", "reference", "both", "verify")
 IMPORTS = """
 import torch, transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline  # resolve the lazy modules verify uses
-import release.verify, release.verify_checks, release.verify_loading, release.checkpoint, modeling.reference
+import release.verify.runner, release.verify.checks, release.verify.loading, release.checkpoint, modeling.reference
 """
 
 
@@ -45,7 +45,7 @@ import release.verify, release.verify_checks, release.verify_loading, release.ch
 
 
 def child_generate(args: dict) -> dict:
-    from release.convert import convert_checkpoint
+    from release.convert.folder import convert_checkpoint
     from release.demo import demo_text, train_tokenizer
 
     checkpoint = Path(args["checkpoint"])
@@ -84,7 +84,7 @@ def child_run(role: str, args: dict) -> dict:
             reference(ids)
             candidate(input_ids=ids)
     elif role == "verify":
-        from release.verify import verify_model
+        from release.verify.runner import verify_model
 
         report = verify_model(
             Path(args["model"]),

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
-from release.errors import ReleaseError
-
-DTYPES = ("float32", "bfloat16", "float16")
+from release.errors import ReleaseError, UsageError
+from release.settings import DTYPES
 
 
 def _fail(message: str, code: int) -> None:
@@ -35,7 +35,7 @@ def reports_errors(func):
         except ReleaseError as exc:
             if debug:
                 raise
-            from release.hub_auth import redact  # every message, whichever step raised it
+            from release.auth import redact  # every message, whichever step raised it
 
             for line in getattr(exc, "failures", None) or []:
                 click.echo(f"FAILED: {redact(line)}", err=True)
@@ -44,6 +44,43 @@ def reports_errors(func):
             _fail("interrupted; nothing was left behind", 130)
 
     return wrapper
+
+
+# Options that several commands share, declared once so their names and help read the same everywhere.
+def repo_id_option(help: str = "Model repo OWNER/NAME (default: the settings' repo_id).") -> Callable:
+    return click.option("--repo-id", default=None, help=help)
+
+
+def version_option(*, required: bool, help: str) -> Callable:
+    return click.option("--version", "version", required=required, default=None, help=help)
+
+
+def tokenizer_option(
+    help: str = "Tokenizer folder or Hub id (default: from settings, else gpt2).",
+) -> Callable:
+    return click.option("--tokenizer", default=None, help=help)
+
+
+def dtype_option(**kwargs) -> Callable:
+    return click.option("--dtype", type=click.Choice(DTYPES), **kwargs)
+
+
+def progress_option() -> Callable:
+    return click.option(
+        "--progress/--no-progress", default=None, help="Progress on stderr (default: only on a TTY)."
+    )
+
+
+def _repo_id_or_settings(repo_id: str | None) -> str:
+    """``--repo-id``, else the settings' ``repo_id``; a usage error when neither is set."""
+    if repo_id:
+        return repo_id
+    from release.settings import load_settings
+
+    repo_id = load_settings().repo_id
+    if not repo_id:
+        raise UsageError("no repo id: pass --repo-id or set [tool.release] repo_id / RELEASE_REPO_ID")
+    return repo_id
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -62,13 +99,11 @@ def main(debug: bool) -> None:
 @main.command()
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Output model folder.")
-@click.option(
-    "--tokenizer", default=None, help="Tokenizer folder or Hub id (default: from settings, else gpt2)."
-)
-@click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True)
+@tokenizer_option()
+@dtype_option(default="float32", show_default=True)
 @click.option("--max-shard-size", default="5GB", show_default=True, help="e.g. 500MB, 2GB, or bytes.")
 @click.option("--force", is_flag=True, help="Replace an existing non-empty output folder.")
-@click.option("--progress/--no-progress", default=None, help="Progress on stderr (default: only on a TTY).")
+@progress_option()
 @reports_errors
 def convert(checkpoint, out, tokenizer, dtype, max_shard_size, force, progress):
     """Convert a training CHECKPOINT to a transformers model folder.
@@ -77,7 +112,7 @@ def convert(checkpoint, out, tokenizer, dtype, max_shard_size, force, progress):
     Example:
         release convert ckpt.pt --out dist/v1.0.0/model --tokenizer ./tokenizer
     """
-    from release.convert import convert_checkpoint, parse_size
+    from release.convert.folder import convert_checkpoint, parse_size
 
     result = convert_checkpoint(
         checkpoint,
@@ -103,7 +138,7 @@ def convert(checkpoint, out, tokenizer, dtype, max_shard_size, force, progress):
     default=None,
     help="Artifact cache (default: $RELEASE_CACHE_DIR, else ~/.cache/custom-transformer-release/artifacts).",
 )
-@click.option("--progress/--no-progress", default=None, help="Progress on stderr (default: only on a TTY).")
+@progress_option()
 @reports_errors
 def fetch(uri, sha256, out, cache_dir, progress):
     """Fetch the checkpoint at URI to --out and check its SHA-256.
@@ -116,7 +151,7 @@ def fetch(uri, sha256, out, cache_dir, progress):
     Example:
         release fetch https://example.com/ckpt.pt --sha256 9f86d0...0a08 --out dist/ckpt.pt
     """
-    from release.fetch import fetch_artifact
+    from release.fetch.artifact import fetch_artifact
 
     result = fetch_artifact(uri, sha256=sha256, out=out, cache_dir=cache_dir, progress=progress)
     click.echo(f"{result.path} ({result.source})")
@@ -124,12 +159,8 @@ def fetch(uri, sha256, out, cache_dir, progress):
 
 @main.command()
 @click.argument("folder", type=click.Path(path_type=Path, file_okay=False))
-@click.option(
-    "--repo-id",
-    default=None,
-    help="Model repo OWNER/NAME (created if missing); default: the settings' repo_id.",
-)
-@click.option("--version", "version", required=True, help="vX.Y.Z, or vX.Y.Z-rc.N etc. for a prerelease.")
+@repo_id_option("Model repo OWNER/NAME (created if missing); default: the settings' repo_id.")
+@version_option(required=True, help="vX.Y.Z, or vX.Y.Z-rc.N etc. for a prerelease.")
 @click.option(
     "--private/--public",
     default=None,
@@ -170,20 +201,12 @@ def publish(folder, repo_id, version, private, dry_run, commit_message, verifica
     Example:
         release publish dist/v1.2.0/model --repo-id me/tiny-gpt --version v1.2.0 --dry-run
     """
-    from release.hub import publish_release
-    from release.hub_auth import redact
+    from release.auth import redact
+    from release.publish.publisher import publish_release
 
-    if repo_id is None:
-        from release.settings import load_settings
-
-        repo_id = load_settings().repo_id
-        if not repo_id:
-            raise click.UsageError(
-                "no repo id: pass --repo-id or set [tool.release] repo_id / RELEASE_REPO_ID"
-            )
     result = publish_release(
         folder,
-        repo_id=repo_id,
+        repo_id=_repo_id_or_settings(repo_id),
         version=version,
         private=private,
         dry_run=dry_run,
@@ -209,9 +232,7 @@ def publish(folder, repo_id, version, private, dry_run, commit_message, verifica
 
 @main.command()
 @click.argument("model_dir", metavar="DIR", type=click.Path(path_type=Path, file_okay=False))
-@click.option(
-    "--version", "version", required=True, help="vX.Y.Z[-prerelease]; the card's code pins revision=VERSION."
-)
+@version_option(required=True, help="vX.Y.Z[-prerelease]; the card's code pins revision=VERSION.")
 @click.option(
     "--metrics",
     "metrics",
@@ -245,7 +266,7 @@ def publish(folder, repo_id, version, private, dry_run, commit_message, verifica
     default=None,
     help="Where --diff-against writes the PR comment (default: DIR/../pr_comment.md).",
 )
-@click.option("--repo-id", default=None, help="Override the repo id (OWNER/NAME).")
+@repo_id_option("Override the repo id (OWNER/NAME).")
 @click.option("--model-name", default=None, help="Override the card's model name.")
 @click.option("--license", "license_", default=None, help="Override the license (a Hub license id).")
 @reports_errors
@@ -270,7 +291,7 @@ def card(
     Example:
         release card dist/v1.2.0/model --version v1.2.0 --metrics lm_eval.json --diff-against me/tiny-gpt
     """
-    from release.card import review_card, write_model_card, write_pr_comment
+    from release.card.model_card import review_card, write_model_card, write_pr_comment
 
     rendered = _render_card(
         model_dir,
@@ -295,7 +316,7 @@ def card(
 
 def _render_card(model_dir, *, version, metrics=(), template=None, verification=None, overrides=None):
     """The card for ``model_dir`` from the effective settings; shared by ``card`` and ``notes``."""
-    from release.card import (
+    from release.card.model_card import (
         card_settings_from,
         default_verification_path,
         load_verification,
@@ -341,8 +362,8 @@ def notes(model_dir, published, out):
     """
     import json
 
-    from release.card import render_release_notes
-    from release.errors import UsageError
+    from release._io import write_text_atomic
+    from release.card.model_card import render_release_notes
     from release.github import run_url
 
     try:
@@ -357,24 +378,20 @@ def notes(model_dir, published, out):
     text = render_release_notes(
         rendered, revision_url=result["revision_url"], hub_commit=result["commit"], run_url=run_url()
     )
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(out)
+    write_text_atomic(out, text)
     click.echo(f"Wrote {out}")
 
 
 @main.command("run")
-@click.option(
-    "--version", "version", default=None, help="vX.Y.Z[-pre]; default: the tag on a GitHub tag push."
-)
+@version_option(required=False, help="vX.Y.Z[-pre]; default: the tag on a GitHub tag push.")
 @click.option("--dry-run", is_flag=True, help="Run every step; publishing only prints its plan.")
 @click.option(
     "--checkpoint", default=None, help="Checkpoint URI (path, file://, http(s)://, hf://, s3://, gs://)."
 )
 @click.option("--sha256", "checkpoint_sha256", default=None, help="The checkpoint's SHA-256.")
-@click.option("--repo-id", default=None, help="Model repo OWNER/NAME.")
-@click.option("--tokenizer", default=None, help="Tokenizer folder or Hub id.")
-@click.option("--dtype", type=click.Choice(DTYPES), default=None, help="Weights dtype of the release.")
+@repo_id_option("Model repo OWNER/NAME.")
+@tokenizer_option("Tokenizer folder or Hub id.")
+@dtype_option(default=None, help="Weights dtype of the release.")
 @click.option("--max-shard-size", default=None, help="e.g. 2GB.")
 @click.option("--dist-dir", default=None, help="Where dist/<version>/ goes (default: dist).")
 @click.option(
@@ -406,7 +423,7 @@ def run(version, dry_run, stop_after, **options):
 
     version = version or version_from_ref() or ("v0.0.0-dryrun" if dry_run else None)
     if not version:
-        raise click.UsageError("--version is required (or run on a tag push, where GITHUB_REF_NAME gives it)")
+        raise UsageError("--version is required (or run on a tag push, where GITHUB_REF_NAME gives it)")
     pyproject = find_pyproject()
     settings = load_settings(overrides=options, pyproject=pyproject)
     result = run_release(
@@ -435,15 +452,9 @@ def run(version, dry_run, stop_after, **options):
     type=click.Path(path_type=Path),
     help="The training checkpoint (reference).",
 )
-@click.option(
-    "--repo-id", default=None, help="Verify a Hub repo instead of DIR (downloaded to a temporary cache)."
-)
+@repo_id_option("Verify a Hub repo instead of DIR (downloaded to a temporary cache).")
 @click.option("--revision", default=None, help="Branch, tag or commit of --repo-id (default: main).")
-@click.option(
-    "--tokenizer",
-    default=None,
-    help="The tokenizer the model was trained with (default: from settings, else gpt2).",
-)
+@tokenizer_option("The tokenizer the model was trained with (default: from settings, else gpt2).")
 @click.option(
     "--report",
     "report_path",
@@ -502,12 +513,12 @@ def verify(
     from release.errors import VerificationError
     from release.github import append_summary
     from release.settings import load_settings
-    from release.verify import default_report_path, verify_model
+    from release.verify.runner import default_report_path, verify_model
 
     if (model_dir is None) == (repo_id is None):
-        raise click.UsageError("give either DIR or --repo-id")
+        raise UsageError("give either DIR or --repo-id")
     if revision is not None and repo_id is None:
-        raise click.UsageError("--revision needs --repo-id")
+        raise UsageError("--revision needs --repo-id")
     overrides = {}
     for item in gate_overrides:
         name, sep, value = item.partition("=")
@@ -566,7 +577,7 @@ def generate(model, prompt, revision, max_new_tokens, temperature, top_k, seed):
         release generate dist/v1.2.0/model --prompt "The Fox"
         release generate me/tiny-gpt --revision v1.2.0 --prompt "Once upon a time" --temperature 0.8 --top-k 40
     """
-    from release.verify import generate_text
+    from release.verify.runner import generate_text
 
     click.echo(
         generate_text(
@@ -619,7 +630,7 @@ def compat(model_dir, checkpoint, versions, report, cache_dir):
     Example:
         release compat dist/v1.0.0/model --checkpoint ckpt.pt --versions 4.46.3,5.24.0
     """
-    from release.compat import merge_into_report, parse_versions, run_compat_matrix
+    from release.compat.matrix import merge_into_report, parse_versions, run_compat_matrix
     from release.errors import VerificationError  # carries one FAILED line per version and gate
 
     result = run_compat_matrix(
@@ -652,27 +663,15 @@ def settings_(name, as_json):
         release settings
         release settings --get checkpoint_sha256     # e.g. for a cache key in a workflow
     """
-    import dataclasses
     import json
 
     from release.settings import find_pyproject, load_settings
 
     settings = load_settings(pyproject=find_pyproject())
-    values = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings) if f.name != "sources"}
     if name is not None:
-        if name not in values:
-            raise click.UsageError(f"unknown setting {name!r}; known: {', '.join(sorted(values))}")
-        value = values[name]
-        click.echo(json.dumps(value) if isinstance(value, tuple | dict) else ("" if value is None else value))
+        click.echo(settings.value_text(name))
     elif as_json:
-        click.echo(
-            json.dumps(
-                {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items()},
-                indent=2,
-                sort_keys=True,
-                default=str,
-            )
-        )
+        click.echo(json.dumps(settings.values(), indent=2, sort_keys=True, default=str))
     else:
         for line in settings.describe():
             click.echo(line)

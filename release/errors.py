@@ -67,5 +67,9 @@ class ConcurrentPushError(PublishError):
     """Someone else pushed to the target branch while this release was being committed."""
 
 
+class CredentialsError(ReleaseError):
+    """Hub credentials were asked for and could not be resolved (e.g. a failed OIDC exchange)."""
+
+
 class CompatError(ReleaseError):
     """The compatibility matrix could not run, or a transformers version failed a gate."""

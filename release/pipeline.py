@@ -112,7 +112,7 @@ def run_release(
         UsageError: Bad version, missing repo id or checkpoint hash, unusable output folder.
         ReleaseError: The first failed step's error (VerificationError for failed gates).
     """
-    from release.hub_versions import parse_version
+    from release.versions import parse_version
 
     tag = str(parse_version(version))
     if stop_after is not None and stop_after not in STEPS:
@@ -185,7 +185,7 @@ def _fetch(settings: Settings, result: RunResult, state: dict, say, pyproject_di
         result.demo = True
         result.checkpoint, result.tokenizer = state["checkpoint"], str(state["tokenizer"])
         return f"demo checkpoint {state['checkpoint']}"
-    from release.fetch import default_cache_dir, fetch_artifact
+    from release.fetch.artifact import default_cache_dir, fetch_artifact
 
     sha = settings.checkpoint_sha256.lower()
     name = Path(settings.checkpoint.split("?")[0].rstrip("/").split("@")[0]).name or "checkpoint.pt"
@@ -200,7 +200,7 @@ def _fetch(settings: Settings, result: RunResult, state: dict, say, pyproject_di
 
 
 def _convert(settings: Settings, result: RunResult, state: dict, say, pyproject_dir) -> str:
-    from release.convert import convert_checkpoint, parse_size
+    from release.convert.folder import convert_checkpoint, parse_size
 
     converted = convert_checkpoint(
         Path(state["checkpoint"]),
@@ -219,7 +219,7 @@ def _convert(settings: Settings, result: RunResult, state: dict, say, pyproject_
 
 
 def _verify(settings: Settings, result: RunResult, state: dict, say, pyproject_dir) -> str:
-    from release.verify import verify_model
+    from release.verify.runner import verify_model
 
     report = verify_model(
         result.model_dir,
@@ -248,7 +248,7 @@ def _verify(settings: Settings, result: RunResult, state: dict, say, pyproject_d
 def _compat(settings: Settings, result: RunResult, state: dict, say, pyproject_dir):
     if not settings.run_compat:
         return _SKIPPED
-    from release.compat import merge_into_report, run_compat_matrix
+    from release.compat.matrix import merge_into_report, run_compat_matrix
 
     report = run_compat_matrix(
         result.model_dir, checkpoint=Path(state["checkpoint"]), versions=settings.compat_versions or None
@@ -264,7 +264,7 @@ def _compat(settings: Settings, result: RunResult, state: dict, say, pyproject_d
 
 
 def _card(settings: Settings, result: RunResult, state: dict, say, pyproject_dir) -> str:
-    from release.card import card_settings_from, render_model_card, write_model_card
+    from release.card.model_card import card_settings_from, render_model_card, write_model_card
 
     card_settings = card_settings_from(settings, base_dir=pyproject_dir)
     rendered = render_model_card(
@@ -280,7 +280,7 @@ def _card(settings: Settings, result: RunResult, state: dict, say, pyproject_dir
 
 
 def _publish(settings: Settings, result: RunResult, state: dict, say, pyproject_dir) -> str:
-    from release.hub import publish_release
+    from release.publish.publisher import publish_release
 
     published = publish_release(
         result.model_dir,
@@ -329,7 +329,7 @@ def _report_to_github(settings: Settings, result: RunResult) -> None:
         "tokenizer": result.tokenizer or "",
     }
     github.write_outputs(outputs)
-    from release.card import render_job_summary
+    from release.card.model_card import render_job_summary
 
     summary = render_job_summary(
         {

@@ -13,10 +13,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from release.errors import SettingsError
+from release.errors import SettingsError, UsageError
 
+PROJECT = "custom-transformer-release"  # this pipeline's distribution name (pyproject [project].name)
 DEFAULT_PROMPTS = ("The Fox", "Once upon a time", "The Lion said")
+DEFAULT_TOKENIZER = "gpt2"  # GPT-2's BPE, what the training script uses unless told otherwise
+# The weight dtypes a release can have, and their names in a safetensors header.
 DTYPES = ("float32", "bfloat16", "float16")
+SAFETENSORS_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,26 @@ class Settings:
     card: Mapping[str, Any] = field(default_factory=dict)  # [tool.release.card]
     compat_versions: tuple[str, ...] = ()  # [tool.release.compat] transformers
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)  # field -> where it came from
+
+    def values(self) -> dict[str, Any]:
+        """Every effective setting by name (``sources`` left out), as ``release settings --json`` shows them."""
+        return {
+            f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
+            for f in fields(self)
+            if f.name != "sources"
+        }
+
+    def value_text(self, name: str) -> str:
+        """One setting as text for scripts (``release settings --get``): JSON for lists and tables, "" if unset.
+
+        Raises:
+            UsageError: ``name`` is not a setting.
+        """
+        values = self.values()
+        if name not in values:
+            raise UsageError(f"unknown setting {name!r}; known: {', '.join(sorted(values))}")
+        value = values[name]
+        return json.dumps(value) if isinstance(value, list | dict) else ("" if value is None else str(value))
 
     def describe(self) -> list[str]:
         """One line per effective setting with its source, for logs and the job summary."""
@@ -68,6 +92,29 @@ def find_pyproject(start: Path | None = None) -> Path | None:
                 raise SettingsError(f"{candidate} is not valid TOML: {exc}") from exc
             if "release" in data.get("tool", {}):
                 return candidate
+    return None
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file as a dict; an unreadable or malformed file is a ``SettingsError`` naming it."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise SettingsError(f"cannot read {path}: {exc}") from exc
+
+
+def project_pyproject() -> Path | None:
+    """This pipeline's own pyproject.toml (its declared dependency ranges), not the user's ``[tool.release]``.
+
+    Found beside the source tree (checkout, editable install), else in the cwd; ``None`` for a wheel install,
+    where the installed metadata says the same.
+    """
+    for candidate in (
+        Path(__file__).resolve().parent.parent / "pyproject.toml",
+        Path.cwd() / "pyproject.toml",
+    ):
+        if candidate.is_file() and read_toml(candidate).get("project", {}).get("name") == PROJECT:
+            return candidate
     return None
 
 

@@ -268,7 +268,7 @@ def model_dir(tmp_path) -> Path:
 
 @pytest.fixture
 def settings():
-    from release.card import CardSettings
+    from release.card.model_card import CardSettings
 
     return CardSettings.from_mapping(SETTINGS)
 
@@ -287,7 +287,7 @@ def metrics_files(tmp_path) -> list[Path]:
 
 
 def render(model_dir, settings, **kwargs):
-    from release.card import render_model_card
+    from release.card.model_card import render_model_card
 
     kwargs.setdefault("version", VERSION)
     return render_model_card(model_dir, settings=settings, **kwargs)
@@ -393,7 +393,7 @@ def test_eval_results_files_for_known_benchmarks(model_dir, full_card):
     import yaml
     from huggingface_hub import EvalResultEntry, parse_eval_result_entries
 
-    from release.card import write_model_card
+    from release.card.model_card import write_model_card
 
     assert sorted(full_card.eval_results) == [
         ".eval_results/hellaswag.yaml",
@@ -426,7 +426,7 @@ def test_eval_results_files_for_known_benchmarks(model_dir, full_card):
 
 
 def test_write_without_eval_results_removes_the_old_folder(model_dir, settings):
-    from release.card import write_model_card
+    from release.card.model_card import write_model_card
 
     (model_dir / ".eval_results").mkdir()
     (model_dir / ".eval_results" / "hellaswag.yaml").write_text("- stale\n")
@@ -474,7 +474,7 @@ def test_best_val_loss_is_used_when_val_loss_is_missing(model_dir, settings):
 
 
 def test_plain_metrics_file(tmp_path):
-    from release.card_metrics import read_metrics_file
+    from release.card.metrics import read_metrics_file
 
     path = write_json(
         tmp_path / "m.json", {"val_ppl": 11.5, "hellaswag": 0.3, "gsm8k/exact_match,strict-match": 0.01}
@@ -492,7 +492,7 @@ def test_plain_metrics_file(tmp_path):
 
 
 def test_lm_eval_results_file(tmp_path):
-    from release.card_metrics import read_metrics_file
+    from release.card.metrics import read_metrics_file
 
     parsed = read_metrics_file(write_json(tmp_path / "results.json", LM_EVAL_RESULTS), datasets=[])
     assert parsed.kind == "lm-eval"
@@ -586,7 +586,7 @@ def test_custom_template_can_override_a_partial(model_dir, settings, tmp_path):
 
 
 def test_template_from_settings(model_dir, tmp_path):
-    from release.card import CardSettings
+    from release.card.model_card import CardSettings
 
     template = tmp_path / "settings_card.md.j2"
     template.write_text("---\n{{ front_matter }}\n---\n\n# From settings\n\nBody.\n")
@@ -663,7 +663,7 @@ def test_placeholders_fail_the_render(model_dir, settings, tmp_path, body, probl
 
 
 def test_placeholder_in_a_setting_fails_the_render(model_dir):
-    from release.card import CardSettings
+    from release.card.model_card import CardSettings
 
     settings = CardSettings.from_mapping({**SETTINGS, "limitations": "FIXME: write the limitations"})
     with pytest.raises(CardError, match=r"line \d+: placeholder 'FIXME'"):
@@ -671,7 +671,7 @@ def test_placeholder_in_a_setting_fails_the_render(model_dir):
 
 
 def test_check_card_text_rules():
-    from release.card_render import check_card_text
+    from release.card.render import check_card_text
 
     check_card_text("# A\n\n## B\n\n### C\n\ntext\n")  # a heading followed by a deeper one is not empty
     check_card_text("# A\n\n```python\n# a comment, not a heading\n```\n")
@@ -691,7 +691,7 @@ def test_check_card_text_rules():
 
 
 def test_settings_validation():
-    from release.card import CardSettings
+    from release.card.model_card import CardSettings
 
     hyphens = CardSettings.from_mapping({k.replace("_", "-"): v for k, v in SETTINGS.items()})
     assert hyphens == CardSettings.from_mapping(SETTINGS)
@@ -717,7 +717,7 @@ def test_settings_validation():
 
 
 def test_card_settings_from_release_settings(tmp_path):
-    from release.card import card_settings_from
+    from release.card.model_card import card_settings_from
     from release.settings import load_settings
 
     pyproject = tmp_path / "pyproject.toml"
@@ -781,7 +781,7 @@ def test_verification_for_another_checkpoint_or_failed_is_refused(model_dir, set
 def test_diff_against_a_card_on_the_local_hub(hub, hub_token, full_card):
     from huggingface_hub import HfApi
 
-    from release.card import published_card, review_card
+    from release.card.model_card import published_card, review_card
 
     api = HfApi()
     api.create_repo("fable-lab/aesop-tiny")
@@ -827,7 +827,7 @@ def test_diff_against_a_card_on_the_local_hub(hub, hub_token, full_card):
 def test_diff_against_a_repo_or_revision_that_does_not_exist_yet(hub, hub_token, full_card):
     from huggingface_hub import HfApi
 
-    from release.card import published_card, review_card
+    from release.card.model_card import published_card, review_card
 
     text, description = published_card("fable-lab/not-yet")
     assert text == ""
@@ -853,7 +853,7 @@ def test_diff_against_a_repo_or_revision_that_does_not_exist_yet(hub, hub_token,
 
 
 def test_published_card_from_a_file_and_bad_sources(tmp_path):
-    from release.card import published_card
+    from release.card.model_card import published_card
 
     path = tmp_path / "README.md"
     path.write_text("# Old\n")
@@ -865,7 +865,7 @@ def test_published_card_from_a_file_and_bad_sources(tmp_path):
 
 
 def test_pr_comment_stays_under_githubs_limit():
-    from release.card import MAX_COMMENT_CHARS, diff_cards, render_pr_comment
+    from release.card.model_card import MAX_COMMENT_CHARS, diff_cards, render_pr_comment
 
     old = "".join(f"line {i} old ```\n" for i in range(6000))
     new = "".join(f"line {i} new\n" for i in range(6000))
@@ -882,7 +882,7 @@ def test_pr_comment_stays_under_githubs_limit():
 
 
 def test_diff_cards_marks_a_missing_final_newline():
-    from release.card import diff_cards
+    from release.card.model_card import diff_cards
 
     diff = diff_cards("a\nb", "a\n", old_label="old", new_label="new")
     assert diff.endswith("+b\n\\ No newline at end of file\n")
@@ -893,7 +893,7 @@ def test_diff_cards_marks_a_missing_final_newline():
 
 
 def test_release_notes_link_the_hub_revision(full_card):
-    from release.card import render_release_notes
+    from release.card.model_card import render_release_notes
 
     notes = render_release_notes(
         full_card,
@@ -914,7 +914,7 @@ def test_release_notes_link_the_hub_revision(full_card):
 
 
 def test_job_summary():
-    from release.card import render_job_summary
+    from release.card.model_card import render_job_summary
 
     summary = render_job_summary(
         {
@@ -958,7 +958,7 @@ def test_job_summary():
 
 
 def test_github_run_url():
-    from release.card import github_run_url
+    from release.card.model_card import github_run_url
 
     env = {
         "GITHUB_ACTIONS": "true",

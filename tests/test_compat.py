@@ -18,9 +18,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from release import compat
 from release.cli import main
-from release.compat import (
+from release.compat import matrix as compat
+from release.compat.matrix import (
     ChildOutcome,
     CompatReport,
     ReferenceOutputs,
@@ -57,7 +57,7 @@ def test_supported_range_is_the_pyproject_requirement():
 
 
 def test_supported_range_from_installed_metadata(monkeypatch):
-    monkeypatch.setattr(compat, "find_pyproject", lambda: None)
+    monkeypatch.setattr(compat, "project_pyproject", lambda: None)
     assert supported_range() == ">=4.46,<6"
 
 
@@ -348,7 +348,7 @@ def selected_versions() -> list[str]:
 @pytest.fixture
 def converted(make_checkpoint, tokenizer_dir, tmp_path):
     """A folder converted by ``release convert`` from a tiny checkpoint, with that checkpoint."""
-    from release.convert import convert_checkpoint
+    from release.convert.folder import convert_checkpoint
 
     ckpt = make_checkpoint()
     out = tmp_path / "model"
@@ -441,7 +441,7 @@ def test_missing_weights_fail_at_load(converted, tmp_path):
 @pytest.mark.compat
 def test_bfloat16_release_loads_in_its_dtype(make_checkpoint, tokenizer_dir, tmp_path):
     """4.x reads ``torch_dtype``, 5.x ``dtype``: either way "auto" must load the bfloat16 weights as bfloat16."""
-    from release.convert import convert_checkpoint
+    from release.convert.folder import convert_checkpoint
 
     ckpt = make_checkpoint()
     convert_checkpoint(ckpt.path, tmp_path / "model", tokenizer=tokenizer_dir, dtype="bfloat16")

@@ -15,11 +15,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from release import convert as convert_module
+from release._io import sha256_file
 from release.cli import main
-from release.convert import ConversionResult, convert_checkpoint, parse_size
+from release.convert import folder as convert_module
+from release.convert.folder import ConversionResult, convert_checkpoint, parse_size
 from release.errors import ConversionError, OutputExistsError, TokenizerError, UsageError
-from release.hashing import sha256_file
 from tests.conftest import TOKENIZER_VOCAB, build_reference, run_isolated
 
 FP32_ATOL = 1e-5
@@ -667,8 +667,8 @@ def test_a_digest_computed_by_the_caller_is_recorded_without_rehashing(
     """The pipeline's fetch step hashed the file as it wrote it; convert records that digest as its own."""
     import json
 
-    from release.convert import convert_checkpoint
-    from release.hashing import sha256_file
+    from release._io import sha256_file
+    from release.convert.folder import convert_checkpoint
 
     ckpt = make_checkpoint()
     digest = sha256_file(ckpt.path)
@@ -688,7 +688,7 @@ def test_a_tokenizer_saved_by_transformers_5_is_renamed_for_4x(make_checkpoint, 
     import json
     import shutil
 
-    from release.convert import convert_checkpoint
+    from release.convert.folder import convert_checkpoint
 
     tok5 = tmp_path / "tok5"
     shutil.copytree(tokenizer_dir, tok5)

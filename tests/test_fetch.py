@@ -18,10 +18,10 @@ from types import SimpleNamespace
 import pytest
 from click.testing import CliRunner
 
+from release._io import sha256_file
 from release.cli import main
 from release.errors import FetchError, UsageError
-from release.fetch import FetchResult, HfLocation, fetch_artifact, parse_hf_uri
-from release.hashing import sha256_file
+from release.fetch.artifact import FetchResult, HfLocation, fetch_artifact, parse_hf_uri
 
 PAYLOAD = bytes(range(256)) * 1200 + b"tail"  # ~300 KB: several reads, fast to serve
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()

@@ -259,7 +259,7 @@ def test_rerun_of_the_same_release_uploads_nothing(demo_release):
 
 def test_failed_verification_stops_before_publishing(project, monkeypatch, hub, hub_token):
     """A release whose verification fails never reaches the Hub, and the step says why."""
-    import release.verify as verify
+    import release.verify.runner as verify
 
     real = verify.verify_model
 

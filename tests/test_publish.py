@@ -25,9 +25,16 @@ from release.errors import (
     VerificationError,
     VersionConflictError,
 )
-from release.hub_plan import LocalFile, RemoteFile, compute_plan, hash_file, read_release_folder, tree_matches
-from release.hub_retry import RetryPolicy, call_with_retry
-from release.hub_versions import parse_version
+from release.publish.plan import (
+    LocalFile,
+    RemoteFile,
+    compute_plan,
+    hash_file,
+    read_release_folder,
+    tree_matches,
+)
+from release.publish.retry import RetryPolicy, call_with_retry
+from release.versions import parse_version
 from tests.conftest import TOKENIZER_VOCAB, build_reference, run_isolated
 from tests.conftest_hub import hub_env
 
@@ -42,7 +49,7 @@ EOS = TOKENIZER_VOCAB - 1  # the tokenizer's <|endoftext|>
 
 def _restamp_report(folder: Path, report_from: Path | None = None) -> None:
     """Make verification.json vouch for the folder's current files, as if verify had passed on them."""
-    from release.verify_loading import folder_file_hashes
+    from release.verify.loading import folder_file_hashes
 
     path = folder.parent / "verification.json"
     report = json.loads((report_from or path).read_text())
@@ -67,9 +74,9 @@ def builds(tmp_path_factory, tokenizer_dir):
     the same tokens, so v1's report is re-stamped with v2's file hashes (one verify run saves ~10 s).
     "other": other weights, for the version conflict (refused before any check runs).
     """
-    from release.convert import convert_checkpoint
+    from release.convert.folder import convert_checkpoint
     from release.demo import training_config_dict, write_training_checkpoint
-    from release.verify import verify_model
+    from release.verify.runner import verify_model
 
     root = tmp_path_factory.mktemp("builds")
     made = {}
@@ -102,9 +109,11 @@ def fast_cli_retries(monkeypatch):
     """The CLI uses the default retry policy; make its waits instant."""
     import functools
 
-    import release.hub
+    import release.publish.publisher
 
-    monkeypatch.setattr(release.hub, "RetryPolicy", functools.partial(RetryPolicy, base_delay=0.0))
+    monkeypatch.setattr(
+        release.publish.publisher, "RetryPolicy", functools.partial(RetryPolicy, base_delay=0.0)
+    )
 
 
 @pytest.fixture
@@ -129,7 +138,7 @@ def publish(hub, hub_token, tmp_path):
     probe, in tests about Hub mechanics: it records each checked commit in ``publish.checked`` and asserts the
     invariant at the moment of the check: the commit is not tagged and no branch but staging points at it yet.
     """
-    from release.hub import publish_release
+    from release.publish.publisher import publish_release
 
     sleeps: list[float] = []
     checked: list[str] = []
@@ -191,7 +200,7 @@ def test_versions_decide_branch_and_tag(text, branch, pre):
      "v1.2.0\n", "v1.2.0-rc_1", "latest", ""],
 )  # fmt: skip
 def test_malformed_versions_are_refused_before_any_request(text, hub, hub_token, release_dir):
-    from release.hub import publish_release
+    from release.publish.publisher import publish_release
 
     with pytest.raises(UsageError, match="invalid version"):
         publish_release(release_dir(), repo_id=REPO, version=text)
@@ -318,7 +327,7 @@ def test_retry_backs_off_on_transient_errors_only():
 
 
 def test_redaction_hides_known_and_token_shaped_secrets(monkeypatch):
-    from release.hub_auth import redact
+    from release.auth import redact
 
     monkeypatch.setenv("HF_TOKEN", "s3cr3t-value")
     text = redact("token s3cr3t-value; Authorization: Bearer abc.def; hf_AbCdEf0123456789 ok")
@@ -576,7 +585,7 @@ def test_dry_run_works_offline(release_dir, monkeypatch):
 
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    from release.hub import publish_release
+    from release.publish.publisher import publish_release
 
     result = publish_release(release_dir("v1"), repo_id=REPO, version="v1.0.0", dry_run=True)
     assert result.plan.remote_state == "offline" and result.commit is None
@@ -586,7 +595,7 @@ def test_dry_run_works_offline(release_dir, monkeypatch):
 
 def test_no_token_is_refused_before_any_write(hub, release_dir, monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    from release.hub import publish_release
+    from release.publish.publisher import publish_release
 
     with pytest.raises(PublishError, match="no Hub credentials: set HF_TOKEN"):
         publish_release(release_dir("v1"), repo_id=REPO, version="v1.0.0")

@@ -1,6 +1,6 @@
 """release verify: a correct conversion passes, and each gate fails when it should, saying where.
 
-Real files throughout: a tiny training checkpoint, converted by ``release.convert``; broken candidates are
+Real files throughout: a tiny training checkpoint, converted by ``release.convert.folder``; broken candidates are
 copies of that folder with one thing changed (a weight, the order of two heads, a line of the modeling file,
 the tokenizer). Most runs use ``Release.fast()`` settings (two prompts, 12 new tokens, a short text); the
 correct conversion is verified once with the defaults.
@@ -62,7 +62,7 @@ class Release:
 
 @pytest.fixture(scope="module")
 def release(tmp_path_factory, tokenizer_dir) -> Release:
-    from release.convert import convert_checkpoint
+    from release.convert.folder import convert_checkpoint
 
     root = tmp_path_factory.mktemp("verify")
     model = build_reference()
@@ -85,8 +85,8 @@ def good(release):
     import weakref
 
     import release.checkpoint as checkpoint_module
-    import release.verify_loading as loading_module
-    from release.verify import verify_model
+    import release.verify.loading as loading_module
+    from release.verify.runner import verify_model
 
     seen = {}
     real_load_reference, real_load_candidate = (
@@ -175,7 +175,7 @@ def test_correct_conversion_passes_every_gate(release, good):
 
 
 def test_report_files_are_complete_sorted_and_name_every_verified_file(release, good):
-    from release.hashing import sha256_file
+    from release._io import sha256_file
 
     report, path, _ = good
     text = path.read_text(encoding="utf-8")
@@ -210,7 +210,7 @@ def test_report_files_are_complete_sorted_and_name_every_verified_file(release, 
 
 
 def test_card_reads_the_report(release, good):
-    from release.card_facts import check_verification
+    from release.card.facts import check_verification
 
     report, _, _ = good
     facts = check_verification(
@@ -224,7 +224,7 @@ def test_card_reads_the_report(release, good):
 
 
 def test_corrupt_weight_fails_parity_and_generation_naming_the_layer(release, tmp_path):
-    from release.verify import verify_model
+    from release.verify.runner import verify_model
 
     folder = release.copy(tmp_path / "model")
 
@@ -250,7 +250,7 @@ def test_corrupt_weight_fails_parity_and_generation_naming_the_layer(release, tm
 
 
 def test_swapped_heads_fail_parity(release, tmp_path):
-    from release.verify import verify_model
+    from release.verify.runner import verify_model
 
     folder = release.copy(tmp_path / "model")
     hs = 32 // 4
@@ -270,7 +270,7 @@ def test_swapped_heads_fail_parity(release, tmp_path):
 
 
 def test_cache_path_bug_fails_generation_while_plain_logits_pass(release, tmp_path):
-    from release.verify import verify_model
+    from release.verify.runner import verify_model
 
     folder = release.copy(tmp_path / "model")
     # The cache is filled but its result ignored: without a past nothing changes; with one, the past is lost.
@@ -290,7 +290,7 @@ def test_stale_remote_code_module_cannot_mask_a_broken_file(release, tmp_path, m
     import transformers.utils.hub as hub_utils
     from transformers import AutoModelForCausalLM
 
-    from release.verify import verify_model
+    from release.verify.runner import verify_model
 
     cache = tmp_path / "modules"
     monkeypatch.setattr(dynamic_module_utils, "HF_MODULES_CACHE", str(cache))
@@ -331,7 +331,7 @@ def test_stale_remote_code_module_cannot_mask_a_broken_file(release, tmp_path, m
 
 
 def test_tokenizer_other_than_the_training_one_fails_perplexity(release, tmp_path):
-    from release.verify import verify_model
+    from release.verify.runner import verify_model
 
     folder = release.copy(tmp_path / "model")
     other = train_tokenizer(demo_text(), tmp_path / "other_tokenizer", vocab_size=320)
@@ -345,7 +345,7 @@ def test_tokenizer_other_than_the_training_one_fails_perplexity(release, tmp_pat
 
 
 def test_broken_modeling_file_fails_load_and_hygiene_and_still_reports(release, tmp_path):
-    from release.verify import verify_model
+    from release.verify.runner import verify_model
 
     folder = release.copy(tmp_path / "dist" / "model")
     (folder / "modeling_custom_transformer.py").write_text("class Broken(:\n", encoding="utf-8")
@@ -359,7 +359,7 @@ def test_broken_modeling_file_fails_load_and_hygiene_and_still_reports(release, 
 
 
 def test_nan_weights_fail_and_the_report_is_still_valid_json(release, tmp_path):
-    from release.verify import verify_model
+    from release.verify.runner import verify_model
 
     folder = release.copy(tmp_path / "model")
     edit_tensor(folder, "model.layers.0.mlp.up_proj.weight", lambda w: w.fill_(float("nan")))
@@ -372,8 +372,8 @@ def test_nan_weights_fail_and_the_report_is_still_valid_json(release, tmp_path):
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_half_precision_export_passes_its_documented_gates(release, tmp_path, dtype):
-    from release.convert import convert_checkpoint
-    from release.verify import Gates, verify_model
+    from release.convert.folder import convert_checkpoint
+    from release.verify.runner import Gates, verify_model
 
     folder = convert_checkpoint(
         release.checkpoint, tmp_path / "model", tokenizer=release.tokenizer, dtype=dtype
@@ -389,7 +389,7 @@ def test_half_precision_export_passes_its_documented_gates(release, tmp_path, dt
 
 
 def test_hygiene_names_foreign_imports_and_dangling_auto_map(release, tmp_path):
-    from release.verify_hygiene import check_remote_code_hygiene
+    from release.verify.hygiene import check_remote_code_hygiene
 
     folder = release.copy(tmp_path / "model")
     assert check_remote_code_hygiene(folder).problems == []
@@ -483,7 +483,7 @@ def test_cli_verify_usage_errors(release, tmp_path, cli):
 
 
 def test_cli_generate_and_generate_text_agree_with_the_verified_continuation(release, good, cli):
-    from release.verify import generate_text
+    from release.verify.runner import generate_text
 
     case = good[0].generation["cases"][0]
     text = generate_text(release.model_dir, prompt=case["prompt"], max_new_tokens=32)
@@ -500,13 +500,13 @@ def test_cli_generate_and_generate_text_agree_with_the_verified_continuation(rel
 
 
 def test_check_generation_against_report_passes_on_the_verified_folder(release, good):
-    from release.verify import check_generation_against_report
+    from release.verify.runner import check_generation_against_report
 
     assert check_generation_against_report(release.model_dir, revision=None, report=good[0].to_dict()) == []
 
 
 def test_check_generation_against_report_fails_on_a_cache_path_bug(release, good, tmp_path):
-    from release.verify import check_generation_against_report
+    from release.verify.runner import check_generation_against_report
 
     folder = release.copy(tmp_path / "model")
     edit_modeling(folder, CACHE_LINE, "cache.update(k, v, self.layer_idx)")
@@ -517,7 +517,7 @@ def test_check_generation_against_report_fails_on_a_cache_path_bug(release, good
 
 
 def test_check_generation_against_report_refuses_unusable_reports(release, good):
-    from release.verify import check_generation_against_report
+    from release.verify.runner import check_generation_against_report
 
     data = good[0].to_dict()
     assert check_generation_against_report(
@@ -530,7 +530,7 @@ def test_check_generation_against_report_refuses_unusable_reports(release, good)
 
 
 def test_hub_revision_is_verified_and_rechecked_from_a_fresh_cache(release, hub, cli, tmp_path):
-    from release.verify import check_generation_against_report, generate_text
+    from release.verify.runner import check_generation_against_report, generate_text
 
     hub.create_repo(REPO)
     files = {p.name: p.read_bytes() for p in release.model_dir.iterdir()}  # convert writes no subfolders
@@ -568,7 +568,7 @@ def test_hub_revision_is_verified_and_rechecked_from_a_fresh_cache(release, hub,
 
 def test_prompt_and_max_new_tokens_must_fit_the_context(release):
     from release.errors import UsageError
-    from release.verify import verify_model
+    from release.verify.runner import verify_model
 
     with pytest.raises(UsageError, match=r"context of 64 tokens: lower --max-new-tokens to \d+ or less"):
         verify_model(release.model_dir, **release.fast(max_new_tokens=64))
@@ -576,7 +576,7 @@ def test_prompt_and_max_new_tokens_must_fit_the_context(release):
 
 def test_gates_per_dtype_and_overrides():
     from release.errors import UsageError
-    from release.verify import Gates
+    from release.verify.runner import Gates
 
     assert (
         Gates.for_dtype("fp32") == Gates()
@@ -597,7 +597,7 @@ def test_gates_per_dtype_and_overrides():
 def test_spill_reads_back_row_ranges_and_chunks_cover_every_position():
     import torch
 
-    from release.verify_checks import (
+    from release.verify.checks import (
         MIN_LOGITS_BUDGET,
         Spill,
         logits_budget,
@@ -618,8 +618,8 @@ def test_spill_reads_back_row_ranges_and_chunks_cover_every_position():
 
 
 def test_logits_beyond_the_budget_are_compared_by_position_chunks(release, good, monkeypatch):
-    import release.verify_checks as checks
-    from release.verify import verify_model
+    import release.verify.checks as checks
+    from release.verify.runner import verify_model
 
     # 20 positions x 384 logits x 4 bytes: a forward may return 20 positions of one row (a 64-token row's
     # activations exceed it too, so rows go one at a time).

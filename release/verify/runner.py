@@ -23,10 +23,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from release.convert import DEFAULT_TOKENIZER
 from release.errors import ReleaseError, TokenizerError, UsageError
-from release.settings import DEFAULT_PROMPTS
-from release.verify_report import GateResult, Gates, VerificationReport, read_report
+from release.settings import DEFAULT_PROMPTS, DEFAULT_TOKENIZER
+from release.verify.report import GateResult, Gates, VerificationReport, read_report
 
 __all__ = [
     "DEFAULT_PROMPTS",
@@ -102,7 +101,7 @@ def verify_model(
     """
     from release.checkpoint import load_reference_model
     from release.demo import demo_text_path
-    from release.verify_checks import (
+    from release.verify.checks import (
         heap_without_retention,
         logits_budget,
         make_parity_inputs,
@@ -111,8 +110,8 @@ def verify_model(
         return_freed_memory,
         share_causal_masks,
     )
-    from release.verify_hygiene import check_remote_code_hygiene
-    from release.verify_loading import candidate_source, folder_file_hashes, library_versions
+    from release.verify.hygiene import check_remote_code_hygiene
+    from release.verify.loading import candidate_source, folder_file_hashes, library_versions
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -283,7 +282,7 @@ class _CandidateRun:
         }
 
     def run(self) -> None:
-        from release.verify_loading import fresh_remote_code_modules, load_candidate
+        from release.verify.loading import fresh_remote_code_modules, load_candidate
 
         with fresh_remote_code_modules():
             t = time.perf_counter()
@@ -333,7 +332,7 @@ class _CandidateRun:
     # ---- parity
 
     def _parity(self, model) -> None:
-        from release.verify_checks import compare_logits, locate_divergence
+        from release.verify.checks import compare_logits, locate_divergence
 
         g = self.used_gates
         try:
@@ -387,7 +386,7 @@ class _CandidateRun:
     # ---- perplexity
 
     def _perplexity(self, model, tokenizer) -> None:
-        from release.verify_checks import perplexity, perplexity_nll
+        from release.verify.checks import perplexity, perplexity_nll
 
         threshold = self.used_gates.max_perplexity_rel_diff
         ref_ppl = self.reference.perplexity
@@ -429,7 +428,7 @@ class _CandidateRun:
     # ---- generation
 
     def _generation(self, model, tokenizer) -> None:
-        from release.verify_checks import normalize_eos
+        from release.verify.checks import normalize_eos
 
         eos = normalize_eos(model.generation_config.eos_token_id)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(sorted(eos)), None)
@@ -439,7 +438,7 @@ class _CandidateRun:
         self._pipeline(model, tokenizer, runs)
 
     def _greedy(self, model, tokenizer, pad):
-        from release.verify_checks import candidate_greedy, compare_greedy
+        from release.verify.checks import candidate_greedy, compare_greedy
 
         margin = self.used_gates.greedy_tie_margin
         runs, problems, ok_count = [], [], 0
@@ -499,7 +498,7 @@ class _CandidateRun:
     def _padded_batch(self, model, tokenizer, runs, pad, eos) -> None:
         import torch
 
-        from release.verify_checks import compare_greedy, trim_at_eos
+        from release.verify.checks import compare_greedy, trim_at_eos
 
         margin = self.used_gates.greedy_tie_margin
         info: dict[str, Any] = {"prompts": len(self.prompts)}
@@ -631,7 +630,7 @@ def check_generation_against_report(
     Returns:
         One line per problem; empty when everything matches.
     """
-    from release.verify_loading import candidate_source, folder_file_hashes, fresh_remote_code_modules
+    from release.verify.loading import candidate_source, folder_file_hashes, fresh_remote_code_modules
 
     try:
         cases, max_new_tokens, expected_files = _report_cases(report)
@@ -677,8 +676,8 @@ def _report_cases(report: dict) -> tuple[list[dict], int, dict[str, str]]:
 
 
 def _regenerate(source, cases: list[dict], max_new_tokens: int) -> list[str]:
-    from release.verify_checks import candidate_greedy
-    from release.verify_loading import load_candidate
+    from release.verify.checks import candidate_greedy
+    from release.verify.loading import load_candidate
 
     try:
         model, tokenizer = load_candidate(source)
@@ -689,7 +688,7 @@ def _regenerate(source, cases: list[dict], max_new_tokens: int) -> list[str]:
     try:
         pad = tokenizer.pad_token_id
         if pad is None:
-            from release.verify_checks import normalize_eos
+            from release.verify.checks import normalize_eos
 
             pad = next(iter(sorted(normalize_eos(model.generation_config.eos_token_id))), None)
         for case in cases:
@@ -750,7 +749,7 @@ def generate_text(
     import torch
 
     from release.errors import VerificationError
-    from release.verify_loading import CandidateSource, fresh_remote_code_modules, is_repo_id, load_candidate
+    from release.verify.loading import CandidateSource, fresh_remote_code_modules, is_repo_id, load_candidate
 
     if not prompt:
         raise UsageError("the prompt is empty")
@@ -849,10 +848,10 @@ def _encode(tokenizer, text: str) -> list[int]:
 def _load_training_tokenizer(name: str):
     from transformers import AutoTokenizer
 
-    from release.verify_loading import hf_token
+    from release.auth import read_token
 
     try:
-        return AutoTokenizer.from_pretrained(name, token=hf_token())
+        return AutoTokenizer.from_pretrained(name, token=read_token())
     except Exception as exc:
         raise TokenizerError(f"cannot load the training tokenizer {name!r}: {_exc(exc)}") from exc
 
@@ -877,7 +876,7 @@ def _hygiene_gate(problems: list[str]) -> GateResult:
 
 @contextlib.contextmanager
 def _spill():
-    from release.verify_checks import Spill
+    from release.verify.checks import Spill
 
     with Spill() as spill:
         yield spill
@@ -890,6 +889,7 @@ def _sci(value: float) -> str:
 
 
 def _exc(exc: BaseException) -> str:
-    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    message = message if len(message) <= 300 else message[:297] + "..."
+    from release._io import first_line
+
+    message = first_line(exc, limit=300) if str(exc).strip() else ""
     return f"raised {type(exc).__name__}" + (f": {message}" if message else "")

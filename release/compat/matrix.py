@@ -44,7 +44,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -52,13 +51,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from release.errors import CompatError, SettingsError, UsageError
+from release.settings import PROJECT, project_pyproject, read_toml
 
 if TYPE_CHECKING:
     import torch
 
-    from release.verify_report import Gates
+    from release.verify.report import Gates
 
-PROJECT = "custom-transformer-release"
 STAGES = ("load", "logits", "generation")
 STAMP = ".compat-environment.json"  # written last: its presence marks a complete environment
 DEFAULT_PROMPTS = ("The Fox", "A Lion lay asleep in the forest, when", "Once upon a time a")
@@ -75,24 +74,6 @@ _OPERATOR_ORDER = {"===": 0, "==": 0, "~=": 1, ">=": 2, ">": 2, "!=": 3, "<=": 4
 
 
 # --------------------------------------------------------------------------- the supported range and the list
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise SettingsError(f"cannot read {path}: {exc}") from exc
-
-
-def find_pyproject() -> Path | None:
-    """This project's pyproject.toml: beside the source tree (checkout, editable install), else in the cwd."""
-    for candidate in (
-        Path(__file__).resolve().parent.parent / "pyproject.toml",
-        Path.cwd() / "pyproject.toml",
-    ):
-        if candidate.is_file() and _read_toml(candidate).get("project", {}).get("name") == PROJECT:
-            return candidate
-    return None
 
 
 def _transformers_requirement(requirements: Sequence[str], source: str):
@@ -130,9 +111,9 @@ def supported_range(pyproject: Path | None = None) -> str:
     Raises:
         SettingsError: No transformers requirement, or one without a version range.
     """
-    path = pyproject or find_pyproject()
+    path = pyproject or project_pyproject()
     if path is not None:
-        deps = _read_toml(path).get("project", {}).get("dependencies", [])
+        deps = read_toml(path).get("project", {}).get("dependencies", [])
         return _format_specifier(_transformers_requirement(deps, str(path)).specifier)
     try:
         requires = metadata.requires(PROJECT) or []
@@ -190,13 +171,13 @@ def default_versions(pyproject: Path | None = None) -> list[str]:
     from packaging.specifiers import SpecifierSet
     from packaging.version import Version
 
-    path = pyproject or find_pyproject()
+    path = pyproject or project_pyproject()
     if path is None:
         raise SettingsError(
             f"cannot find {PROJECT}'s pyproject.toml for [tool.release.compat]; pass --versions "
             "(or set RELEASE_COMPAT_VERSIONS)"
         )
-    table = _read_toml(path).get("tool", {}).get("release", {}).get("compat", {})
+    table = read_toml(path).get("tool", {}).get("release", {}).get("compat", {})
     listed = table.get("transformers")
     source = f"{path} [tool.release.compat] transformers"
     if not isinstance(listed, list) or not all(isinstance(v, str) for v in listed):
@@ -716,7 +697,7 @@ def judge_child_result(
     version: str, outcome: ChildOutcome, reference: ReferenceOutputs, gates: Gates | None = None
 ) -> VersionResult:
     """Apply the gates to one child's figures. Every failure line starts with ``transformers X: <stage>:``."""
-    from release.verify_report import Gates
+    from release.verify.report import Gates
 
     gates = gates or Gates.for_dtype("float32")
     res = outcome.result
@@ -883,7 +864,7 @@ def merge_into_report(path: Path, report: CompatReport) -> Path:
     Raises:
         CompatError: ``path`` exists but is not a JSON object.
     """
-    from release.verify_report import write_text_atomic
+    from release._io import write_text_atomic
 
     path = Path(path)
     data: dict[str, Any] = {}

@@ -36,7 +36,9 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from release._io import first_line, fsync_dir, fsync_file, sha256_file
 from release.errors import CheckpointError, ConversionError, OutputExistsError, TokenizerError, UsageError
+from release.settings import DEFAULT_TOKENIZER, DTYPES, SAFETENSORS_DTYPES
 
 if TYPE_CHECKING:
     import torch
@@ -46,9 +48,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DTYPES = ("float32", "bfloat16", "float16")
-SAFETENSORS_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
-DEFAULT_TOKENIZER = "gpt2"
 GPT2_EOS = ("<|endoftext|>", 50256)
 MODELING_FILES = ("configuration_custom_transformer.py", "modeling_custom_transformer.py")
 AUTO_MAP = {
@@ -279,17 +278,7 @@ def _publish(staging: Path, out: Path, *, force: bool) -> None:
         raise
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)
-    _fsync_dir(out.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    if os.name != "posix":
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(out.parent)
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
@@ -304,12 +293,8 @@ def _fsync_folder(folder: Path) -> None:
     conversion goes on, and the small files share one journal commit.
     """
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        fd = os.open(path, os.O_RDWR)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    _fsync_dir(folder)
+        fsync_file(path)
+    fsync_dir(folder)
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -321,8 +306,6 @@ def _json_text(obj: Any) -> str:
 
 
 def _file_record(path: Path) -> FileRecord:
-    from release.hashing import sha256_file
-
     return FileRecord(sha256=sha256_file(path), size=path.stat().st_size)
 
 
@@ -405,7 +388,7 @@ def _stage_tokenizer(tokenizer: str | Path | None, staging: Path, arch: Architec
 
         tok = AutoTokenizer.from_pretrained(staging)
     except Exception as exc:  # transformers raises OSError, ValueError, KeyError... for unusable folders
-        raise TokenizerError(f"cannot load the tokenizer {name}: {_first_line(exc)}") from exc
+        raise TokenizerError(f"cannot load the tokenizer {name}: {first_line(exc)}") from exc
     size = len(tok)
     if size > arch.vocab_size:
         raise TokenizerError(
@@ -481,15 +464,10 @@ def _locate_tokenizer(tokenizer: str | Path | None) -> tuple[str, str, Path, str
             " (the default, GPT-2's)" if tokenizer == DEFAULT_TOKENIZER else " (no local folder by that name)"
         )
         raise TokenizerError(
-            f"cannot download the tokenizer {text!r}{hint} from the Hub: {_first_line(exc)}; "
+            f"cannot download the tokenizer {text!r}{hint} from the Hub: {first_line(exc)}; "
             "pass --tokenizer with a local tokenizer folder"
         ) from exc
     return "hub", text, folder, folder.name
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 # --------------------------------------------------------------------------- config files
@@ -827,7 +805,7 @@ def _jsonable(value: Any) -> Any:
 
 def _converter_git() -> tuple[str | None, bool | None]:
     """The commit of the repository the converter runs from, and whether tracked files differ from it."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     if not (root / ".git").exists():
         return None, None
     try:

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from release._io import CHUNK_SIZE
 from release.errors import PublishError, UsageError
-from release.hashing import CHUNK_SIZE
 
 KEEP_REMOTE = frozenset({".gitattributes"})  # the Hub's LFS rules: never deleted, never compared
 

@@ -33,18 +33,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from release._io import sha256_file
+from release.auth import read_token
 from release.errors import UsageError, VerificationError
-from release.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 
 _DYNAMIC_PACKAGE = "transformers_modules"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
-
-
-def hf_token() -> str | bool:
-    """The Hub token: ``$HF_TOKEN`` only; ``False`` (send none) rather than a token file on the machine."""
-    return os.environ.get("HF_TOKEN") or False
 
 
 def _take_dynamic_modules() -> dict[str, Any]:
@@ -107,7 +103,7 @@ class CandidateSource:
     def from_pretrained_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"trust_remote_code": True}
         if self.kind == "hub":
-            kwargs.update(revision=self.commit or self.revision, token=hf_token())
+            kwargs.update(revision=self.commit or self.revision, token=read_token())
             if self.cache_dir is not None:
                 kwargs["cache_dir"] = str(self.cache_dir)
         return kwargs
@@ -153,7 +149,9 @@ def candidate_source(model: str | Path, revision: str | None) -> Iterator[Candid
 
     with tempfile.TemporaryDirectory(prefix="release-verify-hub-") as tmp:
         try:
-            snapshot = Path(snapshot_download(str(model), revision=revision, cache_dir=tmp, token=hf_token()))
+            snapshot = Path(
+                snapshot_download(str(model), revision=revision, cache_dir=tmp, token=read_token())
+            )
         except (RepositoryNotFoundError, LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             where = f"{model}@{revision}" if revision else str(model)

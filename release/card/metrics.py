@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from release.card_facts import read_json_object
+from release.card.facts import read_json_object
 from release.errors import CardError
 
 TASK_TYPE = "text-generation"

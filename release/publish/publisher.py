@@ -29,7 +29,7 @@ Guarded: both commits name their parent; if the branch moved (HTTP 412, or a hea
 lost response), the release stops with ``ConcurrentPushError`` and nothing is tagged.
 
 Resilient: every Hub call is retried with exponential back-off and jitter on 5xx/408/429 and dropped
-connections (``release.hub_retry``). A commit is not blindly retried: after a failed attempt the branch head
+connections (``release.publish.retry``). A commit is not blindly retried: after a failed attempt the branch head
 is re-read; unchanged means retry, moved to exactly our tree means the commit landed and only its response
 was lost, moved otherwise means a concurrent push. Re-running after any failure completes the release:
 if the target branch already holds the release but has no tag (a run died between step 6 and 7), that
@@ -42,7 +42,7 @@ the checked tree on the target branch.
 Dry run: no token, no writes; the plan is computed against the remote if it can be read (anonymously, or
 with ``HF_TOKEN`` if set), else against an empty repo with the reason ("offline"). A version conflict is
 reported by a dry run exactly as by a real one. Tokens: see
-``release.hub_auth``; every message built from an exception is redacted.
+``release.auth``; every message built from an exception is redacted.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from release.auth import read_token, redact, resolve_token
 from release.errors import (
     ConcurrentPushError,
     PublishError,
@@ -60,8 +61,7 @@ from release.errors import (
     VerificationError,
     VersionConflictError,
 )
-from release.hub_auth import read_only_token, redact, resolve_token
-from release.hub_plan import (
+from release.publish.plan import (
     LocalFile,
     PlannedFile,
     ReleaseFolder,
@@ -73,10 +73,10 @@ from release.hub_plan import (
     read_release_folder,
     tree_matches,
 )
-from release.hub_retry import RetryPolicy, call_with_retry, describe, http_status, is_transient
-from release.hub_versions import Version, parse_version
+from release.publish.retry import RetryPolicy, call_with_retry, describe, http_status, is_transient
+from release.versions import Version, parse_version
 
-logger = logging.getLogger("release.hub")
+logger = logging.getLogger("release.publish")
 
 IN_MEMORY_LIMIT = (
     10 * 1024 * 1024
@@ -116,20 +116,12 @@ class PublishResult:
     def write_json(self, path: str | Path) -> Path:
         """Write ``to_dict()`` as JSON atomically (temp file, then rename); redacted like every output."""
         import json
-        import os
-        import tempfile
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(redact(json.dumps(self.to_dict(), indent=2, sort_keys=True)) + "\n")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        from release._io import write_text_atomic
+
+        return write_text_atomic(
+            Path(path), redact(json.dumps(self.to_dict(), indent=2, sort_keys=True)) + "\n"
+        )
 
 
 def publish_release(
@@ -171,7 +163,7 @@ def publish_release(
     release = read_release_folder(folder, verification)
     policy = retry or RetryPolicy()
     if dry_run:
-        return _Publisher(repo_id, parsed, release, policy, token=read_only_token() or False).dry_run()
+        return _Publisher(repo_id, parsed, release, policy, token=read_token()).dry_run()
     resolve_token()  # fail early and clearly without credentials; the client re-resolves (OIDC refresh)
     check = post_upload_check or _generation_check(release)
     publisher = _Publisher(repo_id, parsed, release, policy, token=None)
@@ -200,7 +192,7 @@ def _generation_check(release: ReleaseFolder) -> PostUploadCheck:
     report = {**release.report, "model": model}
 
     def check(repo_id: str, commit: str) -> list[str]:
-        from release.verify import ALLOWED_EXTRA_FILES, check_generation_against_report
+        from release.verify.runner import ALLOWED_EXTRA_FILES, check_generation_against_report
 
         extra = (*ALLOWED_EXTRA_FILES, *card_files)
         return check_generation_against_report(

@@ -3,7 +3,7 @@
 Transient: HTTP 5xx, 408 and 429 (honouring ``Retry-After``), and transport failures (refused or dropped
 connections, timeouts, a server that closed the socket mid-response). Everything else, 4xx in particular, is
 final and raised at once. ``call_with_retry`` is only for calls that are safe to repeat (reads, ref
-operations whose outcome the caller re-checks); a commit needs more care, see ``release.hub``.
+operations whose outcome the caller re-checks); a commit needs more care, see ``release.publish.publisher``.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from release.hub_auth import redact
+from release._io import first_line
+from release.auth import redact
 
-logger = logging.getLogger("release.hub")
+logger = logging.getLogger("release.publish")
 
 T = TypeVar("T")
 
@@ -91,16 +92,12 @@ def retry_after_seconds(exc: BaseException) -> float | None:
         return None
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
 def describe(exc: BaseException) -> str:
     """One redacted line for logs and messages: the error, its HTTP status, and the HTTP cause if wrapped."""
-    text = _first_line(exc)
+    text = first_line(exc)
     cause = _http_cause(exc)
     if cause is not None and cause is not exc:
-        text = f"{text} ({_first_line(cause)})"
+        text = f"{text} ({first_line(cause)})"
     status = http_status(exc)
     if status is not None and str(status) not in text:
         text = f"HTTP {status}: {text}"

@@ -48,8 +48,9 @@ from pathlib import Path
 from typing import BinaryIO, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from release._io import CHUNK_SIZE, first_line, fsync_dir, sha256_file
+from release.auth import read_token, redact
 from release.errors import FetchError, UsageError
-from release.hashing import CHUNK_SIZE, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -290,12 +291,7 @@ def _check_digest(*, expected: str, actual: str, display: str) -> None:
 def _commit(tmp: Path, out: Path) -> None:
     """Rename a complete, fsynced ``tmp`` onto ``out`` and make the rename itself durable."""
     os.replace(tmp, out)
-    if os.name == "posix":
-        fd = os.open(out.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    fsync_dir(out.parent)
 
 
 def _write_verified(
@@ -651,8 +647,7 @@ def _fetch_hf(location: HfLocation, *, expected: str, out: Path, progress: bool,
         RevisionNotFoundError,
     )
 
-    # HF_TOKEN only: False stops huggingface_hub from falling back to a token saved by `hf auth login`.
-    token = os.environ.get("HF_TOKEN") or False
+    token = read_token()
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.hf-"))
     try:
         try:
@@ -677,13 +672,13 @@ def _fetch_hf(location: HfLocation, *, expected: str, out: Path, progress: bool,
                 f"{display}: revision {location.revision!r} not found in {location.repo_id}"
             ) from exc
         except LocalEntryNotFoundError as exc:  # raised when the Hub cannot be reached
-            raise FetchError(f"{display}: cannot reach the Hub ({_first_line(exc, token)})") from exc
+            raise FetchError(f"{display}: cannot reach the Hub ({redact(first_line(exc))})") from exc
         except EntryNotFoundError as exc:
             raise FetchError(f"{display}: {location.filename} not found in {location.repo_id}") from exc
         except HFValidationError as exc:
-            raise UsageError(f"{display}: {_first_line(exc, token)}") from exc
+            raise UsageError(f"{display}: {redact(first_line(exc))}") from exc
         except (HfHubHTTPError, OSError) as exc:
-            raise FetchError(f"{display}: {_first_line(exc, token)}") from exc
+            raise FetchError(f"{display}: {redact(first_line(exc))}") from exc
         return _move_verified(Path(downloaded), out, expected=expected, display=display)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -702,12 +697,6 @@ def _hub_progress_bars(enabled: bool) -> Iterator[None]:
     finally:
         if silence:
             enable_progress_bars()
-
-
-def _first_line(exc: BaseException, token: str | bool = False) -> str:
-    """The first line of an exception message, with the token masked should a library ever echo it."""
-    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    return text.replace(token, "***") if isinstance(token, str) and token else text
 
 
 # --- object stores (fsspec) ------------------------------------------------------------------------
@@ -739,4 +728,4 @@ def _fetch_object_store(uri: str, *, scheme: str, expected: str, out: Path, disp
         raise FetchError(f"{display}: not found") from None
     # Each backend raises its own exception types (botocore, google-auth...): report them as one line.
     except Exception as exc:
-        raise FetchError(f"{display}: {type(exc).__name__}: {_first_line(exc)}") from exc
+        raise FetchError(f"{display}: {type(exc).__name__}: {first_line(exc)}") from exc

@@ -22,14 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from release.card_facts import (
+from release._io import write_text_atomic
+from release.card.facts import (
     check_verification,
     git_head_commit,
     read_json_object,
     read_model_facts,
     read_release_facts,
 )
-from release.card_metrics import (
+from release.card.metrics import (
     Metric,
     checkpoint_metrics,
     collect_metrics,
@@ -37,7 +38,7 @@ from release.card_metrics import (
     eval_results,
     read_metrics_file,
 )
-from release.card_render import check_card_text, render_template
+from release.card.render import check_card_text, render_template
 from release.errors import CardError, SettingsError
 
 HUB_URL = "https://huggingface.co"  # links in the card point at the public Hub, whatever HF_ENDPOINT says
@@ -55,7 +56,7 @@ _PLACEHOLDER_VALUE = re.compile(r"YOUR_|<[^>]*>|\bTODO\b|\bFIXME\b|^(?:None|null
 def validate_version(version: str) -> str:
     """Return ``version`` if it is ``vMAJOR.MINOR.PATCH[-prerelease]``; UsageError otherwise (one rule for
     every command: :func:`release.hub_versions.parse_version`)."""
-    from release.hub_versions import parse_version
+    from release.versions import parse_version
 
     return str(parse_version(version))
 
@@ -464,18 +465,6 @@ def _metric_row(m: Metric) -> dict[str, Any]:
 # --- writing -----------------------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, text: str) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_model_card(model_dir: Path, rendered: RenderedCard) -> list[Path]:
     """Write ``README.md`` and replace ``.eval_results/`` in ``model_dir``; return the paths written.
 
@@ -483,7 +472,7 @@ def write_model_card(model_dir: Path, rendered: RenderedCard) -> list[Path]:
     metric dropped from this release does not linger from the last one.
     """
     model_dir = Path(model_dir)
-    written = [_atomic_write(model_dir / "README.md", rendered.text)]
+    written = [write_text_atomic(model_dir / "README.md", rendered.text)]
     target = model_dir / EVAL_RESULTS_DIR
     staging = Path(tempfile.mkdtemp(prefix=f"{EVAL_RESULTS_DIR}.", suffix=".tmp", dir=model_dir))
     try:
@@ -538,9 +527,13 @@ def published_card(source: str) -> tuple[str, str]:
         RevisionNotFoundError,
     )
 
+    from release.auth import read_token
+
     with tempfile.TemporaryDirectory(prefix="release-card-") as cache:
         try:
-            downloaded = hf_hub_download(repo_id, "README.md", revision=revision, cache_dir=cache)
+            downloaded = hf_hub_download(
+                repo_id, "README.md", revision=revision, cache_dir=cache, token=read_token()
+            )
             text = Path(downloaded).read_text(encoding="utf-8")
         except GatedRepoError:
             raise CardError(
@@ -678,7 +671,7 @@ def write_pr_comment(path: Path, comment: str) -> Path:
     """Write the PR comment atomically (the preview workflow posts this file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return _atomic_write(path, comment)
+    return write_text_atomic(path, comment)
 
 
 # --- release notes and job summary -------------------------------------------------------------------

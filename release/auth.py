@@ -1,4 +1,4 @@
-"""Credentials for publishing, and the redaction every message about the Hub passes through.
+"""Hub credentials, in one place for every step, and the redaction every message about the Hub passes through.
 
 Where a token comes from (never from a command-line option, so it cannot end up in shell history or CI logs):
 
@@ -11,6 +11,11 @@ A token saved by ``hf auth login`` is deliberately not used for writes: a releas
 credentials come from. Both sources are read by ``huggingface_hub.get_token()``, which also decides the
 precedence (OIDC first), so what is checked here is what the client sends.
 
+Reads (fetching an ``hf://`` checkpoint, verify's and publish's downloads, the published card) use
+:func:`read_token`: whatever ``huggingface_hub.get_token()`` resolves (OIDC, ``HF_TOKEN``, a saved login), so a
+private repo is readable with trusted publishing too. Writes use :func:`resolve_token`, which insists on an
+explicit source.
+
 ``redact`` replaces every known secret value and anything shaped like a Hub token or a bearer header; it is
 applied to every message derived from an exception before it is shown or raised.
 """
@@ -20,7 +25,7 @@ from __future__ import annotations
 import os
 import re
 
-from release.errors import PublishError
+from release.errors import CredentialsError, PublishError
 
 # Environment variables whose values are secrets (the OIDC request token lets anyone mint id tokens).
 SECRET_ENV_VARS = (
@@ -71,7 +76,22 @@ def resolve_token() -> str:
     return token
 
 
-def read_only_token() -> str | None:
-    """A token for read-only calls (dry run) when one is at hand without any exchange; else anonymous."""
-    token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
-    return token.strip() if token and token.strip() else None
+def read_token() -> str | bool:
+    """The token for Hub reads, as ``huggingface_hub.get_token()`` resolves it; ``False`` (send none) if none.
+
+    ``False`` rather than ``None``: huggingface_hub reads ``None`` as "look for one yourself". The token is
+    remembered for redaction and never shown.
+
+    Raises:
+        CredentialsError: ``HF_OIDC_RESOURCE`` is set and the trusted-publishing exchange failed.
+    """
+    from huggingface_hub import get_token
+
+    try:
+        token = get_token()
+    except Exception as exc:  # OIDCError, or an HTTP error from the token exchange
+        raise CredentialsError(f"trusted publishing (HF_OIDC_RESOURCE) failed: {redact(str(exc))}") from None
+    if not token:
+        return False
+    _known_secrets.add(token)
+    return token
