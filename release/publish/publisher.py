@@ -213,7 +213,7 @@ def publish_release(
     if dry_run:
         return _Publisher(repo_id, parsed, release, policy, token=read_token(), echo=echo).dry_run()
     resolve_token()  # fail early and clearly without credentials; the client re-resolves (OIDC refresh)
-    check = post_upload_check or _generation_check(release, policy)
+    check = post_upload_check or generation_check(release, policy)
     publisher = _Publisher(repo_id, parsed, release, policy, token=None, echo=echo)
     try:
         return publisher.publish(private=private, commit_message=commit_message, check=check)
@@ -300,7 +300,7 @@ def download_commit(repo_id: str, commit: str, *, cache_dir: Path, policy: Retry
         raise hub_failure(what, exc, attempts=policy.attempts, consequence="nothing was tagged") from exc
 
 
-def _generation_check(release: ReleaseFolder, policy: RetryPolicy) -> PostUploadCheck:
+def generation_check(release: ReleaseFolder, policy: RetryPolicy) -> PostUploadCheck:
     """The gate of ``release verify`` repeated on the uploaded commit, from the Hub, with the recorded tokens."""
     # Card files are written after verification: the report cannot vouch for them, but they are uploaded too.
     card_files = release.written_after_verification
