@@ -285,7 +285,7 @@ def download_commit(repo_id: str, commit: str, *, cache_dir: Path, policy: Retry
     """
     from huggingface_hub import snapshot_download
 
-    what = f"downloading {repo_id}@{commit[:12]} for the post-upload check"
+    what = f"downloading {repo_id}@{commit[:12]}"
     try:
         return Path(
             call_with_retry(
@@ -570,9 +570,7 @@ class _Publisher:
             failures = list(check(self.repo_id, commit))
         except PublishError as exc:  # the Hub could not be reached, or the download failed: not the model
             if isinstance(exc, HubUnavailableError):
-                exc.args = (
-                    f"could not check {where}: {exc}; {untouched} was not changed. Re-run to check it again",
-                )
+                exc.args = (f"could not check {where} from the Hub: {exc}; {untouched} was not changed",)
             raise
         except ReleaseError as exc:
             failures = [redact(str(exc)), *(redact(f) for f in getattr(exc, "failures", []))]
