@@ -70,6 +70,7 @@ from pathlib import Path
 from release.auth import read_token, redact, resolve_token
 from release.errors import (
     ConcurrentPushError,
+    CredentialsError,
     HubUnavailableError,
     PublishError,
     ReleaseError,
@@ -474,15 +475,16 @@ class _Publisher:
                     f"staging: committing {len(plan.changes)} change(s) to {staging} (base {base_ref} at "
                     f"{base[:12]})"
                 )
+                staged = True  # before the call: a lost response may leave the branch created
                 self._create_branch(staging, base)
-                staged = True
                 final = self._check_and_land(plan, base, target, target_exists, message, description, check)
             self._say(f"tagging: {v.tag} at {final[:12]}")
             self._create_tag(v.tag, final)
-        except ReleaseError as exc:
+        except BaseException as exc:  # also KeyboardInterrupt: the CLI promises nothing is left behind
             if staged:
                 self._cleanup(staging)
-            self._note_cleanup(exc)
+            if isinstance(exc, ReleaseError):
+                self._note_cleanup(exc)
             raise
         if staged:
             self._cleanup(staging)
@@ -568,7 +570,7 @@ class _Publisher:
         self._say(f"checking: {where} from the Hub (download, then load with trust_remote_code and generate)")
         try:
             failures = list(check(self.repo_id, commit))
-        except PublishError as exc:  # the Hub could not be reached, or the download failed: not the model
+        except (PublishError, CredentialsError) as exc:  # the Hub or the credentials failed, not the model
             if isinstance(exc, HubUnavailableError):
                 exc.args = (f"could not check {where} from the Hub: {exc}; {untouched} was not changed",)
             raise
