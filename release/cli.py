@@ -39,6 +39,11 @@ def reports_errors(func):
 
             for line in getattr(exc, "failures", None) or []:
                 click.echo(f"FAILED: {redact(line)}", err=True)
+            rerun = getattr(exc, "rerun", None)  # HubUnavailableError: the Hub, not the release, failed
+            if rerun:
+                click.echo(f"Error: {redact(str(exc))}", err=True)
+                click.echo(f"Re-run to complete the release: {redact(rerun)}", err=True)
+                sys.exit(exc.exit_code)
             _fail(redact(str(exc)), exc.exit_code)
         except KeyboardInterrupt:
             _fail("interrupted; nothing was left behind", 130)
@@ -212,6 +217,7 @@ def publish(folder, repo_id, version, private, dry_run, commit_message, verifica
         dry_run=dry_run,
         commit_message=commit_message,
         verification=verification,
+        echo=lambda line: click.echo(line, err=True),
     )
     if dry_run:
         for line in result.plan.format_lines():
@@ -225,9 +231,12 @@ def publish(folder, repo_id, version, private, dry_run, commit_message, verifica
         click.echo(f"{result.tag} is already published at {result.commit} with this content; nothing to do.")
     if json_out is not None:
         result.write_json(json_out)
-    from release.github import report_publish
+    from release.github import append_summary, report_publish
 
     report_publish(result.to_dict())
+    for warning in result.warnings:
+        click.echo(f"Warning: {redact(warning)}", err=True)
+        append_summary(f"> [!WARNING]\n> {redact(warning)}\n")
 
 
 @main.command()

@@ -59,6 +59,13 @@ class PublishError(ReleaseError):
     """Publishing to the Hub failed; nothing was tagged."""
 
 
+class HubUnavailableError(PublishError):
+    """The Hub could not be reached (5xx, 429, dropped connections) even after every retry; nothing is wrong with
+    the release itself, and re-running completes it. ``rerun`` is the command to run again, when known."""
+
+    rerun: str | None = None
+
+
 class VersionConflictError(PublishError):
     """The version is already published with different content."""
 

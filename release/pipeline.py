@@ -289,8 +289,15 @@ def _publish(settings: Settings, result: RunResult, state: dict, say, pyproject_
         private=settings.private,
         dry_run=result.dry_run,
         verification=result.out_dir / "verification.json",
+        echo=lambda line: say(f"  {line}"),
     )
     result.publish = published
+    if published.warnings:
+        from release.github import append_summary
+
+        for warning in published.warnings:
+            say(f"  warning: {warning}")
+            append_summary(f"> [!WARNING]\n> {warning}\n")
     if result.dry_run:
         for line in published.plan.format_lines():
             say(f"  {line}")

@@ -285,21 +285,21 @@ def test_folder_must_be_exactly_what_verification_passed(release_dir):
 
 
 def _http_error(status: int, headers: dict | None = None):
-    import httpx2
     from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.utils import httpx  # the HTTP client huggingface_hub is built on
 
-    request = httpx2.Request("POST", "http://127.0.0.1/api/x")
+    request = httpx.Request("POST", "http://127.0.0.1/api/x")
     return HfHubHTTPError(
-        f"{status} error", response=httpx2.Response(status, headers=headers, request=request)
+        f"{status} error", response=httpx.Response(status, headers=headers, request=request)
     )
 
 
 def test_retry_backs_off_on_transient_errors_only():
-    import httpx2
+    from huggingface_hub.utils import httpx
 
     sleeps: list[float] = []
     policy = RetryPolicy(attempts=4, base_delay=1.0, max_delay=3.0, jitter=0.0, sleep=sleeps.append)
-    outcomes = [_http_error(503), httpx2.ConnectError("refused"), httpx2.RemoteProtocolError("dropped"), "ok"]
+    outcomes = [_http_error(503), httpx.ConnectError("refused"), httpx.RemoteProtocolError("dropped"), "ok"]
 
     def flaky():
         outcome = outcomes.pop(0)
@@ -324,6 +324,13 @@ def test_retry_backs_off_on_transient_errors_only():
     outcomes[:] = [_http_error(500)] * 4
     with pytest.raises(Exception, match="500 error"):
         call_with_retry(flaky, what="read", policy=policy)
+
+
+def test_cleanup_retries_twice_as_long_and_stays_bounded():
+    policy = RetryPolicy(attempts=5, base_delay=2.0, max_delay=30.0, jitter=0.25)
+    patient = policy.patient()
+    assert patient.attempts == 10 and patient.base_delay == 2.0 and patient.max_delay == 30.0
+    assert policy.max_wait() < patient.max_wait() <= 9 * 30.0 * 1.25  # about three minutes at most
 
 
 def test_redaction_hides_known_and_token_shaped_secrets(monkeypatch):
@@ -695,3 +702,154 @@ print(json.dumps(out.tolist()))
     expected = training_module.generate_greedy(ids, MAX_NEW_TOKENS, eos_token_id=EOS).tolist()
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == expected
     assert len(expected[0]) > ids.shape[1]
+
+
+# --- transient Hub faults (issue #18) ----------------------------------------------------------------
+
+
+def test_an_unreachable_hub_during_the_check_is_not_a_failed_verification(
+    hub, hub_token, release_dir, tmp_path, fast_cli_retries, hf_backoff_sleeps
+):
+    folder = release_dir("v1")
+    hub.create_repo(REPO)
+    main_before = hub.resolve(REPO, "main")
+    fault = hub.inject_fault("GET", r"/resolve/", status=503, times=1000)
+    result = CliRunner().invoke(
+        cli, ["publish", str(folder), "--repo-id", REPO, "--version", "v1.0.0"], catch_exceptions=False
+    )
+    # the download was retried under the policy (the CLI's default: 5 attempts)
+    assert result.exit_code == 1 and fault.fired >= 5
+    errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and "could not check staged commit" in errors[0], result.output
+    assert "503" in errors[0] and "5 attempts; the Hub could not be reached" in errors[0]
+    assert "post-upload check failed" not in result.output and "FAILED" not in result.output
+    rerun = f"Re-run to complete the release: release publish {folder} --repo-id {REPO} --version v1.0.0"
+    assert rerun in result.output
+    assert hub.refs(REPO).branches == {"main": main_before} and hub.refs(REPO).tags == {}  # no staging left
+
+    hub.clear_faults()
+    again = CliRunner().invoke(cli, rerun.split(": ", 1)[1].split()[1:])  # the printed command, as is
+    assert again.exit_code == 0, again.output
+    assert _release_content(hub, "v1.0.0") == _files(folder)
+
+
+def test_a_broken_model_is_still_a_verification_failure_when_the_download_needed_retries(
+    hub, publish, release_dir, hf_backoff_sleeps
+):
+    folder = release_dir("v1")
+    modeling = folder / "modeling_custom_transformer.py"
+    modeling.write_text(
+        modeling.read_text().replace(
+            "logits = self.lm_head(hidden_states)\n", "logits = -self.lm_head(hidden_states)\n"
+        )
+    )
+    _restamp_report(folder)
+    fault = hub.inject_fault(None, r"/resolve/", drop_connection=True, times=2)
+    with pytest.raises(VerificationError, match="does not reproduce the recorded generations") as err:
+        publish(folder, "v1.0.0")
+    assert fault.fired == 2 and any("generation:" in line for line in err.value.failures)
+    assert hub.refs(REPO).tags == {} and list(hub.refs(REPO).branches) == ["main"]
+
+
+def test_publish_prints_where_it_is(hub, hub_token, release_dir, fast_cli_retries):
+    result = CliRunner().invoke(
+        cli, ["publish", str(release_dir("v1")), "--repo-id", REPO, "--version", "v1.0.0"]
+    )
+    assert result.exit_code == 0, result.output
+    steps = [line.split(":", 1)[0] for line in result.output.splitlines()]
+    assert [s for s in steps if s in ("staging", "checking", "landing", "tagging")] == [
+        "staging",
+        "checking",
+        "landing",
+        "tagging",
+    ]
+    assert re.search(r"^tagging: v1\.0\.0 at [0-9a-f]{12}$", result.output, re.M)
+
+
+def test_a_staging_branch_that_cannot_be_deleted_is_reported_and_removed_by_the_next_publish(
+    hub, hub_token, release_dir, tmp_path, monkeypatch, fast_cli_retries
+):
+    summary = tmp_path / "summary.md"
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    monkeypatch.setenv("GITHUB_OUTPUT", str(tmp_path / "outputs"))
+    fault = hub.inject_fault("DELETE", r"/branch/release-staging/", status=503, times=1000)
+    out = tmp_path / "publish.json"
+    args = ["publish", str(release_dir("v1")), "--repo-id", REPO, "--version", "v1.0.0", "--json", str(out)]
+    result = CliRunner().invoke(cli, args)
+
+    assert result.exit_code == 0, result.output  # the release itself is complete and tagged
+    assert fault.fired == 10  # twice the policy's 5 attempts before giving up
+    assert hub.refs(REPO).tags["v1.0.0"] == hub.resolve(REPO, "main")
+    assert "release-staging/v1.0.0" in hub.refs(REPO).branches
+    warning = re.search(
+        r"^Warning: cleanup pending: branch release-staging/v1\.0\.0 .*$", result.output, re.M
+    )
+    assert warning and "503" in warning.group(0) and "the next `release publish`" in warning.group(0)
+    assert "cleanup pending: branch release-staging/v1.0.0" in summary.read_text()
+    written = json.loads(out.read_text())
+    assert [item["branch"] for item in written["cleanup_pending"]] == ["release-staging/v1.0.0"]
+    assert written["warnings"] and written["warnings"][0].startswith("cleanup pending")
+
+    hub.clear_faults()
+    dry = CliRunner().invoke(
+        cli, ["publish", str(release_dir("v2")), "--repo-id", REPO, "--version", "v1.1.0", "--dry-run"]
+    )
+    assert "cleanup: delete release-staging/v1.0.0 (its release is tagged)" in dry.output
+    assert "release-staging/v1.0.0" in hub.refs(REPO).branches  # a dry run deletes nothing
+
+    from release.publish.publisher import publish_release
+
+    later = publish_release(
+        release_dir("v2"),
+        repo_id=REPO,
+        version="v1.1.0",
+        retry=RetryPolicy(attempts=3, base_delay=0.0),
+        post_upload_check=lambda repo_id, commit: [],
+    )
+    assert later.cleaned_up == ("release-staging/v1.0.0",) and later.cleanup_pending == ()
+    assert set(hub.refs(REPO).branches) == {"main"}
+
+
+def test_a_rerun_of_a_tagged_release_removes_its_leftover_staging_branch(hub, publish, release_dir):
+    first = publish(release_dir("v1"), "v1.0.0", real_check=False)
+    hub.create_branch(REPO, "release-staging/v1.0.0", revision=first.commit)  # as a failed delete leaves it
+    hub.create_branch(REPO, "release-staging/v9.0.0", revision=first.commit)  # someone's release in progress
+    again = publish(release_dir("v1"), "v1.0.0")
+    assert (again.created, again.cleaned_up) == (False, ("release-staging/v1.0.0",))
+    assert set(hub.refs(REPO).branches) == {"main", "release-staging/v9.0.0"}  # untagged: not ours to remove
+
+
+# --- older release lines (issue #17) -----------------------------------------------------------------
+
+
+def test_a_patch_to_an_older_line_lands_on_its_line_branch_and_main_keeps_the_newest(
+    hub, publish, release_dir
+):
+    v100 = publish(release_dir("v1"), "v1.0.0", real_check=False)
+    v110 = publish(release_dir("v2"), "v1.1.0", real_check=False)
+    assert hub.resolve(REPO, "main") == v110.commit
+
+    dry = publish(release_dir("other"), "v1.0.1", dry_run=True)
+    assert (dry.branch, dry.plan.base_ref, dry.plan.base_commit) == ("release/v1.0", "v1.0.0", v100.commit)
+
+    v101 = publish(release_dir("other"), "v1.0.1", real_check=False)
+    refs = hub.refs(REPO)
+    assert v101.branch == "release/v1.0" and v101.created
+    assert refs.branches == {"main": v110.commit, "release/v1.0": v101.commit}  # main still holds v1.1.0
+    assert refs.tags == {"v1.0.0": v100.commit, "v1.1.0": v110.commit, "v1.0.1": v101.commit}
+    assert _release_content(hub, "v1.0.1") == _files(release_dir("other"))
+    assert _release_content(hub, "main") == _files(release_dir("v2"))
+    line = hub.commits(REPO, "release/v1.0")
+    assert [c.sha for c in line[:2]] == [v101.commit, v100.commit]  # the line continues from v1.0.0
+    assert v101.revision_url.endswith("/tree/v1.0.1")
+
+    # the next patch of that line goes onto the existing line branch, with one commit; main is untouched
+    v102 = publish(release_dir("v1"), "v1.0.2", real_check=False)
+    assert hub.refs(REPO).branches == {"main": v110.commit, "release/v1.0": v102.commit}
+    assert hub.commits(REPO, "release/v1.0")[1].sha == v101.commit
+    assert publish(release_dir("v1"), "v1.0.2").created is False  # an identical re-run is still a no-op
+
+    # a newer release moves main again
+    v120 = publish(release_dir("other"), "v1.2.0", real_check=False)
+    assert hub.resolve(REPO, "main") == v120.commit and hub.resolve(REPO, "release/v1.0") == v102.commit

@@ -1,10 +1,18 @@
 """publish: a verified folder -> a staged Hub commit, checked from the Hub, landed on its branch, tagged.
 
-- ``publisher``: ``publish_release`` (the protocol) and ``PublishResult``.
+- ``publisher``: ``publish_release`` (the protocol), ``PublishResult`` (with ``CleanupPending`` warnings),
+  ``target_branch`` (main, an older line's ``release/vX.Y``, or a prerelease's own branch) and
+  ``download_commit`` (a Hub commit, under the retry policy).
 - ``plan``: what a release uploads and how it differs from a Hub revision (pure, no network).
 - ``retry``: the back-off policy for transient Hub failures.
 """
 
-from release.publish.publisher import PublishResult, publish_release
+from release.publish.publisher import (
+    CleanupPending,
+    PublishResult,
+    download_commit,
+    publish_release,
+    target_branch,
+)
 
-__all__ = ["PublishResult", "publish_release"]
+__all__ = ["CleanupPending", "PublishResult", "download_commit", "publish_release", "target_branch"]

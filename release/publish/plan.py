@@ -211,12 +211,15 @@ class ReleasePlan:
 
     repo_id: str
     tag: str
-    branch: str  # the branch the release lands on: main, or release/<tag> for a prerelease
-    base_ref: str  # the branch whose head the plan was computed against (main for a new prerelease branch)
+    branch: str  # where the release lands: main, release/vX.Y (an older line) or release/<tag> (a prerelease)
+    base_ref: str  # the ref the plan was computed against (for a new branch: main, or the line's newest tag)
     base_commit: str | None  # that head; None if the remote state is unknown
     remote_state: str  # "known", or why the remote could not be read (the plan then assumes an empty repo)
     files: tuple[PlannedFile, ...]
     published_commit: str | None = None  # the commit the tag already points to (an idempotent re-run)
+    cleanup: tuple[
+        str, ...
+    ] = ()  # leftover staging branches of already tagged releases, removed by publishing
 
     @property
     def changes(self) -> list[PlannedFile]:
@@ -237,6 +240,7 @@ class ReleasePlan:
             "base_commit": self.base_commit,
             "remote_state": self.remote_state,
             "published_commit": self.published_commit,
+            "cleanup": list(self.cleanup),
             "files": [{"path": f.path, "action": f.action, "size": f.size} for f in self.files],
         }
 
@@ -247,6 +251,7 @@ class ReleasePlan:
             lines.append(f"remote state unknown: {self.remote_state}; planned against an empty repo")
         elif self.base_commit:
             lines.append(f"base:   {self.base_ref} at {self.base_commit[:12]}")
+        lines += [f"cleanup: delete {branch} (its release is tagged)" for branch in self.cleanup]
         if self.published_commit:
             lines.append(f"already published at {self.published_commit[:12]}: nothing to do")
             return lines

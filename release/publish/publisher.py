@@ -2,28 +2,35 @@
 
 ``publish_release`` is the library function behind ``release publish`` and the last step of ``release run``.
 
-How a release lands (stable ``vX.Y.Z`` on ``main``; prerelease ``vX.Y.Z-rc.N`` on branch ``release/<tag>``):
+Where a release lands: a stable ``vX.Y.Z`` newer than every stable tag goes to ``main``; a stable version lower
+than the newest stable tag (a patch to an older line, e.g. ``v1.0.1`` after ``v1.1.0``) goes to that line's
+branch ``release/vX.Y``, so ``main`` always holds the newest stable release; a prerelease ``vX.Y.Z-rc.N``
+goes to its own branch ``release/<tag>``. Each is tagged where it lands.
 
 1. Offline checks, before any network call: the version parses, and the folder is exactly what
-   ``verification.json`` passed on (``release.hub_plan.read_release_folder``).
+   ``verification.json`` passed on (``release.publish.plan.read_release_folder``).
 2. Tag check: if the tag exists, the tree of the commit it points to is compared with the folder. Same
    content: success, nothing is written (``created=False``). Different content: ``VersionConflictError``
    naming that commit. A tag is judged by its commit, never by its mere existence.
-3. Plan against the target branch head ``B`` (for a new prerelease branch: ``main``'s head): every release
-   file is add / replace / unchanged, every other remote file is deleted (``.gitattributes`` never).
-4. Stage: branch ``release-staging/<tag>`` is created at ``B`` and the whole plan is committed there in one
+3. Plan against the target branch head ``B`` (for a branch that does not exist yet: ``main``'s head for a
+   prerelease, the newest lower stable tag for an older line): every release file is add / replace /
+   unchanged, every other remote file is deleted (``.gitattributes`` never).
+4. Staging: branch ``release-staging/<tag>`` is created at ``B`` and the whole plan is committed there in one
    ``create_commit`` with ``parent_commit=B`` (this is where the LFS objects are uploaded). The staged commit
    ``S`` must hold exactly the folder's files.
-5. Check: ``S`` is loaded from the Hub in a fresh cache with ``trust_remote_code=True`` and must reproduce
-   the reference generations recorded in the report (``release.verify.check_generation_against_report``).
-   Failure: the staging branch is deleted, nothing is tagged, the target branch was never touched.
-6. Land: the Hub has no fast-forward, so the target branch gets the same operations in one commit with
+5. Checking: ``S`` is downloaded (``snapshot_download`` at the commit, under the same retry policy as every
+   other Hub call) into a fresh cache, then loaded from that snapshot with ``trust_remote_code=True`` in a
+   fresh modules cache, exactly as users load it, and must reproduce the reference generations recorded in
+   the report (``release.verify.check_generation_against_report``). A model that does not reproduce them is
+   a ``VerificationError``; a Hub that cannot be reached is a ``HubUnavailableError``. Either way nothing is
+   tagged and the target branch was never touched.
+6. Landing: the Hub has no fast-forward, so the target branch gets the same operations in one commit with
    ``parent_commit=B``; LFS objects already exist, so nothing is re-uploaded. Same parent + same operations
-   = same tree, and that tree is re-read and compared with the folder before anything is tagged. A
-   prerelease branch that does not exist yet is simply created at ``S``. Either way the target branch only
-   ever receives the exact tree that passed step 5.
-7. Tag the landed commit, delete the staging branch (also on every failure), and only then apply a
-   requested visibility change, so a failed release never makes a repo public.
+   = same tree, and that tree is re-read and compared with the folder before anything is tagged. A branch
+   that does not exist yet is simply created at ``S``. Either way the target branch only ever receives the
+   exact tree that passed step 5.
+7. Tagging: the landed commit is tagged; then the staging branch is deleted (also on every failure), and only
+   then is a requested visibility change applied, so a failed release never makes a repo public.
 
 Guarded: both commits name their parent; if the branch moved (HTTP 412, or a head that is not ours after a
 lost response), the release stops with ``ConcurrentPushError`` and nothing is tagged.
@@ -31,30 +38,40 @@ lost response), the release stops with ``ConcurrentPushError`` and nothing is ta
 Resilient: every Hub call is retried with exponential back-off and jitter on 5xx/408/429 and dropped
 connections (``release.publish.retry``). A commit is not blindly retried: after a failed attempt the branch head
 is re-read; unchanged means retry, moved to exactly our tree means the commit landed and only its response
-was lost, moved otherwise means a concurrent push. Re-running after any failure completes the release:
+was lost, moved otherwise means a concurrent push. When the retries run out, the error is a
+``HubUnavailableError`` carrying the command to re-run. Re-running after any failure completes the release:
 if the target branch already holds the release but has no tag (a run died between step 6 and 7), that
 commit is checked as in step 5 and tagged without a new commit.
+
+Clean: deleting a staging branch is retried twice as patiently as other calls; if it still fails, the result
+says "cleanup pending" (``PublishResult.cleanup_pending``: the CLI prints it as a warning, in the job summary
+and in the publish JSON), and every later publish to the repo removes the staging branches of releases that
+are already tagged.
 
 Pinned content: every commit sends the bytes that were hashed when the folder was checked (small files from
 memory, LFS files by sha256 compared before sending), so a folder touched mid-release cannot put anything but
 the checked tree on the target branch.
 
 Dry run: no token, no writes; the plan is computed against the remote if it can be read (anonymously, or
-with ``HF_TOKEN`` if set), else against an empty repo with the reason ("offline"). A version conflict is
-reported by a dry run exactly as by a real one. Tokens: see
-``release.auth``; every message built from an exception is redacted.
+with a token if one is configured), else against an empty repo with the reason ("offline"). A version conflict
+is reported by a dry run exactly as by a real one. Tokens: see ``release.auth``; every message built from an
+exception is redacted.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import shlex
+import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from release.auth import read_token, redact, resolve_token
 from release.errors import (
     ConcurrentPushError,
+    CredentialsError,
+    HubUnavailableError,
     PublishError,
     ReleaseError,
     UsageError,
@@ -74,7 +91,7 @@ from release.publish.plan import (
     tree_matches,
 )
 from release.publish.retry import RetryPolicy, call_with_retry, describe, http_status, is_transient
-from release.versions import Version, parse_version
+from release.versions import PRERELEASE_BRANCH_PREFIX, STAGING_BRANCH_PREFIX, Version, parse_version
 
 logger = logging.getLogger("release.publish")
 
@@ -83,7 +100,24 @@ IN_MEMORY_LIMIT = (
 )  # files up to this size are sent from memory (the Hub's regular-file limit)
 
 # (repo_id, commit sha) -> failure lines, empty when the commit loads from the Hub and generates as recorded.
+# It may raise HubUnavailableError (the Hub could not be reached) or PublishError (the download failed for
+# good): those are not verification failures.
 PostUploadCheck = Callable[[str, str], list[str]]
+Echo = Callable[[str], None]  # receives the progress lines (staging, checking, landing, tagging, warnings)
+
+
+@dataclass(frozen=True)
+class CleanupPending:
+    """A staging branch this run could not delete; the next publish to the repo removes it."""
+
+    branch: str
+    error: str  # why the delete failed (redacted)
+
+    def warning(self, repo_id: str) -> str:
+        return (
+            f"cleanup pending: branch {self.branch} of {repo_id} could not be deleted ({self.error}); the next "
+            f"`release publish` to {repo_id} removes it (or delete it on the Hub)"
+        )
 
 
 @dataclass(frozen=True)
@@ -93,12 +127,19 @@ class PublishResult:
     repo_id: str
     version: str
     tag: str
-    branch: str  # main, or release/<tag> for a prerelease
+    branch: str  # main, release/vX.Y for a patch to an older line, or release/<tag> for a prerelease
     commit: str | None  # the commit the tag points to; None for a dry run
     revision_url: str  # the tag's tree on the Hub, e.g. https://huggingface.co/org/model/tree/v1.2.0
     created: bool  # False for an idempotent re-run (tag already there with this content) and for a dry run
     plan: ReleasePlan
     dry_run: bool = False
+    cleaned_up: tuple[str, ...] = ()  # leftover staging branches of tagged releases this run deleted
+    cleanup_pending: tuple[CleanupPending, ...] = ()  # staging branches it could not delete
+
+    @property
+    def warnings(self) -> list[str]:
+        """One line per thing left undone that the user should know about (printed as warnings)."""
+        return [item.warning(self.repo_id) for item in self.cleanup_pending]
 
     def to_dict(self) -> dict:
         return {
@@ -111,6 +152,9 @@ class PublishResult:
             "created": self.created,
             "dry_run": self.dry_run,
             "plan": self.plan.to_dict(),
+            "cleaned_up": list(self.cleaned_up),
+            "cleanup_pending": [{"branch": c.branch, "error": c.error} for c in self.cleanup_pending],
+            "warnings": self.warnings,
         }
 
     def write_json(self, path: str | Path) -> Path:
@@ -135,39 +179,75 @@ def publish_release(
     verification: str | Path | None = None,
     post_upload_check: PostUploadCheck | None = None,
     retry: RetryPolicy | None = None,
+    echo: Echo | None = None,
 ) -> PublishResult:
     """Publish ``folder`` to ``repo_id`` as ``version``: one commit, checked from the Hub, then tagged.
 
     Args:
         folder: The release folder (converted model, tokenizer, card, ``release.json``).
         repo_id: ``OWNER/NAME``; the model repo is created if missing.
-        version: ``vX.Y.Z`` (moves ``main``) or ``vX.Y.Z-PRERELEASE`` (own branch ``release/<tag>``).
+        version: ``vX.Y.Z`` (``main``, or ``release/vX.Y`` when lower than the newest stable tag) or
+            ``vX.Y.Z-PRERELEASE`` (own branch ``release/<tag>``).
         private: Visibility: True/False sets it (a new repo is created that way; an existing one is changed
             after the tag is in place); None leaves it as it is (a new repo gets the Hub's default).
         dry_run: Compute and return the plan only; needs no token, writes nothing, works offline.
         commit_message: Summary of the release commit (default ``Release <tag>``).
         verification: ``verification.json``; default ``<folder>/../verification.json``.
-        post_upload_check: Replaces the generation check of the uploaded commit (tests); by default
-            ``release.verify.check_generation_against_report`` with the verification report.
+        post_upload_check: Replaces the generation check of the uploaded commit (tests); by default the
+            commit is downloaded under ``retry`` and checked with ``release.verify.check_generation_against_report``.
         retry: Retry policy for Hub calls.
+        echo: Receives one line per step as it starts (staging, checking, landing, tagging) and warnings.
 
     Raises:
         UsageError: Bad version or repo id, missing folder or report (before any network call).
         PublishError: The folder is not what was verified, no credentials, or a Hub call failed for good.
+        HubUnavailableError: The Hub could not be reached even after the retries; ``rerun`` is the command
+            that completes the release.
         VersionConflictError: The tag exists and points at different content.
         ConcurrentPushError: The target branch moved while the release was being committed.
-        VerificationError: The uploaded commit failed the post-upload check; nothing was tagged.
+        VerificationError: The uploaded commit does not reproduce the recorded generations; nothing was tagged.
     """
     parsed = version if isinstance(version, Version) else parse_version(version)
     _validate_repo_id(repo_id)
     release = read_release_folder(folder, verification)
     policy = retry or RetryPolicy()
     if dry_run:
-        return _Publisher(repo_id, parsed, release, policy, token=read_token()).dry_run()
+        return _Publisher(repo_id, parsed, release, policy, token=read_token(), echo=echo).dry_run()
     resolve_token()  # fail early and clearly without credentials; the client re-resolves (OIDC refresh)
-    check = post_upload_check or _generation_check(release)
-    publisher = _Publisher(repo_id, parsed, release, policy, token=None)
-    return publisher.publish(private=private, commit_message=commit_message, check=check)
+    check = post_upload_check or generation_check(release, policy)
+    publisher = _Publisher(repo_id, parsed, release, policy, token=None, echo=echo)
+    try:
+        return publisher.publish(private=private, commit_message=commit_message, check=check)
+    except HubUnavailableError as exc:
+        exc.rerun = rerun_command(
+            folder,
+            repo_id=repo_id,
+            version=parsed,
+            private=private,
+            commit_message=commit_message,
+            verification=verification,
+        )
+        raise
+
+
+def rerun_command(
+    folder: str | Path,
+    *,
+    repo_id: str,
+    version: Version,
+    private: bool | None = None,
+    commit_message: str | None = None,
+    verification: str | Path | None = None,
+) -> str:
+    """The ``release publish`` command that completes this release (also after a ``release run``)."""
+    args = ["release", "publish", str(folder), "--repo-id", repo_id, "--version", version.tag]
+    if private is not None:
+        args.append("--private" if private else "--public")
+    if commit_message is not None:
+        args += ["--commit-message", commit_message]
+    if verification is not None:
+        args += ["--verification", str(verification)]
+    return shlex.join(args)
 
 
 def _validate_repo_id(repo_id: str) -> None:
@@ -181,7 +261,47 @@ def _validate_repo_id(repo_id: str) -> None:
         raise UsageError(f"invalid --repo-id {repo_id!r}: expected OWNER/NAME")
 
 
-def _generation_check(release: ReleaseFolder) -> PostUploadCheck:
+def hub_failure(what: str, exc: BaseException, *, attempts: int, consequence: str) -> PublishError:
+    """The error for a Hub call that failed for good: ``HubUnavailableError`` if only the Hub was unreachable.
+
+    ``what`` says which call ("commit to main of org/model"), ``consequence`` what that leaves ("nothing was
+    tagged").
+    """
+    if is_transient(exc):
+        return HubUnavailableError(
+            f"{what} failed: {describe(exc)} ({attempts} attempts; the Hub could not be reached, nothing is "
+            f"wrong with the release); {consequence}"
+        )
+    return PublishError(f"{what} failed: {describe(exc)}; {consequence}")
+
+
+def download_commit(repo_id: str, commit: str, *, cache_dir: Path, policy: RetryPolicy) -> Path:
+    """``snapshot_download`` of ``repo_id`` at ``commit`` into ``cache_dir``, retried under ``policy``.
+
+    A retry resumes: files already in ``cache_dir`` are not fetched again.
+
+    Raises:
+        HubUnavailableError: The Hub could not be reached, even after the retries.
+        PublishError: The download failed for another reason (e.g. the commit or the repo is not readable).
+    """
+    from huggingface_hub import snapshot_download
+
+    what = f"downloading {repo_id}@{commit[:12]}"
+    try:
+        return Path(
+            call_with_retry(
+                lambda: snapshot_download(repo_id, revision=commit, cache_dir=cache_dir, token=read_token()),
+                what=what,
+                policy=policy,
+            )
+        )
+    except ReleaseError:
+        raise
+    except Exception as exc:
+        raise hub_failure(what, exc, attempts=policy.attempts, consequence="nothing was tagged") from exc
+
+
+def generation_check(release: ReleaseFolder, policy: RetryPolicy) -> PostUploadCheck:
     """The gate of ``release verify`` repeated on the uploaded commit, from the Hub, with the recorded tokens."""
     # Card files are written after verification: the report cannot vouch for them, but they are uploaded too.
     card_files = release.written_after_verification
@@ -195,11 +315,51 @@ def _generation_check(release: ReleaseFolder) -> PostUploadCheck:
         from release.verify.runner import ALLOWED_EXTRA_FILES, check_generation_against_report
 
         extra = (*ALLOWED_EXTRA_FILES, *card_files)
-        return check_generation_against_report(
-            repo_id, revision=commit, report=report, allowed_extra_files=extra
-        )
+        # Download first, with retries, so a flaky network is never mistaken for a broken model; then load the
+        # snapshot (a local folder: no further Hub requests) the way users load it, in a fresh modules cache.
+        with tempfile.TemporaryDirectory(prefix="release-publish-check-") as cache:
+            snapshot = download_commit(repo_id, commit, cache_dir=Path(cache), policy=policy)
+            return check_generation_against_report(
+                snapshot, revision=None, report=report, allowed_extra_files=extra
+            )
 
     return check
+
+
+def _stable_key(version: Version) -> tuple[int, int, int]:
+    return (version.major, version.minor, version.patch)
+
+
+def _stable_tags(tags: Mapping[str, str]) -> dict[str, Version]:
+    """The repo's stable release tags, parsed; other tags (prereleases, anything else) are ignored."""
+    parsed = {}
+    for name in tags:
+        try:
+            version = parse_version(name)
+        except UsageError:
+            continue
+        if not version.is_prerelease:
+            parsed[name] = version
+    return parsed
+
+
+def line_branch(version: Version) -> str:
+    """The branch of an older release line: ``release/v1.0`` for ``v1.0.3``."""
+    return f"{PRERELEASE_BRANCH_PREFIX}v{version.major}.{version.minor}"
+
+
+def target_branch(version: Version, tags: Mapping[str, str]) -> str:
+    """Where ``version`` lands: its prerelease branch, ``main``, or its line's branch if it is older.
+
+    ``main`` always holds the newest stable release: a stable version lower than the newest stable tag goes
+    to ``release/vX.Y`` instead.
+    """
+    if version.is_prerelease:
+        return version.branch
+    stable = _stable_tags(tags).values()
+    if any(_stable_key(version) < _stable_key(other) for other in stable):
+        return line_branch(version)
+    return "main"
 
 
 class _Publisher:
@@ -213,6 +373,7 @@ class _Publisher:
         policy: RetryPolicy,
         *,
         token: str | bool | None,
+        echo: Echo | None = None,
     ):
         from huggingface_hub import HfApi
 
@@ -222,6 +383,15 @@ class _Publisher:
         self.local: dict[str, LocalFile] = release.files
         self.policy = policy
         self.api = HfApi(token=token)
+        self.echo = echo
+        self.target = version.branch  # decided from the tags once they are read
+        self.cleaned_up: list[str] = []
+        self.cleanup_pending: list[CleanupPending] = []
+
+    def _say(self, line: str) -> None:
+        logger.info(line)
+        if self.echo is not None:
+            self.echo(redact(line))
 
     # -- the two entry points ----------------------------------------------------------------------
 
@@ -229,29 +399,31 @@ class _Publisher:
         """The plan against what can be read; an unreadable remote is planned as empty, with the reason."""
         from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
-        v, base_ref = self.version, self.version.branch
+        v = self.version
         try:  # one attempt: offline, a dry run should answer at once rather than back off for a minute
             branches, tags = self._refs(policy=RetryPolicy(attempts=1))
         except PublishError as exc:
             cause = exc.__cause__
             if isinstance(cause, RepositoryNotFoundError):
-                state = "the repo does not exist yet (or is private and HF_TOKEN is not set)"
+                state = "the repo does not exist yet (or is private and no token is configured)"
             elif isinstance(cause, HfHubHTTPError):
                 state = f"the Hub answered {describe(cause)}"
             else:  # refused or dropped connection, timeout, HF_HUB_OFFLINE=1
                 state = "offline"
             plan = self._plan(
-                remote={}, base_ref="main" if v.is_prerelease else base_ref, base=None, state=state
+                remote={}, base_ref="main" if v.is_prerelease else v.branch, base=None, state=state
             )
             return self._result(plan, commit=None, created=False, dry_run=True)
+        self.target = target_branch(v, tags)
+        cleanup = self._stale_staging(branches, tags)
         if v.tag in tags:
             published = self._existing_tag(tags[v.tag])
-            plan = self._plan(self._tree(published), base_ref=v.tag, base=published, published=published)
+            plan = self._plan(
+                self._tree(published), base_ref=v.tag, base=published, published=published, cleanup=cleanup
+            )
             return self._result(plan, commit=published, created=False, dry_run=True)
-        if base_ref not in branches:
-            base_ref = "main"
-        base = branches.get(base_ref)
-        plan = self._plan(self._tree(base) if base else {}, base_ref=base_ref, base=base)
+        base_ref, base = self._base(branches, tags)
+        plan = self._plan(self._tree(base) if base else {}, base_ref=base_ref, base=base, cleanup=cleanup)
         return self._result(plan, commit=None, created=False, dry_run=True)
 
     def publish(
@@ -260,49 +432,68 @@ class _Publisher:
         v = self.version
         existed = self._ensure_repo(private)
         branches, tags = self._refs()
+        self.target = target = target_branch(v, tags)
+        cleanup = self._stale_staging(branches, tags)
+        for branch in cleanup:  # leftovers of earlier runs whose release is tagged: never needed again
+            self._say(f"cleanup: deleting {branch} (its release is already tagged)")
+            if self._cleanup(branch):
+                self.cleaned_up.append(branch)
         if v.tag in tags:
             published = self._existing_tag(tags[v.tag])
-            plan = self._plan(self._tree(published), base_ref=v.tag, base=published, published=published)
-            logger.info(
-                "%s is already published at %s with this content; nothing to do", v.tag, published[:12]
+            plan = self._plan(
+                self._tree(published), base_ref=v.tag, base=published, published=published, cleanup=cleanup
             )
-            if v.staging_branch in branches:  # a leftover of an interrupted run
-                self._delete_branch(v.staging_branch, missing_ok=True)
+            self._say(f"{v.tag} is already published at {published[:12]} with this content; nothing to do")
             self._apply_visibility(private, existed)
             return self._result(plan, commit=published, created=False)
 
-        target = v.branch
         target_exists = target in branches
-        base_ref = target if target_exists else "main"
-        base = branches[base_ref]
-        plan = self._plan(self._tree(base), base_ref=base_ref, base=base)
+        base_ref, base = self._base(branches, tags)
+        if base is None:  # only for a repo without main, which the Hub never creates
+            raise PublishError(f"{self.repo_id} has no branch {base_ref} to release onto")
+        plan = self._plan(self._tree(base), base_ref=base_ref, base=base, cleanup=cleanup)
         message = commit_message or f"Release {v.tag}"
         description = self._commit_description(plan)
+        staging = v.staging_branch
+        staged = False  # True once this run created the staging branch: it must be gone when the run ends
 
-        if not plan.changes:
-            # The branch already holds exactly this release but it is not tagged (e.g. a run that died after
-            # landing): check that commit from the Hub, then tag it. No new commit.
-            logger.info(
-                "%s at %s already holds this release; checking it before tagging", base_ref, base[:12]
-            )
-            self._run_check(check, base, where=f"{base_ref} at {base[:12]}", untouched=target)
-            if not target_exists:
-                self._create_branch(target, base)
-            final = base
-            if v.staging_branch in branches:  # a leftover of an interrupted run
-                self._delete_branch(v.staging_branch, missing_ok=True)
-        else:
-            stale = v.staging_branch in branches
-            final = self._stage_check_land(
-                plan, base, target, target_exists, message, description, check, stale
-            )
-        self._create_tag(v.tag, final)
+        try:
+            if not plan.changes:
+                # The branch already holds exactly this release but it is not tagged (e.g. a run that died
+                # after landing): check that commit from the Hub, then tag it. No new commit.
+                self._run_check(check, base, where=f"{base_ref} at {base[:12]}", untouched=target)
+                if not target_exists:
+                    self._say(f"landing: creating branch {target} at {base[:12]}")
+                    self._create_branch(target, base)
+                final = base
+                if staging in branches:  # a leftover of an interrupted run
+                    self._cleanup(staging)
+            else:
+                if staging in branches:  # a leftover of an interrupted run, possibly at an older base
+                    self._delete_branch(staging, missing_ok=True)
+                self._say(
+                    f"staging: committing {len(plan.changes)} change(s) to {staging} (base {base_ref} at "
+                    f"{base[:12]})"
+                )
+                staged = True  # before the call: a lost response may leave the branch created
+                self._create_branch(staging, base)
+                final = self._check_and_land(plan, base, target, target_exists, message, description, check)
+            self._say(f"tagging: {v.tag} at {final[:12]}")
+            self._create_tag(v.tag, final)
+        except BaseException as exc:  # also KeyboardInterrupt: the CLI promises nothing is left behind
+            if staged:
+                self._cleanup(staging)
+            if isinstance(exc, ReleaseError):
+                self._note_cleanup(exc)
+            raise
+        if staged:
+            self._cleanup(staging)
         self._apply_visibility(private, existed)
         return self._result(plan, commit=final, created=True)
 
     # -- the release steps -------------------------------------------------------------------------
 
-    def _stage_check_land(
+    def _check_and_land(
         self,
         plan: ReleasePlan,
         base: str,
@@ -311,42 +502,86 @@ class _Publisher:
         message: str,
         description: str,
         check: PostUploadCheck,
-        stale_staging: bool,
     ) -> str:
-        """Steps 4 to 6 of the module docstring; returns the commit to tag. The staging branch never survives."""
+        """Steps 4 (the commit) to 6 of the module docstring; returns the commit to tag."""
         staging = self.version.staging_branch
-        if stale_staging:  # a leftover of an interrupted run, possibly at an older base: start afresh
-            self._delete_branch(staging, missing_ok=True)
-        self._create_branch(staging, base)
+        staged = self._commit(staging, base, plan.files, message, description)
+        self._expect_release_tree(staged, where=f"staged commit {staged[:12]}")
+        self._run_check(check, staged, where=f"staged commit {staged[:12]}", untouched=target)
+        if target_exists:
+            self._say(f"landing: committing to {target} (parent {base[:12]})")
+            final = self._commit(target, base, plan.files, message, description)
+            # Same parent and same operations give the same tree; confirm before anything is tagged.
+            self._expect_release_tree(final, where=f"{target} at {final[:12]}")
+        else:
+            self._say(f"landing: creating branch {target} at {staged[:12]}")
+            self._create_branch(target, staged)
+            final = staged
+        return final
+
+    def _base(self, branches: Mapping[str, str], tags: Mapping[str, str]) -> tuple[str, str | None]:
+        """The ref the release is planned against, and its commit: the target branch if it exists, else where
+        a new target branch starts (``main`` for a prerelease; for an older line, its newest lower stable tag)."""
+        if self.target in branches:
+            return self.target, branches[self.target]
+        if self.target != "main" and not self.version.is_prerelease:
+            lower = [
+                (_stable_key(other), name)
+                for name, other in _stable_tags(tags).items()
+                if _stable_key(other) < _stable_key(self.version)
+            ]
+            if lower:
+                name = max(lower)[1]
+                return name, tags[name]
+        return "main", branches.get("main")
+
+    def _stale_staging(self, branches: Mapping[str, str], tags: Mapping[str, str]) -> tuple[str, ...]:
+        """Staging branches whose release is tagged: leftovers of runs that could not delete them."""
+        return tuple(
+            branch
+            for branch in sorted(branches)
+            if branch.startswith(STAGING_BRANCH_PREFIX) and branch.removeprefix(STAGING_BRANCH_PREFIX) in tags
+        )
+
+    def _cleanup(self, branch: str) -> bool:
+        """Delete a staging branch, patiently; if that fails, record "cleanup pending" instead of failing.
+
+        Returns True if the branch is gone.
+        """
         try:
-            staged = self._commit(staging, base, plan.files, message, description)
-            self._expect_release_tree(staged, where=f"staged commit {staged[:12]}")
-            self._run_check(check, staged, where=f"staged commit {staged[:12]}", untouched=target)
-            if target_exists:
-                final = self._commit(target, base, plan.files, message, description)
-                # Same parent and same operations give the same tree; confirm before anything is tagged.
-                self._expect_release_tree(final, where=f"{target} at {final[:12]}")
-            else:
-                self._create_branch(target, staged)
-                final = staged
-            return final
-        finally:
-            try:
-                self._delete_branch(staging, missing_ok=True)
-            except PublishError as exc:  # don't hide the error that got us here; the next run cleans up
-                logger.warning("could not delete %s: %s", staging, exc)
+            self._delete_branch(branch, missing_ok=True, policy=self.policy.patient())
+            return True
+        except PublishError as exc:
+            pending = CleanupPending(branch=branch, error=describe(exc.__cause__ or exc))
+            self.cleanup_pending.append(pending)
+            self._say(f"warning: {pending.warning(self.repo_id)}")
+            return False
+
+    def _note_cleanup(self, exc: ReleaseError) -> None:
+        """Add the cleanup that is still pending to the error the run ends with (its one line says it all)."""
+        if self.cleanup_pending and exc.args and isinstance(exc.args[0], str):
+            pending = ", ".join(item.branch for item in self.cleanup_pending)
+            exc.args = (
+                f"{exc.args[0]}; cleanup pending: {pending} (the next publish removes it)",
+                *exc.args[1:],
+            )
 
     def _run_check(self, check: PostUploadCheck, commit: str, *, where: str, untouched: str) -> None:
-        logger.info("checking %s from the Hub (fresh cache, trust_remote_code)", where)
+        self._say(f"checking: {where} from the Hub (download, then load with trust_remote_code and generate)")
         try:
             failures = list(check(self.repo_id, commit))
+        except (PublishError, CredentialsError) as exc:  # the Hub or the credentials failed, not the model
+            if isinstance(exc, HubUnavailableError):
+                exc.args = (f"could not check {where} from the Hub: {exc}; {untouched} was not changed",)
+            raise
         except ReleaseError as exc:
             failures = [redact(str(exc)), *(redact(f) for f in getattr(exc, "failures", []))]
         except Exception as exc:  # a model that cannot even load is a failed check, not a crash
             failures = [f"loading {self.repo_id}@{commit[:12]} failed: {describe(exc)}"]
         if failures:
             raise VerificationError(
-                f"{where} failed the post-upload check; nothing was tagged and {untouched} was not changed",
+                f"{where} does not reproduce the recorded generations: it failed the post-upload check; nothing "
+                f"was tagged and {untouched} was not changed",
                 [redact(line) for line in failures],
             )
 
@@ -391,9 +626,9 @@ class _Publisher:
                         f"{what} was refused: {describe(exc)}; nothing was tagged"
                     ) from exc
                 if attempt == self.policy.attempts:
-                    raise PublishError(
-                        f"{what} failed after {attempt} attempts: {describe(exc)}; nothing was tagged and "
-                        f"{branch} is unchanged; re-run to complete the release"
+                    raise HubUnavailableError(
+                        f"{what} failed after {attempt} attempts: {describe(exc)}; the Hub could not be reached: "
+                        f"nothing was tagged and {branch} is unchanged; re-run to complete the release"
                     ) from exc
                 wait = self.policy.delay(attempt)
                 logger.warning("%s failed (%s); retrying in %.1fs", what, describe(exc), wait)
@@ -446,12 +681,13 @@ class _Publisher:
     # -- Hub calls ---------------------------------------------------------------------------------
 
     def _call(self, what: str, func, *, policy: RetryPolicy | None = None):
+        policy = policy or self.policy
         try:
-            return call_with_retry(func, what=what, policy=policy or self.policy)
+            return call_with_retry(func, what=what, policy=policy)
         except ReleaseError:
             raise
         except Exception as exc:
-            raise PublishError(f"{what} failed: {describe(exc)}; nothing was tagged") from exc
+            raise hub_failure(what, exc, attempts=policy.attempts, consequence="nothing was tagged") from exc
 
     def _ensure_repo(self, private: bool | None) -> bool:
         """Create the model repo if missing; True if it existed already."""
@@ -463,7 +699,12 @@ class _Publisher:
         except RepositoryNotFoundError:
             pass
         except Exception as exc:
-            raise PublishError(f"reading {self.repo_id} failed: {describe(exc)}") from exc
+            raise hub_failure(
+                f"reading {self.repo_id}",
+                exc,
+                attempts=self.policy.attempts,
+                consequence="nothing was changed",
+            ) from exc
         self._call(
             f"create repo {self.repo_id}",
             lambda: self.api.create_repo(self.repo_id, repo_type="model", private=private, exist_ok=True),
@@ -517,22 +758,29 @@ class _Publisher:
         except HfHubHTTPError as exc:
             # 409 after a retry: our first attempt may have landed. Fine if the branch is where we wanted it.
             if http_status(exc) != 409 or self._refs()[0].get(branch) != commit:
-                raise PublishError(
-                    f"creating branch {branch} failed: {describe(exc)}; nothing was tagged"
+                raise hub_failure(
+                    f"creating branch {branch}",
+                    exc,
+                    attempts=self.policy.attempts,
+                    consequence="nothing was tagged",
                 ) from exc
         except Exception as exc:
-            raise PublishError(
-                f"creating branch {branch} failed: {describe(exc)}; nothing was tagged"
+            raise hub_failure(
+                f"creating branch {branch}",
+                exc,
+                attempts=self.policy.attempts,
+                consequence="nothing was tagged",
             ) from exc
 
-    def _delete_branch(self, branch: str, *, missing_ok: bool) -> None:
+    def _delete_branch(self, branch: str, *, missing_ok: bool, policy: RetryPolicy | None = None) -> None:
         from huggingface_hub.errors import RevisionNotFoundError
 
-        try:
+        policy = policy or self.policy
+        try:  # a retry after a lost response finds the branch gone (404): that is success with missing_ok
             call_with_retry(
                 lambda: self.api.delete_branch(self.repo_id, branch=branch),
                 what=f"delete branch {branch}",
-                policy=self.policy,
+                policy=policy,
             )
         except RevisionNotFoundError:
             if not missing_ok:
@@ -540,7 +788,12 @@ class _Publisher:
         except Exception as exc:
             if http_status(exc) == 404 and missing_ok:
                 return
-            raise PublishError(f"deleting branch {branch} failed: {describe(exc)}") from exc
+            raise hub_failure(
+                f"deleting branch {branch}",
+                exc,
+                attempts=policy.attempts,
+                consequence="the branch is still there",
+            ) from exc
 
     def _create_tag(self, tag: str, commit: str) -> None:
         from huggingface_hub.errors import HfHubHTTPError
@@ -561,14 +814,18 @@ class _Publisher:
                 if existing is not None:
                     self._existing_tag(existing)  # raises VersionConflictError if the content differs
                     return
-            raise PublishError(
-                f"creating tag {tag} at {commit[:12]} failed: {describe(exc)}; {self.version.branch} holds the "
-                "release, re-run to check and tag it"
+            raise hub_failure(
+                f"creating tag {tag} at {commit[:12]}",
+                exc,
+                attempts=self.policy.attempts,
+                consequence=f"{self.target} holds the release, re-run to check and tag it",
             ) from exc
         except Exception as exc:
-            raise PublishError(
-                f"creating tag {tag} at {commit[:12]} failed: {describe(exc)}; {self.version.branch} holds the "
-                "release, re-run to check and tag it"
+            raise hub_failure(
+                f"creating tag {tag} at {commit[:12]}",
+                exc,
+                attempts=self.policy.attempts,
+                consequence=f"{self.target} holds the release, re-run to check and tag it",
             ) from exc
 
     # -- results -----------------------------------------------------------------------------------
@@ -581,16 +838,18 @@ class _Publisher:
         base: str | None,
         state: str = "known",
         published: str | None = None,
+        cleanup: tuple[str, ...] = (),
     ) -> ReleasePlan:
         return ReleasePlan(
             repo_id=self.repo_id,
             tag=self.version.tag,
-            branch=self.version.branch,
+            branch=self.target,
             base_ref=base_ref,
             base_commit=base,
             remote_state=state,
             files=tuple(compute_plan(self.local, remote)),
             published_commit=published,
+            cleanup=cleanup,
         )
 
     def _commit_description(self, plan: ReleasePlan) -> str:
@@ -608,10 +867,12 @@ class _Publisher:
             repo_id=self.repo_id,
             version=str(self.version),
             tag=self.version.tag,
-            branch=self.version.branch,
+            branch=self.target,
             commit=commit,
             revision_url=f"{self.api.endpoint}/{self.repo_id}/tree/{self.version.tag}",
             created=created,
             plan=plan,
             dry_run=dry_run,
+            cleaned_up=tuple(self.cleaned_up),
+            cleanup_pending=tuple(self.cleanup_pending),
         )

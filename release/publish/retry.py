@@ -4,6 +4,13 @@ Transient: HTTP 5xx, 408 and 429 (honouring ``Retry-After``), and transport fail
 connections, timeouts, a server that closed the socket mid-response). Everything else, 4xx in particular, is
 final and raised at once. ``call_with_retry`` is only for calls that are safe to repeat (reads, ref
 operations whose outcome the caller re-checks); a commit needs more care, see ``release.publish.publisher``.
+
+The HTTP error types are huggingface_hub's: ``HfHubHTTPError`` for an answer with a status, and for transport
+failures the exceptions of the HTTP client it is built on, which it exports under the stable name
+``huggingface_hub.utils.httpx`` (httpx2 in huggingface_hub 2.x). Importing that export rather than a client by
+name keeps this module right whichever client the installed huggingface_hub uses. huggingface_hub's own
+``http_backoff`` retries single requests; it cannot retry a whole ``snapshot_download`` or re-check a ref
+operation whose response was lost, which is why this small policy exists.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from release._io import first_line
@@ -40,6 +47,21 @@ class RetryPolicy:
         delay = min(self.max_delay, self.base_delay * 2 ** (retry_number - 1))
         return delay * random.uniform(1 - self.jitter, 1 + self.jitter)  # jitter, not cryptography
 
+    def patient(self) -> RetryPolicy:
+        """Twice the attempts, same waits: for cleanup that must not give up at the first bad minute.
+
+        Still bounded: at most ``(2 * attempts - 1) * max_delay * (1 + jitter)`` seconds of waiting (about
+        three minutes with the defaults).
+        """
+        return replace(self, attempts=2 * self.attempts)
+
+    def max_wait(self) -> float:
+        """The longest this policy can wait in total between its attempts, in seconds."""
+        return sum(
+            min(self.max_delay, self.base_delay * 2 ** (n - 1)) * (1 + self.jitter)
+            for n in range(1, self.attempts)
+        )
+
 
 NO_RETRY = RetryPolicy(attempts=1)
 
@@ -56,9 +78,9 @@ def _causes(exc: BaseException):
 
 def _http_cause(exc: BaseException) -> BaseException | None:
     """The first HTTP or transport error in ``exc``'s chain (``exc`` itself first), if any."""
-    import httpx2
+    from huggingface_hub.utils import httpx  # the HTTP client huggingface_hub is built on (httpx2 in 2.x)
 
-    return next((e for e in _causes(exc) if isinstance(e, httpx2.HTTPError)), None)
+    return next((e for e in _causes(exc) if isinstance(e, httpx.HTTPError)), None)
 
 
 def http_status(exc: BaseException) -> int | None:
@@ -70,8 +92,8 @@ def http_status(exc: BaseException) -> int | None:
 
 def is_transient(exc: BaseException) -> bool:
     """True for failures worth retrying: 5xx, 408, 429 and dropped/refused/timed-out connections."""
-    import httpx2
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+    from huggingface_hub.utils import httpx
 
     if any(isinstance(e, OfflineModeIsEnabled) for e in _causes(exc)):
         return False
@@ -79,7 +101,8 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(cause, HfHubHTTPError):
         status = http_status(cause)
         return status is not None and (status >= 500 or status in (408, 429))
-    return isinstance(cause, (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError))
+    # The transport failures huggingface_hub's own http_backoff retries by default.
+    return isinstance(cause, (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError))
 
 
 def retry_after_seconds(exc: BaseException) -> float | None:
