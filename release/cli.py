@@ -680,6 +680,42 @@ def compat(model, revision, checkpoint, versions, all_minors, newest, report, ou
     click.echo(f"{where}{result.statement} (supported: {result.range}); {path}")
 
 
+@main.command("compat-versions")
+@click.option("--all-minors", is_flag=True, help="The newest patch of every minor in the supported range.")
+@click.option("--newest", is_flag=True, help="The newest release and its latest pre-release.")
+@reports_errors
+def compat_versions(all_minors, newest):
+    """Print the transformers versions `release compat` would test, as a JSON list (for a CI matrix).
+
+    \b
+    Examples:
+        release compat-versions                 # [tool.release.compat] in pyproject.toml
+        release compat-versions --all-minors    # from the package index
+    """
+    import json
+
+    from release.compat.matrix import default_versions
+    from release.compat.run import select_versions
+
+    chosen, _ = select_versions(all_minors=all_minors, newest=newest)
+    click.echo(json.dumps(chosen if chosen is not None else default_versions()))
+
+
+@main.command("compat-tag")
+@repo_id_option()
+@reports_errors
+def compat_tag(repo_id):
+    """Print the newest published release tag of the model repo (what the compatibility canary checks).
+
+    \b
+    Example:
+        release compat-tag --repo-id me/tiny-gpt
+    """
+    from release.compat.canary import newest_release_tag
+
+    click.echo(newest_release_tag(_repo_id_or_settings(repo_id)))
+
+
 @main.command("compat-issue")
 @click.argument("results", type=click.Path(path_type=Path, dir_okay=False, exists=True))
 @click.option("--run-url", default=None, help="Link to the workflow run (default: this Actions run, if any).")
@@ -717,8 +753,9 @@ def compat_issue(results, run_url):
     default=None,
     help="Environment cache (default: the compat cache).",
 )
+@click.option("--show", is_flag=True, help="Only print NAME==FLOOR for each --lowest (e.g. to install it).")
 @reports_errors
-def compat_floors(lowest, cache_dir):
+def compat_floors(lowest, cache_dir, show):
     """Prove the declared floors: install them and run the pipeline on the demo (fetch..card, dry run).
 
     torch is never installed here: for --lowest torch, run this with torch==<floor> installed.
@@ -727,9 +764,13 @@ def compat_floors(lowest, cache_dir):
     Example:
         release compat-floors --lowest huggingface_hub
     """
-    from release.compat.floors import check_floors
+    from release.compat.floors import check_floors, floor_pins
     from release.errors import VerificationError
 
+    if show:
+        for line in floor_pins(lowest):
+            click.echo(line)
+        return
     result = check_floors(lowest, cache_dir=cache_dir)
     if not result.passed:
         raise VerificationError("the declared dependency floors do not hold", [result.summary_line()])

@@ -67,6 +67,24 @@ def _version(text: str):
     return Version(text)
 
 
+def floor_pins(lowest: Sequence[str], pyproject: Path | None = None) -> list[str]:
+    """``["torch==2.4"]``: each of ``lowest`` pinned to its declared floor.
+
+    Raises:
+        UsageError: A name without a declared floor.
+    """
+    from packaging.utils import canonicalize_name
+
+    floors = declared_floors(pyproject)
+    names = [canonicalize_name(n) for n in lowest]
+    unknown = sorted(set(names) - set(floors))
+    if unknown:
+        raise UsageError(
+            f"{', '.join(unknown)}: not a dependency with a declared floor (known: {', '.join(sorted(floors))})"
+        )
+    return [f"{n}=={floors[n]}" for n in names]
+
+
 def pinned_requirements(lowest: Sequence[str], pyproject: Path | None = None) -> list[str]:
     """The project's dependencies with each of ``lowest`` pinned to its floor, torch left out.
 

@@ -129,8 +129,12 @@ def run_compat(
 
 
 def _passing_report(path: Path) -> dict[str, Any] | None:
+    """The report if it passed and recorded generation cases (their tokens are the reference), else None."""
     data = read_report_file(path)
-    return data if data.get("passed") is True else None
+    generation = data.get("generation")
+    if data.get("passed") is not True or not isinstance(generation, dict) or not generation.get("cases"):
+        return None
+    return data
 
 
 def _write_compat(path: Path, report: CompatReport, *, repo_id: str, revision: str) -> Path:
