@@ -948,3 +948,83 @@ def test_the_lowest_declared_huggingface_hub_runs_the_demo_pipeline():
     result = compat_floors.check_floors(["huggingface_hub"])
     assert result.passed, result.summary_line()
     assert result.versions["huggingface-hub"] == "2.0.0"
+
+
+# --------------------------------------------------------------------------- a Hub revision, no checkpoint
+
+HUB_REPO = "me/tiny-compat"
+
+
+@pytest.fixture
+def verified(converted, tokenizer_dir, tmp_path):
+    """The converted folder and the verification.json that `release verify` wrote for it."""
+    from release.verify.runner import verify_model
+
+    model_dir, checkpoint = converted
+    path = tmp_path / "verification.json"
+    report = verify_model(
+        model_dir,
+        checkpoint=checkpoint,
+        tokenizer=tokenizer_dir,
+        prompts=list(PROMPTS),
+        max_new_tokens=8,
+        report_path=path,
+    )
+    assert report.passed, report.failures
+    return model_dir, path
+
+
+@pytest.mark.compat
+def test_a_hub_revision_is_checked_against_its_recorded_tokens_without_a_checkpoint(verified, hub, tmp_path):
+    model_dir, report_path = verified
+    files = {p.name: p.read_bytes() for p in model_dir.iterdir()}
+    hub.create_repo(HUB_REPO)
+    hub.create_tag(HUB_REPO, "v0.9.0", revision=hub.commit(HUB_REPO, {"README.md": b"old"}, message="old"))
+    hub.create_tag(HUB_REPO, "v1.0.0", revision=hub.commit(HUB_REPO, files, message="release"))
+    hub.create_tag(HUB_REPO, "v1.1.0-rc.1", revision="main")
+    assert compat_canary.newest_release_tag(HUB_REPO) == "v1.0.0"  # releases before pre-releases
+
+    oldest = selected_versions()[0]
+    out = tmp_path / "compat.json"
+    args = ["compat", HUB_REPO, "--report", str(report_path), "--versions", oldest, "--out", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert (data["repo_id"], data["revision"]) == (HUB_REPO, "v1.0.0")
+    row = data["compat"]["versions"][0]
+    assert row["passed"] and row["max_abs_diff"] is None  # teacher-forced: no training module here
+    assert data["compat"]["reference"] == "verification.json"
+
+    # A revision whose model code changed is not what the report verified: refused, not "checked".
+    source = files["modeling_custom_transformer.py"].decode()
+    commit = hub.commit(
+        HUB_REPO, {"modeling_custom_transformer.py": (source + "\n# edited\n").encode()}, message="x"
+    )
+    hub.create_tag(HUB_REPO, "v1.0.1", revision=commit)
+    result = CliRunner().invoke(
+        main, ["compat", HUB_REPO, "--report", str(report_path), "--versions", oldest]
+    )
+    assert result.exit_code == 1
+    assert (
+        "me/tiny-compat@v1.0.1 is not what the verification report verified (modeling_custom_transformer.py)"
+        in (result.output)
+    )
+
+
+@pytest.mark.compat
+def test_a_recorded_report_catches_a_cache_bug_at_generation_without_a_checkpoint(verified, tmp_path):
+    """The economy of issue #14: no training module at all, and a cache-path bug still fails generation (the
+    teacher-forced logits stage passes: one forward needs no cache)."""
+    from packaging.version import Version
+
+    model_dir, report_path = verified
+    old = [v for v in selected_versions() if Version(v) < Version(CACHE_KWARG_RENAMED_IN)]
+    if not old:
+        pytest.skip(f"needs a version before {CACHE_KWARG_RENAMED_IN}")
+    buggy = tmp_path / "buggy" / "model"
+    shutil.copytree(model_dir, buggy)
+    modeling = buggy / "modeling_custom_transformer.py"
+    modeling.write_text(modeling.read_text().replace(BUGGY_LINE, "cache=cache,"), encoding="utf-8")
+    report = run_compat_matrix(buggy, report=json.loads(report_path.read_text()), versions=old[:1])
+    result = report.results[0]
+    assert result.stage == "generation" and not stage_failures(result, "logits"), result.failures
