@@ -912,14 +912,22 @@ def test_floors_check_installs_the_pins_and_runs_the_demo(tmp_path):
 
     def run(cmd, env, cwd):
         ran.append(cmd)
-        assert env["PYTHONPATH"].split(os.pathsep)[0].startswith(str(tmp_path))  # the floors come first
+        first, second = env["PYTHONPATH"].split(os.pathsep)[:2]
+        assert first.endswith("project") and second.startswith(
+            str(tmp_path)
+        )  # the floors before torch's site
         if "-c" in cmd:
             return compat_floors.subprocess.CompletedProcess(cmd, 0, '{"huggingface_hub": "2.0.0"}\n', "")
         return compat_floors.subprocess.CompletedProcess(cmd, 0, "", "")
 
-    result = compat_floors.check_floors(["huggingface_hub"], cache_dir=tmp_path, installer=install, run=run)
+    built = []
+    project = dict(project_installer=lambda root, target: built.append((root, target.name)))
+    result = compat_floors.check_floors(
+        ["huggingface_hub"], cache_dir=tmp_path, installer=install, run=run, **project
+    )
+    assert built == [(REPO_ROOT, "project")]  # this tree, built fresh
     assert result.passed and result.floors == {"huggingface-hub": "2.0"}
-    assert ran[1][1:5] == ["-S", "-m", "release", "run"] and "--dry-run" in ran[1]
+    assert ran[1][1:6] == ["-S", "-P", "-m", "release", "run"] and "--dry-run" in ran[1]  # -P: not the cwd's tree
 
     def wrong(requirements, target):
         info = target / "huggingface_hub-2.4.0.dist-info"
@@ -931,7 +939,7 @@ def test_floors_check_installs_the_pins_and_runs_the_demo(tmp_path):
             ["huggingface_hub"], cache_dir=tmp_path / "other", installer=wrong, run=run
         )
     with pytest.raises(UsageError, match="the torch floor is 2.4 but this is torch"):
-        compat_floors.check_floors(["torch"], cache_dir=tmp_path, installer=install, run=run)
+        compat_floors.check_floors(["torch"], cache_dir=tmp_path, installer=install, run=run, **project)
 
 
 def test_the_floors_job_runs_in_ci_run_for_the_lowest_huggingface_hub():
@@ -1028,3 +1036,16 @@ def test_a_recorded_report_catches_a_cache_bug_at_generation_without_a_checkpoin
     report = run_compat_matrix(buggy, report=json.loads(report_path.read_text()), versions=old[:1])
     result = report.results[0]
     assert result.stage == "generation" and not stage_failures(result, "logits"), result.failures
+
+
+def test_every_package_ships_in_the_wheel():
+    """The floors check builds a real wheel: a package missing from [tool.setuptools] packages breaks it."""
+    import tomllib
+
+    listed = set(tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {
+        ".".join(p.parent.relative_to(REPO_ROOT).parts)
+        for top in ("release", "modeling")
+        for p in (REPO_ROOT / top).rglob("__init__.py")
+    }
+    assert found <= listed, sorted(found - listed)

@@ -4,7 +4,8 @@
 ``check_floors`` pins the named dependencies to their floors, installs the project's other dependencies as pip
 resolves them around those pins into an isolated folder (``pip install --target``, cached like the matrix's
 environments), and runs ``release run --dry-run --stop-after card`` on the built-in demo in a child
-``python -S`` that sees that folder, this source tree and the running torch only.
+``python -S`` that sees that folder, this source tree (installed without dependencies into a temporary folder)
+and the running torch only.
 
 torch is never installed here (a bare ``torch`` from the index is a multi-GB CUDA build): the floor of torch
 is checked by running this with that torch installed (CI's floors job installs it from the CPU index), and
@@ -162,6 +163,25 @@ def _pip_install(requirements: Sequence[str], target: Path) -> None:
         raise CompatError(f"pip could not install {' '.join(requirements)}: {' | '.join(lines[-3:])}")
 
 
+def _pip_install_project(source_root: Path, target: Path) -> None:
+    """This project, built from ``source_root`` (so not wheels-only), without its dependencies."""
+    cmd = [
+        sys.executable, "-m", "pip", "install", "--target", str(target), "--no-deps", "--no-input",
+        "--disable-pip-version-check", "--no-warn-script-location", "--quiet", str(source_root),
+    ]  # fmt: skip
+    try:
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT, stdin=subprocess.DEVNULL
+        )
+    except subprocess.TimeoutExpired:
+        raise CompatError(f"pip did not build {source_root} within {PIP_TIMEOUT:.0f}s") from None
+    if proc.returncode != 0:
+        lines = [
+            ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("WARNING: Location")
+        ]
+        raise CompatError(f"pip could not build {source_root}: {' | '.join(lines[-3:])}")
+
+
 def floors_environment(
     requirements: Sequence[str], *, cache_dir: Path, installer: Installer = _pip_install
 ) -> tuple[Path, bool]:
@@ -210,6 +230,7 @@ def check_floors(
     cache_dir: Path | None = None,
     pyproject: Path | None = None,
     installer: Installer = _pip_install,
+    project_installer: Callable[[Path, Path], None] | None = None,
     run: Callable[[list[str], dict[str, str], Path], subprocess.CompletedProcess] | None = None,
 ) -> FloorsResult:
     """Install the floors of ``lowest`` (e.g. ``["huggingface_hub"]``) and run the demo pipeline on them.
@@ -250,11 +271,16 @@ def check_floors(
         if name not in got or _version(got[name]) != _version(version):
             raise CompatError(f"pip installed {name} {got.get(name, 'nothing')}, not the floor {version}")
     source_root = Path(__file__).resolve().parents[2]
+    project_installer = project_installer or _pip_install_project
     with tempfile.TemporaryDirectory(prefix="release-floors-") as tmp:
         work = Path(tmp)
+        # This source tree as pip installs it (templates/ becomes release/templates), without dependencies:
+        # the code under test, built fresh each time; its dependencies are the cached floors environment.
+        project = work / "project"
+        project_installer(source_root, project)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "HF_", "RELEASE_"))}
         env.update(
-            PYTHONPATH=os.pathsep.join([str(env_dir), str(source_root), *_torch_search_paths()]),
+            PYTHONPATH=os.pathsep.join([str(project), str(env_dir), *_torch_search_paths()]),
             PYTHONNOUSERSITE="1",
             HF_HOME=str(work / "hf"),
             HF_HUB_OFFLINE="1",
@@ -263,7 +289,7 @@ def check_floors(
         probe = "import json,sys,importlib.metadata as m;print(json.dumps({n: m.version(n) for n in sys.argv[1:]}))"
         cmd_versions = [sys.executable, "-S", "-c", probe, "huggingface_hub", "transformers", "torch", *names]
         cmd_run = [
-            sys.executable, "-S", "-m", "release", "run", "--dry-run", "--stop-after", "card",
+            sys.executable, "-S", "-P", "-m", "release", "run", "--dry-run", "--stop-after", "card",
             "--version", "v0.0.0-floors", "--dist-dir", str(work / "dist"),
         ]  # fmt: skip
         runner = run or _run
@@ -272,6 +298,8 @@ def check_floors(
             versions = json.loads(probe_proc.stdout.strip().splitlines()[-1])
         except (json.JSONDecodeError, IndexError):
             versions = {}
+        # In the source tree, so its [tool.release] settings apply; -P keeps the cwd off sys.path, so the
+        # installed copy (with release/templates) is imported, not the tree's.
         proc = runner(cmd_run, env, source_root)
     done = time.monotonic()
     if proc.returncode == 0:
