@@ -927,7 +927,9 @@ def test_floors_check_installs_the_pins_and_runs_the_demo(tmp_path):
     )
     assert built == [(REPO_ROOT, "project")]  # this tree, built fresh
     assert result.passed and result.floors == {"huggingface-hub": "2.0"}
-    assert ran[1][1:6] == ["-S", "-P", "-m", "release", "run"] and "--dry-run" in ran[1]  # -P: not the cwd's tree
+    assert (
+        ran[1][1:6] == ["-S", "-P", "-m", "release", "run"] and "--dry-run" in ran[1]
+    )  # -P: not the cwd's tree
 
     def wrong(requirements, target):
         info = target / "huggingface_hub-2.4.0.dist-info"
@@ -1049,3 +1051,29 @@ def test_every_package_ships_in_the_wheel():
         for p in (REPO_ROOT / top).rglob("__init__.py")
     }
     assert found <= listed, sorted(found - listed)
+
+
+def test_the_cards_code_runs_per_version_in_that_versions_environment(fake_world):
+    """The snippet hook (issue #15's check) gets each version's interpreter and environment; a failure is
+    reported as that version's ``snippet`` stage."""
+    folder, _ = fake_world
+    seen = []
+
+    def snippet(version, argv, env, model_dir):
+        seen.append((version, env["PYTHONPATH"].split(os.pathsep)[0], model_dir))
+        return "the card's code: line 4: generate() returned other tokens" if version == "5.0.0" else None
+
+    report = run_compat_matrix(
+        folder,
+        report=json.loads((folder.parent / "verification.json").read_text()),
+        versions=["4.46.3", "5.0.0"],
+        snippet_check=snippet,
+    )
+    assert [(v, Path(p).name.rsplit("-", 1)[0], m) for v, p, m in seen] == [
+        ("4.46.3", "transformers-4.46.3", folder.resolve()),
+        ("5.0.0", "transformers-5.0.0", folder.resolve()),
+    ]
+    assert report.failures == [
+        "transformers 5.0.0: snippet: the card's code: line 4: generate() returned other tokens"
+    ]
+    assert [r.stage for r in report.results] == [None, "snippet"]

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from release.compat.index import available_versions, fetch_project_page, newest_prerelease
-from release.compat.matrix import CompatReport, VersionResult, run_compat_matrix
+from release.compat.matrix import CompatReport, SnippetCheck, VersionResult, run_compat_matrix
 from release.errors import CompatError, UsageError
 
 MARKER = "<!-- release-compat-canary -->"
@@ -88,6 +88,7 @@ def check_hub_revision(
     report: dict[str, Any],
     versions: Sequence[str],
     cache_dir: Path | None = None,
+    snippet_check: SnippetCheck | None = None,
     on_result: Callable[[VersionResult], None] | None = None,
 ) -> CompatReport:
     """Download ``repo_id@revision`` (fresh cache) and run the matrix on it against ``report``'s tokens.
@@ -125,6 +126,7 @@ def check_hub_revision(
             versions=versions,
             canary=True,
             cache_dir=cache_dir,
+            snippet_check=snippet_check,
             on_result=on_result,
         )
 

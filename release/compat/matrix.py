@@ -3,13 +3,18 @@
 Remote-code models break silently when transformers changes (cache API, generation mixin, config names, weight
 loading). ``run_compat_matrix`` checks the folder on each version of a list, each in its own environment:
 
-1. Reference outputs are computed once, here, from the training module (``release.checkpoint``): logits on fixed
-   seeded token ids and greedy continuations (token ids) of a few short prompts.
+1. The reference. With a passing ``verification.json`` (the normal case, and the only one for a published Hub
+   revision) its recorded tokens are the reference: verify proved them against the training module, so the
+   training module never decodes again (issue #14's economy). With the training checkpoint the training module
+   adds one forward: logits on fixed seeded token ids. Without a report, the checkpoint's module also decodes
+   the prompts greedily (the old path, kept for a folder nobody verified).
 2. For each version, ``ensure_environment`` installs ``transformers==X`` with its own dependencies (huggingface_hub,
    tokenizers, ...) into ``<cache>/transformers-X-pyNN`` with ``pip install --target``. transformers does not
-   depend on torch, so torch is not installed there: the child reuses the running interpreter's torch. A finished
-   environment holds a stamp file written before the folder is renamed into place, so an interrupted install is
-   simply redone and two concurrent runs cannot see a half-installed one.
+   depend on torch, so torch is not installed there: the child reuses the running interpreter's torch. One pip
+   cache serves every version, and a file identical to one of another environment is hardlinked to it
+   (``_share_files``), so the wheels that many versions share (numpy, tokenizers, regex...) cost their disk
+   once. A finished environment holds a stamp file written before the folder is renamed into place, so an
+   interrupted install is simply redone and two concurrent runs cannot see a half-installed one.
 3. A child ``python -S`` runs ``CHILD_SCRIPT`` (stdlib, torch, transformers and safetensors only) with
    ``PYTHONPATH=<environment>:<torch's site-packages>``: ``-S`` skips ``.pth`` files, so this repo's editable
    install is invisible, and the child also blocks ``release``/``modeling`` imports in case of a regular install.
@@ -17,21 +22,25 @@ loading). ``run_compat_matrix`` checks the folder on each version of a list, eac
    The child loads the folder with ``trust_remote_code=True`` (model and tokenizer) and reports figures as JSON;
    the gates are applied here (``judge_child_result``).
 
-Stages and gates (the first failing stage names the result; every failed gate is one line):
+Stages and gates (the first failing stage names the result; every failed gate is one line naming the version):
 
 - ``load``: the model loads with no missing/unexpected/mismatched keys, in the dtype its config declares
-  (``torch_dtype="auto"``, ``dtype="auto"`` from 4.56), and the tokenizer loads and encodes the prompts as the main
-  environment does.
-- ``logits``: the #4 float32 gates (``release.verify_report.Gates``: max |diff| <= 1e-4, 100% top-1 agreement).
-  The model is upcast to float32 and the reference is computed with the training module's weights rounded to the
-  folder's dtype, so a bfloat16/float16 release is held to float32 gates too: precision loss is ``verify``'s
-  subject, the matrix only asks "does this version run the same computation on the same weights".
-- ``generation``: ``generate(do_sample=False, max_new_tokens=N, attention_mask=...)`` equals the training module's
-  ``generate_greedy`` token for token, for each prompt alone and for all prompts in one left-padded batch.
+  (``torch_dtype="auto"``, ``dtype="auto"`` from 4.56), and the tokenizer encodes the prompts as recorded.
+- ``logits``: teacher forcing on the recorded tokens (one forward over prompt + continuation: every argmax must
+  be the next recorded token, up to the dtype's tie margin; the first differing step is named), and, with the
+  checkpoint, the #4 float32 gates on the training module's logits (max |diff| <= 1e-4, 100% top-1). For those
+  the model is upcast to float32 and the reference is computed with the training module's weights rounded to
+  the folder's dtype: precision loss is ``verify``'s subject, the matrix asks "the same computation?".
+- ``generation``: ``generate(do_sample=False, max_new_tokens=N, attention_mask=...)`` gives the reference tokens
+  for each prompt alone and for all prompts in one left-padded batch. With a recorded report the model runs in
+  its own dtype, as verify ran it.
+- ``snippet``: the card's usage code, run per version (``SnippetCheck``; issue #15's ``release.verify.snippet``).
 
-The versions come from ``[tool.release.compat] transformers`` in pyproject.toml and must satisfy the supported
-range, the ``transformers`` requirement of ``[project].dependencies``: declared once and read by the code, CI and the
-card (``supported_range``). Results go into ``verification.json`` under ``"compat"`` (``merge_into_report``).
+The versions come from ``[tool.release.compat] transformers`` in pyproject.toml (or the package index, see
+``release.compat.index``) and must satisfy the supported range, the ``transformers`` requirement of
+``[project].dependencies``: declared once and read by the code, CI and the card (``supported_range``). Results go
+into ``verification.json`` under ``"compat"`` (``merge_into_report``): one row per version with its stage, figures,
+library versions and cost (time and disk), and the card's compact ``statement``.
 """
 
 from __future__ import annotations

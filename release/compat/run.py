@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 
 from release.compat.matrix import (
     CompatReport,
+    SnippetCheck,
     VersionResult,
     check_versions,
     merge_into_report,
@@ -62,6 +64,28 @@ def select_versions(
     return None, False
 
 
+def card_snippet_check(report: dict[str, Any] | None) -> SnippetCheck | None:
+    """The ``snippet`` stage: the card's usage code run verbatim on each version (issue #15's
+    ``release.verify.snippet.check_card_snippet``), expected to reproduce ``report``'s greedy tokens.
+
+    None (no snippet stage) until that module is merged: the import is the only thing guarded.
+    """
+    try:
+        from release.verify.snippet import check_card_snippet
+    except ImportError:  # release/verify/snippet.py (issue #15) not merged yet
+        return None
+    from release.errors import ReleaseError
+
+    def check(version: str, argv: Sequence[str], env: dict[str, str], model_dir: Path) -> str | None:
+        try:
+            result = check_card_snippet(model_dir, report=report, paths=env["PYTHONPATH"].split(os.pathsep))
+        except ReleaseError as exc:
+            return f"the card's code: {exc}"
+        return None if result.passed else "the card's code: " + "; ".join(result.failures)
+
+    return check
+
+
 def run_compat(
     model: str | Path,
     *,
@@ -101,6 +125,7 @@ def run_compat(
             versions=chosen,
             canary=canary,
             cache_dir=cache_dir,
+            snippet_check=card_snippet_check(recorded),
             on_result=on_result,
         )
         return CompatRun(result, None, merge_into_report(out or report_path, result))
@@ -122,7 +147,13 @@ def run_compat(
 
         chosen = default_versions()
     result = check_hub_revision(
-        str(model), revision=rev, report=recorded, versions=chosen, cache_dir=cache_dir, on_result=on_result
+        str(model),
+        revision=rev,
+        report=recorded,
+        versions=chosen,
+        cache_dir=cache_dir,
+        snippet_check=card_snippet_check(recorded),
+        on_result=on_result,
     )
     target = Path(out) if out is not None else Path("compat.json")
     return CompatRun(result, rev, _write_compat(target, result, repo_id=str(model), revision=rev))
