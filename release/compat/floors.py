@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -135,51 +134,16 @@ class FloorsResult:
 
 
 def _pip_install(requirements: Sequence[str], target: Path) -> None:
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "install",
-        "--target",
-        str(target),
-        "--no-input",
-        "--disable-pip-version-check",
-        "--no-warn-script-location",
-        "--only-binary",
-        ":all:",
-        "--quiet",
-        *requirements,
-    ]
-    try:
-        proc = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT, stdin=subprocess.DEVNULL
-        )
-    except subprocess.TimeoutExpired:
-        raise CompatError(f"pip did not install the floors within {PIP_TIMEOUT:.0f}s") from None
-    if proc.returncode != 0:
-        lines = [
-            ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("WARNING: Location")
-        ]
-        raise CompatError(f"pip could not install {' '.join(requirements)}: {' | '.join(lines[-3:])}")
+    from release.compat.matrix import pip_install_target
+
+    pip_install_target(requirements, target, what=" ".join(requirements))
 
 
 def _pip_install_project(source_root: Path, target: Path) -> None:
     """This project, built from ``source_root`` (so not wheels-only), without its dependencies."""
-    cmd = [
-        sys.executable, "-m", "pip", "install", "--target", str(target), "--no-deps", "--no-input",
-        "--disable-pip-version-check", "--no-warn-script-location", "--quiet", str(source_root),
-    ]  # fmt: skip
-    try:
-        proc = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT, stdin=subprocess.DEVNULL
-        )
-    except subprocess.TimeoutExpired:
-        raise CompatError(f"pip did not build {source_root} within {PIP_TIMEOUT:.0f}s") from None
-    if proc.returncode != 0:
-        lines = [
-            ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("WARNING: Location")
-        ]
-        raise CompatError(f"pip could not build {source_root}: {' | '.join(lines[-3:])}")
+    from release.compat.matrix import pip_install_target
+
+    pip_install_target(["--no-deps", str(source_root)], target, what=str(source_root), wheels_only=False)
 
 
 def floors_environment(
@@ -192,28 +156,18 @@ def floors_environment(
     """
     import hashlib
 
+    from release.compat.matrix import install_once
+
     key = hashlib.sha256("\n".join([sys.version.split()[0], *requirements]).encode()).hexdigest()[:16]
     target = Path(cache_dir) / f"floors-{key}-py{sys.version_info.major}{sys.version_info.minor}"
-    if (target / STAMP).is_file():
-        return target, True
-    if target.exists():
-        shutil.rmtree(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+
+    def build(staging: Path) -> dict:
         installer(list(requirements), staging)
         if (staging / "torch").exists():
             raise CompatError("installing the floors pulled in torch; they reuse the running torch")
-        stamp = {"python": sys.version.split()[0], "requirements": list(requirements)}
-        (staging / STAMP).write_text(json.dumps(stamp, indent=2) + "\n", encoding="utf-8")
-        try:
-            os.rename(staging, target)
-        except OSError:
-            if not (target / STAMP).is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target, False
+        return {"python": sys.version.split()[0], "requirements": list(requirements)}
+
+    return target, install_once(target, build, stamp=STAMP)
 
 
 def _installed(env_dir: Path) -> dict[str, str]:

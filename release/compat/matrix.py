@@ -464,35 +464,59 @@ def environment_dir(version: str, cache_dir: Path) -> Path:
     return Path(cache_dir) / f"transformers-{version}-py{sys.version_info.major}{sys.version_info.minor}"
 
 
-def _pip_install(version: str, target: Path) -> None:
-    """``pip install --target``: transformers and its dependency closure, wheels only, nothing from this env."""
+def pip_install_target(args: Sequence[str], target: Path, *, what: str, wheels_only: bool = True) -> None:
+    """``pip install --target target *args`` with the running pip; one line naming ``what`` on failure.
+
+    Raises:
+        CompatError: pip failed or timed out.
+    """
     cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "install",
-        "--target",
-        str(target),
-        "--no-input",
-        "--disable-pip-version-check",
-        "--no-warn-script-location",
-        "--only-binary",
-        ":all:",
-        "--quiet",
-        f"transformers=={version}",
-    ]
+        sys.executable, "-m", "pip", "install", "--target", str(target), "--no-input",
+        "--disable-pip-version-check", "--no-warn-script-location", "--quiet",
+        *(["--only-binary", ":all:"] if wheels_only else []), *args,
+    ]  # fmt: skip
     try:
         proc = subprocess.run(
             cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT, stdin=subprocess.DEVNULL
         )
     except subprocess.TimeoutExpired:
-        raise CompatError(f"pip did not install transformers=={version} within {PIP_TIMEOUT:.0f}s") from None
+        raise CompatError(f"pip did not install {what} within {PIP_TIMEOUT:.0f}s") from None
     if proc.returncode != 0:
         lines = [
             ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("WARNING: Location")
         ]
         tail = " | ".join(lines[-3:]) or f"exit code {proc.returncode}"
-        raise CompatError(f"pip could not install transformers=={version}: {tail}")
+        raise CompatError(f"pip could not install {what}: {tail}")
+
+
+def _pip_install(version: str, target: Path) -> None:
+    """transformers and its dependency closure, wheels only, nothing from this env."""
+    pip_install_target([f"transformers=={version}"], target, what=f"transformers=={version}")
+
+
+def install_once(target: Path, build: Callable[[Path], dict[str, Any]], *, stamp: str = STAMP) -> bool:
+    """Fill ``target`` once: ``build(staging)`` installs into a fresh folder and returns the stamp's content;
+    the stamp is written last and the folder renamed into place. True when ``target`` was already complete.
+
+    An interrupted build leaves nothing (it is redone next time); two concurrent runs cannot see half of one.
+    """
+    if (target / stamp).is_file():
+        return True
+    if target.exists():  # never produced by the rename below; a leftover of an older layout or a manual copy
+        shutil.rmtree(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        content = build(staging)
+        (staging / stamp).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        try:
+            os.rename(staging, target)
+        except OSError:
+            if not (target / stamp).is_file():  # not a concurrent run that finished first
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return False
 
 
 def ensure_environment(version: str, *, cache_dir: Path | None = None) -> Path:
@@ -503,13 +527,8 @@ def ensure_environment(version: str, *, cache_dir: Path | None = None) -> Path:
     """
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     target = environment_dir(version, cache_dir)
-    if (target / STAMP).is_file():
-        return target
-    if target.exists():  # never produced by the rename below; a leftover of an older layout or a manual copy
-        shutil.rmtree(target)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=cache_dir))
-    try:
+
+    def build(staging: Path) -> dict[str, Any]:
         _pip_install(version, staging)
         if (staging / "torch").exists():
             raise CompatError(
@@ -518,20 +537,14 @@ def ensure_environment(version: str, *, cache_dir: Path | None = None) -> Path:
         packages = {d.metadata["Name"]: d.version for d in metadata.distributions(path=[str(staging)])}
         if packages.get("transformers") != version:
             raise CompatError(f"pip installed transformers {packages.get('transformers')}, not {version}")
-        stamp = {
+        _share_files(staging, cache_dir)
+        return {
             "transformers": version,
             "python": sys.version.split()[0],
             "packages": dict(sorted(packages.items())),
         }
-        _share_files(staging, cache_dir)
-        (staging / STAMP).write_text(json.dumps(stamp, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        try:
-            os.rename(staging, target)
-        except OSError:
-            if not (target / STAMP).is_file():  # not a concurrent run that finished first
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+    install_once(target, build)
     return target
 
 
