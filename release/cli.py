@@ -602,12 +602,17 @@ def generate(model, prompt, revision, max_new_tokens, temperature, top_k, seed):
 
 
 @main.command()
-@click.argument("model_dir", metavar="DIR", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.argument("model", metavar="DIR|REPO_ID")
+@click.option(
+    "--revision",
+    default=None,
+    help="With a Hub REPO_ID: the tag or commit to check; 'latest' (the default): the newest release tag.",
+)
 @click.option(
     "--checkpoint",
-    required=True,
+    default=None,
     type=click.Path(path_type=Path, exists=True),
-    help="The training checkpoint DIR was converted from (the reference outputs are computed from it).",
+    help="The training checkpoint DIR was converted from: adds its logits; needed only without a report.",
 )
 @click.option(
     "--versions",
@@ -616,10 +621,25 @@ def generate(model, prompt, revision, max_new_tokens, temperature, top_k, seed):
     help="Comma-separated transformers versions (default: [tool.release.compat] in pyproject.toml).",
 )
 @click.option(
+    "--all-minors",
+    is_flag=True,
+    help="The newest patch of every transformers minor in the supported range, from the package index.",
+)
+@click.option(
+    "--newest", is_flag=True, help="The newest transformers release and its latest pre-release (the canary)."
+)
+@click.option(
     "--report",
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,
-    help="verification.json to merge the results into under 'compat' (default: DIR/../verification.json).",
+    help="The verification.json whose recorded tokens are the reference (default: DIR/../verification.json); "
+    "the results are merged into it under 'compat'.",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write the results here instead (default for a Hub revision: ./compat.json).",
 )
 @click.option(
     "--cache-dir",
@@ -628,36 +648,142 @@ def generate(model, prompt, revision, max_new_tokens, temperature, top_k, seed):
     help="Environment cache (default: $RELEASE_CACHE_DIR/compat, else ~/.cache/custom-transformer-release/compat).",
 )
 @reports_errors
-def compat(model_dir, checkpoint, versions, report, cache_dir):
-    """Check the converted folder DIR on each transformers version of the compatibility matrix.
+def compat(model, revision, checkpoint, versions, all_minors, newest, report, out, cache_dir):
+    """Check the converted folder DIR (or a Hub revision) on each transformers version of the matrix.
 
-    Each version runs in its own cached environment (reusing this torch) and must load DIR with
-    trust_remote_code, match the training module's logits (the float32 gates of `release verify`) and
-    its greedy generation token for token. Exits 1 naming each failing version and stage.
+    Each version runs in its own cached environment (reusing this torch) and must load the model with
+    trust_remote_code, give verification.json's recorded greedy tokens teacher-forced and by generate(),
+    alone and in a left-padded batch (and, with --checkpoint, the training module's logits within the
+    float32 gates). Exits 1 naming each failing version and stage.
 
     \b
-    Example:
-        release compat dist/v1.0.0/model --checkpoint ckpt.pt --versions 4.46.3,5.24.0
+    Examples:
+        release compat dist/v1.0.0/model --versions 4.46.3,5.24.0
+        release compat dist/v1.0.0/model --all-minors
+        release compat me/tiny-gpt --revision latest --report verification.json --newest
     """
-    from release.compat.matrix import merge_into_report, parse_versions, run_compat_matrix
+    from release.compat.matrix import parse_versions
+    from release.compat.run import run_compat
     from release.errors import VerificationError  # carries one FAILED line per version and gate
 
-    result = run_compat_matrix(
-        model_dir,
+    outcome = run_compat(
+        model,
+        revision=revision,
         checkpoint=checkpoint,
+        report=report,
+        out=out,
         versions=parse_versions(versions) if versions else None,
+        all_minors=all_minors,
+        newest=newest,
         cache_dir=cache_dir,
         on_result=lambda r: click.echo(r.summary_line(), err=True),
     )
-    path = merge_into_report(report or model_dir.parent / "verification.json", result)
+    result, path = outcome.report, outcome.written
+    where = f"{model}@{outcome.revision}: " if outcome.revision else ""
     if not result.passed:
         failed = len([r for r in result.results if not r.passed])
         raise VerificationError(
-            f"{failed} of {len(result.results)} transformers versions failed (see {path})", result.failures
+            f"{where}{failed} of {len(result.results)} transformers versions failed (see {path})",
+            result.failures,
         )
-    click.echo(
-        f"tested with transformers {', '.join(result.tested_versions)} (supported: {result.range}); {path}"
+    click.echo(f"{where}{result.statement} (supported: {result.range}); {path}")
+
+
+@main.command("compat-versions")
+@click.option("--all-minors", is_flag=True, help="The newest patch of every minor in the supported range.")
+@click.option("--newest", is_flag=True, help="The newest release and its latest pre-release.")
+@reports_errors
+def compat_versions(all_minors, newest):
+    """Print the transformers versions `release compat` would test, as a JSON list (for a CI matrix).
+
+    \b
+    Examples:
+        release compat-versions                 # [tool.release.compat] in pyproject.toml
+        release compat-versions --all-minors    # from the package index
+    """
+    import json
+
+    from release.compat.matrix import default_versions
+    from release.compat.run import select_versions
+
+    chosen, _ = select_versions(all_minors=all_minors, newest=newest)
+    click.echo(json.dumps(chosen if chosen is not None else default_versions()))
+
+
+@main.command("compat-tag")
+@repo_id_option()
+@reports_errors
+def compat_tag(repo_id):
+    """Print the newest published release tag of the model repo (what the compatibility canary checks).
+
+    \b
+    Example:
+        release compat-tag --repo-id me/tiny-gpt
+    """
+    from release.compat.canary import newest_release_tag
+
+    click.echo(newest_release_tag(_repo_id_or_settings(repo_id)))
+
+
+@main.command("compat-issue")
+@click.argument("results", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option("--run-url", default=None, help="Link to the workflow run (default: this Actions run, if any).")
+@reports_errors
+def compat_issue(results, run_url):
+    """Open, update or close the ONE compatibility canary issue from RESULTS (`release compat --out`).
+
+    A failure opens the issue labelled compat-canary, or updates the open one; a pass closes it. Needs
+    GITHUB_REPOSITORY and GH_TOKEN (the workflow's token with `issues: write`).
+
+    \b
+    Example:
+        release compat-issue compat.json
+    """
+    from release.compat.canary import GitHubIssues, sync_canary_issue
+    from release.github import run_url as actions_run_url
+
+    outcome = sync_canary_issue(
+        GitHubIssues.from_environment(), results=results, run_url=run_url or actions_run_url()
     )
+    click.echo(f"canary issue: {outcome.action}" + (f" #{outcome.number}" if outcome.number else ""))
+
+
+@main.command("compat-floors")
+@click.option(
+    "--lowest",
+    "lowest",
+    multiple=True,
+    required=True,
+    help="A dependency to install at its declared floor (repeatable), e.g. huggingface_hub or torch.",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Environment cache (default: the compat cache).",
+)
+@click.option("--show", is_flag=True, help="Only print NAME==FLOOR for each --lowest (e.g. to install it).")
+@reports_errors
+def compat_floors(lowest, cache_dir, show):
+    """Prove the declared floors: install them and run the pipeline on the demo (fetch..card, dry run).
+
+    torch is never installed here: for --lowest torch, run this with torch==<floor> installed.
+
+    \b
+    Example:
+        release compat-floors --lowest huggingface_hub
+    """
+    from release.compat.floors import check_floors, floor_pins
+    from release.errors import VerificationError
+
+    if show:
+        for line in floor_pins(lowest):
+            click.echo(line)
+        return
+    result = check_floors(lowest, cache_dir=cache_dir)
+    if not result.passed:
+        raise VerificationError("the declared dependency floors do not hold", [result.summary_line()])
+    click.echo(result.summary_line())
 
 
 @main.command("settings")

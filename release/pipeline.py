@@ -250,8 +250,12 @@ def _compat(settings: Settings, result: RunResult, state: dict, say, pyproject_d
         return _SKIPPED
     from release.compat.matrix import merge_into_report, run_compat_matrix
 
+    # The tokens verify proved are the reference: the training module computes only the logits (issue #14).
     report = run_compat_matrix(
-        result.model_dir, checkpoint=Path(state["checkpoint"]), versions=settings.compat_versions or None
+        result.model_dir,
+        checkpoint=Path(state["checkpoint"]),
+        report=result.verification,
+        versions=settings.compat_versions or None,
     )
     path = result.out_dir / "verification.json"
     merge_into_report(path, report)

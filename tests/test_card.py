@@ -1050,3 +1050,13 @@ def test_cli_card_help():
     assert result.exit_code == 0
     assert "Render the model card DIR/README.md" in result.output
     assert "--diff-against REPO_ID[@REV]|FILE" in result.output
+
+
+def test_card_states_a_long_compat_matrix_as_a_range(model_dir, settings):
+    """Issue #16: every minor is many versions; the card says their span and count in one line."""
+    data = verification()
+    minors = [f"4.{m}.0" for m in range(46, 58)] + [f"5.{m}.0" for m in range(0, 25)]
+    data["compat"]["versions"] = [{"transformers": v, "passed": True} for v in minors]
+    text = render(model_dir, settings, verification=data).text
+    assert "Tested on `transformers` 4.46–5.24: 37 versions (supported: `>=4.46,<6`)." in text
+    assert "4.47.0" not in text

@@ -239,6 +239,7 @@ def test_report_dict_and_merge_keep_other_keys(tmp_path):
     data = json.loads(text)
     assert data["schema_version"] == 1 and data["passed"] is True
     assert data["compat"]["range"] == ">=4.46,<6" and data["compat"]["passed"] is False
+    assert data["compat"]["statement"] == "tested on transformers 4.46: 1 version"
     assert [v["transformers"] for v in data["compat"]["versions"]] == ["4.46.3", "5.0.0"]
     assert data["compat"]["versions"][1] | {"detail": None, "environment": None} == {
         "transformers": "5.0.0",
@@ -249,6 +250,7 @@ def test_report_dict_and_merge_keep_other_keys(tmp_path):
         "generation_match": False,
         "detail": None,
         "environment": None,
+        "cost": {"install_seconds": 0.0, "check_seconds": 0.0, "disk_mb": 0.0, "unique_disk_mb": 0.0},
     }
     assert text == json.dumps(data, indent=2, sort_keys=True) + "\n"
     path.write_text("[1, 2]")
@@ -473,3 +475,605 @@ def test_reference_outputs_round_a_copy_for_half_precision():
     assert compat.compute_reference_outputs(model, [[1] * 6], prompt_texts=("c",)).max_new_tokens == 6
     with pytest.raises(CompatError, match="leave no room to generate"):
         compat.compute_reference_outputs(model, [[1] * 12], prompt_texts=("d",))
+
+
+# --------------------------------------------------------------------------- versions from the package index
+
+from release.compat import canary as compat_canary  # noqa: E402
+from release.compat import floors as compat_floors  # noqa: E402
+from release.compat import index as compat_index  # noqa: E402
+
+INDEX_FIXTURE = Path(__file__).parent / "fixtures" / "pypi-simple-transformers.json"
+# PyPI's simple JSON API (PEP 691) for transformers, trimmed to the files of 4.44 and later.
+ALL_MINORS = [
+    *(f"4.{m}" for m in (
+        "46.3", "47.1", "48.3", "49.0", "50.3", "51.3", "52.4", "53.3", "54.1", "55.4", "56.2", "57.6",
+    )),
+    *(f"5.{m}" for m in (
+        "0.0", "1.0", "2.0", "3.0", "4.0", "5.4", "6.2", "7.0", "8.1", "9.0", "10.4", "11.0", "12.1", "13.1",
+        "14.1", "15.1", "16.1", "17.0", "18.0", "19.0", "20.2", "21.1", "22.2", "23.0", "24.0",
+    )),
+]  # fmt: skip
+
+
+def index_page(*extra_files: dict, yank: str | None = None) -> dict:
+    page = json.loads(INDEX_FIXTURE.read_text())
+    if yank:
+        for f in page["files"]:
+            if (
+                f["filename"].startswith(f"transformers-{yank}-")
+                or f["filename"] == f"transformers-{yank}.tar.gz"
+            ):
+                f["yanked"] = "broken release"
+    page["files"] += list(extra_files)
+    return page
+
+
+def wheel(version: str, **fields) -> dict:
+    return {"filename": f"transformers-{version}-py3-none-any.whl", "requires-python": ">=3.10", **fields}
+
+
+def test_all_minors_are_the_newest_patch_of_each_minor_in_the_declared_range():
+    assert compat_index.all_minor_versions(range_spec=">=4.46,<6", page=index_page()) == ALL_MINORS
+    # The range is read, not assumed: a narrower one gives fewer lines.
+    assert compat_index.all_minor_versions(range_spec=">=5.20,<5.23", page=index_page()) == [
+        "5.20.2", "5.21.1", "5.22.2",
+    ]  # fmt: skip
+
+
+def test_all_minors_skip_yanked_pre_releases_sdists_and_other_pythons():
+    page = index_page(
+        wheel("5.25.0rc1"),  # a pre-release
+        wheel("6.0.0"),  # outside <6
+        {"filename": "transformers-5.26.0.tar.gz", "requires-python": ">=3.10"},  # no wheel
+        wheel("5.27.0", **{"requires-python": ">=3.99"}),  # not for this Python
+        wheel("5.22.9", yanked=True),  # a yanked newer patch of an existing line
+        yank="5.24.0",  # the whole 5.24 line yanked
+    )
+    versions = compat_index.all_minor_versions(range_spec=">=4.46,<6", page=page)
+    assert versions == [v for v in ALL_MINORS if v != "5.24.0"]
+    assert "5.22.2" in versions  # not the yanked 5.22.9
+    # The yanked 4.46.0 (in the real index answer) never shadows 4.46.3, and pre-releases count only if asked.
+    everything = compat_index.available_versions(page, include_pre=True)
+    assert "5.25.0rc1" in everything and "4.46.0" not in everything
+    assert compat_index.newest_prerelease(everything) is None  # 6.0.0 is out: 5.25.0rc1 is old news
+    assert compat_index.newest_prerelease([v for v in everything if v != "6.0.0"]) == "5.25.0rc1"
+    assert (
+        compat_index.newest_prerelease(compat_index.available_versions(index_page(), include_pre=True))
+        is None
+    )
+
+
+def test_canary_checks_the_newest_release_and_its_latest_pre_release():
+    assert compat_canary.canary_versions(index_page()) == ["5.24.0"]
+    page = index_page(wheel("5.25.0rc0"), wheel("5.25.0rc1"), wheel("5.0.0rc9"))
+    assert compat_canary.canary_versions(page) == ["5.24.0", "5.25.0rc1"]
+    assert check_versions(["5.25.0rc1", "6.0.0"], range_spec=">=4.46,<6", source="x", canary=True) == [
+        "5.25.0rc1",
+        "6.0.0",
+    ]
+    with pytest.raises(UsageError, match="5.25.0rc1' is not an exact release version"):
+        check_versions(["5.25.0rc1"], range_spec=">=4.46,<6", source="x")
+
+
+def test_the_index_is_asked_for_its_json_api(monkeypatch):
+    seen = {}
+
+    class Answer:
+        headers = {"Content-Type": "application/vnd.pypi.simple.v1+json"}
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def read(self):
+            return INDEX_FIXTURE.read_bytes()
+
+    def urlopen(request, timeout):
+        seen["url"], seen["accept"] = request.full_url, request.get_header("Accept")
+        return Answer()
+
+    monkeypatch.setattr(compat_index.urllib.request, "urlopen", urlopen)
+    monkeypatch.setenv("PIP_INDEX_URL", "https://index.example/simple")
+    page = compat_index.fetch_project_page("Transformers")
+    assert seen == {"url": "https://index.example/simple/transformers/", "accept": compat_index.ACCEPT}
+    assert len(page["files"]) == len(json.loads(INDEX_FIXTURE.read_text())["files"])
+    Answer.headers = {"Content-Type": "text/html"}
+    with pytest.raises(CompatError, match="did not answer with the simple JSON API"):
+        compat_index.fetch_project_page("transformers")
+
+
+def test_range_statement():
+    assert compat.range_statement(ALL_MINORS) == "transformers 4.46–5.24: 37 versions"
+    assert compat.range_statement(["5.0.0"]) == "transformers 5.0: 1 version"
+    assert compat.range_statement([]) is None
+
+
+# --------------------------------------------------------------------------- the recorded reference
+
+
+def recorded_report(**generation) -> dict:
+    return {
+        "schema_version": 1,
+        "passed": True,
+        "model": {"dtype": "float32", "files": {"config.json": "ab" * 32}},
+        "generation": {
+            "max_new_tokens": 4,
+            "cases": [
+                {
+                    "prompt": PROMPTS[0],
+                    "input_ids": [5, 6],
+                    "reference_ids": [1, 2, 3, 4],
+                    "candidate_ids": [1, 2, 3, 4],
+                },
+                {
+                    "prompt": PROMPTS[1],
+                    "input_ids": [7, 8, 9],
+                    "reference_ids": [4, 3, 7],
+                    "candidate_ids": [4, 3, 7],
+                },
+            ],
+            **generation,
+        },
+    }
+
+
+def test_the_reference_comes_from_the_recorded_report_without_the_training_module():
+    ref = compat.reference_from_report(recorded_report())
+    assert ref.prompt_ids == ((5, 6), (7, 8, 9)) and ref.greedy_ids == ((1, 2, 3, 4), (4, 3, 7))
+    assert ref.logits is None and ref.upcast is False and ref.source == "verification.json"
+    with pytest.raises(CompatError, match="did not pass verification"):
+        compat.reference_from_report({**recorded_report(), "passed": False})
+    with pytest.raises(CompatError, match="not a usable verification report"):
+        compat.reference_from_report({**recorded_report(), "generation": {"cases": []}})
+
+
+def forced(rows) -> dict:
+    """Teacher-forced figures: per prompt, the argmax at each continuation position and its gap."""
+    return {"teacher_forced": [{"argmax": list(r), "gap": [0.0 if i == 0 else 2.0 for i in r]} for r in rows]}
+
+
+def test_teacher_forcing_catches_a_divergence_at_the_first_differing_token():
+    ref = compat.reference_from_report(recorded_report())
+    ok = judge_child_result(
+        "5.0.0",
+        child_result(max_abs_diff=None, top1_agreement=None, **forced([[1, 2, 3, 4], [4, 3, 7]])),
+        ref,
+    )
+    assert ok.passed and "teacher-forced too (reference: verification.json)" in ok.detail
+    # Position 3 (step 3 of the continuation) argmaxes to 9 where 3 was recorded; the recorded token is 2.0 below.
+    figures = {
+        "teacher_forced": [
+            {"argmax": [1, 2, 9, 9], "gap": [0.0, 0.0, 2.0, 1.0]},
+            {"argmax": [4, 3, 7], "gap": [0, 0, 0]},
+        ]
+    }
+    bad = judge_child_result("5.0.0", child_result(max_abs_diff=None, top1_agreement=None, **figures), ref)
+    assert bad.stage == "logits" and not bad.passed
+    assert bad.failures == [
+        "transformers 5.0.0: logits: teacher-forced argmax differs from the recorded token at step 3 for prompt "
+        "'The Fox' (argmax 9, recorded 3, 2 below the maximum)"
+    ]
+
+
+def test_teacher_forcing_tolerates_a_near_tie_only_within_the_dtypes_margin():
+    report = recorded_report()
+    report["model"]["dtype"] = "bfloat16"  # greedy_tie_margin 0.25
+    ref = compat.reference_from_report(report)
+    near = {
+        "teacher_forced": [
+            {"argmax": [1, 9, 0, 0], "gap": [0.0, 0.1, 5.0, 5.0]},
+            {"argmax": [4, 3, 7], "gap": [0, 0, 0]},
+        ]
+    }
+    assert judge_child_result(
+        "5.0.0", child_result(max_abs_diff=None, top1_agreement=None, **near), ref
+    ).passed
+    far = {
+        "teacher_forced": [
+            {"argmax": [1, 9, 0, 0], "gap": [0.0, 0.3, 5.0, 5.0]},
+            {"argmax": [4, 3, 7], "gap": [0, 0, 0]},
+        ]
+    }
+    result = judge_child_result("5.0.0", child_result(max_abs_diff=None, top1_agreement=None, **far), ref)
+    assert result.stage == "logits" and "at step 2" in result.failures[0]
+
+
+# --------------------------------------------------------------------------- --all-minors with a fake installer
+
+
+def fake_child(failing: dict[str, dict] | None = None):
+    """A child that answers like the real one: the recorded tokens, except for the versions in ``failing``."""
+    failing = failing or {}
+
+    def run(model_dir, reference_dir, env_dir, work_dir):
+        version = json.loads((env_dir / compat.STAMP).read_text())["transformers"]
+        ref = json.loads((reference_dir / "reference.json").read_text())
+        result = {
+            "error": None,
+            "error_stage": None,
+            "versions": {"transformers": version},
+            "tokenizer_ids": ref["prompt_ids"],
+            "teacher_forced": [{"argmax": g, "gap": [0.0] * len(g)} for g in ref["greedy_ids"]],
+            "generated": ref["greedy_ids"],
+            "generated_batch": [g + [7] * (ref["max_new_tokens"] - len(g)) for g in ref["greedy_ids"]],
+            "pad_token_id": 7,
+            **failing.get(version, {}),
+        }
+        return ChildOutcome(result=result, last_stage="generation", returncode=0, stderr="")
+
+    return run
+
+
+@pytest.fixture
+def fake_world(tmp_path, monkeypatch):
+    """A folder with a passing verification.json, the index fixture, a fake pip and a fake child."""
+    folder = tmp_path / "dist" / "v1.0.0" / "model"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    (folder.parent / "verification.json").write_text(json.dumps(recorded_report()))
+    calls: list[str] = []
+    monkeypatch.setattr(compat, "_pip_install", fake_pip(calls))
+    monkeypatch.setattr(compat_index, "fetch_project_page", lambda package, url=None: index_page())
+    monkeypatch.setattr(compat, "run_child", fake_child())
+    monkeypatch.setenv("RELEASE_CACHE_DIR", str(tmp_path / "cache"))
+    return folder, calls
+
+
+def test_all_minors_runs_every_minor_in_its_own_environment_and_states_the_range(fake_world):
+    folder, calls = fake_world
+    result = CliRunner().invoke(main, ["compat", str(folder), "--all-minors"])
+    assert result.exit_code == 0, result.output
+    assert calls == ALL_MINORS  # one environment each, oldest first
+    assert "tested on transformers 4.46–5.24: 37 versions (supported: >=4.46,<6)" in result.output
+    data = json.loads((folder.parent / "verification.json").read_text())
+    assert data["generation"] == recorded_report()["generation"]  # the verify report is kept
+    table = data["compat"]["versions"]
+    assert [row["transformers"] for row in table] == ALL_MINORS and all(row["passed"] for row in table)
+    assert data["compat"]["reference"] == "verification.json" and data["compat"]["statement"].endswith(
+        "37 versions"
+    )
+    assert set(table[0]["cost"]) == {"install_seconds", "check_seconds", "disk_mb", "unique_disk_mb"}
+    # Per-version time and disk in the progress lines too; a second run reuses every environment.
+    assert result.output.count("[install ") == 37
+    assert CliRunner().invoke(main, ["compat", str(folder), "--all-minors"]).exit_code == 0
+    assert calls == ALL_MINORS
+
+
+def test_a_failure_on_one_version_names_the_version_and_the_stage(fake_world, monkeypatch):
+    folder, _ = fake_world
+    monkeypatch.setattr(
+        compat, "run_child", fake_child({"5.3.0": {"generated_batch": [[1, 2, 3, 4], [4, 3, 9, 9]]}})
+    )
+    result = CliRunner().invoke(main, ["compat", str(folder), "--all-minors"])
+    assert result.exit_code == 1
+    assert "Error: 1 of 37 transformers versions failed" in result.output
+    assert (
+        "FAILED: transformers 5.3.0: generation: greedy tokens differ from the reference at step 3 for prompt "
+        "'Once upon a time a' in a left-padded batch"
+    ) in result.output
+    data = json.loads((folder.parent / "verification.json").read_text())["compat"]
+    failed = [row for row in data["versions"] if not row["passed"]]
+    assert [(row["transformers"], row["stage"]) for row in failed] == [("5.3.0", "generation")]
+    assert data["statement"] == "tested on transformers 4.46–5.24: 36 versions"
+
+
+def test_compat_needs_a_recorded_report_or_the_checkpoint(fake_world):
+    folder, calls = fake_world
+    (folder.parent / "verification.json").unlink()
+    result = CliRunner().invoke(main, ["compat", str(folder), "--versions", "4.46.3"])
+    assert result.exit_code == 2 and "no passing verification report" in result.output
+    assert calls == []
+    result = CliRunner().invoke(main, ["compat", str(folder), "--all-minors", "--newest"])
+    assert result.exit_code == 2 and "choose the versions one way" in result.output
+
+
+def test_environments_share_identical_files_by_hardlinks(tmp_path, monkeypatch):
+    def install(version, target):
+        fake_pip([])(version, target)
+        (target / "numpy").mkdir()
+        (target / "numpy" / "core.so").write_bytes(b"same bytes in every version" * 1000)
+        (target / "own.py").write_text(f"version = {version!r}\n" * 100)
+
+    monkeypatch.setattr(compat, "_pip_install", install)
+    first = ensure_environment("5.0.0", cache_dir=tmp_path)
+    second = ensure_environment("5.1.0", cache_dir=tmp_path)
+    assert (first / "numpy" / "core.so").stat().st_ino == (second / "numpy" / "core.so").stat().st_ino
+    assert (first / "own.py").stat().st_ino != (second / "own.py").stat().st_ino
+    disk = compat.environment_disk(second)
+    shared = (second / "numpy" / "core.so").stat().st_size
+    assert disk.total_bytes - disk.unique_bytes == shared > 0
+
+
+# --------------------------------------------------------------------------- the canary's issue
+
+
+class FakeIssues:
+    """GitHub's issues, in memory."""
+
+    def __init__(self, issues=()):
+        self.issues = {i["number"]: dict(i) for i in issues}
+        self.calls: list[str] = []
+
+    def open_issues(self, label):
+        return [dict(i) for i in self.issues.values() if i["state"] == "open" and label in i["labels"]]
+
+    def create_issue(self, *, title, body, labels):
+        number = max(self.issues, default=0) + 1
+        self.issues[number] = {
+            "number": number,
+            "title": title,
+            "body": body,
+            "labels": list(labels),
+            "state": "open",
+        }
+        self.calls.append(f"create {number}")
+        return number
+
+    def update_issue(self, number, *, title=None, body=None, state=None):
+        changes = {k: v for k, v in {"title": title, "body": body, "state": state}.items() if v is not None}
+        self.issues[number].update(changes)
+        self.calls.append(f"update {number}")
+
+
+def canary_results(tmp_path, failing: dict[str, str] | None, name="compat.json") -> Path:
+    failing = failing or {}
+    rows = [
+        {"transformers": v, "passed": v not in failing, "stage": "generation" if v in failing else None,
+         "detail": failing.get(v, "greedy tokens match") }
+        for v in ("5.24.0", "5.25.0rc1")
+    ]  # fmt: skip
+    failures = [f"transformers {v}: generation: {text}" for v, text in failing.items()]
+    data = {
+        "repo_id": "me/tiny",
+        "revision": "v1.2.0",
+        "compat": {"passed": not failing, "failures": failures, "versions": rows, "range": ">=4.46,<6"},
+    }
+    path = tmp_path / name
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_canary_issue_is_rendered_from_its_template_and_is_stable(tmp_path):
+    data = json.loads(
+        canary_results(tmp_path, {"5.25.0rc1": "greedy tokens differ at step 2 | `x`"}).read_text()
+    )
+    title, body = compat_canary.render_canary_issue(data["compat"], repo_id="me/tiny", revision="v1.2.0")
+    assert title == "Compatibility canary: me/tiny v1.2.0 fails on transformers 5.25.0rc1 (generation)"
+    assert body.splitlines()[0] == compat_canary.MARKER
+    assert "| 5.25.0rc1 | **failed** | generation | greedy tokens differ at step 2 \\| `x` |" in body
+    assert "release compat me/tiny --revision v1.2.0 --report verification.json --versions 5.25.0rc1" in body
+    assert (title, body) == compat_canary.render_canary_issue(
+        data["compat"], repo_id="me/tiny", revision="v1.2.0"
+    )
+    with pytest.raises(UsageError, match="passed; there is no issue"):
+        compat_canary.render_canary_issue({"versions": [], "failures": []}, repo_id="me/tiny", revision="v1")
+
+
+def test_canary_opens_one_issue_then_updates_it_never_duplicates(tmp_path):
+    someone_elses = {
+        "number": 1,
+        "title": "x",
+        "body": "a human's issue",
+        "labels": ["compat-canary"],
+        "state": "open",
+    }
+    issues = FakeIssues([someone_elses])
+    first = canary_results(tmp_path, {"5.25.0rc1": "greedy tokens differ at step 2"})
+    assert compat_canary.sync_canary_issue(issues, results=first) == compat_canary.IssueOutcome("created", 2)
+    # The same failure next week: nothing to change.
+    assert compat_canary.sync_canary_issue(issues, results=first) == compat_canary.IssueOutcome(
+        "unchanged", 2
+    )
+    # Another failure: the same issue, updated.
+    worse = canary_results(tmp_path, {"5.24.0": "load: boom", "5.25.0rc1": "x"}, name="worse.json")
+    assert compat_canary.sync_canary_issue(issues, results=worse) == compat_canary.IssueOutcome("updated", 2)
+    assert "5.24.0 (generation), 5.25.0rc1 (generation)" in issues.issues[2]["title"]
+    ours = [i for i in issues.issues.values() if i["body"].startswith(compat_canary.MARKER)]
+    assert len(ours) == 1 and issues.calls == ["create 2", "update 2"]
+    # It passes again: closed, and a later failure opens a fresh one.
+    fixed = canary_results(tmp_path, None, name="fixed.json")
+    assert compat_canary.sync_canary_issue(issues, results=fixed) == compat_canary.IssueOutcome("closed", 2)
+    assert issues.issues[2]["state"] == "closed" and issues.issues[1]["state"] == "open"
+    assert compat_canary.sync_canary_issue(issues, results=fixed) == compat_canary.IssueOutcome("none", None)
+
+
+def test_canary_issue_command_needs_the_workflow_token(tmp_path, monkeypatch):
+    monkeypatch.delenv("GH_TOKEN", raising=False)
+    monkeypatch.delenv("GITHUB_TOKEN", raising=False)
+    result = CliRunner().invoke(main, ["compat-issue", str(canary_results(tmp_path, {"5.24.0": "x"}))])
+    assert result.exit_code == 2 and "set GITHUB_REPOSITORY and GH_TOKEN" in result.output
+
+
+# --------------------------------------------------------------------------- dependency floors
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_floors_are_read_from_pyproject_and_pinned():
+    floors = compat_floors.declared_floors()
+    assert floors["huggingface-hub"] == "2.0" and floors["torch"] == "2.4"
+    pinned = compat_floors.pinned_requirements(["huggingface_hub"])
+    assert "huggingface_hub==2.0" in pinned and not any(r.startswith("torch") for r in pinned)
+    assert "transformers>=4.46,<6" in pinned
+    with pytest.raises(UsageError, match="requests: not a dependency with a declared floor"):
+        compat_floors.pinned_requirements(["requests"])
+
+
+def test_floors_check_installs_the_pins_and_runs_the_demo(tmp_path):
+    ran = []
+
+    def install(requirements, target):
+        info = target / "huggingface_hub-2.0.0.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text("Metadata-Version: 2.1\nName: huggingface_hub\nVersion: 2.0.0\n")
+
+    def run(cmd, env, cwd):
+        ran.append(cmd)
+        first, second = env["PYTHONPATH"].split(os.pathsep)[:2]
+        assert first.endswith("project") and second.startswith(
+            str(tmp_path)
+        )  # the floors before torch's site
+        if "-c" in cmd:
+            return compat_floors.subprocess.CompletedProcess(cmd, 0, '{"huggingface_hub": "2.0.0"}\n', "")
+        return compat_floors.subprocess.CompletedProcess(cmd, 0, "", "")
+
+    built = []
+    project = dict(project_installer=lambda root, target: built.append((root, target.name)))
+    result = compat_floors.check_floors(
+        ["huggingface_hub"], cache_dir=tmp_path, installer=install, run=run, **project
+    )
+    assert built == [(REPO_ROOT, "project")]  # this tree, built fresh
+    assert result.passed and result.floors == {"huggingface-hub": "2.0"}
+    assert (
+        ran[1][1:6] == ["-S", "-P", "-m", "release", "run"] and "--dry-run" in ran[1]
+    )  # -P: not the cwd's tree
+
+    def wrong(requirements, target):
+        info = target / "huggingface_hub-2.4.0.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text("Metadata-Version: 2.1\nName: huggingface_hub\nVersion: 2.4.0\n")
+
+    with pytest.raises(CompatError, match="pip installed huggingface-hub 2.4.0, not the floor 2.0"):
+        compat_floors.check_floors(
+            ["huggingface_hub"], cache_dir=tmp_path / "other", installer=wrong, run=run
+        )
+    with pytest.raises(UsageError, match="the torch floor is 2.4 but this is torch"):
+        compat_floors.check_floors(["torch"], cache_dir=tmp_path, installer=install, run=run, **project)
+
+
+def test_the_floors_job_runs_in_ci_run_for_the_lowest_huggingface_hub():
+    script = (REPO_ROOT / ".ci" / "run").read_text()
+    lines = [ln.strip() for ln in script.splitlines() if not ln.strip().startswith("#")]
+    assert any(
+        ln.startswith(".venv/bin/release compat-floors") and "--lowest huggingface_hub" in ln for ln in lines
+    )
+
+
+@pytest.mark.compat
+def test_the_lowest_declared_huggingface_hub_runs_the_demo_pipeline():
+    """The floor is real: huggingface_hub at its declared floor, the newest transformers pip allows with it."""
+    result = compat_floors.check_floors(["huggingface_hub"])
+    assert result.passed, result.summary_line()
+    assert result.versions["huggingface-hub"] == "2.0.0"
+
+
+# --------------------------------------------------------------------------- a Hub revision, no checkpoint
+
+HUB_REPO = "me/tiny-compat"
+
+
+@pytest.fixture
+def verified(converted, tokenizer_dir, tmp_path):
+    """The converted folder and the verification.json that `release verify` wrote for it."""
+    from release.verify.runner import verify_model
+
+    model_dir, checkpoint = converted
+    path = tmp_path / "verification.json"
+    report = verify_model(
+        model_dir,
+        checkpoint=checkpoint,
+        tokenizer=tokenizer_dir,
+        prompts=list(PROMPTS),
+        max_new_tokens=8,
+        report_path=path,
+    )
+    assert report.passed, report.failures
+    return model_dir, path
+
+
+@pytest.mark.compat
+def test_a_hub_revision_is_checked_against_its_recorded_tokens_without_a_checkpoint(verified, hub, tmp_path):
+    model_dir, report_path = verified
+    files = {p.name: p.read_bytes() for p in model_dir.iterdir()}
+    hub.create_repo(HUB_REPO)
+    hub.create_tag(HUB_REPO, "v0.9.0", revision=hub.commit(HUB_REPO, {"README.md": b"old"}, message="old"))
+    hub.create_tag(HUB_REPO, "v1.0.0", revision=hub.commit(HUB_REPO, files, message="release"))
+    hub.create_tag(HUB_REPO, "v1.1.0-rc.1", revision="main")
+    assert compat_canary.newest_release_tag(HUB_REPO) == "v1.0.0"  # releases before pre-releases
+
+    oldest = selected_versions()[0]
+    out = tmp_path / "compat.json"
+    args = ["compat", HUB_REPO, "--report", str(report_path), "--versions", oldest, "--out", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert (data["repo_id"], data["revision"]) == (HUB_REPO, "v1.0.0")
+    row = data["compat"]["versions"][0]
+    assert row["passed"] and row["max_abs_diff"] is None  # teacher-forced: no training module here
+    assert data["compat"]["reference"] == "verification.json"
+
+    # A revision whose model code changed is not what the report verified: refused, not "checked".
+    source = files["modeling_custom_transformer.py"].decode()
+    commit = hub.commit(
+        HUB_REPO, {"modeling_custom_transformer.py": (source + "\n# edited\n").encode()}, message="x"
+    )
+    hub.create_tag(HUB_REPO, "v1.0.1", revision=commit)
+    result = CliRunner().invoke(
+        main, ["compat", HUB_REPO, "--report", str(report_path), "--versions", oldest]
+    )
+    assert result.exit_code == 1
+    assert (
+        "me/tiny-compat@v1.0.1 is not what the verification report verified (modeling_custom_transformer.py)"
+        in (result.output)
+    )
+
+
+@pytest.mark.compat
+def test_a_recorded_report_catches_a_cache_bug_at_generation_without_a_checkpoint(verified, tmp_path):
+    """The economy of issue #14: no training module at all, and a cache-path bug still fails generation (the
+    teacher-forced logits stage passes: one forward needs no cache)."""
+    from packaging.version import Version
+
+    model_dir, report_path = verified
+    old = [v for v in selected_versions() if Version(v) < Version(CACHE_KWARG_RENAMED_IN)]
+    if not old:
+        pytest.skip(f"needs a version before {CACHE_KWARG_RENAMED_IN}")
+    buggy = tmp_path / "buggy" / "model"
+    shutil.copytree(model_dir, buggy)
+    modeling = buggy / "modeling_custom_transformer.py"
+    modeling.write_text(modeling.read_text().replace(BUGGY_LINE, "cache=cache,"), encoding="utf-8")
+    report = run_compat_matrix(buggy, report=json.loads(report_path.read_text()), versions=old[:1])
+    result = report.results[0]
+    assert result.stage == "generation" and not stage_failures(result, "logits"), result.failures
+
+
+def test_every_package_ships_in_the_wheel():
+    """The floors check builds a real wheel: a package missing from [tool.setuptools] packages breaks it."""
+    import tomllib
+
+    listed = set(tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {
+        ".".join(p.parent.relative_to(REPO_ROOT).parts)
+        for top in ("release", "modeling")
+        for p in (REPO_ROOT / top).rglob("__init__.py")
+    }
+    assert found <= listed, sorted(found - listed)
+
+
+def test_the_cards_code_runs_per_version_in_that_versions_environment(fake_world):
+    """The snippet hook (issue #15's check) gets each version's interpreter and environment; a failure is
+    reported as that version's ``snippet`` stage."""
+    folder, _ = fake_world
+    seen = []
+
+    def snippet(version, argv, env, model_dir):
+        seen.append((version, env["PYTHONPATH"].split(os.pathsep)[0], model_dir))
+        return "the card's code: line 4: generate() returned other tokens" if version == "5.0.0" else None
+
+    report = run_compat_matrix(
+        folder,
+        report=json.loads((folder.parent / "verification.json").read_text()),
+        versions=["4.46.3", "5.0.0"],
+        snippet_check=snippet,
+    )
+    assert [(v, Path(p).name.rsplit("-", 1)[0], m) for v, p, m in seen] == [
+        ("4.46.3", "transformers-4.46.3", folder.resolve()),
+        ("5.0.0", "transformers-5.0.0", folder.resolve()),
+    ]
+    assert report.failures == [
+        "transformers 5.0.0: snippet: the card's code: line 4: generate() returned other tokens"
+    ]
+    assert [r.stage for r in report.results] == [None, "snippet"]

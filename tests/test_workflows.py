@@ -60,6 +60,9 @@ EXPECTED_GRANTS = {
     ("ci.yml", "workflows"): {"contents": "read"},
     ("ci.yml", "compat-versions"): {"contents": "read"},
     ("ci.yml", "compat"): {"contents": "read"},
+    ("ci.yml", "floors"): {"contents": "read"},
+    ("compat-canary.yml", "check"): {"contents": "read"},
+    ("compat-canary.yml", "issue"): {"contents": "read", "issues": "write"},
     ("card-preview.yml", "render"): {"contents": "read"},
     ("card-preview-comment.yml", "comment"): {"actions": "read", "pull-requests": "write"},
 }
@@ -95,12 +98,13 @@ def mapping_node(node: yaml.Node, *path: str) -> yaml.MappingNode:
 # --- 1. structure ----------------------------------------------------------------------------------------
 
 
-def test_the_four_workflows_exist():
+def test_the_five_workflows_exist():
     assert {p.name for p in WORKFLOW_FILES} == {
         "ci.yml",
         "release.yml",
         "card-preview.yml",
         "card-preview-comment.yml",
+        "compat-canary.yml",
     }
 
 

@@ -457,8 +457,17 @@ def check_verification(report: Mapping, *, source: Path | str, checkpoint_sha256
         "compat_versions": sorted(set(compat_passed), key=_version_key),
         "compat_failed": sorted(set(compat_failed), key=_version_key),
         "compat_range": compat_range,
+        # "4.46–5.24": the span of the versions that passed, for the card's compact line when they are many.
+        "compat_span": _compat_span(compat_passed),
         "dtype": get_field(report, "model.dtype", source=source, types=(str,)),
     }
+
+
+def _compat_span(versions: list[str]) -> str | None:
+    from release.compat.matrix import range_statement
+
+    statement = range_statement(sorted(set(versions), key=_version_key))
+    return statement.removeprefix("transformers ").split(":")[0] if statement else None
 
 
 def visible_text(text: str) -> str:

@@ -3,13 +3,18 @@
 Remote-code models break silently when transformers changes (cache API, generation mixin, config names, weight
 loading). ``run_compat_matrix`` checks the folder on each version of a list, each in its own environment:
 
-1. Reference outputs are computed once, here, from the training module (``release.checkpoint``): logits on fixed
-   seeded token ids and greedy continuations (token ids) of a few short prompts.
+1. The reference. With a passing ``verification.json`` (the normal case, and the only one for a published Hub
+   revision) its recorded tokens are the reference: verify proved them against the training module, so the
+   training module never decodes again (issue #14's economy). With the training checkpoint the training module
+   adds one forward: logits on fixed seeded token ids. Without a report, the checkpoint's module also decodes
+   the prompts greedily (the old path, kept for a folder nobody verified).
 2. For each version, ``ensure_environment`` installs ``transformers==X`` with its own dependencies (huggingface_hub,
    tokenizers, ...) into ``<cache>/transformers-X-pyNN`` with ``pip install --target``. transformers does not
-   depend on torch, so torch is not installed there: the child reuses the running interpreter's torch. A finished
-   environment holds a stamp file written before the folder is renamed into place, so an interrupted install is
-   simply redone and two concurrent runs cannot see a half-installed one.
+   depend on torch, so torch is not installed there: the child reuses the running interpreter's torch. One pip
+   cache serves every version, and a file identical to one of another environment is hardlinked to it
+   (``_share_files``), so the wheels that many versions share (numpy, tokenizers, regex...) cost their disk
+   once. A finished environment holds a stamp file written before the folder is renamed into place, so an
+   interrupted install is simply redone and two concurrent runs cannot see a half-installed one.
 3. A child ``python -S`` runs ``CHILD_SCRIPT`` (stdlib, torch, transformers and safetensors only) with
    ``PYTHONPATH=<environment>:<torch's site-packages>``: ``-S`` skips ``.pth`` files, so this repo's editable
    install is invisible, and the child also blocks ``release``/``modeling`` imports in case of a regular install.
@@ -17,25 +22,30 @@ loading). ``run_compat_matrix`` checks the folder on each version of a list, eac
    The child loads the folder with ``trust_remote_code=True`` (model and tokenizer) and reports figures as JSON;
    the gates are applied here (``judge_child_result``).
 
-Stages and gates (the first failing stage names the result; every failed gate is one line):
+Stages and gates (the first failing stage names the result; every failed gate is one line naming the version):
 
 - ``load``: the model loads with no missing/unexpected/mismatched keys, in the dtype its config declares
-  (``torch_dtype="auto"``, ``dtype="auto"`` from 4.56), and the tokenizer loads and encodes the prompts as the main
-  environment does.
-- ``logits``: the #4 float32 gates (``release.verify_report.Gates``: max |diff| <= 1e-4, 100% top-1 agreement).
-  The model is upcast to float32 and the reference is computed with the training module's weights rounded to the
-  folder's dtype, so a bfloat16/float16 release is held to float32 gates too: precision loss is ``verify``'s
-  subject, the matrix only asks "does this version run the same computation on the same weights".
-- ``generation``: ``generate(do_sample=False, max_new_tokens=N, attention_mask=...)`` equals the training module's
-  ``generate_greedy`` token for token, for each prompt alone and for all prompts in one left-padded batch.
+  (``torch_dtype="auto"``, ``dtype="auto"`` from 4.56), and the tokenizer encodes the prompts as recorded.
+- ``logits``: teacher forcing on the recorded tokens (one forward over prompt + continuation: every argmax must
+  be the next recorded token, up to the dtype's tie margin; the first differing step is named), and, with the
+  checkpoint, the #4 float32 gates on the training module's logits (max |diff| <= 1e-4, 100% top-1). For those
+  the model is upcast to float32 and the reference is computed with the training module's weights rounded to
+  the folder's dtype: precision loss is ``verify``'s subject, the matrix asks "the same computation?".
+- ``generation``: ``generate(do_sample=False, max_new_tokens=N, attention_mask=...)`` gives the reference tokens
+  for each prompt alone and for all prompts in one left-padded batch. With a recorded report the model runs in
+  its own dtype, as verify ran it.
+- ``snippet``: the card's usage code, run per version (``SnippetCheck``; issue #15's ``release.verify.snippet``).
 
-The versions come from ``[tool.release.compat] transformers`` in pyproject.toml and must satisfy the supported
-range, the ``transformers`` requirement of ``[project].dependencies``: declared once and read by the code, CI and the
-card (``supported_range``). Results go into ``verification.json`` under ``"compat"`` (``merge_into_report``).
+The versions come from ``[tool.release.compat] transformers`` in pyproject.toml (or the package index, see
+``release.compat.index``) and must satisfy the supported range, the ``transformers`` requirement of
+``[project].dependencies``: declared once and read by the code, CI and the card (``supported_range``). Results go
+into ``verification.json`` under ``"compat"`` (``merge_into_report``): one row per version with its stage, figures,
+library versions and cost (time and disk), and the card's compact ``statement``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -58,7 +68,7 @@ if TYPE_CHECKING:
 
     from release.verify.report import Gates
 
-STAGES = ("load", "logits", "generation")
+STAGES = ("load", "logits", "generation", "snippet")
 STAMP = ".compat-environment.json"  # written last: its presence marks a complete environment
 DEFAULT_PROMPTS = ("The Fox", "A Lion lay asleep in the forest, when", "Once upon a time a")
 DEFAULT_MAX_NEW_TOKENS = 8
@@ -70,6 +80,7 @@ CHILD_TIMEOUT = 900.0  # seconds for one version's load + checks
 PIP_TIMEOUT = 1800.0
 
 _EXACT_VERSION = re.compile(r"^\d+\.\d+\.\d+$")
+_EXACT_OR_PRE = re.compile(r"^\d+\.\d+\.\d+((a|b|rc)\d+)?(\.dev\d+)?$")
 _OPERATOR_ORDER = {"===": 0, "==": 0, "~=": 1, ">=": 2, ">": 2, "!=": 3, "<=": 4, "<": 4}
 
 
@@ -122,10 +133,13 @@ def supported_range(pyproject: Path | None = None) -> str:
     return _format_specifier(_transformers_requirement(requires, f"{PROJECT} metadata").specifier)
 
 
-def check_versions(versions: Sequence[str], *, range_spec: str, source: str) -> list[str]:
+def check_versions(
+    versions: Sequence[str], *, range_spec: str, source: str, canary: bool = False
+) -> list[str]:
     """Validate a version list against the supported range; returns it sorted, oldest first.
 
-    Every entry must be an exact release (``4.57.6``, not ``4.57`` or ``4.57.x``) inside ``range_spec``.
+    Every entry must be an exact release (``4.57.6``, not ``4.57`` or ``4.57.x``) inside ``range_spec``. With
+    ``canary`` (what users may install next) pre-releases (``5.25.0rc1``) and versions past the range pass too.
 
     Raises:
         UsageError: An entry is not an exact version, is outside the range, or is listed twice; or the list is empty.
@@ -138,9 +152,9 @@ def check_versions(versions: Sequence[str], *, range_spec: str, source: str) -> 
     spec = SpecifierSet(range_spec)
     problems = []
     for v in versions:
-        if not _EXACT_VERSION.match(v):
+        if not (_EXACT_VERSION if not canary else _EXACT_OR_PRE).match(v):
             problems.append(f"{v!r} is not an exact release version like 4.46.3")
-        elif Version(v) not in spec:
+        elif not canary and Version(v) not in spec:
             problems.append(f"{v} is outside the supported range {range_spec}")
     dupes = sorted({v for v in versions if list(versions).count(v) > 1})
     problems += [f"{v} is listed twice" for v in dupes]
@@ -202,32 +216,107 @@ def default_versions(pyproject: Path | None = None) -> list[str]:
 
 @dataclass(frozen=True)
 class ReferenceOutputs:
-    """What the training module computes, once, in the main environment. Token ids only: no tokenizer needed."""
+    """What each version is checked against. Token ids only: no tokenizer needed.
 
-    input_ids: torch.Tensor  # (B, T) int64, seeded random tokens
-    logits: torch.Tensor  # (B, T, V) float32
+    The tokens come from a passing ``verification.json`` (``reference_from_report``: verify proved them against
+    the training module, so the training module is not asked to decode again), or, without a report, from the
+    training module's own greedy decoding. The logits (seeded random ids) come from the training module and
+    need its checkpoint; without one (a Hub revision, the canary), the ``logits`` stage is teacher-forced: one
+    forward over prompt + recorded continuation, whose argmax must give every recorded token.
+    """
+
+    input_ids: torch.Tensor | None  # (B, T) int64, seeded random tokens; None without a checkpoint
+    logits: torch.Tensor | None  # (B, T, V) float32; None without a checkpoint
     prompt_texts: tuple[str, ...]
     prompt_ids: tuple[tuple[int, ...], ...]  # the main environment's tokenizer's ids of each prompt
     greedy_ids: tuple[tuple[int, ...], ...]  # the new tokens only, per prompt
     max_new_tokens: int
     dtype: str  # the folder's dtype: the child checks it loads in it
+    # True: the child upcasts to float32 before every stage (the tokens came from the training module with
+    # weights rounded to ``dtype``). False: it runs in the folder's dtype like verify did (tokens from a report).
+    upcast: bool = True
+    source: str = "the training module"  # where the tokens came from, for the report
+    tie_margin: float = 0.0  # teacher-forced argmax may part from a recorded token at a tie this close
 
     def save(self, folder: Path) -> None:
-        """``reference.safetensors`` (tensors) + ``reference.json`` (the rest), what ``CHILD_SCRIPT`` reads."""
-        from safetensors.torch import save_file
-
+        """``reference.safetensors`` (tensors, if any) + ``reference.json`` (the rest), what ``CHILD_SCRIPT`` reads."""
         folder.mkdir(parents=True, exist_ok=True)
-        save_file(
-            {"input_ids": self.input_ids.contiguous(), "logits": self.logits.contiguous()},
-            str(folder / "reference.safetensors"),
-        )
+        if self.logits is not None and self.input_ids is not None:
+            from safetensors.torch import save_file
+
+            save_file(
+                {"input_ids": self.input_ids.contiguous(), "logits": self.logits.contiguous()},
+                str(folder / "reference.safetensors"),
+            )
         meta = {
             "prompt_texts": list(self.prompt_texts),
             "prompt_ids": [list(p) for p in self.prompt_ids],
+            "greedy_ids": [list(g) for g in self.greedy_ids],
             "max_new_tokens": self.max_new_tokens,
             "dtype": self.dtype,
+            "upcast": self.upcast,
         }
         (folder / "reference.json").write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
+
+
+def reference_from_report(report: dict[str, Any], *, source: str = "verification.json") -> ReferenceOutputs:
+    """The reference tokens a passing ``verification.json`` recorded: no training module, no checkpoint.
+
+    Each ``generation.cases[i]`` gives the prompt, its ``input_ids`` and ``candidate_ids``, the continuation
+    verify generated and proved equal to the training module's (within the dtype's tie margin).
+
+    Raises:
+        CompatError: The report did not pass, or lacks the cases, ``max_new_tokens`` or the model's dtype.
+    """
+    from release.verify.report import Gates
+
+    if not isinstance(report, dict) or report.get("passed") is not True:
+        raise CompatError(f"{source} did not pass verification; its tokens are no reference")
+    try:
+        generation = report["generation"]
+        cases = list(generation["cases"])
+        max_new_tokens = int(generation["max_new_tokens"])
+        dtype = str(report["model"]["dtype"]).removeprefix("torch.")
+        texts, prompts, greedy = [], [], []
+        for case in cases:
+            texts.append(str(case["prompt"]))
+            prompts.append(tuple(int(t) for t in case["input_ids"]))
+            greedy.append(tuple(int(t) for t in case["candidate_ids"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CompatError(f"{source} is not a usable verification report: missing or bad {exc}") from None
+    if not cases:
+        raise CompatError(f"{source} records no generation cases")
+    try:
+        margin = Gates.for_dtype(dtype).greedy_tie_margin
+    except UsageError:
+        raise CompatError(f"{source}: unknown model dtype {dtype!r}") from None
+    return ReferenceOutputs(
+        input_ids=None,
+        logits=None,
+        prompt_texts=tuple(texts),
+        prompt_ids=tuple(prompts),
+        greedy_ids=tuple(greedy),
+        max_new_tokens=max_new_tokens,
+        dtype=dtype,
+        upcast=False,
+        source=source,
+        tie_margin=margin,
+    )
+
+
+def read_report_file(path: Path) -> dict[str, Any]:
+    """``verification.json`` as data.
+
+    Raises:
+        CompatError: It cannot be read or is not a JSON object.
+    """
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CompatError(f"cannot read the verification report {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise CompatError(f"{path} does not hold a JSON object")
+    return data
 
 
 def _folder_config(model_dir: Path) -> dict[str, Any]:
@@ -260,11 +349,15 @@ def compute_reference_outputs(
     dtype: str = "float32",
     eos_token_id: int | None = None,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    recorded: ReferenceOutputs | None = None,
 ) -> ReferenceOutputs:
     """Logits on seeded random ids and greedy continuations from the training module (``GPTLanguageModel``).
 
     With ``dtype`` bfloat16/float16 the weights of a copy of ``model`` are rounded to that dtype first (and
     computed in float32), exactly what the child computes after upcasting the folder's weights.
+
+    With ``recorded`` (``reference_from_report``) only the logits are computed (one forward): the tokens are
+    the recorded ones, which verify already proved against this module.
     """
     import copy
 
@@ -280,15 +373,19 @@ def compute_reference_outputs(
                 p.data = p.data.to(half).float()
     model = model.eval()
     block = model.config.block_size
+    gen = torch.Generator().manual_seed(PARITY_SEED)
+    batch, length = PARITY_SHAPE
+    input_ids = torch.randint(0, model.config.vocab_size, (batch, min(length, block)), generator=gen)
+    if recorded is not None:
+        with torch.no_grad():
+            logits, _ = model(input_ids)
+        return dataclasses.replace(recorded, input_ids=input_ids, logits=logits.float())
     longest = max(len(p) for p in prompt_ids)
     max_new_tokens = min(max_new_tokens, block - longest)
     if max_new_tokens < 1:
         raise CompatError(
             f"the prompts ({longest} tokens) leave no room to generate within {block} positions"
         )
-    gen = torch.Generator().manual_seed(PARITY_SEED)
-    batch, length = PARITY_SHAPE
-    input_ids = torch.randint(0, model.config.vocab_size, (batch, min(length, block)), generator=gen)
     with torch.no_grad():
         logits, _ = model(input_ids)
         greedy = []
@@ -308,11 +405,16 @@ def compute_reference_outputs(
 
 
 def reference_outputs(
-    model_dir: Path, checkpoint: Path, *, prompts: Sequence[str] = DEFAULT_PROMPTS
+    model_dir: Path,
+    checkpoint: Path,
+    *,
+    prompts: Sequence[str] = DEFAULT_PROMPTS,
+    recorded: ReferenceOutputs | None = None,
 ) -> ReferenceOutputs:
     """Reference outputs for ``model_dir`` from the training ``checkpoint`` it was converted from.
 
     The prompts are encoded with the folder's tokenizer in this environment (``add_special_tokens=False``).
+    With ``recorded`` (the tokens of ``verification.json``) the training module computes the logits only.
 
     Raises:
         CheckpointError, ConversionError: See ``release.checkpoint.load_reference_model``.
@@ -323,6 +425,14 @@ def reference_outputs(
     model_dir = Path(model_dir)
     config = _folder_config(model_dir)
     dtype = str(config.get("dtype") or config.get("torch_dtype") or "float32").removeprefix("torch.")
+    if recorded is not None:
+        model, ckpt = load_reference_model(Path(checkpoint))
+        try:
+            return compute_reference_outputs(
+                model, recorded.prompt_ids, prompt_texts=recorded.prompt_texts, dtype=dtype, recorded=recorded
+            )
+        finally:
+            ckpt.close()
     try:
         from transformers import AutoTokenizer
 
@@ -354,35 +464,59 @@ def environment_dir(version: str, cache_dir: Path) -> Path:
     return Path(cache_dir) / f"transformers-{version}-py{sys.version_info.major}{sys.version_info.minor}"
 
 
-def _pip_install(version: str, target: Path) -> None:
-    """``pip install --target``: transformers and its dependency closure, wheels only, nothing from this env."""
+def pip_install_target(args: Sequence[str], target: Path, *, what: str, wheels_only: bool = True) -> None:
+    """``pip install --target target *args`` with the running pip; one line naming ``what`` on failure.
+
+    Raises:
+        CompatError: pip failed or timed out.
+    """
     cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "install",
-        "--target",
-        str(target),
-        "--no-input",
-        "--disable-pip-version-check",
-        "--no-warn-script-location",
-        "--only-binary",
-        ":all:",
-        "--quiet",
-        f"transformers=={version}",
-    ]
+        sys.executable, "-m", "pip", "install", "--target", str(target), "--no-input",
+        "--disable-pip-version-check", "--no-warn-script-location", "--quiet",
+        *(["--only-binary", ":all:"] if wheels_only else []), *args,
+    ]  # fmt: skip
     try:
         proc = subprocess.run(
             cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT, stdin=subprocess.DEVNULL
         )
     except subprocess.TimeoutExpired:
-        raise CompatError(f"pip did not install transformers=={version} within {PIP_TIMEOUT:.0f}s") from None
+        raise CompatError(f"pip did not install {what} within {PIP_TIMEOUT:.0f}s") from None
     if proc.returncode != 0:
         lines = [
             ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("WARNING: Location")
         ]
         tail = " | ".join(lines[-3:]) or f"exit code {proc.returncode}"
-        raise CompatError(f"pip could not install transformers=={version}: {tail}")
+        raise CompatError(f"pip could not install {what}: {tail}")
+
+
+def _pip_install(version: str, target: Path) -> None:
+    """transformers and its dependency closure, wheels only, nothing from this env."""
+    pip_install_target([f"transformers=={version}"], target, what=f"transformers=={version}")
+
+
+def install_once(target: Path, build: Callable[[Path], dict[str, Any]], *, stamp: str = STAMP) -> bool:
+    """Fill ``target`` once: ``build(staging)`` installs into a fresh folder and returns the stamp's content;
+    the stamp is written last and the folder renamed into place. True when ``target`` was already complete.
+
+    An interrupted build leaves nothing (it is redone next time); two concurrent runs cannot see half of one.
+    """
+    if (target / stamp).is_file():
+        return True
+    if target.exists():  # never produced by the rename below; a leftover of an older layout or a manual copy
+        shutil.rmtree(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        content = build(staging)
+        (staging / stamp).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        try:
+            os.rename(staging, target)
+        except OSError:
+            if not (target / stamp).is_file():  # not a concurrent run that finished first
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return False
 
 
 def ensure_environment(version: str, *, cache_dir: Path | None = None) -> Path:
@@ -393,13 +527,8 @@ def ensure_environment(version: str, *, cache_dir: Path | None = None) -> Path:
     """
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     target = environment_dir(version, cache_dir)
-    if (target / STAMP).is_file():
-        return target
-    if target.exists():  # never produced by the rename below; a leftover of an older layout or a manual copy
-        shutil.rmtree(target)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=cache_dir))
-    try:
+
+    def build(staging: Path) -> dict[str, Any]:
         _pip_install(version, staging)
         if (staging / "torch").exists():
             raise CompatError(
@@ -408,20 +537,68 @@ def ensure_environment(version: str, *, cache_dir: Path | None = None) -> Path:
         packages = {d.metadata["Name"]: d.version for d in metadata.distributions(path=[str(staging)])}
         if packages.get("transformers") != version:
             raise CompatError(f"pip installed transformers {packages.get('transformers')}, not {version}")
-        stamp = {
+        _share_files(staging, cache_dir)
+        return {
             "transformers": version,
             "python": sys.version.split()[0],
             "packages": dict(sorted(packages.items())),
         }
-        (staging / STAMP).write_text(json.dumps(stamp, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        try:
-            os.rename(staging, target)
-        except OSError:
-            if not (target / STAMP).is_file():  # not a concurrent run that finished first
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+    install_once(target, build)
     return target
+
+
+def _share_files(staging: Path, cache_dir: Path) -> None:
+    """Hardlink each file of ``staging`` to an identical one of a finished environment (numpy, tokenizers,
+    regex... are the same wheel in many versions' closures): one copy on disk however many versions need it.
+
+    Same relative path, same size and the same bytes (``filecmp``), else the file stays a copy. A no-op
+    where hardlinks are not possible (another filesystem); pip's own wheel cache is shared across versions as
+    it is (one ``~/.cache/pip``), so nothing is downloaded twice either.
+    """
+    import filecmp
+
+    others = [d for d in sorted(cache_dir.glob("transformers-*")) if (d / STAMP).is_file() and d != staging]
+    if not others:
+        return
+    for path in sorted(staging.rglob("*")):
+        if not path.is_file() or path.is_symlink():
+            continue
+        rel = path.relative_to(staging)
+        size = path.stat().st_size
+        for other in others:
+            twin = other / rel
+            try:
+                if twin.is_symlink() or not twin.is_file() or twin.stat().st_size != size:
+                    continue
+                if not filecmp.cmp(twin, path, shallow=False):
+                    continue
+                tmp = path.with_name(path.name + ".link-tmp")
+                os.link(twin, tmp)
+                os.replace(tmp, path)
+            except OSError:
+                continue
+            break
+
+
+@dataclass(frozen=True)
+class EnvironmentDisk:
+    """An environment's size: every file (``total_bytes``) and the files no other environment shares."""
+
+    total_bytes: int
+    unique_bytes: int
+
+
+def environment_disk(env_dir: Path) -> EnvironmentDisk:
+    """What ``env_dir`` costs on disk; files hardlinked with another environment count in ``total`` only."""
+    total = unique = 0
+    for path in Path(env_dir).rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            st = path.stat()
+            total += st.st_size
+            if st.st_nlink == 1:
+                unique += st.st_size
+    return EnvironmentDisk(total_bytes=total, unique_bytes=unique)
 
 
 def _torch_search_paths() -> list[str]:
@@ -495,7 +672,8 @@ def main(model_dir, ref_dir):
     for name in ("huggingface_hub", "tokenizers", "safetensors"):
         result["versions"][name] = getattr(sys.modules.get(name) or __import__(name), "__version__", "?")
     ref = json.loads((ref_dir / "reference.json").read_text(encoding="utf-8"))
-    tensors = load_file(str(ref_dir / "reference.safetensors"))
+    tensor_file = ref_dir / "reference.safetensors"
+    tensors = load_file(str(tensor_file)) if tensor_file.is_file() else None
     major_minor = tuple(int(p) for p in transformers.__version__.split(".")[:2])
     dtype_arg = "dtype" if major_minor >= (4, 56) else "torch_dtype"  # renamed in 4.56
     try:
@@ -508,7 +686,9 @@ def main(model_dir, ref_dir):
         dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters()})
         if dtypes != [ref["dtype"]]:
             raise RuntimeError(f"{dtype_arg}='auto' loaded the weights as {dtypes}, the folder declares {ref['dtype']}")
-        model = model.float().eval()
+        model = model.eval()
+        if ref["upcast"]:
+            model = model.float()
     except Exception as exc:
         result.update(error=f"model: {last_line(exc)}", error_stage="load")
         return finish()
@@ -520,13 +700,21 @@ def main(model_dir, ref_dir):
 
     stage("logits")
     try:
+        # Teacher forcing: one forward over prompt + recorded continuation. Causal attention makes position t's
+        # logits depend on tokens <= t only, so greedy decoding gives the recorded tokens iff every argmax
+        # here is the next recorded token; "gap" is how far the recorded token's logit is below the maximum.
+        forced = []
         with torch.no_grad():
-            logits = model(input_ids=tensors["input_ids"]).logits.float()
-        reference = tensors["logits"]
-        if logits.shape != reference.shape:
-            raise RuntimeError(f"logits have shape {tuple(logits.shape)}, the reference {tuple(reference.shape)}")
-        result["max_abs_diff"] = float((logits - reference).abs().max())
-        result["top1_agreement"] = float((logits.argmax(-1) == reference.argmax(-1)).double().mean())
+            for ids, new in zip(ref["prompt_ids"], ref["greedy_ids"]):
+                if not new:
+                    forced.append({"argmax": [], "gap": []})
+                    continue
+                seq = torch.tensor([ids + new[:-1]], dtype=torch.long)
+                logits = model(input_ids=seq).logits[0, len(ids) - 1:].float()
+                want = torch.tensor(new, dtype=torch.long)
+                gap = logits.max(-1).values - logits.gather(-1, want[:, None])[:, 0]
+                forced.append({"argmax": logits.argmax(-1).tolist(), "gap": gap.tolist()})
+        result["teacher_forced"] = forced
     except Exception as exc:
         result.update(error=last_line(exc), error_stage="logits")
         return finish()
@@ -553,8 +741,23 @@ def main(model_dir, ref_dir):
         result["generated"] = alone
         result["generated_batch"] = out[:, width:].tolist()
         result["pad_token_id"] = pad
-    except Exception as exc:
+    except Exception as exc:  # the logits below are still compared: they tell a cache bug from a model bug
         result.update(error=last_line(exc), error_stage="generation")
+
+    if tensors is not None:  # the training module's logits (needs the checkpoint): last, it upcasts in place
+        stage("logits")
+        try:
+            model = model.float()
+            with torch.no_grad():
+                logits = model(input_ids=tensors["input_ids"]).logits.float()
+            reference = tensors["logits"]
+            if logits.shape != reference.shape:
+                raise RuntimeError(f"logits have shape {tuple(logits.shape)}, the reference {tuple(reference.shape)}")
+            result["max_abs_diff"] = float((logits - reference).abs().max())
+            result["top1_agreement"] = float((logits.argmax(-1) == reference.argmax(-1)).double().mean())
+        except Exception as exc:
+            if not result["error"]:
+                result.update(error=last_line(exc), error_stage="logits")
     return finish()
 
 
@@ -643,7 +846,12 @@ class VersionResult:
     detail: str
     failures: list[str] = field(default_factory=list)  # one line per failed gate, version included
     environment: dict[str, str] = field(default_factory=dict)  # library versions the child ran with
-    seconds: float = 0.0  # install + check; not written to verification.json (not deterministic)
+    seconds: float = 0.0  # install + check
+    # What the version cost (varies from run to run like verify's timings; the card never reads it).
+    install_seconds: float = 0.0  # 0 when the cached environment was reused
+    check_seconds: float = 0.0
+    disk_bytes: int = 0  # the environment's files
+    unique_disk_bytes: int = 0  # of which no other environment shares (hardlinks)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -655,14 +863,22 @@ class VersionResult:
             "generation_match": self.generation_match,
             "detail": self.detail,
             "environment": dict(sorted(self.environment.items())),
+            "cost": {
+                "install_seconds": round(self.install_seconds, 1),
+                "check_seconds": round(self.check_seconds, 1),
+                "disk_mb": round(self.disk_bytes / 2**20, 1),
+                "unique_disk_mb": round(self.unique_disk_bytes / 2**20, 1),
+            },
         }
 
     def summary_line(self) -> str:
-        if self.passed:
-            return f"transformers {self.transformers}: passed ({self.detail}) [{self.seconds:.1f}s]"
-        return (
-            f"transformers {self.transformers}: FAILED at {self.stage} ({self.detail}) [{self.seconds:.1f}s]"
+        cost = (
+            f"[install {self.install_seconds:.1f}s, check {self.check_seconds:.1f}s, "
+            f"{self.disk_bytes / 2**20:.0f} MB, {self.unique_disk_bytes / 2**20:.0f} MB unshared]"
         )
+        if self.passed:
+            return f"transformers {self.transformers}: passed ({self.detail}) {cost}"
+        return f"transformers {self.transformers}: FAILED at {self.stage} ({self.detail}) {cost}"
 
 
 def _first_difference(got: Sequence[int], want: Sequence[int]) -> int:
@@ -691,6 +907,30 @@ def _compare_generation(
             f"for prompt {prompt!r}{where}"
         )
     return f"greedy tokens differ from the reference at step {step} for prompt {prompt!r}{where}"
+
+
+def _compare_teacher_forced(
+    forced: dict[str, list], want: Sequence[int], prompt: str, tie_margin: float
+) -> str | None:
+    """None when every teacher-forced argmax is the recorded next token (or a tie within ``tie_margin``).
+
+    Reports the first differing position: the step (from 1) of the continuation, what the argmax chose and
+    what was recorded. After a tolerated tie the rest of the row is not compared (greedy parts ways there).
+    """
+    for step, (got, gap, token) in enumerate(zip(forced["argmax"], forced["gap"], want, strict=False), 1):
+        if got == token:
+            continue
+        if tie_margin > 0 and gap <= tie_margin:
+            return None
+        return (
+            f"teacher-forced argmax differs from the recorded token at step {step} for prompt {prompt!r} "
+            f"(argmax {got}, recorded {token}, {gap:.3g} below the maximum)"
+        )
+    if len(forced["argmax"]) != len(want):
+        return (
+            f"teacher-forced forward gave {len(forced['argmax'])} positions for {len(want)} recorded tokens"
+        )
+    return None
 
 
 def judge_child_result(
@@ -728,6 +968,13 @@ def judge_child_result(
         lines.append(
             ("logits", f"top-1 agreement {top1:.2%} is below the {gates.min_top1_agreement:.0%} gate")
         )
+    if "teacher_forced" in res:
+        for text, forced, want in zip(
+            reference.prompt_texts, res["teacher_forced"], reference.greedy_ids, strict=True
+        ):
+            problem = _compare_teacher_forced(forced, want, text, reference.tie_margin)
+            if problem:
+                lines.append(("logits", problem))
     generation_match = False
     if "generated" in res:
         gen_lines = []
@@ -744,14 +991,18 @@ def judge_child_result(
         gen_lines = [g for g in gen_lines if g]
         lines += [("generation", g) for g in gen_lines]
         generation_match = not gen_lines
+    if res.get("snippet_error"):
+        lines.append(("snippet", res["snippet_error"]))
     lines.sort(key=lambda item: STAGES.index(item[0]))  # stable: within a stage, the order found
     failures = [f"transformers {version}: {stage}: {text}" for stage, text in lines]
     if lines:
         detail = "; ".join(f"{stage}: {text}" for stage, text in lines)
     else:
+        figures = f"max |diff| {max_diff:.2g}, top-1 {top1:.0%}, " if max_diff is not None else ""
+        forced = ", teacher-forced too" if "teacher_forced" in res else ""
         detail = (
-            f"max |diff| {max_diff:.2g}, top-1 {top1:.0%}, greedy tokens match for {len(reference.prompt_ids)} "
-            "prompts alone and in a left-padded batch"
+            f"{figures}greedy tokens match for {len(reference.prompt_ids)} prompts alone and in a left-padded "
+            f"batch{forced} (reference: {reference.source})"
         )
     return VersionResult(
         transformers=version,
@@ -769,12 +1020,28 @@ def judge_child_result(
 # --------------------------------------------------------------------------- the matrix
 
 
+def range_statement(versions: Sequence[str]) -> str | None:
+    """``"transformers 4.46–5.24: 37 versions"``: the lines spanned by ``versions`` and how many they are."""
+    from packaging.version import Version
+
+    if not versions:
+        return None
+    ordered = sorted(versions, key=Version)
+    low, high = Version(ordered[0]), Version(ordered[-1])
+    span = f"{low.major}.{low.minor}"
+    if (high.major, high.minor) != (low.major, low.minor):
+        span += f"–{high.major}.{high.minor}"
+    count = len(ordered)
+    return f"transformers {span}: {count} version{'s' if count != 1 else ''}"
+
+
 @dataclass
 class CompatReport:
     """The matrix's outcome: one ``VersionResult`` per version, oldest first, and the supported range."""
 
     range: str
     results: list[VersionResult]
+    reference: str = "the training module"  # where the reference tokens came from
 
     @property
     def passed(self) -> bool:
@@ -790,43 +1057,65 @@ class CompatReport:
         """The versions that passed: what the card states as "tested with transformers X, Y, Z"."""
         return [r.transformers for r in self.results if r.passed]
 
+    @property
+    def statement(self) -> str | None:
+        """The card's compact line, e.g. ``tested on transformers 4.46–5.24: 37 versions``."""
+        text = range_statement(self.tested_versions)
+        return f"tested on {text}" if text else None
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "range": self.range,
             "passed": self.passed,
             "failures": self.failures,
+            "statement": self.statement,
+            "reference": self.reference,
             "versions": [r.to_dict() for r in self.results],
         }
+
+
+# A hook for the card's usage code (issue #15's release/verify/snippet.py): called per version with that
+# version's interpreter command and environment variables and the model folder; returns a failure line or
+# None. Until that module lands, nothing is passed and the "snippet" stage does not run.
+SnippetCheck = Callable[[str, Sequence[str], dict[str, str], Path], "str | None"]
 
 
 def run_compat_matrix(
     model_dir: Path,
     *,
     checkpoint: Path | None = None,
+    report: dict[str, Any] | None = None,
     reference: ReferenceOutputs | None = None,
     versions: Sequence[str] | None = None,
+    canary: bool = False,
     cache_dir: Path | None = None,
     gates: Gates | None = None,
+    snippet_check: SnippetCheck | None = None,
     on_result: Callable[[VersionResult], None] | None = None,
 ) -> CompatReport:
     """Check a converted folder on each transformers version of the matrix, each in an isolated environment.
 
     Args:
-        model_dir: The converted folder (``release convert``'s output).
-        checkpoint: The training checkpoint it came from; the reference outputs are computed from it once.
-        reference: Precomputed reference outputs instead of ``checkpoint``.
+        model_dir: The converted folder (``release convert``'s output, or a downloaded Hub revision).
+        checkpoint: The training checkpoint it came from: the training module computes the logits once (and,
+            without ``report``, the greedy tokens too).
+        report: A passing ``verification.json``: its recorded tokens are the reference (no greedy decoding
+            by the training module); with no checkpoint the logits stage is teacher-forced on them.
+        reference: Precomputed reference outputs instead of ``checkpoint``/``report``.
         versions: Exact transformers versions; default ``default_versions()`` (pyproject.toml).
+        canary: Accept pre-releases and versions past the supported range (what users may install next).
         cache_dir: Where environments are cached; default ``default_cache_dir()``.
         gates: Logit thresholds; default the float32 gates of ``release.verify_report.Gates``.
+        snippet_check: Runs the card's usage code per version (``SnippetCheck``); stage ``snippet``.
         on_result: Called with each version's result as soon as it is known (progress output).
 
     Returns:
         The report. A version that fails a gate does not raise: see ``CompatReport.passed`` and ``failures``.
 
     Raises:
-        UsageError: Neither ``checkpoint`` nor ``reference``, or a version outside the supported range.
+        UsageError: None of ``checkpoint``, ``report``, ``reference``; or a version outside the supported range.
         SettingsError: The default list in pyproject.toml is missing or invalid.
-        CompatError: The folder is unreadable, or an environment cannot be installed.
+        CompatError: The folder or report is unusable, or an environment cannot be installed.
     """
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
@@ -835,27 +1124,46 @@ def run_compat_matrix(
     if versions is None:
         versions = default_versions()
     else:
-        versions = check_versions(list(versions), range_spec=range_spec, source="versions")
+        versions = check_versions(list(versions), range_spec=range_spec, source="versions", canary=canary)
     if reference is None:
-        if checkpoint is None:
+        recorded = reference_from_report(report) if report is not None else None
+        if checkpoint is not None:
+            reference = reference_outputs(model_dir, Path(checkpoint), recorded=recorded)
+        elif recorded is not None:
+            reference = recorded
+        else:
             raise UsageError(
-                "the compatibility matrix needs the training checkpoint (or precomputed reference outputs)"
+                "the compatibility matrix needs verification.json's recorded tokens or the training checkpoint"
             )
-        reference = reference_outputs(model_dir, Path(checkpoint))
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     results = []
     with tempfile.TemporaryDirectory(prefix="release-compat-") as tmp:
         work = Path(tmp)
         reference.save(work / "reference")
         for version in versions:
             start = time.monotonic()
-            env_dir = ensure_environment(version, cache_dir=cache_dir)
+            cached = (environment_dir(version, cache) / STAMP).is_file()
+            env_dir = ensure_environment(version, cache_dir=cache)
+            installed = time.monotonic()
             outcome = run_child(model_dir, work / "reference", env_dir, work)
+            if snippet_check is not None and outcome.result is not None and not outcome.result.get("error"):
+                hf_home = Path(tempfile.mkdtemp(prefix="hf-snippet-", dir=work))
+                problem = snippet_check(
+                    version, [sys.executable, "-S"], _child_env(env_dir, hf_home), model_dir.resolve()
+                )
+                if problem:
+                    outcome.result["snippet_error"] = problem
             result = judge_child_result(version, outcome, reference, gates)
-            result.seconds = time.monotonic() - start
+            done = time.monotonic()
+            disk = environment_disk(env_dir)
+            result.seconds = done - start
+            result.install_seconds = 0.0 if cached else installed - start
+            result.check_seconds = done - installed
+            result.disk_bytes, result.unique_disk_bytes = disk.total_bytes, disk.unique_bytes
             results.append(result)
             if on_result is not None:
                 on_result(result)
-    return CompatReport(range=range_spec, results=results)
+    return CompatReport(range=range_spec, results=results, reference=reference.source)
 
 
 def merge_into_report(path: Path, report: CompatReport) -> Path:

@@ -1,0 +1,286 @@
+"""Declared dependency floors made true: install the lowest declared versions and run the pipeline on the demo.
+
+``[project].dependencies`` says ``huggingface_hub>=X`` and ``torch>=Y``; a floor nobody installs is a guess.
+``check_floors`` pins the named dependencies to their floors, installs the project's other dependencies as pip
+resolves them around those pins into an isolated folder (``pip install --target``, cached like the matrix's
+environments), and runs ``release run --dry-run --stop-after card`` on the built-in demo in a child
+``python -S`` that sees that folder, this source tree (installed without dependencies into a temporary folder)
+and the running torch only.
+
+torch is never installed here (a bare ``torch`` from the index is a multi-GB CUDA build): the floor of torch
+is checked by running this with that torch installed (CI's floors job installs it from the CPU index), and
+``check_floors`` refuses a torch floor that is not the running torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from release.errors import CompatError, SettingsError, UsageError
+from release.settings import PROJECT, project_pyproject, read_toml
+
+STAMP = ".floors-environment.json"
+PIP_TIMEOUT = 1800.0
+RUN_TIMEOUT = 1800.0
+
+Installer = Callable[[Sequence[str], Path], None]
+
+
+def _requirements(pyproject: Path | None = None) -> list[str]:
+    path = pyproject or project_pyproject()
+    if path is None:
+        raise SettingsError(
+            f"cannot find {PROJECT}'s pyproject.toml: the floors are read from the source tree"
+        )
+    deps = read_toml(path).get("project", {}).get("dependencies", [])
+    if not isinstance(deps, list) or not deps:
+        raise SettingsError(f"{path} declares no [project].dependencies")
+    return [str(d) for d in deps]
+
+
+def declared_floors(pyproject: Path | None = None) -> dict[str, str]:
+    """``{canonical name: lowest version}`` of every dependency declared with ``>=``."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    floors = {}
+    for text in _requirements(pyproject):
+        req = Requirement(text)
+        lows = [s.version for s in req.specifier if s.operator == ">="]
+        if lows:
+            floors[canonicalize_name(req.name)] = max(lows, key=_version)
+    return floors
+
+
+def _version(text: str):
+    from packaging.version import Version
+
+    return Version(text)
+
+
+def floor_pins(lowest: Sequence[str], pyproject: Path | None = None) -> list[str]:
+    """``["torch==2.4"]``: each of ``lowest`` pinned to its declared floor.
+
+    Raises:
+        UsageError: A name without a declared floor.
+    """
+    from packaging.utils import canonicalize_name
+
+    floors = declared_floors(pyproject)
+    names = [canonicalize_name(n) for n in lowest]
+    unknown = sorted(set(names) - set(floors))
+    if unknown:
+        raise UsageError(
+            f"{', '.join(unknown)}: not a dependency with a declared floor (known: {', '.join(sorted(floors))})"
+        )
+    return [f"{n}=={floors[n]}" for n in names]
+
+
+def pinned_requirements(lowest: Sequence[str], pyproject: Path | None = None) -> list[str]:
+    """The project's dependencies with each of ``lowest`` pinned to its floor, torch left out.
+
+    Raises:
+        UsageError: A name in ``lowest`` is not a dependency with a ``>=`` floor.
+    """
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    floors = declared_floors(pyproject)
+    wanted = {canonicalize_name(n) for n in lowest}
+    unknown = sorted(wanted - set(floors))
+    if unknown:
+        raise UsageError(
+            f"{', '.join(unknown)}: not a dependency with a declared floor (known: {', '.join(sorted(floors))})"
+        )
+    out = []
+    for text in _requirements(pyproject):
+        req = Requirement(text)
+        name = canonicalize_name(req.name)
+        if name == "torch":
+            continue
+        marker = f"; {req.marker}" if req.marker else ""
+        out.append(f"{req.name}=={floors[name]}{marker}" if name in wanted else text)
+    return out
+
+
+@dataclass
+class FloorsResult:
+    """What ran: the pinned floors, the versions the child actually imported, and how it went."""
+
+    floors: dict[str, str]
+    versions: dict[str, str]
+    passed: bool
+    detail: str
+    install_seconds: float
+    run_seconds: float
+
+    def summary_line(self) -> str:
+        pins = ", ".join(f"{n}=={v}" for n, v in sorted(self.floors.items()))
+        ran = ", ".join(f"{n} {v}" for n, v in sorted(self.versions.items()))
+        state = "passed" if self.passed else "FAILED"
+        return (
+            f"floors {pins}: {state} ({self.detail}); ran with {ran} "
+            f"[install {self.install_seconds:.1f}s, run {self.run_seconds:.1f}s]"
+        )
+
+
+def _pip_install(requirements: Sequence[str], target: Path) -> None:
+    from release.compat.matrix import pip_install_target
+
+    pip_install_target(requirements, target, what=" ".join(requirements))
+
+
+def _pip_install_project(source_root: Path, target: Path) -> None:
+    """This project, built from ``source_root`` (so not wheels-only), without its dependencies."""
+    from release.compat.matrix import pip_install_target
+
+    pip_install_target(["--no-deps", str(source_root)], target, what=str(source_root), wheels_only=False)
+
+
+def floors_environment(
+    requirements: Sequence[str], *, cache_dir: Path, installer: Installer = _pip_install
+) -> tuple[Path, bool]:
+    """(folder, reused) holding ``requirements`` (no torch); cached by the requirement list and Python.
+
+    Raises:
+        CompatError: pip failed or pulled in torch.
+    """
+    import hashlib
+
+    from release.compat.matrix import install_once
+
+    key = hashlib.sha256("\n".join([sys.version.split()[0], *requirements]).encode()).hexdigest()[:16]
+    target = Path(cache_dir) / f"floors-{key}-py{sys.version_info.major}{sys.version_info.minor}"
+
+    def build(staging: Path) -> dict:
+        installer(list(requirements), staging)
+        if (staging / "torch").exists():
+            raise CompatError("installing the floors pulled in torch; they reuse the running torch")
+        return {"python": sys.version.split()[0], "requirements": list(requirements)}
+
+    return target, install_once(target, build, stamp=STAMP)
+
+
+def _installed(env_dir: Path) -> dict[str, str]:
+    from packaging.utils import canonicalize_name
+
+    return {
+        canonicalize_name(d.metadata["Name"]): d.version for d in metadata.distributions(path=[str(env_dir)])
+    }
+
+
+def check_floors(
+    lowest: Sequence[str],
+    *,
+    cache_dir: Path | None = None,
+    pyproject: Path | None = None,
+    installer: Installer = _pip_install,
+    project_installer: Callable[[Path, Path], None] | None = None,
+    run: Callable[[list[str], dict[str, str], Path], subprocess.CompletedProcess] | None = None,
+) -> FloorsResult:
+    """Install the floors of ``lowest`` (e.g. ``["huggingface_hub"]``) and run the demo pipeline on them.
+
+    Raises:
+        UsageError: A name without a declared floor, or a torch floor that is not the running torch.
+        CompatError: The environment cannot be installed, or pip did not honour a pin.
+    """
+    from packaging.utils import canonicalize_name
+
+    from release.compat.matrix import _torch_search_paths, default_cache_dir
+
+    names = sorted({canonicalize_name(n) for n in lowest})
+    if not names:
+        raise UsageError(
+            "name at least one dependency to install at its floor, e.g. --lowest huggingface_hub"
+        )
+    floors = declared_floors(pyproject)
+    pins = {n: floors[n] for n in names if n in floors}
+    if "torch" in names and "torch" in floors:
+        import torch
+
+        running = torch.__version__.split("+")[0]
+        if _version(running) != _version(floors["torch"]):
+            raise UsageError(
+                f"the torch floor is {floors['torch']} but this is torch {running}; install torch=={floors['torch']} "
+                "(CPU build) first, then run this again"
+            )
+    requirements = pinned_requirements(names, pyproject)
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    start = time.monotonic()
+    env_dir, _ = floors_environment(requirements, cache_dir=cache, installer=installer)
+    installed_at = time.monotonic()
+    got = _installed(env_dir)
+    for name, version in pins.items():
+        if name == "torch":
+            continue
+        if name not in got or _version(got[name]) != _version(version):
+            raise CompatError(f"pip installed {name} {got.get(name, 'nothing')}, not the floor {version}")
+    source_root = Path(__file__).resolve().parents[2]
+    project_installer = project_installer or _pip_install_project
+    with tempfile.TemporaryDirectory(prefix="release-floors-") as tmp:
+        work = Path(tmp)
+        # This source tree as pip installs it (templates/ becomes release/templates), without dependencies:
+        # the code under test, built fresh each time; its dependencies are the cached floors environment.
+        project = work / "project"
+        project_installer(source_root, project)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "HF_", "RELEASE_"))}
+        env.update(
+            PYTHONPATH=os.pathsep.join([str(project), str(env_dir), *_torch_search_paths()]),
+            PYTHONNOUSERSITE="1",
+            HF_HOME=str(work / "hf"),
+            HF_HUB_OFFLINE="1",
+            HF_HUB_DISABLE_TELEMETRY="1",
+        )
+        probe = "import json,sys,importlib.metadata as m;print(json.dumps({n: m.version(n) for n in sys.argv[1:]}))"
+        cmd_versions = [sys.executable, "-S", "-c", probe, "huggingface_hub", "transformers", "torch", *names]
+        cmd_run = [
+            sys.executable, "-S", "-P", "-m", "release", "run", "--dry-run", "--stop-after", "card",
+            "--version", "v0.0.0-floors", "--dist-dir", str(work / "dist"),
+        ]  # fmt: skip
+        runner = run or _run
+        probe_proc = runner(cmd_versions, env, work)
+        try:
+            versions = json.loads(probe_proc.stdout.strip().splitlines()[-1])
+        except (json.JSONDecodeError, IndexError):
+            versions = {}
+        # In the source tree, so its [tool.release] settings apply; -P keeps the cwd off sys.path, so the
+        # installed copy (with release/templates) is imported, not the tree's.
+        proc = runner(cmd_run, env, source_root)
+    done = time.monotonic()
+    if proc.returncode == 0:
+        detail = "the demo pipeline ran fetch -> convert -> verify -> card"
+    else:
+        tail = [ln for ln in (proc.stderr or "").splitlines() if ln.strip()]
+        detail = f"release run exited {proc.returncode}: {tail[-1] if tail else 'no output'}"
+    return FloorsResult(
+        floors=pins,
+        versions={canonicalize_name(k): v for k, v in versions.items()},
+        passed=proc.returncode == 0,
+        detail=detail,
+        install_seconds=installed_at - start,
+        run_seconds=done - installed_at,
+    )
+
+
+def _run(cmd: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(
+            cmd,
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(cmd, 124, "", f"timed out after {RUN_TIMEOUT:.0f}s")

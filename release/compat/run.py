@@ -1,0 +1,176 @@
+"""``release compat``: choose the versions and the reference, run the matrix, record the table.
+
+- Versions: an explicit list; ``all_minors`` (the newest patch of every transformers minor in the supported range,
+  from the package index); ``newest`` (the newest release and its latest pre-release: the canary); else the
+  four-version set of ``[tool.release.compat]``.
+- Reference: the recorded tokens of ``verification.json`` whenever it is there and passed (no greedy decoding by
+  the training module: verify already proved those tokens), plus the training module's logits when the
+  checkpoint is given. A Hub revision needs its recorded report and no checkpoint.
+- The table goes into ``verification.json`` under ``"compat"`` (a folder), or to ``out`` (a Hub revision).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from release.compat.matrix import (
+    CompatReport,
+    SnippetCheck,
+    VersionResult,
+    check_versions,
+    merge_into_report,
+    read_report_file,
+    run_compat_matrix,
+    supported_range,
+)
+from release.errors import UsageError
+
+
+@dataclass(frozen=True)
+class CompatRun:
+    """The matrix's report, the revision checked (Hub only) and the file the table was written to."""
+
+    report: CompatReport
+    revision: str | None
+    written: Path
+
+
+def select_versions(
+    listed: Sequence[str] | None = None, *, all_minors: bool = False, newest: bool = False
+) -> tuple[list[str] | None, bool]:
+    """(versions, canary): ``None`` means the default list of pyproject.toml.
+
+    Raises:
+        UsageError: More than one way to choose was given.
+        CompatError: The package index cannot be read.
+    """
+    if sum([bool(listed), all_minors, newest]) > 1:
+        raise UsageError("choose the versions one way: --versions, --all-minors or --newest")
+    if all_minors:
+        from release.compat.index import all_minor_versions
+
+        return all_minor_versions(range_spec=supported_range()), False
+    if newest:
+        from release.compat.canary import canary_versions
+
+        return canary_versions(), True
+    if listed:
+        return check_versions(list(listed), range_spec=supported_range(), source="--versions"), False
+    return None, False
+
+
+def card_snippet_check(report: dict[str, Any] | None) -> SnippetCheck | None:
+    """The ``snippet`` stage: the card's usage code run verbatim on each version (issue #15's
+    ``release.verify.snippet.check_card_snippet``), expected to reproduce ``report``'s greedy tokens.
+
+    None (no snippet stage) until that module is merged: the import is the only thing guarded.
+    """
+    try:
+        from release.verify.snippet import check_card_snippet
+    except ImportError:  # release/verify/snippet.py (issue #15) not merged yet
+        return None
+    from release.errors import ReleaseError
+
+    def check(version: str, argv: Sequence[str], env: dict[str, str], model_dir: Path) -> str | None:
+        try:
+            result = check_card_snippet(model_dir, report=report, paths=env["PYTHONPATH"].split(os.pathsep))
+        except ReleaseError as exc:
+            return f"the card's code: {exc}"
+        return None if result.passed else "the card's code: " + "; ".join(result.failures)
+
+    return check
+
+
+def run_compat(
+    model: str | Path,
+    *,
+    revision: str | None = None,
+    checkpoint: Path | None = None,
+    report: Path | None = None,
+    out: Path | None = None,
+    versions: Sequence[str] | None = None,
+    all_minors: bool = False,
+    newest: bool = False,
+    cache_dir: Path | None = None,
+    on_result: Callable[[VersionResult], None] | None = None,
+) -> CompatRun:
+    """Check a converted folder, or a Hub revision (``revision``; ``"latest"``: the newest release tag).
+
+    Raises:
+        UsageError: A Hub revision without its recorded report, a folder with neither report nor checkpoint,
+            or conflicting version choices.
+        CompatError, SettingsError: See ``run_compat_matrix``.
+    """
+    chosen, canary = select_versions(versions, all_minors=all_minors, newest=newest)
+    path = Path(model)
+    if path.exists():
+        if revision is not None:
+            raise UsageError("--revision applies to a Hub repo id, not to a local folder")
+        report_path = Path(report) if report is not None else path.parent / "verification.json"
+        recorded = _passing_report(report_path) if report_path.is_file() else None
+        if recorded is None and checkpoint is None:
+            raise UsageError(
+                f"no passing verification report at {report_path} and no --checkpoint: run `release verify` "
+                "first, or pass the training checkpoint"
+            )
+        result = run_compat_matrix(
+            path,
+            checkpoint=checkpoint,
+            report=recorded,
+            versions=chosen,
+            canary=canary,
+            cache_dir=cache_dir,
+            snippet_check=card_snippet_check(recorded),
+            on_result=on_result,
+        )
+        return CompatRun(result, None, merge_into_report(out or report_path, result))
+
+    from release.compat.canary import check_hub_revision, newest_release_tag
+
+    if report is None:
+        raise UsageError(
+            "checking a Hub revision needs its recorded verification report: pass --report verification.json"
+        )
+    if checkpoint is not None:
+        raise UsageError("a Hub revision is checked against its recorded report; drop --checkpoint")
+    recorded = _passing_report(Path(report))
+    if recorded is None:
+        raise UsageError(f"{report} did not pass verification; its tokens are no reference")
+    rev = newest_release_tag(str(model)) if revision in (None, "latest") else revision
+    if chosen is None:
+        from release.compat.matrix import default_versions
+
+        chosen = default_versions()
+    result = check_hub_revision(
+        str(model),
+        revision=rev,
+        report=recorded,
+        versions=chosen,
+        cache_dir=cache_dir,
+        snippet_check=card_snippet_check(recorded),
+        on_result=on_result,
+    )
+    target = Path(out) if out is not None else Path("compat.json")
+    return CompatRun(result, rev, _write_compat(target, result, repo_id=str(model), revision=rev))
+
+
+def _passing_report(path: Path) -> dict[str, Any] | None:
+    """The report if it passed and recorded generation cases (their tokens are the reference), else None."""
+    data = read_report_file(path)
+    generation = data.get("generation")
+    if data.get("passed") is not True or not isinstance(generation, dict) or not generation.get("cases"):
+        return None
+    return data
+
+
+def _write_compat(path: Path, report: CompatReport, *, repo_id: str, revision: str) -> Path:
+    from release._io import write_text_atomic
+
+    data = {"repo_id": repo_id, "revision": revision, "compat": report.to_dict()}
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    return path
