@@ -216,19 +216,19 @@ class FakeGitHub:
 
 
 _FAKE_GH = """import json, os, sys
-state_path = os.environ["FAKE_GITHUB_STATE"]; state = json.load(open(state_path)); a = sys.argv[1:]
+state_path = os.environ["FAKE_GITHUB_STATE"]; state = json.load(open(state_path)); a = sys.argv[1:]; error = None
 if not os.environ.get("GH_TOKEN") or os.environ.get("GH_REPO") != "{repo}": sys.exit("gh: GH_TOKEN and GH_REPO are required")
 opt = lambda flag: next((x.split("=", 1)[1] if "=" in x else a[i + 1] for i, x in enumerate(a) if x.split("=")[0] == flag), None)
 state["calls"].append(a[:3]); release = next((r for r in state["releases"] if r["tag"] == a[2]), None) if len(a) > 2 else None
 if a[:2] == ["run", "list"]: print(len([s for s in state["ci_passed"] if s == opt("--commit") and opt("--status") == "success"]))
-elif a[:2] == ["release", "view"] and release is None: sys.exit("release not found")
+elif a[:2] == ["release", "view"] and release is None: error = "release not found"
 elif a[:2] in (["release", "create"], ["release", "edit"]):
-    if a[2] not in state["tags"]: sys.exit(f"tag {a[2]} doesn't exist in the repo, aborting due to --verify-tag flag")
-    if (a[1] == "create") == (release is not None): sys.exit(f"gh release {a[1]} {a[2]}: wrong for the current state")
+    if a[2] not in state["tags"]: error = f"tag {a[2]} doesn't exist in the repo, aborting due to --verify-tag flag"
+    elif (a[1] == "create") == (release is not None): error = f"gh release {a[1]} {a[2]}: wrong for the current state"
     new = {"tag": a[2], "title": opt("--title"), "notes": open(opt("--notes-file")).read(), "prerelease": opt("--prerelease") == "true"}
-    state["releases"] = [r for r in state["releases"] if r["tag"] != a[2]] + [new]
-elif a[:2] != ["release", "view"]: sys.exit(f"fake gh does not implement: {a}")
-json.dump(state, open(state_path, "w"))
+    state["releases"] = state["releases"] if error else [r for r in state["releases"] if r["tag"] != a[2]] + [new]
+elif a[:2] != ["release", "view"]: error = f"fake gh does not implement: {a}"
+json.dump(state, open(state_path, "w")); sys.exit(error)
 """.replace("{repo}", REPOSITORY)
 
 

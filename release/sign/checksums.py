@@ -1,7 +1,8 @@
 """``SHA256SUMS``: the release folder's checksum manifest, in the format ``sha256sum -c`` reads.
 
 One line per file, ``<64 hex>  <path>`` (two spaces: text mode, as coreutils writes it), sorted by path, over
-every file of the folder except the manifest itself, its signature (which signs the folder, manifest included)
+every file of the folder except the manifest itself, its signature (which signs the folder, manifest included),
+``.gitattributes`` (the Hub's LFS rules, which the Hub writes into every repo; model-signing leaves it out too)
 and huggingface_hub's ``.cache/`` of a ``--local-dir`` download. Paths use "/" and never need escaping: a path
 with a newline or a backslash is refused, so every line stays the plain coreutils form.
 
@@ -21,7 +22,7 @@ from release.errors import IntegrityError
 
 CHECKSUMS_FILE = "SHA256SUMS"
 SIGNATURE_FILE = "model.sig"  # the OpenSSF model-signing bundle (release.sign.signing)
-NOT_LISTED = (CHECKSUMS_FILE, SIGNATURE_FILE)  # besides anything under .cache/
+NOT_LISTED = (CHECKSUMS_FILE, SIGNATURE_FILE, ".gitattributes")  # besides anything under .cache/
 
 _LINE = re.compile(r"([0-9a-f]{64})  (\S.*)")
 
