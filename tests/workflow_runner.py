@@ -1,20 +1,16 @@
 """Run a workflow's jobs here the way a hosted runner would, small on purpose (tests only).
 
-    run = WorkflowRun(Workflow.load(".github/workflows/release.yml"), Event.tag_push("v1.0.0"), root=tmp_path,
-                      host_env=env, secrets={...}, github=FakeGitHub(...))
+    run = WorkflowRun(Workflow.load(path), Event.tag_push("v1.0.0"), root=tmp_path, host_env=env, secrets={...})
     build = run.run_job("build")      # JobResult: status, outputs, steps, summary, log; `needs` are earlier jobs
 
-Every `run:` step runs as written with `bash --noprofile --norc -eo pipefail`, in the job's own workspace, with
-a runner's GITHUB_*/RUNNER_* variables, fresh GITHUB_OUTPUT/GITHUB_ENV/GITHUB_STEP_SUMMARY files and the
-workflow's, job's and step's `env:`. From the host only an allow-list passes (never HF_TOKEN or RELEASE_*).
-Not run as written: the `id: install` step (the tests already run in the environment it would install; the
-locks are checked by their own tests) and any step a test replaces by id (`replace=`, e.g. keyless signing,
-which needs GitHub's OIDC). `uses:` steps map to LOCAL_ACTIONS: checkout copies the working tree, caches always
-miss, artifacts are folders below <root>/artifacts/<run id>/; `gh` is a fake backed by FakeGitHub's JSON file.
-
-Expressions are translated to Python and evaluated over the contexts (missing values are None, as GitHub
-gives ''); reading an output that a step or job which ran never set is recorded in `unset_outputs`, which is
-how the tests prove that the names the YAML reads are the names the CLI writes.
+Every `run:` step runs as written (`bash --noprofile --norc -eo pipefail`) in the job's own workspace, with a
+runner's GITHUB_*/RUNNER_* variables, fresh GITHUB_OUTPUT/GITHUB_ENV/GITHUB_STEP_SUMMARY files, the workflow's,
+job's and step's `env:`, and from the host only an allow-list (never HF_TOKEN or RELEASE_*). Not run as written:
+the `id: install` step (the tests run in the environment it installs; the locks have their own tests) and a
+step a test replaces by id (`replace=`, e.g. keyless signing, which needs GitHub's OIDC). `uses:` steps map to
+LOCAL_ACTIONS: checkout copies the working tree, caches miss, artifacts are folders in <root>/artifacts/<run
+id>/; `gh` is a fake over FakeGitHub's JSON file. Expressions are translated to Python; reading an output that
+a step or job which ran never set lands in `unset_outputs`: the names the YAML reads are the names the CLI writes.
 """
 
 from __future__ import annotations
@@ -35,11 +31,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 INSTALL_STEP_ID = "install"
 REPOSITORY = "custom-transformer/custom-transformer-release"
 HOST_ENV = frozenset("PATH LANG LC_ALL TZ TMPDIR SSL_CERT_FILE OMP_NUM_THREADS NO_PROXY no_proxy".split())
+GITHUB_VARIABLES = "event_name ref ref_name ref_type sha actor repository workspace".split()
+FILE_COMMANDS = ("GITHUB_OUTPUT", "GITHUB_ENV", "GITHUB_STEP_SUMMARY")
 HOST_DENIED = frozenset({"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE", "HF_OIDC_ID_TOKEN"})
-LOCAL_ACTIONS = frozenset(
-    f"actions/{name}"
-    for name in "checkout setup-python cache cache/restore cache/save upload-artifact".split()
-) | {"actions/download-artifact"}
+_NAMES = "checkout setup-python cache cache/restore cache/save upload-artifact download-artifact"
+LOCAL_ACTIONS = frozenset(f"actions/{name}" for name in _NAMES.split())
 _TOKENS = re.compile(
     r"('(?:[^']|'')*')|(&&|\|\||!(?!=))|\b(true|false|null)\b|([A-Za-z_][\w-]*(?:\.[\w*-]+)*)(\s*\()?"
 )
@@ -53,10 +49,9 @@ class WorkflowError(Exception):
 
 
 def to_string(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return str(value).lower()
+    """How GitHub writes a value into text: null as '', booleans in lower case, objects as JSON."""
+    if value is None or isinstance(value, bool):
+        return {None: "", True: "true", False: "false"}[value]
     return json.dumps(value) if isinstance(value, dict | list) else str(value)
 
 
@@ -120,10 +115,8 @@ class Expressions:
         return bool(self.evaluate(text if _STATUS.search(text) else f"success() && ({text})"))
 
 
-def _head_sha() -> str:
-    return subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True
-    ).stdout.strip()
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
 
 
 @dataclass
@@ -131,7 +124,7 @@ class Event:
     name: str
     ref: str
     payload: dict
-    sha: str = field(default_factory=_head_sha)
+    sha: str = field(default_factory=lambda: _git("rev-parse", "HEAD").strip())
 
     @staticmethod
     def tag_push(tag: str) -> Event:
@@ -143,11 +136,8 @@ class Event:
 
     @staticmethod
     def pull_request(number: int, *, head_sha: str) -> Event:
-        return Event(
-            "pull_request",
-            f"refs/pull/{number}/merge",
-            {"number": number, "pull_request": {"number": number, "head": {"sha": head_sha}}},
-        )
+        payload = {"number": number, "pull_request": {"number": number, "head": {"sha": head_sha}}}
+        return Event("pull_request", f"refs/pull/{number}/merge", payload)
 
 
 @dataclass
@@ -202,9 +192,7 @@ class FakeGitHub:
 
     def __init__(self, path: Path, *, tags=(), ci_passed=()) -> None:
         self.path = path
-        path.write_text(
-            json.dumps({"tags": list(tags), "ci_passed": list(ci_passed), "releases": [], "calls": []})
-        )
+        path.write_text(json.dumps({"tags": [*tags], "ci_passed": [*ci_passed], "releases": [], "calls": []}))
 
     @property
     def releases(self) -> list[dict]:
@@ -232,22 +220,13 @@ json.dump(state, open(state_path, "w")); sys.exit(error)
 """.replace("{repo}", REPOSITORY)
 
 
+_FILE_COMMAND = re.compile(r"^([\w-]+)<<(\S+)\n(.*?)\n?^\2$|^([\w-]+)=(.*)$", re.MULTILINE | re.DOTALL)
+
+
 def _file_command(path: Path) -> dict[str, str]:
     """GITHUB_OUTPUT / GITHUB_ENV lines: `name=value` or the heredoc form `name<<DELIMITER`."""
-    values, lines = {}, iter(path.read_text(encoding="utf-8").splitlines())
-    for line in lines:
-        if "<<" in line and ("=" not in line or line.index("<<") < line.index("=")):
-            name, delimiter = line.split("<<", 1)
-            body = []
-            for text in lines:
-                if text == delimiter:
-                    break
-                body.append(text)
-            values[name] = "\n".join(body)
-        elif "=" in line:
-            name, value = line.split("=", 1)
-            values[name] = value
-    return values
+    found = _FILE_COMMAND.finditer(path.read_text(encoding="utf-8"))
+    return {m[1] or m[4]: m[3] if m[1] else m[5] for m in found}
 
 
 class WorkflowRun:
@@ -270,22 +249,15 @@ class WorkflowRun:
         self.jobs[job] = result
         workspace, home, temp = (self.root / job / part for part in ("workspace", "home", "temp"))
         needs = [spec["needs"]] if isinstance(spec.get("needs"), str) else spec.get("needs", [])
-        github = {
-            "event_name": self.event.name,
-            "event": self.event.payload,
-            "ref": ref,
-            "sha": self.event.sha,
-        }
-        github.update(
-            ref_name=ref.split("/", 2)[-1], ref_type="tag" if ref.startswith("refs/tags/") else "branch"
-        )
+        github = {"event_name": self.event.name, "event": self.event.payload, "ref": ref}
+        github |= {"sha": self.event.sha, "ref_name": ref.split("/", 2)[-1]}
+        github["ref_type"] = "tag" if ref.startswith("refs/tags/") else "branch"
         github.update(repository=REPOSITORY, workspace=str(workspace), token="ghs_fake", actor="a-maintainer")
         ctx = {"github": github, "inputs": self.event.payload.get("inputs", {}), "secrets": self.secrets}
         ctx |= {"vars": self.vars, "runner": {"os": "Linux", "temp": str(temp)}, "env": {}, "steps": {}}
         ctx["needs"] = {n: {"result": self.jobs[n].status, "outputs": self.jobs[n].outputs} for n in needs}
-        scope = Expressions(
-            ctx, record=lambda ref: ref in self.unset_outputs or self.unset_outputs.append(ref)
-        )
+        record = lambda ref: ref in self.unset_outputs or self.unset_outputs.append(ref)  # noqa: E731
+        scope = Expressions(ctx, record=record)
         if any(self.jobs[n].status != "success" for n in needs) or not scope.condition(spec.get("if")):
             return result
         for folder in (workspace, home, temp, self.root / "bin"):
@@ -294,34 +266,23 @@ class WorkflowRun:
         (self.root / "bin" / "gh").write_text(f"#!{sys.executable}\n{_FAKE_GH}")
         (self.root / "bin" / "gh").chmod(0o755)
         host = {k: v for k, v in self.host_env.items() if k in HOST_ENV or k.startswith("HF_")}
-        base = {k: v for k, v in host.items() if k not in HOST_DENIED} | {
-            f"GITHUB_{k.upper()}": github[k]
-            for k in ("event_name", "ref", "ref_name", "ref_type", "sha", "actor", "repository", "workspace")
-        }
+        base = {k: v for k, v in host.items() if k not in HOST_DENIED}
+        base |= {f"GITHUB_{k.upper()}": github[k] for k in GITHUB_VARIABLES}
         base |= {"HOME": str(home), "CI": "true", "GITHUB_ACTIONS": "true", "RUNNER_TEMP": str(temp)}
         base |= {"GITHUB_EVENT_PATH": str(temp / "event.json"), "GITHUB_RUN_ID": str(self.run_id)}
-        base |= {
-            "GITHUB_SERVER_URL": "https://github.com",
-            "FAKE_GITHUB_STATE": str(getattr(self.github, "path", "")),
-        }
+        base["FAKE_GITHUB_STATE"] = str(self.github and self.github.path)
         base["PATH"] = f"{self.root / 'bin'}:{Path(sys.executable).parent}:/usr/bin:/bin"
-        for level in (self.workflow.data.get("env") or {}, spec.get("env") or {}):
-            ctx["env"].update({k: to_string(scope.interpolate(v)) for k, v in level.items()})
+        texts = lambda values: {k: to_string(scope.interpolate(v)) for k, v in (values or {}).items()}  # noqa: E731
+        ctx["env"].update(texts(self.workflow.data.get("env")) | texts(spec.get("env")))
         for index, raw in enumerate(spec["steps"]):
-            step = StepResult(
-                raw.get("id"), raw.get("name") or raw.get("uses") or raw["run"], raw.get("uses")
-            )
+            name = raw.get("name") or raw.get("uses") or raw["run"]
+            step = StepResult(raw.get("id"), name, raw.get("uses"))
             result.steps.append(step)
             scope.status = "failure" if any(s.outcome == "failure" for s in result.steps) else "success"
             if not scope.condition(raw.get("if")):
                 continue
-            step.env = ctx["env"] | {
-                k: to_string(scope.interpolate(v)) for k, v in (raw.get("env") or {}).items()
-            }
-            files = {
-                name: temp / f"{name}-{index}"
-                for name in ("GITHUB_OUTPUT", "GITHUB_ENV", "GITHUB_STEP_SUMMARY")
-            }
+            step.env = ctx["env"] | texts(raw.get("env"))
+            files = {name: temp / f"{name}-{index}" for name in FILE_COMMANDS}
             for path in files.values():
                 path.write_text("")
             try:
@@ -336,14 +297,8 @@ class WorkflowRun:
                     script = self.replace.get(step.id, raw["run"])
                     step.local_equivalent = None if script == raw["run"] else f"replaced by: {script}"
                     env = base | step.env | {k: str(v) for k, v in files.items()}
-                    proc = subprocess.run(
-                        ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script],
-                        cwd=workspace,
-                        env=env,
-                        capture_output=True,
-                        text=True,
-                        timeout=1800,
-                    )
+                    bash = ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script]
+                    proc = subprocess.run(bash, cwd=workspace, env=env, capture_output=True, text=True)
                     step.log, step.outcome = (
                         proc.stdout + proc.stderr,
                         ("failure", "success")[proc.returncode == 0],
@@ -355,7 +310,7 @@ class WorkflowRun:
             result.summary += files["GITHUB_STEP_SUMMARY"].read_text()
             ctx["steps"][step.id or f"_{index}"] = {"outcome": step.outcome, "outputs": step.outputs}
         result.status = "failure" if any(s.outcome == "failure" for s in result.steps) else "success"
-        result.outputs = {k: to_string(scope.interpolate(v)) for k, v in (spec.get("outputs") or {}).items()}
+        result.outputs = texts(spec.get("outputs"))
         return result
 
     def _action(self, step: StepResult, workspace: Path) -> str:
@@ -368,16 +323,7 @@ class WorkflowRun:
         if action == "actions/checkout":
             if inputs.get("persist-credentials") is not False:
                 raise WorkflowError("actions/checkout without `persist-credentials: false`")
-            listed = (
-                subprocess.run(
-                    ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                    cwd=REPO_ROOT,
-                    capture_output=True,
-                    check=True,
-                )
-                .stdout.decode()
-                .split("\0")
-            )
+            listed = _git("ls-files", "-z", "--cached", "--others", "--exclude-standard").split("\0")
             for relative in (p for p in listed if p and (REPO_ROOT / p).is_file()):
                 (workspace / relative).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(REPO_ROOT / relative, workspace / relative)
@@ -388,11 +334,8 @@ class WorkflowRun:
         elif action == "actions/upload-artifact":  # a folder's contents, hidden files only when asked (v4+)
             if not path.is_dir() or stored.exists():
                 raise WorkflowError(f"upload-artifact: no folder {path}, or the name {stored.name} is taken")
-            shutil.copytree(
-                path,
-                stored,
-                ignore=None if inputs.get("include-hidden-files") else shutil.ignore_patterns(".*"),
-            )
+            hidden = None if inputs.get("include-hidden-files") else shutil.ignore_patterns(".*")
+            shutil.copytree(path, stored, ignore=hidden)
         elif action == "actions/download-artifact":
             if not stored.is_dir():
                 raise WorkflowError(f"download-artifact: no artifact {stored.name} in this run")
