@@ -71,6 +71,20 @@ def progress_option() -> Callable:
     )
 
 
+def key_file_option(flag: str, dest: str, help: str) -> Callable:
+    """A PEM key file (``--key`` of ``sign``, ``--public-key`` of ``verify-signature``)."""
+    return click.option(flag, dest, type=click.Path(path_type=Path, dir_okay=False, exists=True), help=help)
+
+
+def expect_digest_option() -> Callable:
+    return click.option(
+        "--expect-digest",
+        default=None,
+        metavar="SHA256",
+        help="Refuse unless the release digest (sha256 of FOLDER/SHA256SUMS) is this: the build job's digest.",
+    )
+
+
 def _repo_id_or_settings(repo_id: str | None) -> str:
     """``--repo-id``, else the settings' ``repo_id``; a usage error when neither is set."""
     if repo_id:
@@ -185,12 +199,7 @@ def fetch(uri, sha256, out, cache_dir, progress):
     default=None,
     help="Also write the result here.",
 )
-@click.option(
-    "--expect-digest",
-    default=None,
-    metavar="SHA256",
-    help="Refuse unless FOLDER's release digest (sha256 of its SHA256SUMS) is this: the build job's digest.",
-)
+@expect_digest_option()
 @reports_errors
 def publish(
     folder, repo_id, version, private, dry_run, commit_message, verification, json_out, expect_digest
@@ -706,22 +715,14 @@ def settings_(name, as_json):
 
 @main.command("sign")
 @click.argument("folder", type=click.Path(path_type=Path, file_okay=False, exists=True))
-@click.option(
-    "--key",
-    "private_key",
-    type=click.Path(path_type=Path, dir_okay=False, exists=True),
-    default=None,
-    help="Also sign with this elliptic-curve private key (PEM).",
-)
+@key_file_option("--key", "private_key", "Also sign with this elliptic-curve private key (PEM).")
 @click.option(
     "--sigstore",
     "keyless",
     is_flag=True,
     help="Also sign keyless with Sigstore, as this GitHub Actions job (needs `id-token: write`).",
 )
-@click.option(
-    "--expect-digest", default=None, metavar="SHA256", help="Refuse unless the release digest is this."
-)
+@expect_digest_option()
 @reports_errors
 def sign(folder, private_key, keyless, expect_digest):
     """Write FOLDER/SHA256SUMS (sha256sum format, every file but itself and model.sig) and, with --key or
@@ -746,11 +747,8 @@ def sign(folder, private_key, keyless, expect_digest):
 
 @main.command("verify-signature")
 @click.argument("target", metavar="REPO@TAG|DIR")
-@click.option(
-    "--public-key",
-    type=click.Path(path_type=Path, dir_okay=False, exists=True),
-    default=None,
-    help="The signer's public key (PEM), for a release signed with --key.",
+@key_file_option(
+    "--public-key", "public_key", "The signer's public key (PEM), for a release signed with --key."
 )
 @click.option(
     "--identity",

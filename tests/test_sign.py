@@ -142,6 +142,8 @@ def test_signing_round_trip_with_a_local_key(folder, key_pair):
     assert signature == folder / "model.sig" and not list(folder.parent.glob(".model-sig-*"))
     check = verify_folder(folder, public_key=a.with_suffix(".pub"))
     assert check.files == 4 and check.signer.startswith("public key ")
+    sign_folder(folder, private_key=a.with_suffix(".pem"))  # signing again never signs the old signature
+    verify_folder(folder, public_key=a.with_suffix(".pub"))
     assert "model.sig" not in (folder / "SHA256SUMS").read_text()
 
     with pytest.raises(IntegrityError, match="does not verify with public key"):

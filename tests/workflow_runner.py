@@ -220,7 +220,7 @@ json.dump(state, open(state_path, "w")); sys.exit(error)
 """.replace("{repo}", REPOSITORY)
 
 
-_FILE_COMMAND = re.compile(r"^([\w-]+)<<(\S+)\n(.*?)\n?^\2$|^([\w-]+)=(.*)$", re.MULTILINE | re.DOTALL)
+_FILE_COMMAND = re.compile(r"^([\w-]+)<<(\S+)\n(.*?)\n?^\2$|^([\w-]+)=([^\n]*)$", re.MULTILINE | re.DOTALL)
 
 
 def _file_command(path: Path) -> dict[str, str]:

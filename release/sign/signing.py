@@ -42,7 +42,10 @@ class SignatureCheck:
 def _hashing_config():
     from model_signing import hashing
 
-    return hashing.Config().use_file_serialization(hashing_algorithm="sha256", ignore_paths=UNSIGNED)
+    # set_ignored_paths applies at hashing time (and is recorded in the signed manifest, so verifiers skip
+    # the same paths); use_file_serialization's own ignore_paths would only be recorded.
+    config = hashing.Config().use_file_serialization(hashing_algorithm="sha256")
+    return config.set_ignored_paths(paths=UNSIGNED)
 
 
 def sign_folder(folder: str | Path, *, private_key: str | Path | None = None, keyless: bool = False) -> Path:
