@@ -486,19 +486,34 @@ def test_tag_push_build_runs_every_step_and_shows_the_reviewer_the_plan(tag_push
     assert tag_push.unset_outputs == []
 
 
-def test_publish_refuses_unless_ci_passed_for_the_commit(tag_push, hub, tmp_path, client_env):
+@pytest.mark.parametrize(
+    ("ci_passed", "message"),
+    [
+        (["0" * 40], "::error::ci.yml has no successful run for {sha}; push the commit to main"),
+        (None, "::error::cannot tell whether CI passed for {sha} (gh: "),  # the API cannot be read
+    ],
+    ids=["not-passed", "cannot-tell"],
+)
+def test_publish_refuses_unless_ci_passed_for_the_commit(
+    tag_push, hub, tmp_path, client_env, ci_passed, message
+):
+    github = (
+        None
+        if ci_passed is None
+        else FakeGitHub(tmp_path / "github.json", tags=["v1.0.0"], ci_passed=ci_passed)
+    )
     run = WorkflowRun(
         load("release.yml"),
         tag_push.event,
         root=tmp_path,
         host_env=client_env,
         secrets={"HF_TOKEN": CANARY},
-        github=FakeGitHub(tmp_path / "github.json", tags=["v1.0.0"], ci_passed=["0" * 40]),
+        github=github,
     )
     run.jobs["build"] = tag_push.jobs["build"]
     publish = run.run_job("publish")
     assert publish.status == "failure" and publish.step("ci-gate").outcome == "failure"
-    assert f"::error::ci.yml has no successful run for {tag_push.event.sha}" in publish.step("ci-gate").log
+    assert message.format(sha=tag_push.event.sha) in publish.step("ci-gate").log
     assert all(s.outcome == "skipped" for s in publish.steps[1:])
     assert hub.mutating_requests() == []
 
