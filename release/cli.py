@@ -76,6 +76,20 @@ def progress_option() -> Callable:
     )
 
 
+def key_file_option(flag: str, dest: str, help: str) -> Callable:
+    """A PEM key file (``--key`` of ``sign``, ``--public-key`` of ``verify-signature``)."""
+    return click.option(flag, dest, type=click.Path(path_type=Path, dir_okay=False, exists=True), help=help)
+
+
+def expect_digest_option() -> Callable:
+    return click.option(
+        "--expect-digest",
+        default=None,
+        metavar="SHA256",
+        help="Refuse unless the release digest (sha256 of FOLDER/SHA256SUMS) is this: the build job's digest.",
+    )
+
+
 def _repo_id_or_settings(repo_id: str | None) -> str:
     """``--repo-id``, else the settings' ``repo_id``; a usage error when neither is set."""
     if repo_id:
@@ -190,8 +204,11 @@ def fetch(uri, sha256, out, cache_dir, progress):
     default=None,
     help="Also write the result here.",
 )
+@expect_digest_option()
 @reports_errors
-def publish(folder, repo_id, version, private, dry_run, commit_message, verification, json_out):
+def publish(
+    folder, repo_id, version, private, dry_run, commit_message, verification, json_out, expect_digest
+):
     """Publish a verified model FOLDER to the Hub: one commit, checked from the Hub, then tagged.
 
     A stable version (v1.2.0) updates main and tags it; a prerelease (v1.2.0-rc.1) goes to its own branch
@@ -207,8 +224,13 @@ def publish(folder, repo_id, version, private, dry_run, commit_message, verifica
         release publish dist/v1.2.0/model --repo-id me/tiny-gpt --version v1.2.0 --dry-run
     """
     from release.auth import redact
+    from release.github import check_release_ref
     from release.publish.publisher import publish_release
+    from release.sign.checksums import check_release_digest
 
+    check_release_ref(version, dry_run=dry_run)
+    if expect_digest is not None:
+        check_release_digest(folder, expect_digest)
     result = publish_release(
         folder,
         repo_id=_repo_id_or_settings(repo_id),
@@ -231,12 +253,17 @@ def publish(folder, repo_id, version, private, dry_run, commit_message, verifica
         click.echo(f"{result.tag} is already published at {result.commit} with this content; nothing to do.")
     if json_out is not None:
         result.write_json(json_out)
-    from release.github import append_summary, report_publish
+    from release.github import append_summary, report_publish, report_review
+    from release.sign.checksums import CHECKSUMS_FILE, release_digest
 
     report_publish(result.to_dict())
     for warning in result.warnings:
         click.echo(f"Warning: {redact(warning)}", err=True)
         append_summary(f"> [!WARNING]\n> {redact(warning)}\n")
+    if dry_run and (folder / CHECKSUMS_FILE).is_file():
+        report_review(
+            version=result.tag, plan_lines=result.plan.format_lines(), digest=release_digest(folder)
+        )
 
 
 @main.command()
@@ -384,8 +411,16 @@ def notes(model_dir, published, out):
     if result.get("dry_run") or not result.get("commit") or not result.get("revision_url"):
         raise UsageError(f"{published} describes a dry run or an unpublished release; publish first")
     rendered = _render_card(model_dir, version=result["tag"], overrides={"repo_id": result["repo_id"]})
+    from release.sign.checksums import CHECKSUMS_FILE, check_checksums, release_digest
+
+    digests = check_checksums(model_dir) if (model_dir / CHECKSUMS_FILE).is_file() else {}
     text = render_release_notes(
-        rendered, revision_url=result["revision_url"], hub_commit=result["commit"], run_url=run_url()
+        rendered,
+        revision_url=result["revision_url"],
+        hub_commit=result["commit"],
+        run_url=run_url(),
+        digests=digests,
+        release_digest=release_digest(model_dir) if digests else None,
     )
     write_text_atomic(out, text)
     click.echo(f"Wrote {out}")
@@ -426,13 +461,14 @@ def run(version, dry_run, stop_after, **options):
         release run --dry-run                       # the demo, nothing pushed
         release run --version v1.2.0                # a real release
     """
-    from release.github import version_from_ref
+    from release.github import check_release_ref, version_from_ref
     from release.pipeline import run_release
     from release.settings import find_pyproject, load_settings
 
     version = version or version_from_ref() or ("v0.0.0-dryrun" if dry_run else None)
     if not version:
         raise UsageError("--version is required (or run on a tag push, where GITHUB_REF_NAME gives it)")
+    check_release_ref(version, dry_run=dry_run)
     pyproject = find_pyproject()
     settings = load_settings(overrides=options, pyproject=pyproject)
     result = run_release(
@@ -810,3 +846,75 @@ def settings_(name, as_json):
     else:
         for line in settings.describe():
             click.echo(line)
+
+
+@main.command("sign")
+@click.argument("folder", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@key_file_option("--key", "private_key", "Also sign with this elliptic-curve private key (PEM).")
+@click.option(
+    "--sigstore",
+    "keyless",
+    is_flag=True,
+    help="Also sign keyless with Sigstore, as this GitHub Actions job (needs `id-token: write`).",
+)
+@expect_digest_option()
+@reports_errors
+def sign(folder, private_key, keyless, expect_digest):
+    """Write FOLDER/SHA256SUMS (sha256sum format, every file but itself and model.sig) and, with --key or
+    --sigstore, sign the folder into FOLDER/model.sig (OpenSSF model-signing). With --expect-digest the
+    build's SHA256SUMS is kept and must have that digest.
+
+    \b
+    Examples:
+        release sign dist/v1.2.0/model                          # SHA256SUMS only
+        release sign dist/v1.2.0/model --key signing-key.pem    # and model.sig
+    """
+    from release.sign import check_release_digest, release_digest, sign_folder, write_checksums
+
+    if expect_digest is not None:  # the build's SHA256SUMS, kept: it is what the digest names
+        check_release_digest(folder, expect_digest)
+    else:
+        click.echo(f"Wrote {write_checksums(folder)}")
+    if private_key is not None or keyless:
+        click.echo(f"Wrote {sign_folder(folder, private_key=private_key, keyless=keyless)}")
+    click.echo(f"release digest: {release_digest(folder)}")
+
+
+@main.command("verify-signature")
+@click.argument("target", metavar="REPO@TAG|DIR")
+@key_file_option(
+    "--public-key", "public_key", "The signer's public key (PEM), for a release signed with --key."
+)
+@click.option(
+    "--identity",
+    default=None,
+    help="The Sigstore identity, e.g. https://github.com/OWNER/REPO/.github/workflows/release.yml@refs/tags/v1.2.0.",
+)
+@click.option("--issuer", default=None, help="The identity's OIDC issuer (default: GitHub Actions').")
+@reports_errors
+def verify_signature(target, public_key, identity, issuer):
+    """Check a release's model.sig and SHA256SUMS: a Hub revision REPO@TAG (downloaded to a temporary
+    folder) or a local DIR. Exits 1 naming the first difference.
+
+    \b
+    Examples:
+        release verify-signature me/tiny-gpt@v1.2.0 \\
+            --identity https://github.com/me/tiny-gpt-release/.github/workflows/release.yml@refs/tags/v1.2.0
+        release verify-signature ./downloaded --public-key signing-key.pub
+    """
+    import tempfile
+
+    from release.sign import GITHUB_OIDC_ISSUER, verify_folder, verify_revision
+
+    keys = {"public_key": public_key, "identity": identity, "issuer": issuer or GITHUB_OIDC_ISSUER}
+    if Path(target).is_dir():
+        check = verify_folder(target, **keys)
+    else:
+        repo_id, sep, revision = target.rpartition("@")
+        if not sep or not repo_id or not revision:
+            raise UsageError(f"{target!r} is neither a folder nor REPO@TAG (e.g. me/tiny-gpt@v1.2.0)")
+        with tempfile.TemporaryDirectory(prefix="release-verify-signature-") as tmp:
+            check = verify_revision(repo_id, revision, download_dir=tmp, **keys)
+    click.echo(
+        f"Signature OK: {target}, {check.files} files as SHA256SUMS lists them, signed by {check.signer}"
+    )

@@ -80,3 +80,7 @@ class CredentialsError(ReleaseError):
 
 class CompatError(ReleaseError):
     """The compatibility matrix could not run, or a transformers version failed a gate."""
+
+
+class IntegrityError(ReleaseError):
+    """A release's integrity check failed: version vs tag, checksums, signature, or the build's digest."""

@@ -6,9 +6,12 @@ early or inject another output.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+
+from release.errors import IntegrityError
 
 
 def in_github_actions(env: Mapping[str, str] | None = None) -> bool:
@@ -54,6 +57,74 @@ def version_from_ref(env: Mapping[str, str] | None = None) -> str | None:
     if env.get("GITHUB_REF_TYPE") == "tag" or env.get("GITHUB_REF", "").startswith("refs/tags/"):
         return env.get("GITHUB_REF_NAME") or env.get("GITHUB_REF", "").removeprefix("refs/tags/") or None
     return None
+
+
+def check_release_ref(version: str, *, dry_run: bool, env: Mapping[str, str] | None = None) -> None:
+    """Inside Actions, refuse a release that its ref does not back, before any work is done.
+
+    On a tag ref the version must be the tag (a manual run on tag v1.0.0 with version v2.0.0 would publish
+    v1.0.0's code as v2.0.0); on any other ref (a dispatch on a branch, a pull request) only a dry run is
+    allowed. Outside Actions: no check (a local release names its own version).
+
+    Raises:
+        IntegrityError: The version differs from the tag, or a real release runs off a tag (one line).
+    """
+    env = os.environ if env is None else env
+    if not in_github_actions(env):
+        return
+    tag = version_from_ref(env)
+    if tag is not None and tag != version:
+        raise IntegrityError(
+            f"version {version} does not match the tag {tag} this run is on; release {tag} from its tag, "
+            f"or push a tag {version} and run on that"
+        )
+    if tag is None and not dry_run:
+        ref = env.get("GITHUB_REF") or "an unknown ref"
+        raise IntegrityError(
+            f"{ref} is not a tag: a run on a branch can only be a dry run; push the tag {version} and "
+            "release from it"
+        )
+
+
+def _cell(value: object) -> str:
+    """A value from the run (inputs are anyone's text) as an inert Markdown table cell."""
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return "`" + text.replace("`", "'").replace("|", "\\|").replace("\n", " ")[:200] + "`"
+
+
+def report_review(
+    *, version: str, plan_lines: Sequence[str], digest: str, env: Mapping[str, str] | None = None
+) -> None:
+    """What the reviewer approving the publish job sees: the run's inputs, actor, ref, version, the publish
+    plan, and the release digest the publish job must match (also step output ``digest``)."""
+    env = os.environ if env is None else env
+    if not in_github_actions(env):
+        return
+    write_outputs({"digest": digest}, env=env)
+    inputs: dict = {}
+    if env.get("GITHUB_EVENT_PATH"):
+        try:
+            with open(env["GITHUB_EVENT_PATH"], encoding="utf-8") as fh:
+                inputs = json.load(fh).get("inputs") or {}
+        except (OSError, ValueError, AttributeError):
+            inputs = {"(event)": "unreadable"}
+    rows = [
+        ("event", env.get("GITHUB_EVENT_NAME", "")),
+        ("actor", env.get("GITHUB_ACTOR", "")),
+        ("ref", env.get("GITHUB_REF", "")),
+        ("commit", env.get("GITHUB_SHA", "")),
+        ("version", version),
+        *((f"input `{name}`", value) for name, value in sorted(inputs.items())),
+        ("release digest (sha256 of SHA256SUMS)", digest),
+    ]
+    table = "\n".join(f"| {name} | {_cell(value)} |" for name, value in rows)
+    plan = "\n".join(plan_lines)
+    append_summary(
+        f"### Release {version}: for review before publishing\n\n| | |\n|---|---|\n{table}\n\n"
+        f"Publish plan:\n\n```text\n{plan}\n```\n\nThe publish job refuses any artifact whose digest is not "
+        f"`{digest}`.\n",
+        env=env,
+    )
 
 
 def report_publish(result: Mapping, *, env: Mapping[str, str] | None = None) -> None:

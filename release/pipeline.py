@@ -280,6 +280,9 @@ def _card(settings: Settings, result: RunResult, state: dict, say, pyproject_dir
     written = write_model_card(result.model_dir, rendered)
     result.card_path = result.model_dir / "README.md"
     state["card"] = rendered
+    from release.sign.checksums import write_checksums  # the card is the last file: the folder is complete
+
+    written.append(write_checksums(result.model_dir))
     return f"{len(written)} file(s): {', '.join(str(p.relative_to(result.model_dir)) for p in written)}"
 
 

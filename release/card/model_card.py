@@ -694,6 +694,8 @@ def render_release_notes(
     revision_url: str,
     hub_commit: str | None = None,
     run_url: str | None = None,
+    digests: Mapping[str, str] | None = None,
+    release_digest: str | None = None,
 ) -> str:
     """GitHub Release notes for a published card: links to the Hub revision, key facts, how to load it.
 
@@ -702,9 +704,12 @@ def render_release_notes(
         revision_url: The Hub revision, e.g. ``https://huggingface.co/OWNER/NAME/tree/v1.2.0``.
         hub_commit: The Hub commit the version tag points at.
         run_url: The workflow run that published it (see :func:`github_run_url`).
+        digests: ``{path: sha256}`` of the release's files (its SHA256SUMS), listed in the notes.
+        release_digest: The SHA-256 of SHA256SUMS itself.
     """
     context = dict(card.context)
     context.update({"revision_url": revision_url, "hub_commit": hub_commit, "run_url": run_url})
+    context.update({"digests": dict(digests or {}), "release_digest": release_digest})
     return render_template("release_notes.md.j2", context)
 
 

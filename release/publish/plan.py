@@ -23,10 +23,12 @@ from release.errors import PublishError, UsageError
 
 KEEP_REMOTE = frozenset({".gitattributes"})  # the Hub's LFS rules: never deleted, never compared
 
-# Written into the folder after verification (the card step renders them from the report), so the report's
-# file map cannot vouch for them: they are neither required nor compared. Every other file must match the map
-# exactly, both ways. (verification.json itself lives outside the folder and is never uploaded: its timings vary.)
-WRITTEN_AFTER_VERIFICATION = ("README.md", ".eval_results/")
+# Written into the folder after verification (the card step renders them from the report; SHA256SUMS and the
+# signature are made over the finished folder), so the report's file map cannot vouch for them: they are
+# neither required nor compared. Every other file must match the map exactly, both ways. SHA256SUMS, when
+# present, must list every file with its hash (checked below). (verification.json itself lives outside the
+# folder and is never uploaded: its timings vary.)
+WRITTEN_AFTER_VERIFICATION = ("README.md", ".eval_results/", "SHA256SUMS", "model.sig")
 
 FileAction = Literal["add", "replace", "unchanged", "delete"]
 
@@ -166,6 +168,10 @@ def read_release_folder(folder: str | Path, verification: str | Path | None = No
         raise PublishError(
             f"{folder} is not the folder {report_path.name} verified ({shown}); re-run `release verify`"
         )
+    if "SHA256SUMS" in files:  # the files are hashed already: no second read
+        from release.sign.checksums import check_checksums
+
+        check_checksums(folder, {path: file.sha256 for path, file in files.items()})
     return ReleaseFolder(path=folder, files=files, report=report)
 
 
