@@ -588,11 +588,14 @@ def test_tag_push_publish_releases_exactly_the_uploaded_bytes_signed(tag_push, h
     assert step.outputs["revision-url"] in release["notes"] and refs.tags["v1.0.0"][:12] in release["notes"]
     sums = built["SHA256SUMS"].decode()
     assert sums in release["notes"] and tag_push.jobs["build"].outputs["digest"] in release["notes"]
+    assert release["assets"] == ["verification.json"]  # what the compat canary downloads
     assert [c[:2] for c in tag_push.github.calls if c[0] == "release"] == [
         ["release", "view"],
         ["release", "create"],
+        ["release", "upload"],
         ["release", "view"],
         ["release", "edit"],
+        ["release", "upload"],
     ]
 
     for job in tag_push.jobs.values():

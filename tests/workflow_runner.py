@@ -213,8 +213,11 @@ elif a[:2] == ["release", "view"] and release is None: error = "release not foun
 elif a[:2] in (["release", "create"], ["release", "edit"]):
     if a[2] not in state["tags"]: error = f"tag {a[2]} doesn't exist in the repo, aborting due to --verify-tag flag"
     elif (a[1] == "create") == (release is not None): error = f"gh release {a[1]} {a[2]}: wrong for the current state"
-    new = {"tag": a[2], "title": opt("--title"), "notes": open(opt("--notes-file")).read(), "prerelease": opt("--prerelease") == "true"}
+    new = {"tag": a[2], "title": opt("--title"), "notes": open(opt("--notes-file")).read(), "prerelease": opt("--prerelease") == "true", "assets": (release or {}).get("assets", [])}
     state["releases"] = state["releases"] if error else [r for r in state["releases"] if r["tag"] != a[2]] + [new]
+elif a[:2] == ["release", "upload"]:
+    if release is None: error = f"release {a[2]} not found"
+    else: release["assets"] = sorted({*release.get("assets", []), *(os.path.basename(f) for f in a[3:] if not f.startswith("-"))})
 elif a[:2] != ["release", "view"]: error = f"fake gh does not implement: {a}"
 json.dump(state, open(state_path, "w")); sys.exit(error)
 """.replace("{repo}", REPOSITORY)
