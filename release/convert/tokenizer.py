@@ -246,3 +246,60 @@ def _locate_tokenizer(tokenizer: str | Path | None) -> tuple[str, str, Path, str
             "pass --tokenizer with a local tokenizer folder"
         ) from exc
     return "hub", text, folder, folder.name
+
+
+# --------------------------------------------------------------------------- the training tokenizer, later
+
+
+@dataclass(frozen=True)
+class TrainingTokenizer:
+    """Which tokenizer ``release verify`` uses as the training one, and why (``origin``, said to the user)."""
+
+    name: str  # a local folder or a Hub repo id
+    revision: str | None  # the Hub commit release.json recorded
+    origin: str  # "--tokenizer" | "release.json" | "settings" | "default (GPT-2's)"
+
+    def describe(self) -> str:
+        at = f"@{self.revision[:12]}" if self.revision else ""
+        return f"{self.name}{at} (from {self.origin})"
+
+
+def resolve_training_tokenizer(
+    model_folder: Path | None, *, explicit: str | Path | None, configured: str | None
+) -> TrainingTokenizer:
+    """The training tokenizer: ``explicit`` (--tokenizer), else what convert recorded in ``release.json``
+    (its local folder, or its Hub id at the recorded commit), else ``configured`` ([tool.release] tokenizer),
+    else GPT-2's.
+
+    Raises:
+        TokenizerError: release.json records a local folder that is not on this machine and nothing else is
+            configured (falling back to GPT-2's would verify against the wrong tokenizer).
+    """
+    if explicit is not None:
+        return TrainingTokenizer(str(explicit), None, "--tokenizer")
+    recorded = _recorded_tokenizer(model_folder) if model_folder is not None else None
+    if recorded is not None:
+        if recorded.get("source") == "hub" and isinstance(recorded.get("name"), str):
+            return TrainingTokenizer(recorded["name"], recorded.get("revision"), "release.json")
+        path = recorded.get("path")
+        if isinstance(path, str) and Path(path).is_dir():
+            return TrainingTokenizer(path, None, "release.json")
+        if configured is None:
+            where = path or f"a folder named {recorded.get('name')!r}"
+            raise TokenizerError(
+                f"release.json says the model was converted with the tokenizer at {where}, which is not on "
+                "this machine; pass --tokenizer with that tokenizer's folder"
+            )
+    if configured is not None:
+        return TrainingTokenizer(str(configured), None, "settings")
+    return TrainingTokenizer(DEFAULT_TOKENIZER, None, "default (GPT-2's)")
+
+
+def _recorded_tokenizer(model_folder: Path) -> dict[str, Any] | None:
+    path = Path(model_folder) / "release.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # no provenance (not written by convert): the settings decide
+    tok = data.get("tokenizer") if isinstance(data, dict) else None
+    return tok if isinstance(tok, dict) else None

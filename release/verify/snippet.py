@@ -33,9 +33,12 @@ import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from release.errors import VerificationError
+
+if TYPE_CHECKING:
+    from release.verify.report import GateResult
 
 SNIPPET_TIMEOUT = 900.0  # seconds: importing torch + transformers and one small generate
 CARD_FILE = "README.md"
@@ -407,7 +410,7 @@ def judge_snippet_run(
                 f"card snippet: the prompt tokenizes to {raw.get('input_ids')}, the verified run to "
                 f"{expected.input_ids}"
             )
-        elif new_ids != expected.new_ids:
+        elif not _same_greedy_run(new_ids, expected.new_ids):
             index = next(
                 (i for i, (a, b) in enumerate(zip(expected.new_ids, new_ids, strict=False)) if a != b),
                 min(len(expected.new_ids), len(new_ids)),
@@ -419,6 +422,13 @@ def judge_snippet_run(
                 f"(verified {want}, got {got})"
             )
     return SnippetResult(failures, stdout=stdout, warnings=seen, new_ids=new_ids, targets=list(targets))
+
+
+def _same_greedy_run(got: list[int], want: list[int]) -> bool:
+    """Equal, or one a prefix of the other: a card asking for fewer (or more) new tokens than the verified run
+    continues greedily along the same path; a stop at eos happens at the same step in both."""
+    n = min(len(got), len(want))
+    return got[:n] == want[:n] and (len(got) == len(want) or n > 0)
 
 
 def _child_env(hf_home: Path, paths: list[str], extra: Mapping[str, str] | None) -> dict[str, str]:
@@ -530,17 +540,33 @@ def _hub_snapshot(repo_id: str, revision: str) -> Iterator[tuple[Path, str | Non
         yield source.folder, source.commit
 
 
-def snippet_gate_detail(result: SnippetResult) -> str:
-    """The gate's one-line detail."""
-    if result.passed:
-        return "the card's code runs verbatim with stdin closed: no prompt, no warning, the verified tokens"
-    return "; ".join(result.failures)
+def card_snippet_gate(
+    folder: Path, *, generation: Mapping[str, Any], commit: str | None = None
+) -> GateResult:
+    """``release verify``'s ``card_snippet`` gate: the card's code (as rendered for this run's prompt and length)
+    against ``folder``, in this environment; its tokens against the greedy run just verified (``generation``).
+
+    Never raises: a card without a runnable block, or a snippet that breaks, is a failed gate.
+    """
+    from release.verify.report import GateResult
+
+    try:
+        result = check_card_snippet(folder, report={"generation": dict(generation)}, commit=commit)
+    except VerificationError as exc:
+        return GateResult("card_snippet", False, False, True, str(exc))
+    detail = (
+        "the card's code runs verbatim with stdin closed: no prompt, no transformers warning, the verified tokens"
+        if result.passed
+        else "; ".join(result.failures)
+    )
+    return GateResult("card_snippet", result.passed, result.passed, True, detail)
 
 
 __all__ = [
     "ExpectedRun",
     "SnippetResult",
     "card_snippet",
+    "card_snippet_gate",
     "check_card_snippet",
     "check_card_snippet_on_hub",
     "extract_python_block",
