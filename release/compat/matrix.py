@@ -878,3 +878,29 @@ def merge_into_report(path: Path, report: CompatReport) -> Path:
     data["compat"] = report.to_dict()
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
     return path
+
+
+# --------------------------------------------------------------------------- the card's code per version
+
+
+def card_snippet_on_version(
+    model_dir: Path,
+    version: str,
+    *,
+    report: dict[str, Any] | None = None,
+    cache_dir: Path | None = None,
+):
+    """Run the card's code verbatim against ``model_dir`` on transformers ``version`` (``release.verify.snippet``).
+
+    Same environment as the matrix's child (``ensure_environment`` + the running torch); ``report`` (the parsed
+    verification.json) supplies the greedy tokens the snippet must reproduce; None checks only that it runs
+    silently. Returns a ``release.verify.snippet.SnippetResult``.
+
+    Raises:
+        CompatError: The environment cannot be installed.
+        VerificationError: The card has no runnable Python block.
+    """
+    from release.verify.snippet import check_card_snippet
+
+    env_dir = ensure_environment(version, cache_dir=cache_dir)
+    return check_card_snippet(Path(model_dir), report=report, paths=[str(env_dir), *_torch_search_paths()])

@@ -471,12 +471,11 @@ def card_snippet(
 
 
 def snippet_prompt(code: str) -> str | None:
-    """The prompt the snippet tokenizes: the first string literal passed to ``tokenizer(...)``."""
-    for node in ast.walk(ast.parse(code)):
+    """The prompt the snippet tokenizes: the string literal of its first ``...(text, return_tensors=...)`` call."""
+    calls = [n for n in ast.walk(ast.parse(code)) if isinstance(n, ast.Call)]
+    for node in sorted(calls, key=lambda n: (n.lineno, n.col_offset)):
         if (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Name)
-            and node.func.id == "tokenizer"
+            any(k.arg == "return_tensors" for k in node.keywords)
             and node.args
             and isinstance(node.args[0], ast.Constant)
             and isinstance(node.args[0].value, str)
@@ -502,11 +501,13 @@ def check_card_snippet(
         VerificationError: The card has no runnable Python block.
     """
     code = card_snippet(folder, repo_id=repo_id, version=version, report=report)
+    snippet_targets(code)  # a syntax error: one line naming the snippet's line
     prompt = snippet_prompt(code)
     expected = ExpectedRun.from_report(report, prompt) if report and prompt is not None else None
     if report and expected is None:
+        shown = repr(prompt) if prompt is not None else "(no tokenizer(text, return_tensors=...) call)"
         raise VerificationError(
-            f"the card's prompt {prompt!r} is not among the verified generation cases; re-render the card"
+            f"the card's prompt {shown} is not among the verified generation cases; re-render the card"
         )
     return run_card_snippet(
         code, folder, expected=expected, python=python, paths=paths, env=env, commit=commit
