@@ -627,7 +627,8 @@ def compat(model_dir, checkpoint, versions, report, cache_dir):
 
     Each version runs in its own cached environment (reusing this torch) and must load DIR with
     trust_remote_code, match the training module's logits (the float32 gates of `release verify`) and
-    its greedy generation token for token. Exits 1 naming each failing version and stage.
+    its greedy generation token for token; with a verification.json (--report), the card's code also runs
+    verbatim there and must reproduce the verified tokens. Exits 1 naming each failing version and stage.
 
     \b
     Example:
@@ -635,15 +636,18 @@ def compat(model_dir, checkpoint, versions, report, cache_dir):
     """
     from release.compat.matrix import merge_into_report, parse_versions, run_compat_matrix
     from release.errors import VerificationError  # carries one FAILED line per version and gate
+    from release.verify.report import read_report
 
+    report = report or model_dir.parent / "verification.json"
     result = run_compat_matrix(
         model_dir,
         checkpoint=checkpoint,
         versions=parse_versions(versions) if versions else None,
         cache_dir=cache_dir,
         on_result=lambda r: click.echo(r.summary_line(), err=True),
+        card_report=read_report(report) if report.is_file() else None,
     )
-    path = merge_into_report(report or model_dir.parent / "verification.json", result)
+    path = merge_into_report(report, result)
     if not result.passed:
         failed = len([r for r in result.results if not r.passed])
         raise VerificationError(

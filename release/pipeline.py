@@ -250,10 +250,13 @@ def _compat(settings: Settings, result: RunResult, state: dict, say, pyproject_d
         return _SKIPPED
     from release.compat.matrix import merge_into_report, run_compat_matrix
 
-    report = run_compat_matrix(
-        result.model_dir, checkpoint=Path(state["checkpoint"]), versions=settings.compat_versions or None
-    )
     path = result.out_dir / "verification.json"
+    report = run_compat_matrix(
+        result.model_dir,
+        checkpoint=Path(state["checkpoint"]),
+        versions=settings.compat_versions or None,
+        card_report=json.loads(path.read_text()) if path.is_file() else None,
+    )
     merge_into_report(path, report)
     result.verification = json.loads(path.read_text())
     if not report.passed:

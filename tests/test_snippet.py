@@ -195,6 +195,23 @@ def test_the_matrix_runs_the_card_per_version(converted):
     assert not card_snippet_on_version(today, OLDEST, report=report_for(expected)).passed
 
 
+@pytest.mark.compat
+def test_the_compat_matrix_fails_todays_folder_at_the_card_stage(converted, tmp_path):
+    from release.compat.matrix import run_compat_matrix
+
+    _, today, expected = converted
+    write_card(today, the_cards_snippet())
+    report = run_compat_matrix(
+        today, checkpoint=tmp_path / "ckpt.pt", versions=[OLDEST], card_report=report_for(expected)
+    )
+    (result,) = report.results
+    assert not result.passed and result.stage == "card", result.detail
+    assert len(result.failures) == 1 and result.failures[0].startswith(
+        f"transformers {OLDEST}: card: card snippet line 10 (`output = model.generate("
+    ), result.failures
+    assert "token_type_ids" in result.failures[0]
+
+
 # --------------------------------------------------------------------------- failures name the snippet's line
 
 

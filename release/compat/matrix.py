@@ -58,7 +58,7 @@ if TYPE_CHECKING:
 
     from release.verify.report import Gates
 
-STAGES = ("load", "logits", "generation")
+STAGES = ("load", "logits", "generation")  # then "card" when the card's code runs too (card_report)
 STAMP = ".compat-environment.json"  # written last: its presence marks a complete environment
 DEFAULT_PROMPTS = ("The Fox", "A Lion lay asleep in the forest, when", "Once upon a time a")
 DEFAULT_MAX_NEW_TOKENS = 8
@@ -808,6 +808,7 @@ def run_compat_matrix(
     cache_dir: Path | None = None,
     gates: Gates | None = None,
     on_result: Callable[[VersionResult], None] | None = None,
+    card_report: dict[str, Any] | None = None,
 ) -> CompatReport:
     """Check a converted folder on each transformers version of the matrix, each in an isolated environment.
 
@@ -819,6 +820,8 @@ def run_compat_matrix(
         cache_dir: Where environments are cached; default ``default_cache_dir()``.
         gates: Logit thresholds; default the float32 gates of ``release.verify_report.Gates``.
         on_result: Called with each version's result as soon as it is known (progress output).
+        card_report: The parsed verification.json: also run the card's code on each version and compare its
+            tokens with the verified greedy run (``card_snippet_on_version``; failures are stage ``card``).
 
     Returns:
         The report. A version that fails a gate does not raise: see ``CompatReport.passed`` and ``failures``.
@@ -851,6 +854,8 @@ def run_compat_matrix(
             env_dir = ensure_environment(version, cache_dir=cache_dir)
             outcome = run_child(model_dir, work / "reference", env_dir, work)
             result = judge_child_result(version, outcome, reference, gates)
+            if card_report is not None:
+                _add_card_snippet(result, model_dir, card_report, cache_dir)
             result.seconds = time.monotonic() - start
             results.append(result)
             if on_result is not None:
@@ -881,6 +886,24 @@ def merge_into_report(path: Path, report: CompatReport) -> Path:
 
 
 # --------------------------------------------------------------------------- the card's code per version
+
+
+def _add_card_snippet(
+    result: VersionResult, model_dir: Path, report: dict[str, Any], cache_dir: Path | None
+) -> None:
+    from release.errors import VerificationError
+
+    try:
+        failures = card_snippet_on_version(
+            model_dir, result.transformers, report=report, cache_dir=cache_dir
+        ).failures
+    except VerificationError as exc:
+        failures = [str(exc)]
+    if failures:
+        result.failures += [f"transformers {result.transformers}: card: {f}" for f in failures]
+        result.detail += ("; " if result.detail else "") + "; ".join(f"card: {f}" for f in failures)
+        result.stage = result.stage or "card"
+        result.passed = False
 
 
 def card_snippet_on_version(
