@@ -118,6 +118,10 @@ def test_the_staged_cache_resolves_the_snippets_revision_to_the_folder(converted
     stage_hub_cache(fixed, tmp_path / "hub", [(REPO, VERSION)])
     found = try_to_load_from_cache(REPO, "config.json", cache_dir=tmp_path / "hub", revision=VERSION)
     assert Path(found).resolve() == (fixed / "config.json").resolve()
+    commit = "0123456789abcdef0123456789abcdef01234567"  # a snippet pinned to a commit: that snapshot
+    stage_hub_cache(fixed, tmp_path / "pinned", [(REPO, commit)])
+    found = try_to_load_from_cache(REPO, "config.json", cache_dir=tmp_path / "pinned", revision=commit)
+    assert Path(found).resolve() == (fixed / "config.json").resolve()
 
 
 def test_a_card_without_a_python_block_is_refused():

@@ -22,7 +22,6 @@ A failure is one line naming the snippet's line: ``card snippet line 6 (`tokeniz
 from __future__ import annotations
 
 import ast
-import contextlib
 import hashlib
 import json
 import os
@@ -30,7 +29,7 @@ import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,6 +52,7 @@ FATAL_WARNINGS = (
     re.compile(r"trust_remote_code", re.IGNORECASE),
 )
 PROMPT_TEXT = re.compile(r"\[y/N\]")
+_COMMIT = re.compile(r"[0-9a-f]{40}")
 _FENCE = re.compile(
     r"^(?P<fence>`{3,}|~{3,})[ \t]*(?P<lang>[\w+-]*)[^\n]*\n(?P<body>.*?)^(?P=fence)[ \t]*$", re.M | re.S
 )
@@ -279,17 +279,19 @@ def stage_hub_cache(
     (hub_cache / "version.txt").write_text("1", encoding="utf-8")  # transformers 4.x: a current cache layout
     for repo_id, revision in targets:
         repo = hub_cache / ("models--" + repo_id.replace("/", "--"))
-        snapshot = repo / "snapshots" / commit
+        pinned = (
+            revision if revision and _COMMIT.fullmatch(revision) else commit
+        )  # a commit names its snapshot
+        snapshot = repo / "snapshots" / pinned
         for rel in files:
             link = snapshot / rel
             if not link.exists():
                 link.parent.mkdir(parents=True, exist_ok=True)
                 link.symlink_to(folder / rel)
         (repo / "refs").mkdir(parents=True, exist_ok=True)
-        for ref in {revision or "main", "main"}:
-            if ref != commit:
-                (repo / "refs" / ref).parent.mkdir(parents=True, exist_ok=True)
-                (repo / "refs" / ref).write_text(commit, encoding="utf-8")
+        for ref in sorted({revision or "main", "main"} - {pinned}):
+            (repo / "refs" / ref).parent.mkdir(parents=True, exist_ok=True)
+            (repo / "refs" / ref).write_text(pinned, encoding="utf-8")
 
 
 def main_environment_paths() -> list[str]:
@@ -529,16 +531,12 @@ def check_card_snippet_on_hub(
     Raises:
         VerificationError: The revision cannot be downloaded, or its card has no runnable Python block.
     """
-    with _hub_snapshot(repo_id, revision) as (folder, commit):
-        return check_card_snippet(folder, report=report, python=python, paths=paths, commit=commit)
-
-
-@contextlib.contextmanager
-def _hub_snapshot(repo_id: str, revision: str) -> Iterator[tuple[Path, str | None]]:
     from release.verify.loading import candidate_source
 
     with candidate_source(repo_id, revision) as source:
-        yield source.folder, source.commit
+        return check_card_snippet(
+            source.folder, report=report, python=python, paths=paths, commit=source.commit
+        )
 
 
 def card_snippet_gate(
