@@ -443,8 +443,8 @@ def usage_context(verification: Mapping[str, Any] | None, *, n_positions: int | 
     ``release verify`` runs the snippet and compares its tokens with the recorded run (release.verify.snippet).
     Without a report: ``DEFAULT_PROMPT`` and ``min(40, n_positions // 2)`` new tokens.
     """
-    generation = verification["generation"] if verification else None
-    if generation and generation["cases"]:
+    generation = verification.get("generation") if verification else None
+    if generation and generation.get("cases"):
         return {
             "prompt": generation["cases"][0]["prompt"],
             "max_new_tokens": int(generation["max_new_tokens"]),

@@ -854,7 +854,7 @@ def run_compat_matrix(
             env_dir = ensure_environment(version, cache_dir=cache_dir)
             outcome = run_child(model_dir, work / "reference", env_dir, work)
             result = judge_child_result(version, outcome, reference, gates)
-            if card_report is not None:
+            if card_report is not None and result.passed:  # stages run in order; the card's is the last
                 _add_card_snippet(result, model_dir, card_report, cache_dir)
             result.seconds = time.monotonic() - start
             results.append(result)
@@ -893,9 +893,10 @@ def _add_card_snippet(
 ) -> None:
     from release.errors import VerificationError
 
+    verified = report if (report.get("generation") or {}).get("cases") else None  # None: no tokens to compare
     try:
         failures = card_snippet_on_version(
-            model_dir, result.transformers, report=report, cache_dir=cache_dir
+            model_dir, result.transformers, report=verified, cache_dir=cache_dir
         ).failures
     except VerificationError as exc:
         failures = [str(exc)]

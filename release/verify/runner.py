@@ -2,8 +2,8 @@
 
 ``verify_model`` compares a model folder (or a Hub revision) with the training module built from the original
 checkpoint: logits parity with per-layer localisation, perplexity on an evaluation text, greedy generation
-token for token (single prompts, a padded batch), seeded sampling, ``pipeline("text-generation")``, and
-remote-code hygiene. The reference runs first and is freed before the candidate is loaded; the two models are
+token for token (single prompts, a padded batch), seeded sampling, ``pipeline("text-generation")``,
+remote-code hygiene, and the card's code run verbatim in a fresh process (``release.verify.snippet``). The reference runs first and is freed before the candidate is loaded; the two models are
 never in memory together. The result is a ``VerificationReport`` (``verification.json`` + a Markdown summary).
 
 ``check_generation_against_report`` repeats the generation check on a published revision without the
