@@ -204,6 +204,7 @@ def verify_model(
         candidate.run()
         if card_snippet and candidate.model_class is not None:
             t = time.perf_counter()
+            return_freed_memory()  # the child loads the model again; the freed candidate should not stay resident
             candidate.gates.append(
                 card_snippet_gate(
                     source.folder,
