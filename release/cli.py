@@ -499,7 +499,9 @@ def run(version, dry_run, stop_after, **options):
 )
 @repo_id_option("Verify a Hub repo instead of DIR (downloaded to a temporary cache).")
 @click.option("--revision", default=None, help="Branch, tag or commit of --repo-id (default: main).")
-@tokenizer_option("The tokenizer the model was trained with (default: from settings, else gpt2).")
+@tokenizer_option(
+    "The tokenizer the model was trained with (default: the one release.json records, else settings, else gpt2)."
+)
 @click.option(
     "--report",
     "report_path",
@@ -589,7 +591,8 @@ def verify(
         gates=overrides or None,
         max_new_tokens=settings.max_new_tokens,
         report_path=report_path,
-        tokenizer=settings.tokenizer,
+        tokenizer=tokenizer,
+        settings_tokenizer=settings.tokenizer,
     )
     summary = report.markdown()
     click.echo(summary)

@@ -249,6 +249,7 @@ def _compat(settings: Settings, result: RunResult, state: dict, say, pyproject_d
     if not settings.run_compat:
         return _SKIPPED
     from release.compat.matrix import merge_into_report, run_compat_matrix
+    from release.compat.run import card_snippet_check
 
     # The tokens verify proved are the reference: the training module computes only the logits (issue #14).
     report = run_compat_matrix(
@@ -256,6 +257,7 @@ def _compat(settings: Settings, result: RunResult, state: dict, say, pyproject_d
         checkpoint=Path(state["checkpoint"]),
         report=result.verification,
         versions=settings.compat_versions or None,
+        snippet_check=card_snippet_check(result.verification),  # the card's code, verbatim, per version
     )
     path = result.out_dir / "verification.json"
     merge_into_report(path, report)

@@ -360,7 +360,9 @@ def test_card_sections_and_pinned_usage(full_card):
     ]
     assert 'revision = "v1.2.0"' in text
     assert "trust_remote_code=True" in text
-    assert "AutoTokenizer.from_pretrained(repo_id, revision=revision)" in text
+    # Both loads trust the remote code: transformers 5 reads config.json in AutoTokenizer and would ask first.
+    assert "AutoTokenizer.from_pretrained(repo_id, revision=revision, trust_remote_code=True)" in text
+    assert "AutoModelForCausalLM.from_pretrained(repo_id, revision=revision, trust_remote_code=True)" in text
     assert "| Parameters | 42,384 (42.4K) |" in text
     assert "Tested with `transformers` 4.46.3 and 5.0.0 (supported: `>=4.46,<6`)." in text
     assert "\\x0e" in text and "\x0e" not in text  # control bytes from the model are shown, not emitted

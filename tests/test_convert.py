@@ -19,6 +19,7 @@ from release._io import sha256_file
 from release.cli import main
 from release.convert import folder as convert_module
 from release.convert.folder import ConversionResult, convert_checkpoint, parse_size
+from release.convert.tokenizer import DESCRIBED_FILES, resolve_training_tokenizer
 from release.errors import ConversionError, OutputExistsError, TokenizerError, UsageError
 from tests.conftest import TOKENIZER_VOCAB, build_reference, run_isolated
 
@@ -306,11 +307,129 @@ def test_config_and_generation_config(tmp_path, convert):
 
 
 def test_modeling_and_tokenizer_files_are_copied_byte_for_byte(make_checkpoint, convert, tokenizer_dir):
+    """The vocabulary is the training tokenizer's byte for byte; only the config files describe the model."""
     out = convert(make_checkpoint().path).out_dir
     for name in ("configuration_custom_transformer.py", "modeling_custom_transformer.py"):
         assert (out / name).read_bytes() == resources.files("modeling").joinpath(name).read_bytes()
-    for source in tokenizer_dir.iterdir():
+    vocabulary = [p for p in tokenizer_dir.iterdir() if p.name not in DESCRIBED_FILES]
+    assert [p.name for p in vocabulary] == ["tokenizer.json"]
+    for source in vocabulary:
         assert (out / source.name).read_bytes() == source.read_bytes()
+    source_config = json.loads((tokenizer_dir / "tokenizer_config.json").read_text())
+    shipped_config = json.loads((out / "tokenizer_config.json").read_text())
+    described = {"model_max_length", "model_input_names", "bos_token", "eos_token", "pad_token"}
+    for key in set(source_config) - described:
+        assert shipped_config[key] == source_config[key], key
+
+
+# --------------------------------------------------------------------------- the shipped tokenizer
+
+
+def gpt2_like_tokenizer(tokenizer_dir: Path, dest: Path) -> Path:
+    """The training tokenizer as GPT-2's Hub repo has it: no pad token, no model_max_length, and a
+    special_tokens_map.json (which transformers 4.x lets override tokenizer_config.json)."""
+    import shutil
+
+    shutil.copytree(tokenizer_dir, dest)
+    config = json.loads((dest / "tokenizer_config.json").read_text())
+    for key in ("pad_token", "model_max_length"):
+        config.pop(key)
+    (dest / "tokenizer_config.json").write_text(json.dumps(config))
+    special = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}
+    (dest / "special_tokens_map.json").write_text(json.dumps(special))
+    return dest
+
+
+@pytest.fixture(params=["demo", "gpt2-like"])
+def training_tokenizer(request, tokenizer_dir, tmp_path) -> Path:
+    if request.param == "demo":
+        return tokenizer_dir
+    return gpt2_like_tokenizer(tokenizer_dir, tmp_path / "gpt2-like")
+
+
+def test_shipped_tokenizer_context_length_is_the_models(make_checkpoint, convert, training_tokenizer):
+    """model_max_length = n_positions, so truncation=True cuts a long text where the model's context ends."""
+    from transformers import AutoTokenizer
+
+    out = convert(make_checkpoint(block_size=48).path, tokenizer=training_tokenizer).out_dir
+    assert json.loads((out / "tokenizer_config.json").read_text())["model_max_length"] == 48
+    tok = AutoTokenizer.from_pretrained(out, trust_remote_code=True)
+    assert tok.model_max_length == json.loads((out / "config.json").read_text())["n_positions"] == 48
+    long_text = "The Fox and the Grapes. " * 40
+    assert len(tok(long_text, verbose=False)["input_ids"]) > 48
+    assert len(tok(long_text, truncation=True)["input_ids"]) == 48
+
+
+def test_shipped_tokenizer_gives_only_what_the_model_takes(make_checkpoint, convert, training_tokenizer):
+    """No token_type_ids: model.generate(**tokenizer(...)) must not get a kwarg the model does not use."""
+    from transformers import AutoTokenizer
+
+    out = convert(make_checkpoint().path, tokenizer=training_tokenizer).out_dir
+    assert json.loads((out / "tokenizer_config.json").read_text())["model_input_names"] == [
+        "input_ids",
+        "attention_mask",
+    ]
+    tok = AutoTokenizer.from_pretrained(out, trust_remote_code=True)
+    assert set(tok("The Fox", return_tensors="pt")) == {"input_ids", "attention_mask"}
+    model = load_auto(out)
+    model.generate(**tok("The Fox", return_tensors="pt"), max_new_tokens=2, do_sample=False)
+
+
+def test_shipped_special_tokens_are_the_models(make_checkpoint, convert, training_tokenizer):
+    """bos/eos/pad of the shipped tokenizer are the ids config.json and generation_config.json use."""
+    from transformers import AutoTokenizer
+
+    out = convert(make_checkpoint().path, tokenizer=training_tokenizer).out_dir
+    tok = AutoTokenizer.from_pretrained(out, trust_remote_code=True)
+    config = json.loads((out / "config.json").read_text())
+    generation = json.loads((out / "generation_config.json").read_text())
+    eos = TOKENIZER_VOCAB - 1  # <|endoftext|>
+    for source in (config, generation):
+        assert (source["bos_token_id"], source["eos_token_id"], source["pad_token_id"]) == (eos, eos, eos)
+    assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (eos, eos, eos)
+    assert tok.pad_token == "<|endoftext|>"
+    if (training_tokenizer / "special_tokens_map.json").is_file():  # 4.x reads it over the config
+        assert json.loads((out / "special_tokens_map.json").read_text())["pad_token"] == "<|endoftext|>"
+
+
+def test_shipped_vocabulary_is_the_training_tokenizers(make_checkpoint, convert, training_tokenizer):
+    from transformers import AutoTokenizer
+
+    from release.demo import demo_text
+
+    out = convert(make_checkpoint().path, tokenizer=training_tokenizer).out_dir
+    assert (out / "tokenizer.json").read_bytes() == (training_tokenizer / "tokenizer.json").read_bytes()
+    shipped = AutoTokenizer.from_pretrained(out, trust_remote_code=True)
+    training = AutoTokenizer.from_pretrained(training_tokenizer)
+    assert shipped.get_vocab() == training.get_vocab() and len(shipped) == len(training) == TOKENIZER_VOCAB
+    text = demo_text()[:4000]
+    assert shipped(text, verbose=False)["input_ids"] == training(text, verbose=False)["input_ids"]
+
+
+def test_release_json_records_the_local_tokenizer_folder(make_checkpoint, convert, tokenizer_dir):
+    """So `release verify DIR --checkpoint CKPT` can use it without --tokenizer (see test_verify)."""
+    out = convert(make_checkpoint().path, tokenizer=tokenizer_dir).out_dir
+    recorded = json.loads((out / "release.json").read_text())["tokenizer"]
+    assert recorded["path"] == str(tokenizer_dir.resolve()) and recorded["name"] == tokenizer_dir.name
+
+
+def test_resolve_training_tokenizer_order(make_checkpoint, convert, tokenizer_dir, tmp_path):
+    out = convert(make_checkpoint().path, tokenizer=tokenizer_dir).out_dir
+    local = str(tokenizer_dir.resolve())
+    assert resolve_training_tokenizer(out, explicit="x/y", configured="a/b").origin == "--tokenizer"
+    from_record = resolve_training_tokenizer(out, explicit=None, configured="a/b")
+    assert (from_record.name, from_record.origin) == (local, "release.json")
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    assert resolve_training_tokenizer(bare, explicit=None, configured="a/b").origin == "settings"
+    default = resolve_training_tokenizer(bare, explicit=None, configured=None)
+    assert (default.name, default.origin) == ("gpt2", "default (GPT-2's)")
+    release = json.loads((out / "release.json").read_text())
+    release["tokenizer"]["path"] = str(tmp_path / "moved-away")
+    (out / "release.json").write_text(json.dumps(release))
+    with pytest.raises(TokenizerError, match=r"moved-away, which is not on this machine; pass --tokenizer"):
+        resolve_training_tokenizer(out, explicit=None, configured=None)
+    assert resolve_training_tokenizer(out, explicit=None, configured="a/b").origin == "settings"
 
 
 def test_release_json_records_provenance(make_checkpoint, convert):
@@ -535,9 +654,13 @@ def test_tokenizer_from_the_hub_is_copied_byte_for_byte(
     sha = hub.commit("acme/tokenizer", {p.name: p.read_bytes() for p in tokenizer_dir.iterdir()})
     out = convert(make_checkpoint().path, tokenizer="acme/tokenizer").out_dir
     for source in tokenizer_dir.iterdir():
-        assert (out / source.name).read_bytes() == source.read_bytes()
+        if source.name not in DESCRIBED_FILES:
+            assert (out / source.name).read_bytes() == source.read_bytes()
     recorded = json.loads((out / "release.json").read_text())["tokenizer"]
     assert (recorded["source"], recorded["name"], recorded["revision"]) == ("hub", "acme/tokenizer", sha)
+    assert recorded["path"] is None
+    training = resolve_training_tokenizer(out, explicit=None, configured=None)
+    assert (training.name, training.revision, training.origin) == ("acme/tokenizer", sha, "release.json")
 
 
 # --------------------------------------------------------------------------- progress

@@ -154,6 +154,7 @@ def test_correct_conversion_passes_every_gate(release, good):
         "generation.padded_batch",
         "generation.sampling",
         "generation.pipeline",
+        "card_snippet",  # the card's code, run verbatim in a fresh process (release.verify.snippet)
     }
     assert report.parity["max_abs_diff"] <= 1e-4 and report.parity["top1_agreement"] == 1.0
     assert report.parity["first_divergent_layer"] is None and report.parity["divergence_location"] is None

@@ -349,6 +349,7 @@ GATE_TITLES = {
     "generation.padded_batch": "Left-padded batch matches",
     "generation.sampling": "Seeded sampling stops cleanly",
     "generation.pipeline": "`text-generation` pipeline matches",
+    "card_snippet": "This card's code runs as written, without a prompt",
 }
 SAMPLING_PARAMETERS = ("seed", "temperature", "top_k", "top_p")
 

@@ -47,6 +47,7 @@ EVAL_RESULTS_DIR = ".eval_results"
 PR_COMMENT_MARKER = "<!-- release-card-preview -->"
 MAX_COMMENT_CHARS = 65536  # GitHub's limit for an issue or PR comment body
 DEFAULT_PROMPT = "Once upon a time"
+USAGE_TEMPLATE = "card/usage_code.md.j2"  # the snippet, shared by the card and the release notes
 NO_CARD_PREFIX = "no card is published"  # how published_card() describes a missing card
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
@@ -354,11 +355,6 @@ def _card_context(
     """
     repo_url = f"{HUB_URL}/{settings.repo_id}"
     source_url = settings.source_url
-    prompt = (
-        verification["generation"]["cases"][0]["prompt"]
-        if verification and verification["generation"]["cases"]
-        else DEFAULT_PROMPT
-    )
     train_config = release.train_config
     return {
         "version": version,
@@ -428,7 +424,7 @@ def _card_context(
             "libraries": [list(pair) for pair in release.libraries],
             "files": [{"path": p, "sha256": s, "size": n} for p, s, n in release.files],
         },
-        "usage": {"prompt": prompt, "max_new_tokens": min(40, model.n_positions // 2)},
+        "usage": usage_context(verification, n_positions=model.n_positions),
         "links": {
             "hub": HUB_URL,
             "repo_url": repo_url,
@@ -439,6 +435,33 @@ def _card_context(
         },
         "extra": extra,
     }
+
+
+def usage_context(verification: Mapping[str, Any] | None, *, n_positions: int | None) -> dict[str, Any]:
+    """The card snippet's prompt and length: the verified greedy run's, so the snippet reproduces its tokens.
+
+    ``release verify`` runs the snippet and compares its tokens with the recorded run (release.verify.snippet).
+    Without a report: ``DEFAULT_PROMPT`` and ``min(40, n_positions // 2)`` new tokens.
+    """
+    generation = verification.get("generation") if verification else None
+    if generation and generation.get("cases"):
+        return {
+            "prompt": generation["cases"][0]["prompt"],
+            "max_new_tokens": int(generation["max_new_tokens"]),
+        }
+    return {"prompt": DEFAULT_PROMPT, "max_new_tokens": min(40, (n_positions or 80) // 2)}
+
+
+def usage_snippet(
+    *, repo_id: str, version: str, verification: Mapping[str, Any] | None, n_positions: int | None = None
+) -> str:
+    """The card's "How to use" code block (Markdown, fenced) for ``repo_id`` at ``version``, as the card has it."""
+    context = {
+        "settings": {"repo_id": repo_id},
+        "version": version,
+        "usage": usage_context(verification, n_positions=n_positions),
+    }
+    return render_template(USAGE_TEMPLATE, context)
 
 
 def _metric_row(m: Metric) -> dict[str, Any]:

@@ -1186,3 +1186,6 @@ def merge_into_report(path: Path, report: CompatReport) -> Path:
     data["compat"] = report.to_dict()
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
     return path
+
+
+# --------------------------------------------------------------------------- the card's code per version

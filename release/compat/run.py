@@ -67,14 +67,9 @@ def select_versions(
 def card_snippet_check(report: dict[str, Any] | None) -> SnippetCheck | None:
     """The ``snippet`` stage: the card's usage code run verbatim on each version (issue #15's
     ``release.verify.snippet.check_card_snippet``), expected to reproduce ``report``'s greedy tokens.
-
-    None (no snippet stage) until that module is merged: the import is the only thing guarded.
     """
-    try:
-        from release.verify.snippet import check_card_snippet
-    except ImportError:  # release/verify/snippet.py (issue #15) not merged yet
-        return None
     from release.errors import ReleaseError
+    from release.verify.snippet import check_card_snippet
 
     def check(version: str, argv: Sequence[str], env: dict[str, str], model_dir: Path) -> str | None:
         try:

@@ -9,7 +9,7 @@ Output (byte-identical for the same inputs: no timestamps, fixed order everywher
 
     config.json  generation_config.json  configuration_custom_transformer.py  modeling_custom_transformer.py
     model.safetensors | model-0000K-of-0000N.safetensors + model.safetensors.index.json
-    tokenizer files (copied byte for byte)
+    tokenizer files (vocabulary byte for byte; tokenizer_config.json describes this model: release.convert.tokenizer)
     release.json (provenance: input, converter, libraries, every file's SHA-256)
 """
 
@@ -36,9 +36,10 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from release._io import first_line, fsync_dir, fsync_file, sha256_file
-from release.errors import CheckpointError, ConversionError, OutputExistsError, TokenizerError, UsageError
-from release.settings import DEFAULT_TOKENIZER, DTYPES, SAFETENSORS_DTYPES
+from release._io import fsync_dir, fsync_file, sha256_file
+from release.convert.tokenizer import TokenizerInfo, stage_tokenizer
+from release.errors import CheckpointError, ConversionError, OutputExistsError, UsageError
+from release.settings import DTYPES, SAFETENSORS_DTYPES
 
 if TYPE_CHECKING:
     import torch
@@ -48,28 +49,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-GPT2_EOS = ("<|endoftext|>", 50256)
 MODELING_FILES = ("configuration_custom_transformer.py", "modeling_custom_transformer.py")
 AUTO_MAP = {
     "AutoConfig": "configuration_custom_transformer.CustomTransformerConfig",
     "AutoModelForCausalLM": "modeling_custom_transformer.CustomTransformerForCausalLM",
 }
 ARCHITECTURES = ["CustomTransformerForCausalLM"]
-# Files that make up a tokenizer folder; everything else in a folder given as --tokenizer is ignored.
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.json",
-    "merges.txt",
-    "vocab.txt",
-    "tokenizer.model",
-    "spiece.model",
-    "sentencepiece.bpe.model",
-    "chat_template.jinja",
-    "chat_template.json",
-)
 WRITEBACK_CHUNK = 64 * 2**20  # see SafetensorsWriter._start_writeback
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -102,19 +87,6 @@ class ConversionResult:
     files: dict[str, FileRecord]
     checkpoint_sha256: str
     dtype: str
-
-
-@dataclass(frozen=True)
-class TokenizerInfo:
-    """The tokenizer that ships with the model, as release.json records it."""
-
-    source: str  # "hub" | "local"
-    name: str  # Hub repo id, or the local folder's name (never a machine-specific path)
-    revision: str | None  # Hub commit, when it came from the Hub
-    size: int  # len(tokenizer), added tokens included
-    bos_token_id: int | None
-    eos_token_id: int | None
-    pad_token_id: int | None
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b|b)?\s*$", re.IGNORECASE)
@@ -192,7 +164,7 @@ def convert_checkpoint(
             arch = ckpt.architecture  # config cross-check and every key's shape, before any weight is read
             dropout = ckpt.dropout
             with _staging_folder(out) as staging:
-                tok = _stage_tokenizer(tokenizer, staging, arch)
+                tok = stage_tokenizer(tokenizer, staging, arch)
                 _write_text(staging / "config.json", _config_json(arch, dtype, dropout, tok))
                 _write_text(staging / "generation_config.json", _generation_config_json(tok))
                 for name in MODELING_FILES:
@@ -365,109 +337,6 @@ class _BackgroundDigest:
             raise CheckpointError(f"cannot read checkpoint {self._path}: {self._error}") from self._error
         assert self._value is not None
         return self._value
-
-
-# --------------------------------------------------------------------------- tokenizer
-
-
-def _stage_tokenizer(tokenizer: str | Path | None, staging: Path, arch: Architecture) -> TokenizerInfo:
-    """Copy the tokenizer's files into ``staging`` byte for byte, load them back, check they fit the model."""
-    source, name, folder, revision = _locate_tokenizer(tokenizer)
-    files = [f for f in TOKENIZER_FILES if (folder / f).is_file()]
-    if not files:
-        raise TokenizerError(
-            f"no tokenizer files in {folder} (expected e.g. tokenizer.json, tokenizer_config.json)"
-        )
-    for f in files:
-        data = (folder / f).read_bytes()
-        if f == "tokenizer_config.json":
-            data = fix_tokenizer_class_for_4x(data, name=name)
-        _write_bytes(staging / f, data)
-    try:
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(staging)
-    except Exception as exc:  # transformers raises OSError, ValueError, KeyError... for unusable folders
-        raise TokenizerError(f"cannot load the tokenizer {name}: {first_line(exc)}") from exc
-    size = len(tok)
-    if size > arch.vocab_size:
-        raise TokenizerError(
-            f"tokenizer {name} has {size} tokens but the model's embedding has {arch.vocab_size} rows "
-            "(token_embedding.weight); use the tokenizer the model was trained with"
-        )
-    bos, eos, pad = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
-    gpt2_eos = tok.convert_tokens_to_ids(GPT2_EOS[0]) if GPT2_EOS[0] in tok.get_vocab() else None
-    if eos is None and gpt2_eos is not None:
-        log.info(
-            "tokenizer %s declares no eos token: using %s (%d), as GPT-2 does", name, GPT2_EOS[0], gpt2_eos
-        )
-        eos = gpt2_eos
-    if bos is None and eos is not None and eos == gpt2_eos:
-        bos = eos  # GPT-2 convention: <|endoftext|> is both bos and eos
-    if pad is None:
-        pad = eos
-    ids = {"bos": bos, "eos": eos, "pad": pad}
-    too_big = [f"{k}={v}" for k, v in ids.items() if v is not None and not 0 <= v < arch.vocab_size]
-    if too_big:
-        raise TokenizerError(
-            f"tokenizer {name}: special token ids {', '.join(too_big)} are outside the embedding"
-        )
-    return TokenizerInfo(source, name, revision, size, bos, eos, pad)
-
-
-# transformers 5.x saves this backend name, which no 4.x release can resolve ("Tokenizer class TokenizersBackend
-# does not exist"); every supported version loads the same tokenizer.json as PreTrainedTokenizerFast.
-_CLASSES_4X_CANNOT_LOAD = {"TokenizersBackend": "PreTrainedTokenizerFast"}
-
-
-def fix_tokenizer_class_for_4x(config_bytes: bytes, *, name: str) -> bytes:
-    """Rename a tokenizer class that transformers 4.x cannot load; logs the change. Other files pass untouched."""
-    try:
-        config = json.loads(config_bytes)
-    except ValueError:
-        return config_bytes  # AutoTokenizer reports a broken file right after
-    old = config.get("tokenizer_class") if isinstance(config, dict) else None
-    if old not in _CLASSES_4X_CANNOT_LOAD:
-        return config_bytes
-    config["tokenizer_class"] = _CLASSES_4X_CANNOT_LOAD[old]
-    config.pop("backend", None)
-    log.info(
-        "tokenizer %s: tokenizer_class %s -> %s so transformers 4.x can load it",
-        name,
-        old,
-        config["tokenizer_class"],
-    )
-    return (json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
-
-
-def _locate_tokenizer(tokenizer: str | Path | None) -> tuple[str, str, Path, str | None]:
-    """(source, name, local folder, revision) of a local folder or a Hub repo id (downloaded to the cache)."""
-    if tokenizer is None:
-        tokenizer = DEFAULT_TOKENIZER
-    path = Path(tokenizer).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise TokenizerError(
-                f"tokenizer {tokenizer} is a file; pass the folder that holds tokenizer files"
-            )
-        return "local", path.resolve().name, path, None
-    text = str(tokenizer)
-    looks_like_path = isinstance(tokenizer, Path) or text.startswith((".", "/", "~")) or text.count("/") > 1
-    if looks_like_path or "\\" in text:
-        raise TokenizerError(f"tokenizer folder not found: {tokenizer}")
-    try:
-        from huggingface_hub import snapshot_download
-
-        folder = Path(snapshot_download(text, allow_patterns=list(TOKENIZER_FILES)))
-    except Exception as exc:  # offline, unknown repo, invalid id, gated repo...
-        hint = (
-            " (the default, GPT-2's)" if tokenizer == DEFAULT_TOKENIZER else " (no local folder by that name)"
-        )
-        raise TokenizerError(
-            f"cannot download the tokenizer {text!r}{hint} from the Hub: {first_line(exc)}; "
-            "pass --tokenizer with a local tokenizer folder"
-        ) from exc
-    return "hub", text, folder, folder.name
 
 
 # --------------------------------------------------------------------------- config files

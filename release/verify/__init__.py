@@ -5,6 +5,9 @@
 - ``report``: the schema of ``verification.json`` (``VerificationReport``, ``GateResult``, ``Gates``).
 - ``checks``: the numerical comparisons; ``loading``: loading the candidate exactly as users do;
   ``hygiene``: the remote-code files' own checks.
+- ``snippet``: the card's code run verbatim in a fresh process (``card_snippet_gate`` for verify,
+  ``check_card_snippet`` with ``python``/``paths`` per transformers environment, ``check_card_snippet_on_hub``
+  for publish's post-upload check).
 """
 
 from release.verify.report import GateResult, Gates, VerificationReport, read_report
@@ -14,10 +17,20 @@ from release.verify.runner import (
     generate_text,
     verify_model,
 )
+from release.verify.snippet import (
+    SnippetResult,
+    card_snippet_gate,
+    check_card_snippet,
+    check_card_snippet_on_hub,
+)
 
 __all__ = [
     "GateResult",
     "Gates",
+    "SnippetResult",
+    "card_snippet_gate",
+    "check_card_snippet",
+    "check_card_snippet_on_hub",
     "VerificationReport",
     "check_generation_against_report",
     "default_report_path",

@@ -2,8 +2,8 @@
 
 ``verify_model`` compares a model folder (or a Hub revision) with the training module built from the original
 checkpoint: logits parity with per-layer localisation, perplexity on an evaluation text, greedy generation
-token for token (single prompts, a padded batch), seeded sampling, ``pipeline("text-generation")``, and
-remote-code hygiene. The reference runs first and is freed before the candidate is loaded; the two models are
+token for token (single prompts, a padded batch), seeded sampling, ``pipeline("text-generation")``,
+remote-code hygiene, and the card's code run verbatim in a fresh process (``release.verify.snippet``). The reference runs first and is freed before the candidate is loaded; the two models are
 never in memory together. The result is a ``VerificationReport`` (``verification.json`` + a Markdown summary).
 
 ``check_generation_against_report`` repeats the generation check on a published revision without the
@@ -23,9 +23,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from release.convert.tokenizer import resolve_training_tokenizer
 from release.errors import ReleaseError, TokenizerError, UsageError
 from release.settings import DEFAULT_PROMPTS, DEFAULT_TOKENIZER
 from release.verify.report import GateResult, Gates, VerificationReport, read_report
+from release.verify.snippet import card_snippet_gate
 
 __all__ = [
     "DEFAULT_PROMPTS",
@@ -70,6 +72,8 @@ def verify_model(
     max_new_tokens: int = 32,
     report_path: Path | None = None,
     tokenizer: str | Path | None = None,
+    settings_tokenizer: str | None = None,
+    card_snippet: bool = True,
 ) -> VerificationReport:
     """Check a converted model against the training checkpoint it came from; never raises for a failed gate.
 
@@ -86,8 +90,13 @@ def verify_model(
         max_new_tokens: Tokens generated per prompt; prompt + max_new_tokens must fit in the context.
         report_path: Where to write ``verification.json`` (and the ``.md`` beside it); nothing is written if
             None.
-        tokenizer: The tokenizer the model was trained with (folder or Hub id; default ``"gpt2"``), used on
-            the reference side, so a model folder shipping another tokenizer fails the perplexity gate.
+        tokenizer: The tokenizer the model was trained with (folder or Hub id), used on the reference side, so
+            a model folder shipping another tokenizer fails the perplexity gate. None: the one ``release.json``
+            records, else ``settings_tokenizer``, else GPT-2's (``release.convert.resolve_training_tokenizer``);
+            the report says which (``settings.training_tokenizer_from``).
+        settings_tokenizer: The configured tokenizer ([tool.release] tokenizer), used after release.json's.
+        card_snippet: Also run the card's code verbatim in a fresh process (``release.verify.snippet``): the
+            ``card_snippet`` gate.
 
     Returns:
         The report; ``report.passed`` tells whether every gate passed, ``report.failures`` which did not.
@@ -123,7 +132,6 @@ def verify_model(
         text = text_path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read the evaluation text {text_path}: {exc}") from exc
-    tokenizer_name = str(tokenizer) if tokenizer is not None else DEFAULT_TRAINING_TOKENIZER
     if gates is not None and not isinstance(gates, Gates):
         # Unknown names and bad values fail now, not after the reference has run.
         Gates().with_overrides(dict(gates))
@@ -138,7 +146,11 @@ def verify_model(
 
         # ---- reference: compute everything, then free it before the candidate is loaded
         t = time.perf_counter()
-        ref_tokenizer = _load_training_tokenizer(tokenizer_name)
+        training = resolve_training_tokenizer(
+            source.folder, explicit=tokenizer, configured=settings_tokenizer
+        )
+        log.info("training tokenizer: %s", training.describe())
+        ref_tokenizer = _load_training_tokenizer(training.name, training.revision)
         ref_model, ckpt = load_reference_model(Path(checkpoint))
         shared_masks = share_causal_masks(ref_model, ckpt)
         timings["reference_load"] = time.perf_counter() - t
@@ -190,6 +202,17 @@ def verify_model(
             timings=timings,
         )
         candidate.run()
+        if card_snippet and candidate.model_class is not None:
+            t = time.perf_counter()
+            return_freed_memory()  # the child loads the model again; the freed candidate should not stay resident
+            candidate.gates.append(
+                card_snippet_gate(
+                    source.folder,
+                    generation={"max_new_tokens": max_new_tokens, "cases": candidate.generation["cases"]},
+                    commit=source.commit,
+                )
+            )
+            timings["card_snippet"] = time.perf_counter() - t
 
     gate_results = [_hygiene_gate(hygiene.problems), *candidate.gates]
     used_gates = candidate.used_gates if isinstance(candidate.used_gates, Gates) else Gates()
@@ -201,7 +224,8 @@ def verify_model(
             "gates": used_gates.to_dict(),
             "prompts": prompts,
             "max_new_tokens": max_new_tokens,
-            "training_tokenizer": tokenizer_name,
+            "training_tokenizer": training.name,
+            "training_tokenizer_from": training.origin,
             "eval_text": str(text_path),
             "sampling": dict(SAMPLING),
             "logits_budget_bytes": budget,
@@ -845,13 +869,13 @@ def _encode(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, verbose=False)["input_ids"])
 
 
-def _load_training_tokenizer(name: str):
+def _load_training_tokenizer(name: str, revision: str | None = None):
     from transformers import AutoTokenizer
 
     from release.auth import read_token
 
     try:
-        return AutoTokenizer.from_pretrained(name, token=read_token())
+        return AutoTokenizer.from_pretrained(name, revision=revision, token=read_token())
     except Exception as exc:
         raise TokenizerError(f"cannot load the training tokenizer {name!r}: {_exc(exc)}") from exc
 
