@@ -413,6 +413,20 @@ def test_release_json_records_the_local_tokenizer_folder(make_checkpoint, conver
     assert recorded["path"] == str(tokenizer_dir.resolve()) and recorded["name"] == tokenizer_dir.name
 
 
+def test_release_json_records_a_tokenizer_inside_the_project_relative_to_it(
+    make_checkpoint, convert, tokenizer_dir, monkeypatch
+):
+    """No machine's home-directory path in a published file; the same project checkout gives the same bytes."""
+    from release.convert.tokenizer import resolve_training_tokenizer
+
+    ckpt = make_checkpoint().path
+    monkeypatch.chdir(tokenizer_dir.parent)
+    out = convert(ckpt, tokenizer=tokenizer_dir.resolve()).out_dir
+    assert json.loads((out / "release.json").read_text())["tokenizer"]["path"] == tokenizer_dir.name
+    chosen = resolve_training_tokenizer(out, explicit=None, configured=None)
+    assert (chosen.name, chosen.origin) == (tokenizer_dir.name, "release.json")
+
+
 def test_resolve_training_tokenizer_order(make_checkpoint, convert, tokenizer_dir, tmp_path):
     out = convert(make_checkpoint().path, tokenizer=tokenizer_dir).out_dir
     local = str(tokenizer_dir.resolve())

@@ -571,6 +571,30 @@ def test_broken_modeling_file_fails_the_post_upload_check_and_nothing_is_tagged(
     assert hub.refs(REPO).branches == {"main": main_before} and hub.refs(REPO).tags == {}
 
 
+def test_a_card_whose_code_breaks_fails_the_post_upload_check_and_nothing_is_tagged(
+    hub, publish, release_dir
+):
+    """The uploaded card's code runs verbatim against the uploaded files; a broken line stops the release."""
+    from release.card.model_card import usage_snippet
+
+    folder = release_dir("v1")
+    report = json.loads((folder.parent / "verification.json").read_text())
+    code = usage_snippet(repo_id=REPO, version="v1.0.0", verification=report)
+    assert "inputs = tokenizer(" in code
+    (folder / "README.md").write_text(
+        "# tiny-gpt\n\n" + code.replace("inputs = tokenizer(", "inputs = tokenizr(")
+    )
+
+    hub.create_repo(REPO)
+    main_before = hub.resolve(REPO, "main")
+    with pytest.raises(VerificationError, match="failed the post-upload check; nothing was tagged") as err:
+        publish(folder, "v1.0.0")
+    assert any(
+        f.startswith("card_snippet: card snippet line") and "tokenizr" in f for f in err.value.failures
+    )
+    assert hub.refs(REPO).branches == {"main": main_before} and hub.refs(REPO).tags == {}
+
+
 def test_dry_run_plans_every_file_without_a_token_or_a_write(hub, release_dir, monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     hub.create_repo(REPO)

@@ -18,7 +18,7 @@ make no commit. The counts are printed (``pytest -s``) and asserted.
 Faults are armed through the emulator's own fault injection (``HubEmulator.inject_fault``); the real
 huggingface_hub client, the real post-upload check and the real retry policy run, with instant back-off.
 One shortcut keeps the suite to a couple of minutes: the check's second half (load the downloaded snapshot
-with remote code and generate, ~1.5 s, no network) is computed once per distinct snapshot content (the sha256
+with remote code and generate, then run the card's code; no network) is computed once per distinct snapshot content (the sha256
 of every downloaded file) and reused, because the same bytes give the same answer. The download, where every
 one of the check's requests and so every injected fault is, always runs for real.
 """
@@ -59,6 +59,7 @@ class Harness:
 
     def __init__(self, hub, folder: Path, monkeypatch: pytest.MonkeyPatch):
         import release.verify.runner
+        import release.verify.snippet
         from release.publish.plan import read_release_folder
         from release.verify.loading import folder_file_hashes
 
@@ -73,6 +74,17 @@ class Harness:
 
         monkeypatch.setattr(release.verify.runner, "check_generation_against_report", check_once_per_content)
         self.loads = answers
+
+        real_snippet = release.verify.snippet.check_card_snippet
+        snippet_answers: dict[tuple, object] = {}
+
+        def snippet_once_per_content(folder, *, report, **kwargs):  # the card's code: the same shortcut
+            key = (tuple(sorted(folder_file_hashes(Path(folder)).items())), repr(report))
+            if key not in snippet_answers:
+                snippet_answers[key] = real_snippet(folder, report=report, **kwargs)
+            return snippet_answers[key]
+
+        monkeypatch.setattr(release.verify.snippet, "check_card_snippet", snippet_once_per_content)
 
         self.hub = hub
         self.folder = folder

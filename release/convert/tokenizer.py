@@ -65,8 +65,9 @@ class TokenizerInfo:
     bos_token_id: int | None
     eos_token_id: int | None
     pad_token_id: int | None
-    # The local folder as given to convert (absolute), so `release verify` can use the same training tokenizer
-    # without being told again; None for a Hub tokenizer (name + revision say where it is).
+    # The local folder, so `release verify` can use the same training tokenizer without being told again:
+    # relative to the working directory when it lies inside it (what a project's checkout has in common across
+    # machines, and no home-directory path in a published file), else absolute. None for a Hub tokenizer.
     path: str | None = None
 
 
@@ -115,8 +116,13 @@ def stage_tokenizer(tokenizer: str | Path | None, staging: Path, arch: Architect
     special = {f"{k}_token": tok.convert_ids_to_tokens(v) for k, v in ids.items() if v is not None}
     _describe_model(staging, arch, special, tokenizer_class=type(tok).__name__, name=name)
     _check_described(_load(staging, name), arch, size, ids, name=name)
-    path = str(Path(folder).resolve()) if source == "local" else None
+    path = _recorded_path(Path(folder)) if source == "local" else None
     return TokenizerInfo(source, name, revision, size, bos, eos, pad, path)
+
+
+def _recorded_path(folder: Path) -> str:
+    resolved, cwd = folder.resolve(), Path.cwd().resolve()
+    return resolved.relative_to(cwd).as_posix() if resolved.is_relative_to(cwd) else resolved.as_posix()
 
 
 def _load(folder: Path, name: str):

@@ -319,11 +319,30 @@ def generation_check(release: ReleaseFolder, policy: RetryPolicy) -> PostUploadC
         # snapshot (a local folder: no further Hub requests) the way users load it, in a fresh modules cache.
         with tempfile.TemporaryDirectory(prefix="release-publish-check-") as cache:
             snapshot = download_commit(repo_id, commit, cache_dir=Path(cache), policy=policy)
-            return check_generation_against_report(
+            failures = check_generation_against_report(
                 snapshot, revision=None, report=report, allowed_extra_files=extra
             )
+            return failures or _card_snippet_failures(snapshot, report=report, commit=commit)
 
     return check
+
+
+def _card_snippet_failures(snapshot: Path, *, report: Mapping, commit: str) -> list[str]:
+    """The uploaded card's own code, run verbatim against the uploaded files: what a user runs first."""
+    from release.verify.snippet import check_card_snippet, extract_python_block
+
+    card = snapshot / "README.md"
+    try:
+        extract_python_block(card.read_text(encoding="utf-8") if card.is_file() else "")
+    except VerificationError:
+        # A card of the user's own template with no code: nothing for a user to run verbatim.
+        logger.info("the uploaded card has no python block calling from_pretrained; no card code to run")
+        return []
+    try:
+        result = check_card_snippet(snapshot, report=report, commit=commit)
+    except VerificationError as exc:
+        return [f"card_snippet: {exc}"]
+    return [f"card_snippet: {line}" for line in result.failures]
 
 
 def _stable_key(version: Version) -> tuple[int, int, int]:
