@@ -80,7 +80,7 @@ def release(tmp_path_factory, tokenizer_dir) -> Release:
 @pytest.fixture(scope="module")
 def good(release):
     """The correct conversion verified with the default prompts, text and max_new_tokens; records whether the
-    reference model was already gone when the candidate was loaded."""
+    candidate was already gone when the reference was loaded, and how often each model was loaded."""
     import gc
     import weakref
 
@@ -88,21 +88,23 @@ def good(release):
     import release.verify.loading as loading_module
     from release.verify.runner import verify_model
 
-    seen = {}
+    seen = {"reference_loads": 0, "candidate_loads": 0}
     real_load_reference, real_load_candidate = (
         checkpoint_module.load_reference_model,
         loading_module.load_candidate,
     )
 
     def load_reference(path):
-        model, ckpt = real_load_reference(path)
-        seen["reference"] = weakref.ref(model)
-        return model, ckpt
+        gc.collect()
+        seen["candidate_alive_at_reference_load"] = seen["candidate"]() is not None
+        seen["reference_loads"] += 1
+        return real_load_reference(path)
 
     def load_candidate(source):
-        gc.collect()
-        seen["reference_alive_at_candidate_load"] = seen["reference"]() is not None
-        return real_load_candidate(source)
+        model, tokenizer = real_load_candidate(source)
+        seen["candidate"] = weakref.ref(model)
+        seen["candidate_loads"] += 1
+        return model, tokenizer
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(checkpoint_module, "load_reference_model", load_reference)
@@ -158,20 +160,26 @@ def test_correct_conversion_passes_every_gate(release, good):
     assert report.parity["max_abs_diff"] <= 1e-4 and report.parity["top1_agreement"] == 1.0
     assert report.parity["first_divergent_layer"] is None and report.parity["divergence_location"] is None
     inputs = report.parity["inputs"]
-    assert [(i["batch"], i["length"]) for i in inputs if i["kind"] == "random"] == [(2, 1), (2, 32), (2, 64)]
+    # Short inputs in a batch of two and one full-context row (the context is 64 tokens).
+    assert [(i["batch"], i["length"]) for i in inputs if i["kind"] == "random"] == [(2, 1), (2, 8), (1, 64)]
     assert [i["prompt"] for i in inputs if i["kind"] == "prompt"] == [
         "The Fox",
         "Once upon a time",
         "The Lion said",
     ]
     assert report.perplexity["relative_diff"] <= 1e-3 and report.perplexity["text"] == "aesop.txt"
+    # 2,048 tokens scored by each model (the default), recorded.
+    assert report.perplexity["tokens"] == report.perplexity["candidate_tokens"] == 2048
+    assert report.perplexity["requested_tokens"] == report.to_dict()["settings"]["perplexity_tokens"] == 2048
     cases = report.generation["cases"]
     assert [c["prompt"] for c in cases] == ["The Fox", "Once upon a time", "The Lion said"]
     assert all(c["match"] and c["candidate_ids"] == c["reference_ids"] and c["text"] for c in cases)
     assert report.generation["padded_batch_match"] and report.generation["pipeline_ok"]
     assert report.generation["sampling"]["stopped"] in ("eos", "max_new_tokens")
-    # Never both models at once: the reference was collected before the candidate was loaded.
-    assert seen["reference_alive_at_candidate_load"] is False
+    # Never both models at once: the candidate was collected before the reference was loaded; a passing
+    # verification loads each once (the candidate is loaded again only to locate a parity failure).
+    assert seen["candidate_alive_at_reference_load"] is False
+    assert (seen["candidate_loads"], seen["reference_loads"]) == (1, 1)
 
 
 def test_report_files_are_complete_sorted_and_name_every_verified_file(release, good):
@@ -625,7 +633,7 @@ def test_logits_beyond_the_budget_are_compared_by_position_chunks(release, good,
     # activations exceed it too, so rows go one at a time).
     monkeypatch.setattr(checks, "MIN_LOGITS_BUDGET", 20 * 384 * 4)
     calls = []
-    real = checks.compare_logits
+    real = checks.candidate_logits
 
     def spy(model, *args, **kwargs):
         original = model.forward
@@ -640,13 +648,13 @@ def test_logits_beyond_the_budget_are_compared_by_position_chunks(release, good,
         finally:
             del model.forward
 
-    monkeypatch.setattr(checks, "compare_logits", spy)
+    monkeypatch.setattr(checks, "candidate_logits", spy)
     report = verify_model(release.model_dir, **release.fast())
     assert report.passed, report.failures
-    # Prefixes with logits_to_keep for the 32- and 64-token inputs (20 + 12; 20 + 20 + 20 + 4), plain calls
-    # for the batch of two 1-token rows and for the prompts.
-    assert {20, 12, 4, None} <= set(calls)
+    # Prefixes with logits_to_keep for the 64-token input (20 + 20 + 20 + 4), plain calls for the batches of
+    # two 1- and 8-token rows and for the prompts.
+    assert calls.count(20) == 3 and calls.count(4) == 1 and None in calls
     assert report.perplexity["window"] == 20
     prompt_tokens = sum(i["length"] for i in report.parity["inputs"] if i["kind"] == "prompt")
-    assert report.parity["positions"] == 2 * (1 + 32 + 64) + prompt_tokens
+    assert report.parity["positions"] == 2 * (1 + 8) + 64 + prompt_tokens
     assert report.parity["max_abs_diff"] <= 1e-4 and report.parity["top1_agreement"] == 1.0
