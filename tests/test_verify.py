@@ -292,6 +292,75 @@ def test_cache_path_bug_fails_generation_while_plain_logits_pass(release, tmp_pa
     assert report.parity["max_abs_diff"] <= 1e-4
 
 
+def test_teacher_forcing_equals_greedy_decoding_and_names_the_first_differing_token():
+    import torch
+
+    from release.verify.checks import teacher_forced_greedy
+
+    model = build_reference()
+    prompt = [5, 17, 42, 7]
+    with torch.no_grad():
+        greedy = model.generate_greedy(torch.tensor([prompt]), 20)[0, len(prompt) :].tolist()
+    check = dict(max_new_tokens=20, eos_token_id=None, tie_margin=0.0, budget=2**20)
+
+    # The reference's own full-recompute decoding passes; the verdict is its tokens.
+    same = teacher_forced_greedy(model, prompt, greedy, **check)
+    assert same.divergence.match and same.reference_ids == greedy
+
+    # One token changed at position 6: reported there, with the reference's token and the margin it had.
+    wrong = list(greedy)
+    wrong[6] = (greedy[6] + 1) % model.config.vocab_size
+    wrong[9] = (greedy[9] + 1) % model.config.vocab_size  # a later difference does not move the report
+    div = teacher_forced_greedy(model, prompt, wrong, **check)
+    assert (div.divergence.match, div.divergence.index) == (False, 6)
+    assert (div.divergence.expected_token, div.divergence.actual_token) == (greedy[6], wrong[6])
+    assert div.divergence.margin > 0 and not div.divergence.tolerated
+    assert div.reference_ids == greedy[:7]
+    assert div.divergence.describe(20).startswith(
+        f"token 6 of 20 differs (expected {greedy[6]}, got {wrong[6]}"
+    )
+    # Within a tie margin larger than that gap, the same divergence is tolerated.
+    loose = teacher_forced_greedy(model, prompt, wrong, **{**check, "tie_margin": div.divergence.margin})
+    assert loose.divergence.index == 6 and loose.divergence.tolerated
+
+    # Stopping: short of max_new_tokens without eos, the reference would have gone on; past its eos, not.
+    short = teacher_forced_greedy(model, prompt, greedy[:5], **check)
+    assert (short.divergence.index, short.divergence.expected_token, short.divergence.actual_token) == (
+        5,
+        greedy[5],
+        None,
+    )
+    eos = greedy[3]
+    stops = teacher_forced_greedy(model, prompt, greedy[:4], **{**check, "eos_token_id": eos})
+    assert stops.divergence.match
+    if eos not in greedy[:3]:
+        past = teacher_forced_greedy(model, prompt, greedy[:6], **{**check, "eos_token_id": eos})
+        assert (past.divergence.index, past.divergence.expected_token) == (4, None)
+
+
+def test_verify_reports_the_position_where_generation_left_the_reference(release, monkeypatch):
+    import release.verify.checks as checks
+    from release.verify.runner import verify_model
+
+    real = checks.candidate_greedy
+
+    def off_at_five(model, input_ids, **kwargs):  # generate() that goes wrong at its sixth token
+        run = real(model, input_ids, **kwargs)
+        run.ids[5] = (run.ids[5] + 1) % 384
+        return run
+
+    monkeypatch.setattr(checks, "candidate_greedy", off_at_five)
+    report = verify_model(release.model_dir, **release.fast())
+    # The batch and the pipeline now disagree with it too; the model's logits are fine.
+    assert failed(report) == {"generation.greedy", "generation.padded_batch", "generation.pipeline"}
+    for case in report.generation["cases"]:
+        assert case["diverged_at"] == 5 and not case["match"]
+        assert case["reference_ids"][:5] == case["candidate_ids"][:5]
+        assert case["reference_ids"][5] != case["candidate_ids"][5]
+    line = next(line for line in report.failures if line.startswith("generation: "))
+    assert "'The Fox': token 5 of 12 differs (expected " in line, line
+
+
 def test_stale_remote_code_module_cannot_mask_a_broken_file(release, tmp_path, monkeypatch):
     import torch
     import transformers.dynamic_module_utils as dynamic_module_utils
