@@ -157,9 +157,9 @@ def test_correct_conversion_passes_every_gate(release, good):
         "generation.sampling",
         "generation.pipeline",
     }
-    assert report.parity["max_abs_diff"] <= 1e-4 and report.parity["top1_agreement"] == 1.0
-    assert report.parity["first_divergent_layer"] is None and report.parity["divergence_location"] is None
-    inputs = report.parity["inputs"]
+    assert report.parity.max_abs_diff <= 1e-4 and report.parity.top1_agreement == 1.0
+    assert report.parity.first_divergent_layer is None and report.parity.divergence_location is None
+    inputs = report.parity.inputs
     # Short inputs in a batch of two and one full-context row (the context is 64 tokens).
     assert [(i["batch"], i["length"]) for i in inputs if i["kind"] == "random"] == [(2, 1), (2, 8), (1, 64)]
     assert [i["prompt"] for i in inputs if i["kind"] == "prompt"] == [
@@ -167,15 +167,15 @@ def test_correct_conversion_passes_every_gate(release, good):
         "Once upon a time",
         "The Lion said",
     ]
-    assert report.perplexity["relative_diff"] <= 1e-3 and report.perplexity["text"] == "aesop.txt"
+    assert report.perplexity.relative_diff <= 1e-3 and report.perplexity.text == "aesop.txt"
     # 2,048 tokens scored by each model (the default), recorded.
-    assert report.perplexity["tokens"] == report.perplexity["candidate_tokens"] == 2048
-    assert report.perplexity["requested_tokens"] == report.to_dict()["settings"]["perplexity_tokens"] == 2048
-    cases = report.generation["cases"]
-    assert [c["prompt"] for c in cases] == ["The Fox", "Once upon a time", "The Lion said"]
-    assert all(c["match"] and c["candidate_ids"] == c["reference_ids"] and c["text"] for c in cases)
-    assert report.generation["padded_batch_match"] and report.generation["pipeline_ok"]
-    assert report.generation["sampling"]["stopped"] in ("eos", "max_new_tokens")
+    assert report.perplexity.tokens == report.perplexity.candidate_tokens == 2048
+    assert report.perplexity.requested_tokens == report.to_dict()["settings"]["perplexity_tokens"] == 2048
+    cases = report.generation.cases
+    assert [c.prompt for c in cases] == ["The Fox", "Once upon a time", "The Lion said"]
+    assert all(c.match and c.candidate_ids == c.reference_ids and c.text for c in cases)
+    assert report.generation.padded_batch_match and report.generation.pipeline_ok
+    assert report.generation.sampling.stopped in ("eos", "max_new_tokens")
     # Never both models at once: the candidate was collected before the reference was loaded; a passing
     # verification loads each once (the candidate is loaded again only to locate a parity failure).
     assert seen["candidate_alive_at_reference_load"] is False
@@ -222,9 +222,9 @@ def test_card_reads_the_report(release, good):
 
     report, _, _ = good
     facts = check_verification(
-        report.to_dict(), source="verification.json", checkpoint_sha256=report.checkpoint["sha256"]
+        report.to_dict(), source="verification.json", checkpoint_sha256=report.checkpoint.sha256
     )
-    assert facts["parity"]["max_abs_diff"] == report.parity["max_abs_diff"]
+    assert facts["parity"]["max_abs_diff"] == report.parity.max_abs_diff
     assert len(facts["generation"]["cases"]) == 3
 
 
@@ -246,14 +246,14 @@ def test_corrupt_weight_fails_parity_and_generation_naming_the_layer(release, tm
     assert {"parity.max_abs_diff", "parity.top1_agreement", "perplexity", "generation.greedy"} <= failed(
         report
     )
-    assert report.parity["first_divergent_layer"] == 1
+    assert report.parity.first_divergent_layer == 1
     lines = report.failures
     parity_line = next(line for line in lines if line.startswith("parity: max abs diff"))
     assert parity_line.endswith("> 1e-04 (first divergent layer: 1)"), parity_line
     assert any(line.startswith("generation: ") and "(first divergent layer: 1)" in line for line in lines), (
         lines
     )
-    per_layer = report.parity["per_layer_max_abs_diff"]
+    per_layer = report.parity.per_layer_max_abs_diff
     assert per_layer[0] < 1e-5 and per_layer[1] < 1e-4 and per_layer[2] > 1e-2  # embeddings, layer 0, layer 1
 
 
@@ -273,7 +273,7 @@ def test_swapped_heads_fail_parity(release, tmp_path):
     report = verify_model(folder, **release.fast())
     assert "parity.max_abs_diff" in failed(report)
     assert gate(report, "load").passed and gate(report, "hygiene").passed
-    assert report.parity["first_divergent_layer"] == 0
+    assert report.parity.first_divergent_layer == 0
     assert any(line.endswith("(first divergent layer: 0)") for line in report.failures)
 
 
@@ -288,8 +288,8 @@ def test_cache_path_bug_fails_generation_while_plain_logits_pass(release, tmp_pa
     for name in ("parity.max_abs_diff", "parity.top1_agreement", "perplexity", "hygiene", "load"):
         assert gate(report, name).passed, name
     assert "generation.greedy" in failed(report)
-    assert not any(c["match"] for c in report.generation["cases"])
-    assert report.parity["max_abs_diff"] <= 1e-4
+    assert not any(c.match for c in report.generation.cases)
+    assert report.parity.max_abs_diff <= 1e-4
 
 
 def test_teacher_forcing_equals_greedy_decoding_and_names_the_first_differing_token():
@@ -353,10 +353,10 @@ def test_verify_reports_the_position_where_generation_left_the_reference(release
     report = verify_model(release.model_dir, **release.fast())
     # The batch and the pipeline now disagree with it too; the model's logits are fine.
     assert failed(report) == {"generation.greedy", "generation.padded_batch", "generation.pipeline"}
-    for case in report.generation["cases"]:
-        assert case["diverged_at"] == 5 and not case["match"]
-        assert case["reference_ids"][:5] == case["candidate_ids"][:5]
-        assert case["reference_ids"][5] != case["candidate_ids"][5]
+    for case in report.generation.cases:
+        assert case.diverged_at == 5 and not case.match
+        assert case.reference_ids[:5] == case.candidate_ids[:5]
+        assert case.reference_ids[5] != case.candidate_ids[5]
     line = next(line for line in report.failures if line.startswith("generation: "))
     assert "'The Fox': token 5 of 12 differs (expected " in line, line
 
@@ -444,7 +444,7 @@ def test_nan_weights_fail_and_the_report_is_still_valid_json(release, tmp_path):
     assert {"parity.max_abs_diff", "perplexity", "generation.greedy"} <= failed(report)
     data = json.loads((tmp_path / "verification.json").read_text())  # strict JSON: NaN is written as "nan"
     assert data["parity"]["max_abs_diff"] == "nan" and data["passed"] is False
-    assert report.parity["first_divergent_layer"] == 0
+    assert report.parity.first_divergent_layer == 0
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
@@ -457,9 +457,9 @@ def test_half_precision_export_passes_its_documented_gates(release, tmp_path, dt
     ).out_dir
     report = verify_model(folder, **release.fast())
     assert report.passed, report.failures
-    assert report.model["dtype"] == dtype
+    assert report.model.dtype == dtype
     assert report.to_dict()["settings"]["gates"] == Gates.for_dtype(dtype).to_dict()
-    assert report.parity["max_abs_diff"] > Gates().max_abs_diff  # the float32 gate would refuse this export
+    assert report.parity.max_abs_diff > Gates().max_abs_diff  # the float32 gate would refuse this export
 
 
 # --------------------------------------------------------------------------- remote-code hygiene (static)
@@ -562,9 +562,9 @@ def test_cli_verify_usage_errors(release, tmp_path, cli):
 def test_cli_generate_and_generate_text_agree_with_the_verified_continuation(release, good, cli):
     from release.verify.runner import generate_text
 
-    case = good[0].generation["cases"][0]
-    text = generate_text(release.model_dir, prompt=case["prompt"], max_new_tokens=32)
-    assert text == case["prompt"] + case["text"]
+    case = good[0].generation.cases[0]
+    text = generate_text(release.model_dir, prompt=case.prompt, max_new_tokens=32)
+    assert text == case.prompt + case.text
     sampled = ("--temperature", 0.8, "--top-k", 20, "--seed", 3)
     result = cli("generate", release.model_dir, "--prompt", "The Fox", "--max-new-tokens", 5, *sampled)
     assert result.exit_code == 0, result.output
@@ -723,7 +723,7 @@ def test_logits_beyond_the_budget_are_compared_by_position_chunks(release, good,
     # Prefixes with logits_to_keep for the 64-token input (20 + 20 + 20 + 4), plain calls for the batches of
     # two 1- and 8-token rows and for the prompts.
     assert calls.count(20) == 3 and calls.count(4) == 1 and None in calls
-    assert report.perplexity["window"] == 20
-    prompt_tokens = sum(i["length"] for i in report.parity["inputs"] if i["kind"] == "prompt")
-    assert report.parity["positions"] == 2 * (1 + 8) + 64 + prompt_tokens
-    assert report.parity["max_abs_diff"] <= 1e-4 and report.parity["top1_agreement"] == 1.0
+    assert report.perplexity.window == 20
+    prompt_tokens = sum(i["length"] for i in report.parity.inputs if i["kind"] == "prompt")
+    assert report.parity.positions == 2 * (1 + 8) + 64 + prompt_tokens
+    assert report.parity.max_abs_diff <= 1e-4 and report.parity.top1_agreement == 1.0

@@ -2,12 +2,29 @@
 
 - ``runner``: ``verify_model`` (every gate), ``check_generation_against_report`` (publish's post-upload gate),
   ``generate_text`` (a person's quick look).
-- ``report``: the schema of ``verification.json`` (``VerificationReport``, ``GateResult``, ``Gates``).
-- ``checks``: the numerical comparisons; ``loading``: loading the candidate exactly as users do;
-  ``hygiene``: the remote-code files' own checks.
+- ``report``: the schema of ``verification.json`` (``VerificationReport`` and its sections, ``GateResult``,
+  ``Gates`` thresholds, the ``GATES`` registry of names and titles, ``read_report``).
+- ``checks``: the numerical comparisons (teacher-forced greedy check included); ``loading``: loading the
+  candidate exactly as users do; ``hygiene``: the remote-code files' own checks.
 """
 
-from release.verify.report import GateResult, Gates, VerificationReport, read_report
+from release.verify.report import (
+    GATE_REGISTRY,
+    GATES,
+    CheckpointSection,
+    GateResult,
+    Gates,
+    GateSpec,
+    GenerationCase,
+    GenerationSection,
+    ModelSection,
+    ParitySection,
+    PerplexitySection,
+    SamplingSection,
+    VerificationReport,
+    gate_title,
+    read_report,
+)
 from release.verify.runner import (
     check_generation_against_report,
     default_report_path,
@@ -16,11 +33,22 @@ from release.verify.runner import (
 )
 
 __all__ = [
+    "GATES",
+    "GATE_REGISTRY",
+    "CheckpointSection",
     "GateResult",
+    "GateSpec",
     "Gates",
+    "GenerationCase",
+    "GenerationSection",
+    "ModelSection",
+    "ParitySection",
+    "PerplexitySection",
+    "SamplingSection",
     "VerificationReport",
     "check_generation_against_report",
     "default_report_path",
+    "gate_title",
     "generate_text",
     "read_report",
     "verify_model",

@@ -27,7 +27,18 @@ from typing import Any
 
 from release.errors import ReleaseError, TokenizerError, UsageError
 from release.settings import DEFAULT_PROMPTS, DEFAULT_TOKENIZER
-from release.verify.report import GateResult, Gates, VerificationReport, read_report
+from release.verify.report import (
+    CheckpointSection,
+    GateResult,
+    Gates,
+    GenerationCase,
+    GenerationSection,
+    ModelSection,
+    ParitySection,
+    PerplexitySection,
+    VerificationReport,
+    read_report,
+)
 
 __all__ = [
     "DEFAULT_PROMPTS",
@@ -190,9 +201,10 @@ def verify_model(
         run.run()
 
     used_gates = run.used_gates if isinstance(run.used_gates, Gates) else Gates()
+    model_info = {**source.describe(), "dtype": run.dtype, "class": run.model_class, "files": files}
     report = VerificationReport(
-        model={**source.describe(), "dtype": run.dtype, "class": run.model_class, "files": files},
-        checkpoint=checkpoint_info,
+        model=ModelSection.from_dict(model_info, "model"),
+        checkpoint=CheckpointSection.from_dict(checkpoint_info, "checkpoint"),
         gates=[_hygiene_gate(hygiene.problems), *run.gate_results()],
         settings={
             "gates": used_gates.to_dict(),
@@ -206,20 +218,24 @@ def verify_model(
             "shared_causal_masks": run.shared_masks,
             "greedy_check": GREEDY_CHECK,
         },
-        parity={**run.parity, "inputs": [inp.describe() for inp in run.inputs]},
-        perplexity={
-            "text": text_path.name,
-            "text_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
-            "requested_tokens": perplexity_tokens,
-            **run.perplexity,
-            "window": window,
-            "method": f"non-overlapping windows of {window} tokens; a window's first token is not scored",
-        },
-        generation={
-            "max_new_tokens": max_new_tokens,
-            "eos_token_id": run.eos_token_id,
-            **run.generation,
-        },
+        parity=ParitySection.from_dict(
+            {**run.parity, "inputs": [i.describe() for i in run.inputs]}, "parity"
+        ),
+        perplexity=PerplexitySection.from_dict(
+            {
+                "text": text_path.name,
+                "text_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+                "requested_tokens": perplexity_tokens,
+                **run.perplexity,
+                "window": window,
+                "method": f"non-overlapping windows of {window} tokens; a window's first token is not scored",
+            },
+            "perplexity",
+        ),
+        generation=GenerationSection.from_dict(
+            {"max_new_tokens": max_new_tokens, "eos_token_id": run.eos_token_id, **run.generation},
+            "generation",
+        ),
         hygiene=hygiene.to_dict(),
         versions=library_versions(),
         timings=timings,
@@ -343,9 +359,9 @@ class _Verification:
         if self._parity_failed():
             self._timed("locate", self._locate)
 
-    def _timed(self, name, func, *args) -> None:
+    def _timed(self, name, func, *args, **kwargs) -> None:
         t = time.perf_counter()
-        func(*args)
+        func(*args, **kwargs)
         self.timings[name] = time.perf_counter() - t
 
     def _load_candidate(self):
@@ -397,7 +413,11 @@ class _Verification:
 
                 self._timed(
                     "reference_hidden_states",
-                    lambda: spill_reference_hidden_states(model, self.inputs, self.spill, budget=self.budget),
+                    spill_reference_hidden_states,
+                    model,
+                    self.inputs,
+                    self.spill,
+                    budget=self.budget,
                 )
         finally:
             del model
@@ -805,28 +825,36 @@ def check_generation_against_report(
     model: str | Path,
     *,
     revision: str | None,
-    report: dict,
+    report: VerificationReport | Mapping[str, Any],
     allowed_extra_files: Sequence[str] = ALLOWED_EXTRA_FILES,
 ) -> list[str]:
     """Greedy-generate every case of a passing report again from ``model`` and compare token for token.
 
-    ``model`` is a folder or a Hub repo id (``revision``: the commit or tag to check). A Hub revision is
-    downloaded into a fresh temporary cache, and the remote code is imported from a fresh modules cache, so
-    what is checked is what a user gets. The files must be those the report verified (same SHA-256; extra
-    files only from ``allowed_extra_files``), each prompt must tokenize to the recorded ``input_ids``, and
-    ``generate()`` must give the recorded ``candidate_ids`` (equal to the reference's for a passing report).
+    ``model`` is a folder or a Hub repo id (``revision``: the commit or tag to check), e.g. the snapshot of a
+    staged commit. A Hub revision is downloaded into a fresh temporary cache, and the remote code is imported
+    from a fresh modules cache, so what is checked is what a user gets. The files must be those the report
+    verified (same SHA-256; extra files only from ``allowed_extra_files``), each prompt must tokenize to the
+    recorded ``input_ids``, and ``generate()`` must give the recorded ``candidate_ids`` (which the reference
+    confirmed for a passing report).
+
+    ``report`` is a ``VerificationReport`` or the parsed ``verification.json``.
 
     Returns:
         One line per problem; empty when everything matches.
     """
+    from release.errors import ReportError
     from release.verify.loading import candidate_source, folder_file_hashes, fresh_remote_code_modules
 
     try:
-        cases, max_new_tokens, expected_files = _report_cases(report)
-    except (KeyError, TypeError, ValueError) as exc:
+        if not isinstance(report, VerificationReport):
+            report = VerificationReport.from_dict(report)
+        cases = _report_cases(report)
+    except (ReportError, ValueError) as exc:
         return [f"report: not a usable verification report ({exc})"]
-    if report.get("passed") is not True:
+    if not report.verified:
         return ["report: the verification did not pass; there is nothing verified to compare with"]
+    expected_files = report.model.files
+    max_new_tokens = report.generation.max_new_tokens
     failures: list[str] = []
     with contextlib.ExitStack() as stack:
         try:
@@ -847,24 +875,21 @@ def check_generation_against_report(
     return failures
 
 
-def _report_cases(report: dict) -> tuple[list[dict], int, dict[str, str]]:
-    generation = report["generation"]
-    max_new_tokens = int(generation["max_new_tokens"])
-    cases = list(generation["cases"])
+def _report_cases(report: VerificationReport) -> list[GenerationCase]:
+    cases = report.generation.cases
     if not cases:
         raise ValueError("generation.cases is empty")
     for i, case in enumerate(cases):
-        if not isinstance(case.get("prompt"), str) or not isinstance(case.get("candidate_ids"), list):
-            raise ValueError(f"generation.cases[{i}] has no prompt or candidate_ids")
-        if not isinstance(case.get("input_ids"), list):
+        if case.candidate_ids is None:
+            raise ValueError(f"generation.cases[{i}] has no candidate_ids")
+        if case.input_ids is None:
             raise ValueError(f"generation.cases[{i}] has no input_ids")
-    files = report["model"]["files"]
-    if not isinstance(files, dict) or not files:
+    if not report.model.files:
         raise ValueError("model.files is missing or empty")
-    return cases, max_new_tokens, dict(files)
+    return cases
 
 
-def _regenerate(source, cases: list[dict], max_new_tokens: int) -> list[str]:
+def _regenerate(source, cases: list[GenerationCase], max_new_tokens: int) -> list[str]:
     from release.verify.checks import candidate_greedy
     from release.verify.loading import load_candidate
 
@@ -881,11 +906,11 @@ def _regenerate(source, cases: list[dict], max_new_tokens: int) -> list[str]:
 
             pad = next(iter(sorted(normalize_eos(model.generation_config.eos_token_id))), None)
         for case in cases:
-            prompt = case["prompt"]
+            prompt = case.prompt
             try:
                 ids = _encode(tokenizer, prompt)
-                if ids != case["input_ids"]:
-                    verified = case["input_ids"]
+                if ids != case.input_ids:
+                    verified = case.input_ids
                     failures.append(
                         f"generation: {prompt!r} tokenizes to {ids}, the verified tokenizer gave {verified}"
                     )
@@ -895,7 +920,7 @@ def _regenerate(source, cases: list[dict], max_new_tokens: int) -> list[str]:
                 log.debug("generate failed", exc_info=True)
                 failures.append(f"generation: {prompt!r}: generate() {_exc(exc)}")
                 continue
-            expected = [int(t) for t in case["candidate_ids"]]
+            expected = [int(t) for t in case.candidate_ids]
             if got != expected:
                 index = next(
                     (i for i, (a, b) in enumerate(zip(expected, got, strict=False)) if a != b),
