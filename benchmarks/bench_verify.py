@@ -106,6 +106,7 @@ def child_run(role: str, args: dict) -> dict:
 
     extra: dict = {}
     anon = _AnonSampler()
+    cpu_start = _cpu_seconds()
     start = time.perf_counter()
     if role == "floor":
         from transformers import AutoModelForCausalLM
@@ -152,7 +153,17 @@ def child_run(role: str, args: dict) -> dict:
     elif role != "baseline":
         raise SystemExit(f"unknown role {role}")
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "peak_rss": peak_rss(), "peak_anon": anon.stop(), **extra}
+    cpu = _cpu_seconds() - cpu_start
+    return {"seconds": seconds, "cpu_seconds": cpu, "peak_rss": peak_rss(), "peak_anon": anon.stop(), **extra}
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process: on a machine other jobs share, the wall time of a contender
+    depends on what else runs meanwhile; its CPU time much less (each contender uses the same threads)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 # --------------------------------------------------------------------------- driver
@@ -192,19 +203,23 @@ def run(
             result = spawn(__file__, role, paths)
             samples[role].append(result)
             print(
-                f"  run {i + 1}/{repeat} {role:9s} {result['seconds']:8.2f} s  peak RSS "
+                f"  run {i + 1}/{repeat} {role:9s} {result['seconds']:8.2f} s  cpu {result['cpu_seconds']:8.2f} s  peak RSS "
                 f"{result['peak_rss'] / 1e6:7.0f} MB  peak anon {result['peak_anon'] / 1e6:7.0f} MB"
                 + ("" if result.get("passed", True) else "  (FAILED gates)"),
                 file=sys.stderr,
             )
     med = {
-        role: {key: statistics.median(s[key] for s in runs) for key in ("seconds", "peak_rss", "peak_anon")}
+        role: {
+            key: statistics.median(s[key] for s in runs)
+            for key in ("seconds", "cpu_seconds", "peak_rss", "peak_anon")
+        }
         for role, runs in samples.items()
     }
     weights = info["weights_bytes"]
     base, base_anon = med["baseline"]["peak_rss"], med["baseline"]["peak_anon"]
     ratios = {
         "verify_time_over_floor": med["verify"]["seconds"] / med["floor"]["seconds"],
+        "verify_cpu_over_floor": med["verify"]["cpu_seconds"] / med["floor"]["cpu_seconds"],
         "verify_rss_over_weights": (med["verify"]["peak_rss"] - base) / weights,
         "verify_anon_over_weights": (med["verify"]["peak_anon"] - base_anon) / weights,
     }
@@ -257,10 +272,12 @@ def print_summary(results: dict) -> None:
     print(f"weights {model['weights_bytes'] / mb:.0f} MB, {model['parameters'] / 1e6:.1f}M parameters")
     for role, figures in m.items():
         print(
-            f"  {role:9s} {figures['seconds']:8.2f} s   peak RSS {figures['peak_rss'] / mb:7.0f} MB   "
+            f"  {role:9s} {figures['seconds']:8.2f} s  cpu {figures['cpu_seconds']:8.2f} s   peak RSS {figures['peak_rss'] / mb:7.0f} MB   "
             f"peak anon {figures['peak_anon'] / mb:7.0f} MB"
         )
-    print(f"verify time / floor = {r['verify_time_over_floor']:.2f}x (target <= 2)")
+    print(
+        f"verify time / floor = {r['verify_time_over_floor']:.2f}x wall, {r['verify_cpu_over_floor']:.2f}x CPU (target <= 2)"
+    )
     print(f"verify peak RSS - baseline = {r['verify_rss_over_weights']:.2f}x weights (target <= 1.3)")
     print(f"verify peak anon - baseline = {r['verify_anon_over_weights']:.2f}x weights")
     if "both_rss_over_weights" in r:

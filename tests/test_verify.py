@@ -217,6 +217,36 @@ def test_report_files_are_complete_sorted_and_name_every_verified_file(release, 
     assert "| The Fox | yes |" in markdown
 
 
+def test_report_schema_reads_back_what_verify_wrote_and_names_a_bad_key(good):
+    import dataclasses
+
+    from release.errors import ReportError
+    from release.verify.report import GATE_REGISTRY, Gates, VerificationReport, read_report
+
+    report, path, _ = good
+    data = json.loads(path.read_text(encoding="utf-8"))
+    typed = read_report(path)
+    assert typed.to_dict() == data and typed.verified
+    assert typed.generation.cases[0].candidate_ids == report.generation.cases[0].candidate_ids
+    # Every gate is in the one registry, whose thresholds are fields of Gates.
+    assert {g.name for g in typed.gates} <= set(GATE_REGISTRY)
+    fields = {f.name for f in dataclasses.fields(Gates)}
+    assert all(spec.threshold is None or spec.threshold in fields for spec in GATE_REGISTRY.values())
+    # What another step adds (compat's section, a new figure) survives a read and a write.
+    data["compat"] = {"range": ">=4.46", "passed": True, "versions": []}
+    data["parity"]["new_figure"] = 1.5
+    assert VerificationReport.from_dict(data).to_dict() == data
+    broken = json.loads(json.dumps(data))
+    del broken["generation"]["cases"][1]["prompt"]
+    with pytest.raises(ReportError, match=r"missing key 'generation\.cases\[1\]\.prompt'"):
+        VerificationReport.from_dict(broken)
+    broken = {**data, "perplexity": {**data["perplexity"], "tokens": "many"}}
+    with pytest.raises(ReportError, match=r"'perplexity\.tokens' must be an integer, found str"):
+        VerificationReport.from_dict(broken)
+    # A report that says it failed is not trusted even when its gates say otherwise.
+    assert not VerificationReport.from_dict({**data, "passed": False}).verified
+
+
 def test_card_reads_the_report(release, good):
     from release.card.facts import check_verification
 
@@ -701,29 +731,35 @@ def test_logits_beyond_the_budget_are_compared_by_position_chunks(release, good,
     # 20 positions x 384 logits x 4 bytes: a forward may return 20 positions of one row (a 64-token row's
     # activations exceed it too, so rows go one at a time).
     monkeypatch.setattr(checks, "MIN_LOGITS_BUDGET", 20 * 384 * 4)
-    calls = []
+    forwards, head_positions = [], []
     real = checks.candidate_logits
 
     def spy(model, *args, **kwargs):
-        original = model.forward
+        original, head = model.forward, model.get_output_embeddings()
+        original_head = head.forward
 
         def forward(*a, **kw):
-            calls.append(kw.get("logits_to_keep"))
+            forwards.append(kw["input_ids"].shape)
             return original(*a, **kw)
 
-        model.forward = forward
+        def head_forward(x):
+            head_positions.append(x.shape[1])
+            return original_head(x)
+
+        model.forward, head.forward = forward, head_forward
         try:
             return real(model, *args, **kwargs)
         finally:
-            del model.forward
+            del model.forward, head.forward
 
     monkeypatch.setattr(checks, "candidate_logits", spy)
     report = verify_model(release.model_dir, **release.fast())
     assert report.passed, report.failures
-    # Prefixes with logits_to_keep for the 64-token input (20 + 20 + 20 + 4), plain calls for the batches of
-    # two 1- and 8-token rows and for the prompts.
-    assert calls.count(20) == 3 and calls.count(4) == 1 and None in calls
+    # One forward per row of each input (never a prefix again); the 64-token row's output layer sees its last
+    # position inside the forward, then 20 + 20 + 20 + 4 positions; the others' logits fit as they are.
+    prompt_lengths = [i["length"] for i in report.parity.inputs if i["kind"] == "prompt"]
+    assert sorted(shape[1] for shape in forwards) == sorted([1, 8, 64, *prompt_lengths])
+    assert head_positions.count(20) == 3 and head_positions.count(4) == 1 and 64 not in head_positions
     assert report.perplexity.window == 20
-    prompt_tokens = sum(i["length"] for i in report.parity.inputs if i["kind"] == "prompt")
-    assert report.parity.positions == 2 * (1 + 8) + 64 + prompt_tokens
+    assert report.parity.positions == 2 * (1 + 8) + 64 + sum(prompt_lengths)
     assert report.parity.max_abs_diff <= 1e-4 and report.parity.top1_agreement == 1.0

@@ -12,10 +12,9 @@ weights' bytes, at least 8 MiB), whatever the vocabulary and context:
 
 - the reference's ``lm_head`` is applied by position chunks to the normalised hidden states its own forward
   computed (a pre-hook hands the forward's own ``lm_head`` call just the last position);
-- the candidate is called as users call it: one plain forward when its logits fit, otherwise forwards on
-  growing prefixes ``ids[:, :e]`` with ``logits_to_keep=e - s`` (the argument ``generate()`` uses) for
-  positions ``s:e``. A causal model gives the same logits at ``s:e`` either way; the price is compute
-  (~``n_chunks / 2`` forwards).
+- the candidate is called as users call it, one plain forward per input; where its logits would exceed the
+  budget, its own output layer (``get_output_embeddings()``) is cut to the last position inside that forward
+  and applied by position chunks afterwards, the same way.
 
 Every reduction over the vocabulary runs on chunks of ``CHUNK_BYTES``, and freed memory is really given back
 (``heap_without_retention``, ``trim_heap``): glibc would otherwise keep freed activations resident.
@@ -256,28 +255,37 @@ def perplexity_ids(ids: Sequence[int], *, window: int, tokens: int) -> list[int]
 
 
 @contextlib.contextmanager
-def _lm_head_on_last_position(model) -> Iterator[dict[str, torch.Tensor]]:
-    """The training module's forward applies ``lm_head`` to its last position only; the normalised hidden
-    states of every position are handed out (``state["normed"]``, (b, T, C)) for ``_chunked_logits``."""
-    state: dict[str, torch.Tensor] = {}
+def _lm_head_on_last_position(head) -> Iterator[dict[str, Any]]:
+    """While inside, the forward of a model whose output layer is ``head`` applies it to the last position only,
+    and hands out what it was given for every position (``state["normed"]``, (b, T, C)): the normalised hidden
+    states, for ``_chunked_logits``."""
+    state: dict[str, Any] = {"cut": True}
 
     def last_position_only(module, args):
+        if not state["cut"]:
+            return None
         state["normed"] = args[0]
         return (args[0][:, -1:, :],)
 
-    hook = model.lm_head.register_forward_pre_hook(last_position_only)
+    hook = head.register_forward_pre_hook(last_position_only)
     try:
         yield state
     finally:
         hook.remove()
 
 
-def _chunked_logits(model, normed: torch.Tensor, budget: int) -> Iterator[tuple[int, int, torch.Tensor]]:
-    """``(s, e, logits[:, s:e])`` of the reference, at most ``budget`` bytes of logits at a time."""
-    V = model.config.vocab_size
-    for s, e in position_chunks(normed.shape[1], budget // (normed.shape[0] * V * 4)):
-        # lm_head's own computation, called directly: its hook would cut the input to one position.
-        yield s, e, F.linear(normed[:, s:e], model.lm_head.weight, model.lm_head.bias)  # (b, e-s, V)
+def _chunked_logits(
+    head, normed: torch.Tensor, state: dict[str, Any], *, budget: int, vocab_size: int
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """``(s, e, head(normed[:, s:e]))``: the output layer's own computation, at most ``budget`` bytes of
+    logits at a time (with its hook passing the input through)."""
+    for s, e in position_chunks(normed.shape[1], budget // (normed.shape[0] * vocab_size * 4)):
+        state["cut"] = False
+        try:
+            logits = head(normed[:, s:e])  # (b, e-s, V)
+        finally:
+            state["cut"] = True
+        yield s, e, logits
 
 
 # --------------------------------------------------------------------------- candidate side
@@ -289,32 +297,42 @@ def candidate_logits(
 ) -> int:
     """Run the candidate on the parity inputs as users call it and spill its logits; returns the positions.
 
-    One plain forward when the logits fit the budget, otherwise forwards on growing prefixes with
-    ``logits_to_keep`` (no key/value cache is built: ``use_cache=False``, as for any scoring).
+    A plain forward (``use_cache=False``, as for any scoring). Where its logits would exceed the budget (a
+    full-context row of a large vocabulary on a small model), the same forward runs with its output layer
+    (``get_output_embeddings()``) cut to the last position, and that layer is then applied by position chunks
+    to what the forward handed it: one forward's compute, the budget's memory. Whatever the forward does after
+    its output layer is still checked on the inputs whose logits fit (the short ones and the prompts).
     """
+    head = model.get_output_embeddings()
     positions = 0
-    for inp in inputs:
-        B, T = inp.ids.shape
-        rows = rows_per_forward(B, T, width=width, n_layer=0, budget=budget)
-        for r0 in range(0, B, rows):
-            ids = inp.ids[r0 : r0 + rows]
-            b = ids.shape[0]
-            for s, e in position_chunks(T, budget // (b * vocab_size * 4)):
-                if (s, e) == (0, T):
-                    out = model(input_ids=ids, use_cache=False)
+    with _lm_head_on_last_position(head) as state:
+        for inp in inputs:
+            B, T = inp.ids.shape
+            rows = rows_per_forward(B, T, width=width, n_layer=0, budget=budget)
+            for r0 in range(0, B, rows):
+                ids = inp.ids[r0 : r0 + rows]
+                b = ids.shape[0]
+                fits = b * T * vocab_size * 4 <= budget
+                state["cut"] = not fits
+                out = model(input_ids=ids, use_cache=False)
+                if fits:
+                    chunks = iter([(0, T, out.logits)])
                 else:
-                    out = model(input_ids=ids[:, :e], use_cache=False, logits_to_keep=e - s)
-                logits = out.logits[
-                    :, -(e - s) :
-                ]  # (b, e-s, V); sliced again in case logits_to_keep is ignored
-                if logits.shape[-1] != vocab_size:
-                    raise ValueError(
-                        f"candidate has {logits.shape[-1]} logits per position, the reference {vocab_size}"
+                    chunks = _chunked_logits(
+                        head, state.pop("normed"), state, budget=budget, vocab_size=vocab_size
                     )
-                for row in range(b):
-                    spill.append(f"{inp.key}.r{r0 + row}.logits", logits[row])  # (e-s, V)
-                positions += b * (e - s)
-                del out, logits
+                for s, e, logits in chunks:
+                    if logits.shape[-1] != vocab_size or logits.shape[1] != e - s:
+                        raise ValueError(
+                            f"candidate gives logits of shape {tuple(logits.shape)} for {e - s} positions; "
+                            f"the reference has {vocab_size} per position"
+                        )
+                    for row in range(b):
+                        spill.append(f"{inp.key}.r{r0 + row}.logits", logits[row])  # (e-s, V)
+                    positions += b * (e - s)
+                    del logits
+                del out, chunks
+                state.pop("normed", None)
                 trim_heap()
     return positions
 
@@ -357,7 +375,7 @@ def compare_logits(model, inputs: Sequence[ParityInput], spill: Spill, *, budget
     V = cfg.vocab_size
     chunk = max(1, CHUNK_BYTES // (V * 8))
     max_abs, sum_abs, n_el, agree, kl_sum, positions = 0.0, 0.0, 0, 0, 0.0, 0
-    with _lm_head_on_last_position(model) as state:
+    with _lm_head_on_last_position(model.lm_head) as state:
         for inp in inputs:
             B, T = inp.ids.shape
             rows = rows_per_forward(B, T, width=cfg.n_embd, n_layer=0, budget=budget)
@@ -365,7 +383,9 @@ def compare_logits(model, inputs: Sequence[ParityInput], spill: Spill, *, budget
                 ids = inp.ids[r0 : r0 + rows]
                 model(ids)
                 normed = state.pop("normed")
-                for s, e, logits in _chunked_logits(model, normed, budget):
+                for s, e, logits in _chunked_logits(
+                    model.lm_head, normed, state, budget=budget, vocab_size=V
+                ):
                     for row in range(ids.shape[0]):
                         for i in range(0, e - s, chunk):
                             ref = logits[row, i : i + chunk].double()
@@ -416,7 +436,7 @@ def spill_reference_hidden_states(model, inputs: Sequence[ParityInput], spill: S
     hooks = [model.blocks[0].register_forward_pre_hook(embeddings)]
     hooks += [block.register_forward_hook(block_output(i + 1)) for i, block in enumerate(model.blocks)]
     try:
-        with _lm_head_on_last_position(model) as last:
+        with _lm_head_on_last_position(model.lm_head) as last:
             for inp in inputs:
                 B, T = inp.ids.shape
                 rows = rows_per_forward(B, T, width=cfg.n_embd, n_layer=cfg.n_layer, budget=budget)
@@ -461,17 +481,18 @@ def teacher_forced_greedy(
     cont = [int(t) for t in continuation]
     P = len(prompt_ids)
     seq = torch.tensor([[*prompt_ids, *cont]])
-    with _lm_head_on_last_position(model) as state:
+    picks, margins = [], []  # per step: the reference's argmax, and logit(argmax) - logit(cont[i])
+    with _lm_head_on_last_position(model.lm_head) as state:
         model(seq)
         normed = state.pop("normed")[:, P - 1 :]  # the positions that predict continuation[0], [1], ...
-    picks, margins = [], []  # per step: the reference's argmax, and logit(argmax) - logit(cont[i])
-    for s, e, logits in _chunked_logits(model, normed, budget):
-        steps = logits[0].float()
-        best = steps.argmax(-1)
-        picks += best.tolist()
-        for i in range(s, min(e, len(cont))):
-            margins.append(float(steps[i - s, best[i - s]] - steps[i - s, cont[i]]))
-        del logits, steps
+        V = model.config.vocab_size
+        for s, e, logits in _chunked_logits(model.lm_head, normed, state, budget=budget, vocab_size=V):
+            steps = logits[0].float()
+            best = steps.argmax(-1)
+            picks += best.tolist()
+            for i in range(s, min(e, len(cont))):
+                margins.append(float(steps[i - s, best[i - s]] - steps[i - s, cont[i]]))
+            del logits, steps
     for i, token in enumerate(cont):
         if i > 0 and eos_token_id is not None and cont[i - 1] == eos_token_id:  # the reference had stopped
             return TeacherForced(cont[:i], Divergence(False, i, None, token))
