@@ -479,6 +479,12 @@ def run(version, dry_run, stop_after, **options):
     "--max-new-tokens", type=click.IntRange(min=1), default=None, help="Per prompt (default: settings, 32)."
 )
 @click.option(
+    "--perplexity-tokens",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Tokens of the text each model scores (default: 2048; all of a shorter text).",
+)
+@click.option(
     "--gate",
     "gate_overrides",
     multiple=True,
@@ -496,6 +502,7 @@ def verify(
     prompts,
     eval_text,
     max_new_tokens,
+    perplexity_tokens,
     gate_overrides,
 ):
     """Check that a converted model DIR (or --repo-id at --revision) behaves like the training CHECKPOINT.
@@ -545,6 +552,7 @@ def verify(
         max_new_tokens=settings.max_new_tokens,
         report_path=report_path,
         tokenizer=settings.tokenizer,
+        **({"perplexity_tokens": perplexity_tokens} if perplexity_tokens is not None else {}),
     )
     summary = report.markdown()
     click.echo(summary)

@@ -553,10 +553,12 @@ def test_cli_verify_passes_writes_reports_beside_the_model_folder_and_the_step_s
     release, tmp_path, cli
 ):
     folder = release.copy(tmp_path / "dist" / "v1.0.0" / "model")
-    result = cli("verify", folder, *fast_options(release))
+    result = cli("verify", folder, *fast_options(release), "--perplexity-tokens", 300)
     assert result.exit_code == 0, result.output
     report = tmp_path / "dist" / "v1.0.0" / "verification.json"
-    assert json.loads(report.read_text())["passed"] is True
+    data = json.loads(report.read_text())
+    assert data["passed"] is True
+    assert data["perplexity"]["tokens"] == data["settings"]["perplexity_tokens"] == 300
     assert (tmp_path / "dist" / "v1.0.0" / "verification.md").is_file()
     assert "## Verification passed" in result.stdout
     assert "## Verification passed" in cli.summary.read_text()

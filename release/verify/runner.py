@@ -3,8 +3,11 @@
 ``verify_model`` compares a model folder (or a Hub revision) with the training module built from the original
 checkpoint: logits parity with per-layer localisation, perplexity on an evaluation text, greedy generation
 token for token (single prompts, a padded batch), seeded sampling, ``pipeline("text-generation")``, and
-remote-code hygiene. The reference runs first and is freed before the candidate is loaded; the two models are
-never in memory together. The result is a ``VerificationReport`` (``verification.json`` + a Markdown summary).
+remote-code hygiene. The two models are never in memory together, and each does only what the comparison
+needs: the candidate runs first (its parity logits spilled to disk, its perplexity, every generation), then
+the reference compares its logits, scores the same tokens and checks the candidate's greedy continuations by
+teacher forcing (one forward per prompt); per-layer hidden states are computed only when parity failed. The
+result is a ``VerificationReport`` (``verification.json`` + a Markdown summary).
 
 ``check_generation_against_report`` repeats the generation check on a published revision without the
 checkpoint (the expected tokens are in the report): the gate that runs after an upload and before a tag is
