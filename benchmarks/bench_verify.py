@@ -104,6 +104,11 @@ def child_run(role: str, args: dict) -> dict:
     exec(IMPORTS, {})  # noqa: S102 - the same imports for every contender, before the clock starts
     import torch
 
+    if args.get("threads"):
+        # The same for every contender. On a machine other jobs oversubscribe, torch's threads wait for each
+        # other at every operation; many small ones (decoding steps) suffer far more than large matmuls.
+        torch.set_num_threads(args["threads"])
+
     extra: dict = {}
     anon = _AnonSampler()
     cpu_start = _cpu_seconds()
@@ -176,8 +181,10 @@ def run(
     max_new_tokens: int,
     existing: dict | None = None,
     skip_both: bool = False,
+    threads: int | None = None,
 ) -> dict:
     paths = {
+        "threads": threads,
         "checkpoint": str(workdir / "ckpt.pt"),
         "tokenizer": str(workdir / "tokenizer"),
         "model": str(workdir / "dist" / "model"),
@@ -237,7 +244,7 @@ def run(
             "verify_passed": all(s["passed"] for s in samples["verify"]),
         },
         "cpu_count": os.cpu_count(),
-        "torch_threads": _torch_threads(),
+        "torch_threads": threads or _torch_threads(),
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }
 
@@ -293,6 +300,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="the folder `release convert` made from --checkpoint")
     parser.add_argument("--tokenizer", type=Path, help="the tokenizer --model was converted with")
     parser.add_argument("--skip-both", action="store_true", help="leave out the two-models-at-once run")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads of every contender")
 
     def run_kwargs(options) -> dict:
         given = [options.checkpoint, options.model, options.tokenizer]
@@ -310,6 +318,7 @@ def main() -> None:
             "max_new_tokens": options.max_new_tokens,
             "existing": existing,
             "skip_both": options.skip_both,
+            "threads": options.threads,
         }
 
     bench_main(
