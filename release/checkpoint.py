@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     import torch
 
     from modeling.mapping import Architecture
-    from modeling.reference import GPTLanguageModel
+    from modeling.reference import GPTLanguageModel, ReferenceConfig
 
 log = logging.getLogger(__name__)
 
@@ -616,6 +616,26 @@ def open_checkpoint(path: Path) -> TrainingCheckpoint:
         raise CheckpointError(f"cannot read checkpoint {path}: permission denied") from exc
 
 
+def reference_config(ckpt: TrainingCheckpoint) -> ReferenceConfig:
+    """The training module's config for ``ckpt`` (architecture from the tensors), without loading a tensor.
+
+    Raises:
+        CheckpointError, ConversionError: As ``TrainingCheckpoint.architecture``.
+    """
+    from modeling.reference import ReferenceConfig
+
+    arch = ckpt.architecture
+    return ReferenceConfig(
+        vocab_size=arch.vocab_size,
+        block_size=arch.block_size,
+        n_layer=arch.n_layer,
+        n_head=arch.n_head,
+        n_embd=arch.n_embd,
+        ffn_type=arch.ffn_type,
+        dropout=ckpt.dropout,
+    )
+
+
 def load_reference_model(path: Path) -> tuple[GPTLanguageModel, TrainingCheckpoint]:
     """Build the training module from a checkpoint: architecture from the tensors, strict load, eval, float32.
 
@@ -628,19 +648,11 @@ def load_reference_model(path: Path) -> tuple[GPTLanguageModel, TrainingCheckpoi
     import torch
 
     from modeling.mapping import expected_source_shapes
-    from modeling.reference import GPTLanguageModel, ReferenceConfig
+    from modeling.reference import GPTLanguageModel
 
     ckpt = open_checkpoint(path)
     arch = ckpt.architecture
-    config = ReferenceConfig(
-        vocab_size=arch.vocab_size,
-        block_size=arch.block_size,
-        n_layer=arch.n_layer,
-        n_head=arch.n_head,
-        n_embd=arch.n_embd,
-        ffn_type=arch.ffn_type,
-        dropout=ckpt.dropout,
-    )
+    config = reference_config(ckpt)
     with torch.device("meta"):
         model = GPTLanguageModel(config)
     state_dict = {key: ckpt.get(key) for key in expected_source_shapes(arch)}

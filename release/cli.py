@@ -526,6 +526,12 @@ def run(version, dry_run, stop_after, **options):
     "--max-new-tokens", type=click.IntRange(min=1), default=None, help="Per prompt (default: settings, 32)."
 )
 @click.option(
+    "--perplexity-tokens",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Tokens of the text each model scores (default: 2048; all of a shorter text).",
+)
+@click.option(
     "--gate",
     "gate_overrides",
     multiple=True,
@@ -543,6 +549,7 @@ def verify(
     prompts,
     eval_text,
     max_new_tokens,
+    perplexity_tokens,
     gate_overrides,
 ):
     """Check that a converted model DIR (or --repo-id at --revision) behaves like the training CHECKPOINT.
@@ -593,6 +600,7 @@ def verify(
         report_path=report_path,
         tokenizer=tokenizer,
         settings_tokenizer=settings.tokenizer,
+        **({"perplexity_tokens": perplexity_tokens} if perplexity_tokens is not None else {}),
     )
     summary = report.markdown()
     click.echo(summary)

@@ -39,6 +39,10 @@ class TokenizerError(ReleaseError):
     """The tokenizer cannot be loaded or does not fit the model."""
 
 
+class ReportError(UsageError):
+    """A ``verification.json`` cannot be read or is not a report of this schema (the message names the key)."""
+
+
 class VerificationError(ReleaseError):
     """One or more verification gates failed. ``failures`` holds one line per failed gate."""
 

@@ -80,7 +80,7 @@ def release(tmp_path_factory, tokenizer_dir) -> Release:
 @pytest.fixture(scope="module")
 def good(release):
     """The correct conversion verified with the default prompts, text and max_new_tokens; records whether the
-    reference model was already gone when the candidate was loaded."""
+    candidate was already gone when the reference was loaded, and how often each model was loaded."""
     import gc
     import weakref
 
@@ -88,21 +88,23 @@ def good(release):
     import release.verify.loading as loading_module
     from release.verify.runner import verify_model
 
-    seen = {}
+    seen = {"reference_loads": 0, "candidate_loads": 0}
     real_load_reference, real_load_candidate = (
         checkpoint_module.load_reference_model,
         loading_module.load_candidate,
     )
 
     def load_reference(path):
-        model, ckpt = real_load_reference(path)
-        seen["reference"] = weakref.ref(model)
-        return model, ckpt
+        gc.collect()
+        seen["candidate_alive_at_reference_load"] = seen["candidate"]() is not None
+        seen["reference_loads"] += 1
+        return real_load_reference(path)
 
     def load_candidate(source):
-        gc.collect()
-        seen["reference_alive_at_candidate_load"] = seen["reference"]() is not None
-        return real_load_candidate(source)
+        model, tokenizer = real_load_candidate(source)
+        seen["candidate"] = weakref.ref(model)
+        seen["candidate_loads"] += 1
+        return model, tokenizer
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(checkpoint_module, "load_reference_model", load_reference)
@@ -156,23 +158,29 @@ def test_correct_conversion_passes_every_gate(release, good):
         "generation.pipeline",
         "card_snippet",  # the card's code, run verbatim in a fresh process (release.verify.snippet)
     }
-    assert report.parity["max_abs_diff"] <= 1e-4 and report.parity["top1_agreement"] == 1.0
-    assert report.parity["first_divergent_layer"] is None and report.parity["divergence_location"] is None
-    inputs = report.parity["inputs"]
-    assert [(i["batch"], i["length"]) for i in inputs if i["kind"] == "random"] == [(2, 1), (2, 32), (2, 64)]
+    assert report.parity.max_abs_diff <= 1e-4 and report.parity.top1_agreement == 1.0
+    assert report.parity.first_divergent_layer is None and report.parity.divergence_location is None
+    inputs = report.parity.inputs
+    # Short inputs in a batch of two and one full-context row (the context is 64 tokens).
+    assert [(i["batch"], i["length"]) for i in inputs if i["kind"] == "random"] == [(2, 1), (2, 8), (1, 64)]
     assert [i["prompt"] for i in inputs if i["kind"] == "prompt"] == [
         "The Fox",
         "Once upon a time",
         "The Lion said",
     ]
-    assert report.perplexity["relative_diff"] <= 1e-3 and report.perplexity["text"] == "aesop.txt"
-    cases = report.generation["cases"]
-    assert [c["prompt"] for c in cases] == ["The Fox", "Once upon a time", "The Lion said"]
-    assert all(c["match"] and c["candidate_ids"] == c["reference_ids"] and c["text"] for c in cases)
-    assert report.generation["padded_batch_match"] and report.generation["pipeline_ok"]
-    assert report.generation["sampling"]["stopped"] in ("eos", "max_new_tokens")
-    # Never both models at once: the reference was collected before the candidate was loaded.
-    assert seen["reference_alive_at_candidate_load"] is False
+    assert report.perplexity.relative_diff <= 1e-3 and report.perplexity.text == "aesop.txt"
+    # 2,048 tokens scored by each model (the default), recorded.
+    assert report.perplexity.tokens == report.perplexity.candidate_tokens == 2048
+    assert report.perplexity.requested_tokens == report.to_dict()["settings"]["perplexity_tokens"] == 2048
+    cases = report.generation.cases
+    assert [c.prompt for c in cases] == ["The Fox", "Once upon a time", "The Lion said"]
+    assert all(c.match and c.candidate_ids == c.reference_ids and c.text for c in cases)
+    assert report.generation.padded_batch_match and report.generation.pipeline_ok
+    assert report.generation.sampling.stopped in ("eos", "max_new_tokens")
+    # Never both models at once: the candidate was collected before the reference was loaded; a passing
+    # verification loads each once (the candidate is loaded again only to locate a parity failure).
+    assert seen["candidate_alive_at_reference_load"] is False
+    assert (seen["candidate_loads"], seen["reference_loads"]) == (1, 1)
 
 
 def test_report_files_are_complete_sorted_and_name_every_verified_file(release, good):
@@ -210,14 +218,44 @@ def test_report_files_are_complete_sorted_and_name_every_verified_file(release, 
     assert "| The Fox | yes |" in markdown
 
 
+def test_report_schema_reads_back_what_verify_wrote_and_names_a_bad_key(good):
+    import dataclasses
+
+    from release.errors import ReportError
+    from release.verify.report import GATE_REGISTRY, Gates, VerificationReport, read_report
+
+    report, path, _ = good
+    data = json.loads(path.read_text(encoding="utf-8"))
+    typed = read_report(path)
+    assert typed.to_dict() == data and typed.verified
+    assert typed.generation.cases[0].candidate_ids == report.generation.cases[0].candidate_ids
+    # Every gate is in the one registry, whose thresholds are fields of Gates.
+    assert {g.name for g in typed.gates} <= set(GATE_REGISTRY)
+    fields = {f.name for f in dataclasses.fields(Gates)}
+    assert all(spec.threshold is None or spec.threshold in fields for spec in GATE_REGISTRY.values())
+    # What another step adds (compat's section, a new figure) survives a read and a write.
+    data["compat"] = {"range": ">=4.46", "passed": True, "versions": []}
+    data["parity"]["new_figure"] = 1.5
+    assert VerificationReport.from_dict(data).to_dict() == data
+    broken = json.loads(json.dumps(data))
+    del broken["generation"]["cases"][1]["prompt"]
+    with pytest.raises(ReportError, match=r"missing key 'generation\.cases\[1\]\.prompt'"):
+        VerificationReport.from_dict(broken)
+    broken = {**data, "perplexity": {**data["perplexity"], "tokens": "many"}}
+    with pytest.raises(ReportError, match=r"'perplexity\.tokens' must be an integer, found str"):
+        VerificationReport.from_dict(broken)
+    # A report that says it failed is not trusted even when its gates say otherwise.
+    assert not VerificationReport.from_dict({**data, "passed": False}).verified
+
+
 def test_card_reads_the_report(release, good):
     from release.card.facts import check_verification
 
     report, _, _ = good
     facts = check_verification(
-        report.to_dict(), source="verification.json", checkpoint_sha256=report.checkpoint["sha256"]
+        report.to_dict(), source="verification.json", checkpoint_sha256=report.checkpoint.sha256
     )
-    assert facts["parity"]["max_abs_diff"] == report.parity["max_abs_diff"]
+    assert facts["parity"]["max_abs_diff"] == report.parity.max_abs_diff
     assert len(facts["generation"]["cases"]) == 3
 
 
@@ -239,14 +277,14 @@ def test_corrupt_weight_fails_parity_and_generation_naming_the_layer(release, tm
     assert {"parity.max_abs_diff", "parity.top1_agreement", "perplexity", "generation.greedy"} <= failed(
         report
     )
-    assert report.parity["first_divergent_layer"] == 1
+    assert report.parity.first_divergent_layer == 1
     lines = report.failures
     parity_line = next(line for line in lines if line.startswith("parity: max abs diff"))
     assert parity_line.endswith("> 1e-04 (first divergent layer: 1)"), parity_line
     assert any(line.startswith("generation: ") and "(first divergent layer: 1)" in line for line in lines), (
         lines
     )
-    per_layer = report.parity["per_layer_max_abs_diff"]
+    per_layer = report.parity.per_layer_max_abs_diff
     assert per_layer[0] < 1e-5 and per_layer[1] < 1e-4 and per_layer[2] > 1e-2  # embeddings, layer 0, layer 1
 
 
@@ -266,7 +304,7 @@ def test_swapped_heads_fail_parity(release, tmp_path):
     report = verify_model(folder, **release.fast())
     assert "parity.max_abs_diff" in failed(report)
     assert gate(report, "load").passed and gate(report, "hygiene").passed
-    assert report.parity["first_divergent_layer"] == 0
+    assert report.parity.first_divergent_layer == 0
     assert any(line.endswith("(first divergent layer: 0)") for line in report.failures)
 
 
@@ -281,8 +319,77 @@ def test_cache_path_bug_fails_generation_while_plain_logits_pass(release, tmp_pa
     for name in ("parity.max_abs_diff", "parity.top1_agreement", "perplexity", "hygiene", "load"):
         assert gate(report, name).passed, name
     assert "generation.greedy" in failed(report)
-    assert not any(c["match"] for c in report.generation["cases"])
-    assert report.parity["max_abs_diff"] <= 1e-4
+    assert not any(c.match for c in report.generation.cases)
+    assert report.parity.max_abs_diff <= 1e-4
+
+
+def test_teacher_forcing_equals_greedy_decoding_and_names_the_first_differing_token():
+    import torch
+
+    from release.verify.checks import teacher_forced_greedy
+
+    model = build_reference()
+    prompt = [5, 17, 42, 7]
+    with torch.no_grad():
+        greedy = model.generate_greedy(torch.tensor([prompt]), 20)[0, len(prompt) :].tolist()
+    check = dict(max_new_tokens=20, eos_token_id=None, tie_margin=0.0, budget=2**20)
+
+    # The reference's own full-recompute decoding passes; the verdict is its tokens.
+    same = teacher_forced_greedy(model, prompt, greedy, **check)
+    assert same.divergence.match and same.reference_ids == greedy
+
+    # One token changed at position 6: reported there, with the reference's token and the margin it had.
+    wrong = list(greedy)
+    wrong[6] = (greedy[6] + 1) % model.config.vocab_size
+    wrong[9] = (greedy[9] + 1) % model.config.vocab_size  # a later difference does not move the report
+    div = teacher_forced_greedy(model, prompt, wrong, **check)
+    assert (div.divergence.match, div.divergence.index) == (False, 6)
+    assert (div.divergence.expected_token, div.divergence.actual_token) == (greedy[6], wrong[6])
+    assert div.divergence.margin > 0 and not div.divergence.tolerated
+    assert div.reference_ids == greedy[:7]
+    assert div.divergence.describe(20).startswith(
+        f"token 6 of 20 differs (expected {greedy[6]}, got {wrong[6]}"
+    )
+    # Within a tie margin larger than that gap, the same divergence is tolerated.
+    loose = teacher_forced_greedy(model, prompt, wrong, **{**check, "tie_margin": div.divergence.margin})
+    assert loose.divergence.index == 6 and loose.divergence.tolerated
+
+    # Stopping: short of max_new_tokens without eos, the reference would have gone on; past its eos, not.
+    short = teacher_forced_greedy(model, prompt, greedy[:5], **check)
+    assert (short.divergence.index, short.divergence.expected_token, short.divergence.actual_token) == (
+        5,
+        greedy[5],
+        None,
+    )
+    eos = greedy[3]
+    stops = teacher_forced_greedy(model, prompt, greedy[:4], **{**check, "eos_token_id": eos})
+    assert stops.divergence.match
+    if eos not in greedy[:3]:
+        past = teacher_forced_greedy(model, prompt, greedy[:6], **{**check, "eos_token_id": eos})
+        assert (past.divergence.index, past.divergence.expected_token) == (4, None)
+
+
+def test_verify_reports_the_position_where_generation_left_the_reference(release, monkeypatch):
+    import release.verify.checks as checks
+    from release.verify.runner import verify_model
+
+    real = checks.candidate_greedy
+
+    def off_at_five(model, input_ids, **kwargs):  # generate() that goes wrong at its sixth token
+        run = real(model, input_ids, **kwargs)
+        run.ids[5] = (run.ids[5] + 1) % 384
+        return run
+
+    monkeypatch.setattr(checks, "candidate_greedy", off_at_five)
+    report = verify_model(release.model_dir, **release.fast())
+    # The batch and the pipeline now disagree with it too; the model's logits are fine.
+    assert failed(report) == {"generation.greedy", "generation.padded_batch", "generation.pipeline"}
+    for case in report.generation.cases:
+        assert case.diverged_at == 5 and not case.match
+        assert case.reference_ids[:5] == case.candidate_ids[:5]
+        assert case.reference_ids[5] != case.candidate_ids[5]
+    line = next(line for line in report.failures if line.startswith("generation: "))
+    assert "'The Fox': token 5 of 12 differs (expected " in line, line
 
 
 def test_stale_remote_code_module_cannot_mask_a_broken_file(release, tmp_path, monkeypatch):
@@ -368,7 +475,7 @@ def test_nan_weights_fail_and_the_report_is_still_valid_json(release, tmp_path):
     assert {"parity.max_abs_diff", "perplexity", "generation.greedy"} <= failed(report)
     data = json.loads((tmp_path / "verification.json").read_text())  # strict JSON: NaN is written as "nan"
     assert data["parity"]["max_abs_diff"] == "nan" and data["passed"] is False
-    assert report.parity["first_divergent_layer"] == 0
+    assert report.parity.first_divergent_layer == 0
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
@@ -381,9 +488,9 @@ def test_half_precision_export_passes_its_documented_gates(release, tmp_path, dt
     ).out_dir
     report = verify_model(folder, **release.fast())
     assert report.passed, report.failures
-    assert report.model["dtype"] == dtype
+    assert report.model.dtype == dtype
     assert report.to_dict()["settings"]["gates"] == Gates.for_dtype(dtype).to_dict()
-    assert report.parity["max_abs_diff"] > Gates().max_abs_diff  # the float32 gate would refuse this export
+    assert report.parity.max_abs_diff > Gates().max_abs_diff  # the float32 gate would refuse this export
 
 
 # --------------------------------------------------------------------------- remote-code hygiene (static)
@@ -447,10 +554,12 @@ def test_cli_verify_passes_writes_reports_beside_the_model_folder_and_the_step_s
     release, tmp_path, cli
 ):
     folder = release.copy(tmp_path / "dist" / "v1.0.0" / "model")
-    result = cli("verify", folder, *fast_options(release))
+    result = cli("verify", folder, *fast_options(release), "--perplexity-tokens", 300)
     assert result.exit_code == 0, result.output
     report = tmp_path / "dist" / "v1.0.0" / "verification.json"
-    assert json.loads(report.read_text())["passed"] is True
+    data = json.loads(report.read_text())
+    assert data["passed"] is True
+    assert data["perplexity"]["tokens"] == data["settings"]["perplexity_tokens"] == 300
     assert (tmp_path / "dist" / "v1.0.0" / "verification.md").is_file()
     assert "## Verification passed" in result.stdout
     assert "## Verification passed" in cli.summary.read_text()
@@ -486,9 +595,9 @@ def test_cli_verify_usage_errors(release, tmp_path, cli):
 def test_cli_generate_and_generate_text_agree_with_the_verified_continuation(release, good, cli):
     from release.verify.runner import generate_text
 
-    case = good[0].generation["cases"][0]
-    text = generate_text(release.model_dir, prompt=case["prompt"], max_new_tokens=32)
-    assert text == case["prompt"] + case["text"]
+    case = good[0].generation.cases[0]
+    text = generate_text(release.model_dir, prompt=case.prompt, max_new_tokens=32)
+    assert text == case.prompt + case.text
     sampled = ("--temperature", 0.8, "--top-k", 20, "--seed", 3)
     result = cli("generate", release.model_dir, "--prompt", "The Fox", "--max-new-tokens", 5, *sampled)
     assert result.exit_code == 0, result.output
@@ -625,29 +734,35 @@ def test_logits_beyond_the_budget_are_compared_by_position_chunks(release, good,
     # 20 positions x 384 logits x 4 bytes: a forward may return 20 positions of one row (a 64-token row's
     # activations exceed it too, so rows go one at a time).
     monkeypatch.setattr(checks, "MIN_LOGITS_BUDGET", 20 * 384 * 4)
-    calls = []
-    real = checks.compare_logits
+    forwards, head_positions = [], []
+    real = checks.candidate_logits
 
     def spy(model, *args, **kwargs):
-        original = model.forward
+        original, head = model.forward, model.get_output_embeddings()
+        original_head = head.forward
 
         def forward(*a, **kw):
-            calls.append(kw.get("logits_to_keep"))
+            forwards.append(kw["input_ids"].shape)
             return original(*a, **kw)
 
-        model.forward = forward
+        def head_forward(x):
+            head_positions.append(x.shape[1])
+            return original_head(x)
+
+        model.forward, head.forward = forward, head_forward
         try:
             return real(model, *args, **kwargs)
         finally:
-            del model.forward
+            del model.forward, head.forward
 
-    monkeypatch.setattr(checks, "compare_logits", spy)
+    monkeypatch.setattr(checks, "candidate_logits", spy)
     report = verify_model(release.model_dir, **release.fast())
     assert report.passed, report.failures
-    # Prefixes with logits_to_keep for the 32- and 64-token inputs (20 + 12; 20 + 20 + 20 + 4), plain calls
-    # for the batch of two 1-token rows and for the prompts.
-    assert {20, 12, 4, None} <= set(calls)
-    assert report.perplexity["window"] == 20
-    prompt_tokens = sum(i["length"] for i in report.parity["inputs"] if i["kind"] == "prompt")
-    assert report.parity["positions"] == 2 * (1 + 32 + 64) + prompt_tokens
-    assert report.parity["max_abs_diff"] <= 1e-4 and report.parity["top1_agreement"] == 1.0
+    # One forward per row of each input (never a prefix again); the 64-token row's output layer sees its last
+    # position inside the forward, then 20 + 20 + 20 + 4 positions; the others' logits fit as they are.
+    prompt_lengths = [i["length"] for i in report.parity.inputs if i["kind"] == "prompt"]
+    assert sorted(shape[1] for shape in forwards) == sorted([1, 8, 64, *prompt_lengths])
+    assert head_positions.count(20) == 3 and head_positions.count(4) == 1 and 64 not in head_positions
+    assert report.perplexity.window == 20
+    assert report.parity.positions == 2 * (1 + 8) + 64 + sum(prompt_lengths)
+    assert report.parity.max_abs_diff <= 1e-4 and report.parity.top1_agreement == 1.0

@@ -335,123 +335,116 @@ def git_head_commit(cwd: Path | None = None) -> str | None:
 
 # --- verification.json -------------------------------------------------------------------------------
 
-# What the card calls each gate of release/verify.py; a gate not listed here shows its own name.
-GATE_TITLES = {
-    "load": "Loads with `trust_remote_code=True`",
-    "hygiene": "Remote code is self-contained",
-    "parity.forward": "Forward pass runs",
-    "parity.max_abs_diff": "Logits: max. abs. difference",
-    "parity.mean_abs_diff": "Logits: mean abs. difference",
-    "parity.top1_agreement": "Logits: top-1 agreement",
-    "parity.kl_divergence": "Logits: KL divergence",
-    "perplexity": "Perplexity: relative difference",
-    "generation.greedy": "Greedy generation matches",
-    "generation.padded_batch": "Left-padded batch matches",
-    "generation.sampling": "Seeded sampling stops cleanly",
-    "generation.pipeline": "`text-generation` pipeline matches",
-    "card_snippet": "This card's code runs as written, without a prompt",
-}
 SAMPLING_PARAMETERS = ("seed", "temperature", "top_k", "top_p")
 
 
-def check_verification(report: Mapping, *, source: Path | str, checkpoint_sha256: str) -> dict:
+def check_verification(report, *, source: Path | str, checkpoint_sha256: str) -> dict:
     """Validate the fields of a verification report that the card shows; return them as plain data.
 
-    Raises CardError when the report is for another checkpoint or records failed gates: a card must not
-    claim a verification the release does not have.
+    ``report`` is a ``release.verify.VerificationReport`` or the parsed ``verification.json``; it is read
+    through that typed schema (which names a missing or mistyped key), and the gates' titles come from its
+    registry (``release.verify.report.GATES``).
+
+    Raises CardError when the report is not a readable report, is for another checkpoint, or records failed
+    gates: a card must not claim a verification the release does not have.
     """
-    version = report.get("schema_version")
-    if version != 1:
-        raise CardError(f"{source}: unsupported schema_version {version!r} (this release tool reads 1)")
+    from release.errors import ReportError
+    from release.verify.report import VerificationReport
 
-    def get(key, types, nullable=False):
-        return get_field(report, key, source=source, types=types, nullable=nullable)
+    try:
+        typed = report if isinstance(report, VerificationReport) else VerificationReport.from_dict(report)
+    except ReportError as exc:
+        raise CardError(f"{source}: {exc}") from None
 
-    sha = get("checkpoint.sha256", (str,))
+    sha = typed.checkpoint.sha256
     if sha != checkpoint_sha256:
         raise CardError(
             f"{source} verifies checkpoint {sha[:12]}…, but the model folder was converted from "
             f"{checkpoint_sha256[:12]}…; run `release verify` on this folder"
         )
-    if not get("passed", (bool,)):
-        failures = [str(f) for f in report.get("failures") or []]
+    if not typed.verified:
+        failures = typed.recorded_failures or typed.failures
         detail = "; ".join(failures) if failures else "see the report"
         raise CardError(
             f"{source}: verification failed ({detail}); a card is only rendered for a verified model"
         )
-
-    gates = []
-    for i, gate in enumerate(get("gates", (list,))):
-        if not isinstance(gate, Mapping):
-            raise CardError(f"{source}: 'gates[{i}]' must be an object")
-        name = get_field(gate, "name", source=source, types=(str,))
-        gates.append(
-            {
-                "name": name,
-                "title": GATE_TITLES.get(name, name),
-                "passed": get_field(gate, "passed", source=source, types=(bool,)),
-                "value": gate.get("value"),
-                "threshold": gate.get("threshold"),
-                "detail": gate.get("detail") or "",
-            }
-        )
-    if not gates:
+    if not typed.gates:
         raise CardError(f"{source}: 'gates' is empty; nothing was verified")
+    gates = [
+        {
+            "name": g.name,
+            "title": g.title,
+            "passed": g.passed,
+            "value": g.value,
+            "threshold": g.threshold,
+            "detail": g.detail,
+        }
+        for g in typed.gates
+    ]
+
+    def finite(value, key: str, *, nullable: bool = False):
+        if value is None:
+            if nullable:
+                return None
+            raise CardError(f"{source}: '{key}' is null")
+        if not math.isfinite(value):
+            raise CardError(f"{source}: '{key}' is {value}; the card reports finite numbers only")
+        return value
 
     # A figure whose gate is off for this dtype may be absent (null); the card shows a dash for it.
     parity = {
-        key: get(f"parity.{key}", (int, float), nullable=True)
+        key: finite(getattr(typed.parity, key), f"parity.{key}", nullable=True)
         for key in ("max_abs_diff", "mean_abs_diff", "top1_agreement", "kl_divergence")
     }
+    ppl = typed.perplexity
+    if ppl.tokens is None:
+        raise CardError(f"{source}: 'perplexity.tokens' is null")
     perplexity = {
-        "text": get("perplexity.text", (str,)),
-        "text_sha256": get("perplexity.text_sha256", (str,)),
-        "tokens": get("perplexity.tokens", (int,)),
-        "reference": get("perplexity.reference", (int, float)),
-        "candidate": get("perplexity.candidate", (int, float)),
-        "relative_diff": get("perplexity.relative_diff", (int, float)),
+        "text": ppl.text,
+        "text_sha256": ppl.text_sha256,
+        "tokens": ppl.tokens,
+        "reference": finite(ppl.reference, "perplexity.reference"),
+        "candidate": finite(ppl.candidate, "perplexity.candidate"),
+        "relative_diff": finite(ppl.relative_diff, "perplexity.relative_diff"),
     }
-    cases = []
-    for i, case in enumerate(get("generation.cases", (list,))):
-        if not isinstance(case, Mapping):
-            raise CardError(f"{source}: 'generation.cases[{i}]' must be an object")
-        cases.append(
-            {
-                "prompt": visible_text(get_field(case, "prompt", source=source, types=(str,))),
-                "text": visible_text(get_field(case, "text", source=source, types=(str,))),
-                "match": get_field(case, "match", source=source, types=(bool,)),
-                # Parted from the reference only at a near tie the dtype's rounding can flip.
-                "tolerated": case.get("tolerated") is True,
-            }
-        )
-    sampling = report.get("generation", {}).get("sampling")
-    if sampling is not None:
-        if not isinstance(sampling, Mapping):
-            raise CardError(f"{source}: 'generation.sampling' must be an object")
-        sampling = {
-            "text": visible_text(get_field(sampling, "text", source=source, types=(str,))),
-            # The sampling parameters, in a fixed order; not the outcome fields (tokens, stopped).
-            "settings": [(k, sampling[k]) for k in SAMPLING_PARAMETERS if _is_scalar(sampling.get(k))],
-            "prompt": visible_text(sampling["prompt"]) if isinstance(sampling.get("prompt"), str) else None,
+    cases = [
+        {
+            "prompt": visible_text(case.prompt),
+            "text": visible_text(case.text),
+            "match": case.match,
+            # Parted from the reference only at a near tie the dtype's rounding can flip.
+            "tolerated": case.tolerated,
         }
+        for case in typed.generation.cases
+    ]
+    sampling = typed.generation.sampling
+    if sampling is not None:
+        recorded = sampling.to_dict()
+        sampling = {
+            "text": visible_text(sampling.text),
+            # The sampling parameters, in a fixed order; not the outcome fields (tokens, stopped).
+            "settings": [(k, recorded[k]) for k in SAMPLING_PARAMETERS if _is_scalar(recorded.get(k))],
+            "prompt": visible_text(sampling.prompt) if sampling.prompt is not None else None,
+        }
+    if typed.model.dtype is None:
+        raise CardError(f"{source}: 'model.dtype' is null")
     compat_passed, compat_failed, compat_range = [], [], None
-    if report.get("compat") is not None:
-        for i, entry in enumerate(get_field(report, "compat.versions", source=source, types=(list,))):
+    compat = typed.extra.get("compat")  # merged in by `release compat` (release/compat owns its shape)
+    if compat is not None:
+        for i, entry in enumerate(get_field(typed.extra, "compat.versions", source=source, types=(list,))):
             if not isinstance(entry, Mapping):
                 raise CardError(f"{source}: 'compat.versions[{i}]' must be an object")
             version = get_field(entry, "transformers", source=source, types=(str,))
             passed = get_field(entry, "passed", source=source, types=(bool,))
             (compat_passed if passed else compat_failed).append(version)
-        compat_range = (
-            report["compat"].get("range") if isinstance(report["compat"].get("range"), str) else None
-        )
+        compat_range = compat.get("range") if isinstance(compat.get("range"), str) else None
     return {
         "passed": True,
         "gates": gates,
         "parity": parity,
         "perplexity": perplexity,
         "generation": {
-            "max_new_tokens": get("generation.max_new_tokens", (int,)),
+            "max_new_tokens": typed.generation.max_new_tokens,
             "cases": cases,
             "sampling": sampling,
         },
@@ -460,7 +453,7 @@ def check_verification(report: Mapping, *, source: Path | str, checkpoint_sha256
         "compat_range": compat_range,
         # "4.46–5.24": the span of the versions that passed, for the card's compact line when they are many.
         "compat_span": _compat_span(compat_passed),
-        "dtype": get_field(report, "model.dtype", source=source, types=(str,)),
+        "dtype": typed.model.dtype,
     }
 
 

@@ -2,15 +2,32 @@
 
 - ``runner``: ``verify_model`` (every gate), ``check_generation_against_report`` (publish's post-upload gate),
   ``generate_text`` (a person's quick look).
-- ``report``: the schema of ``verification.json`` (``VerificationReport``, ``GateResult``, ``Gates``).
-- ``checks``: the numerical comparisons; ``loading``: loading the candidate exactly as users do;
-  ``hygiene``: the remote-code files' own checks.
+- ``report``: the schema of ``verification.json`` (``VerificationReport`` and its sections, ``GateResult``,
+  ``Gates`` thresholds, the ``GATES`` registry of names and titles, ``read_report``).
+- ``checks``: the numerical comparisons (teacher-forced greedy check included); ``loading``: loading the
+  candidate exactly as users do; ``hygiene``: the remote-code files' own checks.
 - ``snippet``: the card's code run verbatim in a fresh process (``card_snippet_gate`` for verify,
   ``check_card_snippet`` with ``python``/``paths`` per transformers environment, ``check_card_snippet_on_hub``
-  for publish's post-upload check).
+  for a Hub revision).
 """
 
-from release.verify.report import GateResult, Gates, VerificationReport, read_report
+from release.verify.report import (
+    GATE_REGISTRY,
+    GATES,
+    CheckpointSection,
+    GateResult,
+    Gates,
+    GateSpec,
+    GenerationCase,
+    GenerationSection,
+    ModelSection,
+    ParitySection,
+    PerplexitySection,
+    SamplingSection,
+    VerificationReport,
+    gate_title,
+    read_report,
+)
 from release.verify.runner import (
     check_generation_against_report,
     default_report_path,
@@ -25,8 +42,18 @@ from release.verify.snippet import (
 )
 
 __all__ = [
+    "GATES",
+    "GATE_REGISTRY",
+    "CheckpointSection",
     "GateResult",
+    "GateSpec",
     "Gates",
+    "GenerationCase",
+    "GenerationSection",
+    "ModelSection",
+    "ParitySection",
+    "PerplexitySection",
+    "SamplingSection",
     "SnippetResult",
     "card_snippet_gate",
     "check_card_snippet",
@@ -34,6 +61,7 @@ __all__ = [
     "VerificationReport",
     "check_generation_against_report",
     "default_report_path",
+    "gate_title",
     "generate_text",
     "read_report",
     "verify_model",

@@ -1,23 +1,27 @@
-"""The numerical side of verification: what the reference computes, and how the candidate is compared with it.
+"""The numerical side of verification: what each model computes, and how the two are compared.
 
-Memory is the constraint. The two models are never alive together: the reference computes everything first and
-its large outputs (logits and per-layer hidden states of the parity inputs) go to a temporary file
-(``Spill``), read back a few MiB at a time while the candidate is compared. No forward call produces more
-logits than the budget (``logits_budget``: 1/16 of the weights' bytes, at least 8 MiB), whatever the
-vocabulary and context:
+Compute is what a 1B-parameter release runs short of; memory is the constraint. The two models are never alive
+together, and each does only what the comparison needs. The candidate runs first: its parity logits go to a
+temporary file (``Spill``), read back a few MiB at a time later; it scores the evaluation text; it decodes
+greedily with its cache. Then the reference runs the same parity inputs and compares as it goes, scores the
+same number of tokens, and checks each greedy continuation by teacher forcing (``teacher_forced_greedy``: one
+forward over prompt + continuation instead of one full forward per generated token). Per-layer hidden states
+are computed only when parity failed (``spill_reference_hidden_states``, then ``locate_divergence`` on the
+candidate loaded again). No forward call produces more logits than the budget (``logits_budget``: 1/16 of the
+weights' bytes, at least 8 MiB), whatever the vocabulary and context:
 
 - the reference's ``lm_head`` is applied by position chunks to the normalised hidden states its own forward
   computed (a pre-hook hands the forward's own ``lm_head`` call just the last position);
-- the candidate is called as users call it: one plain forward when its logits fit, otherwise forwards on
-  growing prefixes ``ids[:, :e]`` with ``logits_to_keep=e - s`` (the argument ``generate()`` uses) for
-  positions ``s:e``. A causal model gives the same logits at ``s:e`` either way; the price is compute
-  (~``n_chunks / 2`` forwards).
+- the candidate is called as users call it, one plain forward per input; where its logits would exceed the
+  budget, its own output layer (``get_output_embeddings()``) is cut to the last position inside that forward
+  and applied by position chunks afterwards, the same way.
 
 Every reduction over the vocabulary runs on chunks of ``CHUNK_BYTES``, and freed memory is really given back
 (``heap_without_retention``, ``trim_heap``): glibc would otherwise keep freed activations resident.
 
 Perplexity uses non-overlapping windows (stride = window): inside a window each token is predicted from the
-tokens before it in that window; the first token of a window is not scored. The window is the context length,
+tokens before it in that window; the first token of a window is not scored. Both sides score the first
+``perplexity_tokens`` tokens of the text (``perplexity_ids``; 2,048 by default). The window is the context length,
 shortened when a window's logits would exceed the budget; the report records it. This is exactly as good as a
 sliding window for comparing two implementations of one model, and much cheaper.
 """
@@ -37,10 +41,11 @@ import torch
 from torch.nn import functional as F
 
 PARITY_SEED = 1234  # torch.Generator seed of the random parity inputs
-PARITY_BATCH = 2  # rows of each random parity input
+PARITY_BATCH = 2  # rows of each short random parity input (the full-context one has 1)
+SHORT_PARITY_LENGTH = 8  # tokens of the short random parity input of PARITY_BATCH rows
 MIN_LOGITS_BUDGET = 8 * 2**20  # float32 logits of one forward call, at least (see logits_budget)
 CHUNK_BYTES = 2**20  # one float64 [positions, vocab] block in reductions over the vocabulary
-TOPK = 8  # reference logits kept per greedy step, to judge near ties
+TOPK = 8  # candidate logits kept per greedy step, to judge near ties of the padded batch
 
 
 # --------------------------------------------------------------------------- spill file
@@ -210,11 +215,21 @@ class ParityInput:
 def make_parity_inputs(
     vocab_size: int, block_size: int, prompts: Sequence[str], prompt_ids: Sequence[Sequence[int]]
 ) -> list[ParityInput]:
-    """Seeded random ids (2 rows at lengths 1, block_size // 2, block_size) and each tokenized prompt."""
+    """Seeded random ids and each tokenized prompt.
+
+    Two short inputs in batches of ``PARITY_BATCH`` (1 token: no attention at all; ``SHORT_PARITY_LENGTH``
+    tokens: rows that must not see each other) and one full-context row: every position embedding, the
+    longest attention, the whole causal mask. A second full-context row or a half-context pair would test
+    nothing these do not, at the price of another full context on each side.
+    """
     generator = torch.Generator().manual_seed(PARITY_SEED)
-    inputs = []
-    for length in sorted({1, max(1, block_size // 2), block_size}):
-        ids = torch.randint(0, vocab_size, (PARITY_BATCH, length), generator=generator)
+    shapes = [(PARITY_BATCH, 1), (PARITY_BATCH, min(SHORT_PARITY_LENGTH, block_size)), (1, block_size)]
+    inputs, seen = [], set()
+    for batch, length in shapes:
+        if length in seen:  # a context of 1 or of SHORT_PARITY_LENGTH tokens
+            continue
+        seen.add(length)
+        ids = torch.randint(0, vocab_size, (batch, length), generator=generator)
         inputs.append(ParityInput(f"random{length}", ids, "random"))
     for i, (prompt, ids) in enumerate(zip(prompts, prompt_ids, strict=True)):
         inputs.append(ParityInput(f"prompt{i}", torch.tensor([list(ids)]), "prompt", prompt))
@@ -227,54 +242,187 @@ def eval_windows(ids: Sequence[int], block_size: int) -> list[list[int]]:
     return [w for w in windows if len(w) >= 2]
 
 
-# --------------------------------------------------------------------------- reference side
+def perplexity_ids(ids: Sequence[int], *, window: int, tokens: int) -> list[int]:
+    """The first ids of ``ids`` whose ``eval_windows`` score exactly ``tokens`` tokens (all of them if fewer).
+
+    Each window of ``window`` ids scores ``window - 1`` tokens (its first one has nothing before it).
+    """
+    full, rest = divmod(tokens, window - 1)
+    return list(ids[: full * window + (rest + 1 if rest else 0)])
 
 
-@dataclass
-class GreedyRun:
-    """One greedy continuation and, per generated step, the TOPK logits that chose it."""
-
-    ids: list[int]
-    top_values: list[list[float]] = field(default_factory=list)
-    top_ids: list[list[int]] = field(default_factory=list)
+# --------------------------------------------------------------------------- the reference's logits
 
 
-@dataclass
-class ReferenceOutputs:
-    inputs: list[ParityInput]
-    n_hidden: int  # hidden states per input: embeddings + one per block
-    vocab_size: int
-    width: int  # n_embd
-    nll_sum: float
-    nll_tokens: int
-    greedy: list[GreedyRun]
+@contextlib.contextmanager
+def _lm_head_on_last_position(head) -> Iterator[dict[str, Any]]:
+    """While inside, the forward of a model whose output layer is ``head`` applies it to the last position only,
+    and hands out what it was given for every position (``state["normed"]``, (b, T, C)): the normalised hidden
+    states, for ``_chunked_logits``."""
+    state: dict[str, Any] = {"cut": True}
 
-    @property
-    def perplexity(self) -> float:
-        return perplexity(self.nll_sum, self.nll_tokens)
+    def last_position_only(module, args):
+        if not state["cut"]:
+            return None
+        state["normed"] = args[0]
+        return (args[0][:, -1:, :],)
+
+    hook = head.register_forward_pre_hook(last_position_only)
+    try:
+        yield state
+    finally:
+        hook.remove()
+
+
+def _chunked_logits(
+    head, normed: torch.Tensor, state: dict[str, Any], *, budget: int, vocab_size: int
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """``(s, e, head(normed[:, s:e]))``: the output layer's own computation, at most ``budget`` bytes of
+    logits at a time (with its hook passing the input through)."""
+    for s, e in position_chunks(normed.shape[1], budget // (normed.shape[0] * vocab_size * 4)):
+        state["cut"] = False
+        try:
+            logits = head(normed[:, s:e])  # (b, e-s, V)
+        finally:
+            state["cut"] = True
+        yield s, e, logits
+
+
+# --------------------------------------------------------------------------- candidate side
 
 
 @torch.no_grad()
-def reference_outputs(
-    model,
-    *,
-    inputs: list[ParityInput],
-    eval_ids: Sequence[int],
-    prompt_ids: Sequence[Sequence[int]],
-    max_new_tokens: int,
-    eos_token_id: int | None,
-    spill: Spill,
-    budget: int,
-    window: int,
-) -> ReferenceOutputs:
-    """Everything the candidate is compared with, from the training module (``modeling.reference``)."""
+def candidate_logits(
+    model, inputs: Sequence[ParityInput], spill: Spill, *, budget: int, vocab_size: int, width: int
+) -> int:
+    """Run the candidate on the parity inputs as users call it and spill its logits; returns the positions.
+
+    A plain forward (``use_cache=False``, as for any scoring). Where its logits would exceed the budget (a
+    full-context row of a large vocabulary on a small model), the same forward runs with its output layer
+    (``get_output_embeddings()``) cut to the last position, and that layer is then applied by position chunks
+    to what the forward handed it: one forward's compute, the budget's memory. Whatever the forward does after
+    its output layer is still checked on the inputs whose logits fit (the short ones and the prompts).
+    """
+    head = model.get_output_embeddings()
+    positions = 0
+    with _lm_head_on_last_position(head) as state:
+        for inp in inputs:
+            B, T = inp.ids.shape
+            rows = rows_per_forward(B, T, width=width, n_layer=0, budget=budget)
+            for r0 in range(0, B, rows):
+                ids = inp.ids[r0 : r0 + rows]
+                b = ids.shape[0]
+                fits = b * T * vocab_size * 4 <= budget
+                state["cut"] = not fits
+                out = model(input_ids=ids, use_cache=False)
+                if fits:
+                    chunks = iter([(0, T, out.logits)])
+                else:
+                    chunks = _chunked_logits(
+                        head, state.pop("normed"), state, budget=budget, vocab_size=vocab_size
+                    )
+                for s, e, logits in chunks:
+                    if logits.shape[-1] != vocab_size or logits.shape[1] != e - s:
+                        raise ValueError(
+                            f"candidate gives logits of shape {tuple(logits.shape)} for {e - s} positions; "
+                            f"the reference has {vocab_size} per position"
+                        )
+                    for row in range(b):
+                        spill.append(f"{inp.key}.r{r0 + row}.logits", logits[row])  # (e-s, V)
+                    positions += b * (e - s)
+                    del logits
+                del out, chunks
+                state.pop("normed", None)
+                trim_heap()
+    return positions
+
+
+# --------------------------------------------------------------------------- reference side: parity
+
+
+@dataclass
+class ParityFigures:
+    max_abs_diff: float = 0.0
+    mean_abs_diff: float = 0.0
+    top1_agreement: float = 1.0
+    kl_divergence: float = 0.0
+    positions: int = 0
+    per_layer_max_abs_diff: list[float] | None = None
+    per_layer_rel_diff: list[float] | None = None
+    first_divergent_hidden: int | None = None  # index into the hidden states (0 = embeddings)
+
+    def location(self) -> str | None:
+        """Where the first divergence is, in words; None without per-layer figures."""
+        if self.first_divergent_hidden is None:
+            if self.per_layer_rel_diff is None:
+                return None
+            return "final norm or lm_head"
+        if self.first_divergent_hidden == 0:
+            return "embeddings"
+        return f"layer {self.first_divergent_hidden - 1}"
+
+    @property
+    def first_divergent_layer(self) -> int | None:
+        if self.first_divergent_hidden is None or self.first_divergent_hidden == 0:
+            return None
+        return self.first_divergent_hidden - 1
+
+
+@torch.no_grad()
+def compare_logits(model, inputs: Sequence[ParityInput], spill: Spill, *, budget: int) -> ParityFigures:
+    """Run the reference on the parity inputs and compare its logits with the candidate's spilled ones."""
     cfg = model.config
     V = cfg.vocab_size
+    chunk = max(1, CHUNK_BYTES // (V * 8))
+    max_abs, sum_abs, n_el, agree, kl_sum, positions = 0.0, 0.0, 0, 0, 0.0, 0
+    with _lm_head_on_last_position(model.lm_head) as state:
+        for inp in inputs:
+            B, T = inp.ids.shape
+            rows = rows_per_forward(B, T, width=cfg.n_embd, n_layer=0, budget=budget)
+            for r0 in range(0, B, rows):
+                ids = inp.ids[r0 : r0 + rows]
+                model(ids)
+                normed = state.pop("normed")
+                for s, e, logits in _chunked_logits(
+                    model.lm_head, normed, state, budget=budget, vocab_size=V
+                ):
+                    for row in range(ids.shape[0]):
+                        for i in range(0, e - s, chunk):
+                            ref = logits[row, i : i + chunk].double()
+                            key = f"{inp.key}.r{r0 + row}.logits"
+                            cand = spill.rows(key, s + i, s + i + ref.shape[0]).double()
+                            diff = (cand - ref).abs_()
+                            max_abs = _max(max_abs, float(diff.max()))
+                            sum_abs += float(diff.sum())
+                            n_el += diff.numel()
+                            agree += int((cand.argmax(-1) == ref.argmax(-1)).sum())
+                            lp_ref, lp_cand = F.log_softmax(ref, -1), F.log_softmax(cand, -1)
+                            kl_sum += float((lp_ref.exp() * (lp_ref - lp_cand)).sum())
+                            positions += ref.shape[0]
+                            del cand, ref, diff, lp_ref, lp_cand
+                    del logits
+                del normed
+                trim_heap()
+    return ParityFigures(
+        max_abs_diff=max_abs,
+        mean_abs_diff=sum_abs / max(1, n_el),
+        top1_agreement=agree / max(1, positions),
+        kl_divergence=_at_least_zero(kl_sum / max(1, positions)),  # rounding can dip below 0
+        positions=positions,
+    )
+
+
+@torch.no_grad()
+def spill_reference_hidden_states(model, inputs: Sequence[ParityInput], spill: Spill, *, budget: int) -> int:
+    """Spill the reference's hidden states (embeddings, then each block's output) of every parity input.
+
+    Only when parity failed: ``locate_divergence`` then compares the candidate's with them. Hooks stream each
+    hidden state to the spill as soon as it exists (no list of all of them); no logits are made beyond the
+    last position. Returns the number of hidden states per input.
+    """
+    cfg = model.config
     state: dict[str, Any] = {}
 
-    # Hooks stream what the reference's own forward computes: each hidden state goes to the spill as soon as
-    # it exists (no list of all of them), and the forward's lm_head sees only the last position; the logits of
-    # every position are then made by the same lm_head, a chunk of positions at a time.
     def spill_hidden(layer: int, h: torch.Tensor) -> None:
         for row in range(h.shape[0]):
             spill.append(f"{state['key']}.r{state['r0'] + row}.h{layer}", h[row])  # (T, C)
@@ -285,58 +433,77 @@ def reference_outputs(
     def block_output(layer: int):
         return lambda module, args, output: spill_hidden(layer, output)
 
-    def last_position_only(module, args):
-        state["normed"] = args[0]  # (b, T, C)
-        return (args[0][:, -1:, :],)
-
     hooks = [model.blocks[0].register_forward_pre_hook(embeddings)]
     hooks += [block.register_forward_hook(block_output(i + 1)) for i, block in enumerate(model.blocks)]
-    hooks.append(model.lm_head.register_forward_pre_hook(last_position_only))
     try:
-        for inp in inputs:
-            B, T = inp.ids.shape
-            rows = rows_per_forward(B, T, width=cfg.n_embd, n_layer=cfg.n_layer, budget=budget)
-            for r0 in range(0, B, rows):
-                ids = inp.ids[r0 : r0 + rows]
-                state.update(key=inp.key, r0=r0)
-                model(ids)
-                normed = state.pop("normed")
-                for s, e in position_chunks(T, budget // (ids.shape[0] * V * 4)):
-                    # lm_head's own computation, called directly: the hook would cut its input to one
-                    # position.
-                    logits = F.linear(normed[:, s:e], model.lm_head.weight, model.lm_head.bias)  # (b, e-s, V)
-                    for row in range(ids.shape[0]):
-                        spill.append(f"{inp.key}.r{r0 + row}.logits", logits[row])  # (e-s, V)
-                    del logits
-                del normed
-                trim_heap()
+        with _lm_head_on_last_position(model.lm_head) as last:
+            for inp in inputs:
+                B, T = inp.ids.shape
+                rows = rows_per_forward(B, T, width=cfg.n_embd, n_layer=cfg.n_layer, budget=budget)
+                for r0 in range(0, B, rows):
+                    state.update(key=inp.key, r0=r0)
+                    model(inp.ids[r0 : r0 + rows])
+                    last.pop("normed", None)
+                    trim_heap()
     finally:
         for hook in hooks:
             hook.remove()
-    nll_sum, nll_tokens = perplexity_nll(
-        lambda x: model(x)[0], eval_ids, window=window, vocab_size=V, budget=budget
-    )
-    greedy = []
-    for ids in prompt_ids:
-        prompt = torch.tensor([list(ids)])
-        out = model.generate_greedy(prompt, max_new_tokens, eos_token_id=eos_token_id)
-        cont = out[0, prompt.shape[1] :].tolist()
-        run = GreedyRun(cont)
-        if cont:  # the logits that chose each generated token: one forward over prompt + continuation[:-1]
-            logits, _ = model(out[:, :-1])
-            step_logits = logits[0, prompt.shape[1] - 1 :]  # (len(cont), V)
-            top = step_logits.topk(min(TOPK, cfg.vocab_size), dim=-1)
-            run.top_values, run.top_ids = top.values.tolist(), top.indices.tolist()
-        greedy.append(run)
-    return ReferenceOutputs(
-        inputs=inputs,
-        n_hidden=cfg.n_layer + 1,
-        vocab_size=cfg.vocab_size,
-        width=cfg.n_embd,
-        nll_sum=nll_sum,
-        nll_tokens=nll_tokens,
-        greedy=greedy,
-    )
+    return cfg.n_layer + 1
+
+
+@dataclass
+class TeacherForced:
+    """The reference's verdict on a greedy continuation, from one forward over prompt + continuation."""
+
+    reference_ids: list[int]  # the reference's greedy tokens, up to and including the first divergence
+    divergence: Divergence
+
+
+@torch.no_grad()
+def teacher_forced_greedy(
+    model,
+    prompt_ids: Sequence[int],
+    continuation: Sequence[int],
+    *,
+    max_new_tokens: int,
+    eos_token_id: int | None,
+    tie_margin: float,
+    budget: int,
+) -> TeacherForced:
+    """Would the reference, decoding greedily from ``prompt_ids``, produce exactly ``continuation``?
+
+    Causal attention: position t's logits depend only on tokens <= t, so one forward over prompt +
+    continuation gives every logit greedy decoding would have computed; greedy equality holds iff each argmax
+    is the next token, and the reference stops where ``continuation`` stops (at ``eos_token_id`` or after
+    ``max_new_tokens``), as ``generate_greedy`` does. The first differing position is reported, with the
+    reference's logit margin between its token and the continuation's (a near tie is ``tolerated``).
+    """
+    cont = [int(t) for t in continuation]
+    P = len(prompt_ids)
+    seq = torch.tensor([[*prompt_ids, *cont]])
+    picks, margins = [], []  # per step: the reference's argmax, and logit(argmax) - logit(cont[i])
+    with _lm_head_on_last_position(model.lm_head) as state:
+        model(seq)
+        normed = state.pop("normed")[:, P - 1 :]  # the positions that predict continuation[0], [1], ...
+        V = model.config.vocab_size
+        for s, e, logits in _chunked_logits(model.lm_head, normed, state, budget=budget, vocab_size=V):
+            steps = logits[0].float()
+            best = steps.argmax(-1)
+            picks += best.tolist()
+            for i in range(s, min(e, len(cont))):
+                margins.append(float(steps[i - s, best[i - s]] - steps[i - s, cont[i]]))
+            del logits, steps
+    for i, token in enumerate(cont):
+        if i > 0 and eos_token_id is not None and cont[i - 1] == eos_token_id:  # the reference had stopped
+            return TeacherForced(cont[:i], Divergence(False, i, None, token))
+        if picks[i] != token:
+            margin = margins[i]
+            div = Divergence(False, i, picks[i], token, margin, tolerated=margin <= tie_margin)
+            return TeacherForced([*cont[:i], picks[i]], div)
+    stopped = cont and eos_token_id is not None and cont[-1] == eos_token_id
+    if len(cont) < max_new_tokens and not stopped:  # the reference would have gone on
+        return TeacherForced([*cont, picks[len(cont)]], Divergence(False, len(cont), picks[len(cont)], None))
+    return TeacherForced(cont, Divergence(True))
 
 
 def perplexity(nll_sum: float, tokens: int) -> float:
@@ -383,108 +550,29 @@ def perplexity_nll(
     return total, count
 
 
-# --------------------------------------------------------------------------- candidate side: parity
-
-
-@dataclass
-class ParityFigures:
-    max_abs_diff: float = 0.0
-    mean_abs_diff: float = 0.0
-    top1_agreement: float = 1.0
-    kl_divergence: float = 0.0
-    positions: int = 0
-    per_layer_max_abs_diff: list[float] | None = None
-    per_layer_rel_diff: list[float] | None = None
-    first_divergent_hidden: int | None = None  # index into the hidden states (0 = embeddings)
-
-    def location(self, n_hidden: int) -> str | None:
-        """Where the first divergence is, in words; None without per-layer figures."""
-        if self.first_divergent_hidden is None:
-            if self.per_layer_rel_diff is None:
-                return None
-            return "final norm or lm_head"
-        if self.first_divergent_hidden == 0:
-            return "embeddings"
-        return f"layer {self.first_divergent_hidden - 1}"
-
-    @property
-    def first_divergent_layer(self) -> int | None:
-        if self.first_divergent_hidden is None or self.first_divergent_hidden == 0:
-            return None
-        return self.first_divergent_hidden - 1
-
-
-@torch.no_grad()
-def compare_logits(model, reference: ReferenceOutputs, spill: Spill, *, budget: int) -> ParityFigures:
-    """Run the candidate on the parity inputs and compare its logits with the spilled reference's."""
-    V = reference.vocab_size
-    chunk = max(1, CHUNK_BYTES // (V * 8))
-    max_abs, sum_abs, n_el, agree, kl_sum, positions = 0.0, 0.0, 0, 0, 0.0, 0
-    for inp in reference.inputs:
-        B, T = inp.ids.shape
-        rows = rows_per_forward(B, T, width=reference.width, n_layer=reference.n_hidden - 1, budget=budget)
-        for r0 in range(0, B, rows):
-            ids = inp.ids[r0 : r0 + rows]
-            b = ids.shape[0]
-            for s, e in position_chunks(T, budget // (b * V * 4)):
-                # Users' plain forward; no key/value cache is built (use_cache=False), as for any scoring.
-                if (s, e) == (0, T):
-                    out = model(input_ids=ids, use_cache=False)
-                else:
-                    out = model(input_ids=ids[:, :e], use_cache=False, logits_to_keep=e - s)
-                logits = out.logits[
-                    :, -(e - s) :
-                ]  # (b, e-s, V); sliced again in case logits_to_keep is ignored
-                if logits.shape[-1] != V:
-                    raise ValueError(
-                        f"candidate has {logits.shape[-1]} logits per position, the reference {V}"
-                    )
-                for row in range(b):
-                    for i in range(0, e - s, chunk):
-                        cand = logits[row, i : i + chunk].double()
-                        ref = spill.rows(
-                            f"{inp.key}.r{r0 + row}.logits", s + i, s + i + cand.shape[0]
-                        ).double()
-                        diff = (cand - ref).abs_()
-                        max_abs = _max(max_abs, float(diff.max()))
-                        sum_abs += float(diff.sum())
-                        n_el += diff.numel()
-                        agree += int((cand.argmax(-1) == ref.argmax(-1)).sum())
-                        lp_ref, lp_cand = F.log_softmax(ref, -1), F.log_softmax(cand, -1)
-                        kl_sum += float((lp_ref.exp() * (lp_ref - lp_cand)).sum())
-                        positions += cand.shape[0]
-                        del cand, ref, diff, lp_ref, lp_cand
-                del out, logits
-                trim_heap()
-    return ParityFigures(
-        max_abs_diff=max_abs,
-        mean_abs_diff=sum_abs / max(1, n_el),
-        top1_agreement=agree / max(1, positions),
-        kl_divergence=_at_least_zero(kl_sum / max(1, positions)),  # rounding can dip below 0
-        positions=positions,
-    )
-
-
 @torch.no_grad()
 def locate_divergence(
     model,
-    reference: ReferenceOutputs,
+    inputs: Sequence[ParityInput],
     spill: Spill,
     figures: ParityFigures,
     *,
+    n_hidden: int,
+    width: int,
     hidden_rel_tol: float,
     budget: int,
 ) -> None:
     """Fill in ``figures``' per-layer hidden-state differences and the first hidden state that diverges.
 
-    Run only when the logits disagree: a second pass with ``output_hidden_states=True`` (and one position of
-    logits), so a passing verification never holds every layer's activations.
+    Run only when the logits disagree, on a candidate loaded again after ``spill_reference_hidden_states``:
+    a pass with ``output_hidden_states=True`` (and one position of logits), so a passing verification never
+    computes, spills or holds every layer's activations.
     """
-    n = reference.n_hidden
+    n = n_hidden
     layer_diff, layer_ref = [0.0] * n, [0.0] * n
-    for inp in reference.inputs:
+    for inp in inputs:
         B, T = inp.ids.shape
-        rows = rows_per_forward(B, T, width=reference.width, n_layer=n - 1, budget=budget)
+        rows = rows_per_forward(B, T, width=width, n_layer=n - 1, budget=budget)
         for r0 in range(0, B, rows):
             ids = inp.ids[r0 : r0 + rows]
             out = model(input_ids=ids, use_cache=False, output_hidden_states=True, logits_to_keep=1)
@@ -525,6 +613,15 @@ def normalize_eos(eos: Any) -> set[int]:
     if isinstance(eos, torch.Tensor):
         return {int(e) for e in eos.flatten().tolist()}
     return {int(eos)}
+
+
+@dataclass
+class GreedyRun:
+    """One greedy continuation of the candidate and, per generated step, the TOPK logits that chose it."""
+
+    ids: list[int]
+    top_values: list[list[float]] = field(default_factory=list)
+    top_ids: list[list[int]] = field(default_factory=list)
 
 
 @torch.no_grad()

@@ -1,6 +1,12 @@
 """The verification report and its gates: thresholds per dtype, failure lines, verification.json, Markdown.
 
-Pure Python (no torch): the card and publish steps read reports through this module without paying for torch.
+Pure Python (no torch): the card, publish and compat steps read reports through this module without paying for
+torch. This module owns ``verification.json``'s schema: ``VerificationReport`` and its typed sections
+(``ModelSection``, ``CheckpointSection``, ``ParitySection``, ``PerplexitySection``, ``GenerationSection`` with
+``GenerationCase`` and ``SamplingSection``, ``GateResult``), each with ``from_dict``/``to_dict``; ``GATES`` is the
+one registry of gate names, the titles the card gives them and the ``Gates`` field holding each threshold.
+``VerificationReport.from_dict`` checks every field it reads (``ReportError`` names the key); keys it does not
+know (``compat``, added by ``release compat``) are kept and written back unchanged.
 
 ``verification.json`` (schema_version 1) is written with sorted keys and an indent of 2. Its figures are
 deterministic on one machine (fixed seeds, CPU); only ``timings`` vary, which is why the file is not uploaded
@@ -12,12 +18,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from release._io import write_text_atomic
-from release.errors import UsageError
+from release.errors import ReportError, UsageError
 
 SCHEMA_VERSION = 1
 TEMPLATE = "verification.md.j2"
@@ -143,39 +150,321 @@ class Gates:
         return dataclasses.asdict(self)
 
 
-@dataclass
-class GateResult:
-    """One gate's outcome. ``detail`` is the failure line's text after the gate family (``"parity: "``)."""
+# --------------------------------------------------------------------------- the gate registry
+
+
+@dataclass(frozen=True)
+class GateSpec:
+    """A gate ``verify_model`` can report: its name, what the card calls it, and where its threshold is set."""
 
     name: str  # e.g. "parity.max_abs_diff"; the part before the dot names the check in failure lines
-    passed: bool
-    value: float | bool | str | None
-    threshold: float | bool | str | None
-    detail: str
+    title: str
+    threshold: str | None = None  # the ``Gates`` field holding the threshold; None for a pass/fail gate
+
+
+# Every gate, in the order a report lists them.
+GATES: tuple[GateSpec, ...] = (
+    GateSpec("hygiene", "Remote code is self-contained"),
+    GateSpec("load", "Loads with `trust_remote_code=True`"),
+    GateSpec("parity.forward", "Forward pass runs"),
+    GateSpec("parity.max_abs_diff", "Logits: max. abs. difference", "max_abs_diff"),
+    GateSpec("parity.mean_abs_diff", "Logits: mean abs. difference", "mean_abs_diff"),
+    GateSpec("parity.top1_agreement", "Logits: top-1 agreement", "min_top1_agreement"),
+    GateSpec("parity.kl_divergence", "Logits: KL divergence", "max_kl_divergence"),
+    GateSpec("perplexity", "Perplexity: relative difference", "max_perplexity_rel_diff"),
+    GateSpec("generation.greedy", "Greedy generation matches", "greedy_tie_margin"),
+    GateSpec("generation.padded_batch", "Left-padded batch matches", "greedy_tie_margin"),
+    GateSpec("generation.sampling", "Seeded sampling stops cleanly"),
+    GateSpec("generation.pipeline", "`text-generation` pipeline matches"),
+    GateSpec("card_snippet", "This card's code runs as written, without a prompt"),
+)
+GATE_REGISTRY: dict[str, GateSpec] = {g.name: g for g in GATES}
+
+
+def gate_title(name: str) -> str:
+    """What the card calls gate ``name``; a gate the registry does not know shows its own name."""
+    spec = GATE_REGISTRY.get(name)
+    return spec.title if spec else name
+
+
+# --------------------------------------------------------------------------- reading typed sections
+
+_NUMBER = (int, float)
+_ANY = object()  # a field whose value is kept as JSON gives it (a gate's value and threshold)
+
+
+def _spec(
+    types=_ANY,
+    *,
+    key: str | None = None,
+    nullable: bool = False,
+    section=None,
+    items=None,
+    omit_none: bool = False,
+    **kw,
+):
+    """A section field: its JSON ``types`` (or a nested ``section`` class, or a list of ``items`` sections),
+    its JSON ``key`` when that is not the field's name (``class``), whether null is allowed, and whether a
+    None is left out of ``to_dict``."""
+    meta = {
+        "types": types,
+        "key": key,
+        "nullable": nullable,
+        "section": section,
+        "items": items,
+        "omit_none": omit_none,
+    }
+    return field(metadata=meta, **kw)
+
+
+def _schema_fields(cls) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(cls) if "types" in f.metadata]
+
+
+def _check(value: Any, types, path: str) -> Any:
+    if types is _ANY:
+        return value
+    if _NUMBER == types or (isinstance(types, tuple) and float in types):
+        # A broken candidate's figures are written as the strings "nan", "inf", "-inf" (JSON has no such numbers).
+        if isinstance(value, str) and value in ("nan", "inf", "-inf"):
+            return float(value)
+    if isinstance(value, bool) and bool not in types:
+        raise ReportError(f"'{path}' must be {_type_names(types)}, found a boolean")
+    if not isinstance(value, types):
+        raise ReportError(f"'{path}' must be {_type_names(types)}, found {type(value).__name__}")
+    return value
+
+
+def _type_names(types) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "a boolean", dict: "an object"}
+    names[list] = "an array"
+    return " or ".join(dict.fromkeys(names.get(t, t.__name__) for t in types))
+
+
+class _Section:
+    """``from_dict``/``to_dict`` for a dataclass whose fields are declared with ``_spec``.
+
+    Keys the class does not declare are kept in ``extra`` and written back, so a reader of one version of the
+    schema never drops what a newer writer added.
+    """
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = ""):
+        if not isinstance(data, Mapping):
+            raise ReportError(f"'{where or 'report'}' must be an object")
+        values: dict[str, Any] = {}
+        known = set()
+        for f in _schema_fields(cls):
+            meta = f.metadata
+            key = meta["key"] or f.name
+            known.add(key)
+            path = f"{where}.{key}" if where else key
+            if key not in data:
+                if f.default is MISSING and f.default_factory is MISSING:
+                    raise ReportError(f"missing key '{path}'")
+                continue
+            value = data[key]
+            if value is None:
+                if not meta["nullable"]:
+                    raise ReportError(f"'{path}' is null")
+            elif meta["section"] is not None:
+                value = meta["section"].from_dict(value, path)
+            elif meta["items"] is not None:
+                if not isinstance(value, list):
+                    raise ReportError(f"'{path}' must be an array")
+                value = [meta["items"].from_dict(item, f"{path}[{i}]") for i, item in enumerate(value)]
+            else:
+                value = _check(value, meta["types"], path)
+            values[f.name] = value
+        extra = {k: v for k, v in data.items() if k not in known}
+        return cls(**values, extra=extra)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.extra)
+        for f in _schema_fields(self):
+            value = getattr(self, f.name)
+            if f.metadata.get("omit_none") and value is None:
+                continue
+            if isinstance(value, _Section):
+                value = value.to_dict()
+            elif isinstance(value, list) and value and isinstance(value[0], _Section):
+                value = [v.to_dict() for v in value]
+            out[f.metadata["key"] or f.name] = value
+        return out
+
+
+def _optional(types=_ANY, **kw):
+    """A field a report may leave out (older reports, failed ones); None when it does, and not written then."""
+    return _spec(types, nullable=True, default=None, omit_none=True, **kw)
+
+
+# --------------------------------------------------------------------------- the sections
+
+
+@dataclass
+class GateResult(_Section):
+    """One gate's outcome. ``detail`` is the failure line's text after the gate family (``"parity: "``)."""
+
+    name: str = _spec((str,))  # a name of GATES; the part before the dot names the check in failure lines
+    passed: bool = _spec((bool,))
+    value: float | bool | str | None = _spec(nullable=True, default=None)
+    threshold: float | bool | str | None = _spec(nullable=True, default=None)
+    detail: str = _spec((str,), default="")
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def line(self) -> str:
         return f"{self.name.split('.')[0]}: {self.detail}"
 
+    @property
+    def title(self) -> str:
+        return gate_title(self.name)
+
 
 @dataclass
-class VerificationReport:
-    """Everything ``verify_model`` measured. ``passed`` only when there are gates and every one passed."""
+class ModelSection(_Section):
+    """What was verified: a folder or a Hub revision, the dtype and class it loaded as, every file's sha256."""
 
-    model: dict[str, Any]
-    checkpoint: dict[str, Any]
-    gates: list[GateResult]
-    settings: dict[str, Any]
-    parity: dict[str, Any]
-    perplexity: dict[str, Any]
-    generation: dict[str, Any]
-    hygiene: dict[str, Any]
-    versions: dict[str, str]
-    timings: dict[str, float] = field(default_factory=dict)
+    source: str = _spec((str,))  # "folder" | "hub"
+    dtype: str | None = _spec((str,), nullable=True)  # None when the candidate did not load
+    model_class: str | None = _spec((str,), key="class", nullable=True, default=None)
+    files: dict[str, str] = _spec((dict,), default_factory=dict)  # relative path -> sha256
+    path: str | None = _optional((str,))  # a folder
+    repo_id: str | None = _optional((str,))  # a Hub revision
+    revision: str | None = _optional((str,))  # written for a Hub revision even when null (default branch)
+    commit: str | None = _optional((str,))
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        if self.source == "hub":  # the revision is null for a Hub repo's default branch
+            out.setdefault("revision", self.revision)
+        return out
+
+
+@dataclass
+class CheckpointSection(_Section):
+    """The reference: the training checkpoint's path, sha256 and architecture."""
+
+    sha256: str = _spec((str,))
+    path: str | None = _optional((str,))
+    architecture: dict[str, Any] | None = _optional((dict,))
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class ParitySection(_Section):
+    """Logits of the candidate against the float32 training module; ``None`` figures were not measured."""
+
+    max_abs_diff: float | None = _spec(_NUMBER, nullable=True, default=None)
+    mean_abs_diff: float | None = _spec(_NUMBER, nullable=True, default=None)
+    top1_agreement: float | None = _spec(_NUMBER, nullable=True, default=None)
+    kl_divergence: float | None = _spec(_NUMBER, nullable=True, default=None)
+    positions: int | None = _spec((int,), nullable=True, default=None)
+    first_divergent_layer: int | None = _spec((int,), nullable=True, default=None)
+    divergence_location: str | None = _spec((str,), nullable=True, default=None)
+    per_layer_max_abs_diff: list[float] | None = _spec((list,), nullable=True, default=None)
+    per_layer_relative_diff: list[float] | None = _spec((list,), nullable=True, default=None)
+    hidden_states: str | None = _optional((str,))  # what per_layer_*'s indices are, when measured
+    inputs: list[dict[str, Any]] = _spec((list,), default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class PerplexitySection(_Section):
+    """Perplexity of each model on the same evaluation text (its first ``tokens`` tokens)."""
+
+    text: str = _spec((str,))
+    text_sha256: str = _spec((str,))
+    tokens: int | None = _spec((int,), nullable=True)  # scored by the reference
+    reference: float | None = _spec(_NUMBER, nullable=True)
+    candidate: float | None = _spec(_NUMBER, nullable=True)
+    relative_diff: float | None = _spec(_NUMBER, nullable=True)
+    candidate_tokens: int | None = _spec((int,), nullable=True, default=None)
+    requested_tokens: int | None = _optional((int,))
+    window: int | None = _optional((int,))
+    method: str | None = _optional((str,))
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class GenerationCase(_Section):
+    """One prompt's greedy continuation: the candidate's tokens and the reference's verdict on them."""
+
+    prompt: str = _spec((str,))
+    text: str = _spec((str,))  # the candidate's continuation, decoded
+    match: bool = _spec((bool,))
+    tolerated: bool = _spec((bool,), default=False)  # parted from the reference at a near tie only
+    input_ids: list[int] | None = _optional((list,))  # the prompt, tokenized by the shipped tokenizer
+    candidate_ids: list[int] | None = _optional((list,))  # generate()'s tokens (what publish checks again)
+    # The reference's greedy tokens as far as teacher forcing determines them: equal to candidate_ids when they
+    # match, else up to and including the first differing one.
+    reference_ids: list[int] | None = _optional((list,))
+    diverged_at: int | None = _spec((int,), nullable=True, default=None)
+    reference_input_ids: list[int] | None = _optional((list,))  # when the training tokenizer differs
+    logit_margin: float | None = _optional(_NUMBER)  # the reference's logit gap at diverged_at
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class SamplingSection(_Section):
+    """The seeded sampling run (its settings and how it stopped)."""
+
+    text: str = _spec((str,))
+    prompt: str | None = _optional((str,))
+    seed: int | None = _optional((int,))
+    temperature: float | None = _optional(_NUMBER)
+    top_k: int | None = _optional((int,))
+    tokens: int | None = _optional((int,))
+    stopped: str | None = _spec((str,), nullable=True, default=None)
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class GenerationSection(_Section):
+    max_new_tokens: int = _spec((int,))
+    cases: list[GenerationCase] = _spec(items=GenerationCase, default_factory=list)
+    eos_token_id: int | None = _spec((int,), nullable=True, default=None)
+    padded_batch_match: bool = _spec((bool,), default=False)
+    padded_batch: dict[str, Any] | None = _optional((dict,))
+    sampling: SamplingSection | None = _spec(section=SamplingSection, nullable=True, default=None)
+    pipeline_ok: bool = _spec((bool,), default=False)
+    pipeline: dict[str, Any] | None = _optional((dict,))
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class VerificationReport(_Section):
+    """Everything ``verify_model`` measured. ``passed`` only when there are gates and every one passed.
+
+    A report read back (``from_dict``) also keeps what the file says in ``recorded_passed`` and
+    ``recorded_failures``; a reader trusts the report only when both agree that it passed (``verified``).
+    """
+
+    model: ModelSection = _spec(section=ModelSection)
+    checkpoint: CheckpointSection = _spec(section=CheckpointSection)
+    gates: list[GateResult] = _spec(items=GateResult)
+    parity: ParitySection = _spec(section=ParitySection)
+    perplexity: PerplexitySection = _spec(section=PerplexitySection)
+    generation: GenerationSection = _spec(section=GenerationSection)
+    settings: dict[str, Any] = _spec((dict,), default_factory=dict)
+    hygiene: dict[str, Any] = _spec((dict,), default_factory=dict)
+    versions: dict[str, str] = _spec((dict,), default_factory=dict)
+    timings: dict[str, float] = _spec((dict,), default_factory=dict)
+    extra: dict[str, Any] = field(
+        default_factory=dict, repr=False
+    )  # e.g. "compat", merged in by release compat
+    recorded_passed: bool | None = field(default=None, repr=False, compare=False)
+    recorded_failures: list[str] | None = field(default=None, repr=False, compare=False)
 
     @property
     def passed(self) -> bool:
         return bool(self.gates) and all(g.passed for g in self.gates)
+
+    @property
+    def verified(self) -> bool:
+        """Passed by its gates and, for a report read back, by what the file records."""
+        return self.passed and self.recorded_passed is not False and not self.recorded_failures
 
     @property
     def failures(self) -> list[str]:
@@ -183,39 +472,38 @@ class VerificationReport:
         return [g.line for g in self.gates if not g.passed]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "passed": self.passed,
-            "failures": self.failures,
-            "model": self.model,
-            "checkpoint": self.checkpoint,
-            "gates": [dataclasses.asdict(g) for g in self.gates],
-            "settings": self.settings,
-            "parity": self.parity,
-            "perplexity": self.perplexity,
-            "generation": self.generation,
-            "hygiene": self.hygiene,
-            "versions": self.versions,
-            "timings": {k: round(v, 3) for k, v in self.timings.items()},
-        }
+        out = super().to_dict()
+        out.update(schema_version=SCHEMA_VERSION, passed=self.passed, failures=self.failures)
+        out["timings"] = {k: round(v, 3) for k, v in self.timings.items()}
+        return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> VerificationReport:
-        """Read back what ``to_dict`` wrote (``passed`` and ``failures`` are recomputed from the gates)."""
+    def from_dict(cls, data: Any, where: str = "") -> VerificationReport:
+        """Read back what ``to_dict`` wrote, checking every field it declares.
+
+        Raises:
+            ReportError: Another schema_version, a missing key or a value of the wrong type (the message
+                names the key, e.g. ``'generation.cases[0].prompt' must be a string``).
+        """
+        if not isinstance(data, Mapping):
+            raise ReportError("a verification report must be a JSON object")
         if data.get("schema_version") != SCHEMA_VERSION:
-            raise UsageError(f"unsupported verification schema_version {data.get('schema_version')!r}")
-        return cls(
-            model=data["model"],
-            checkpoint=data["checkpoint"],
-            gates=[GateResult(**g) for g in data["gates"]],
-            settings=data["settings"],
-            parity=data["parity"],
-            perplexity=data["perplexity"],
-            generation=data["generation"],
-            hygiene=data["hygiene"],
-            versions=data["versions"],
-            timings=data.get("timings", {}),
-        )
+            raise ReportError(
+                f"unsupported schema_version {data.get('schema_version')!r} (this release tool reads "
+                f"{SCHEMA_VERSION})"
+            )
+        body = {k: v for k, v in data.items() if k not in ("schema_version", "passed", "failures")}
+        report = super().from_dict(body, where)
+        passed = data.get("passed")
+        if passed is not None and not isinstance(passed, bool):
+            raise ReportError("'passed' must be a boolean")
+        failures = data.get("failures")
+        if failures is not None and not (
+            isinstance(failures, list) and all(isinstance(f, str) for f in failures)
+        ):
+            raise ReportError("'failures' must be an array of strings")
+        report.recorded_passed, report.recorded_failures = passed, failures
+        return report
 
     def to_json(self) -> str:
         return json.dumps(_json_safe(self.to_dict()), indent=2, sort_keys=True, allow_nan=False) + "\n"
@@ -244,16 +532,22 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def read_report(path: Path) -> dict[str, Any]:
-    """Load a ``verification.json`` as plain data (what the card and publish steps consume)."""
+def read_report(path: Path) -> VerificationReport:
+    """Load and check a ``verification.json`` (what the card, publish and compat steps consume).
+
+    Raises:
+        ReportError: The file cannot be read, is not JSON, or is not a report of this schema (the message
+            names the file and the key).
+    """
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
-        raise UsageError(f"cannot read verification report {path}: {exc}") from exc
-    if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
-        raise UsageError(f"{path} is not a verification report of schema_version {SCHEMA_VERSION}")
-    return data
+        raise ReportError(f"cannot read verification report {path}: {exc}") from exc
+    try:
+        return VerificationReport.from_dict(data)
+    except ReportError as exc:
+        raise ReportError(f"{path}: {exc}") from None
 
 
 def _md_cell(value: Any) -> str:

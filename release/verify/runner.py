@@ -3,8 +3,11 @@
 ``verify_model`` compares a model folder (or a Hub revision) with the training module built from the original
 checkpoint: logits parity with per-layer localisation, perplexity on an evaluation text, greedy generation
 token for token (single prompts, a padded batch), seeded sampling, ``pipeline("text-generation")``,
-remote-code hygiene, and the card's code run verbatim in a fresh process (``release.verify.snippet``). The reference runs first and is freed before the candidate is loaded; the two models are
-never in memory together. The result is a ``VerificationReport`` (``verification.json`` + a Markdown summary).
+remote-code hygiene, and the card's code run verbatim in a fresh process (``release.verify.snippet``). The two models are never in memory together, and each does only what the comparison
+needs: the candidate runs first (its parity logits spilled to disk, its perplexity, every generation), then
+the reference compares its logits, scores the same tokens and checks the candidate's greedy continuations by
+teacher forcing (one forward per prompt); per-layer hidden states are computed only when parity failed. The
+result is a ``VerificationReport`` (``verification.json`` + a Markdown summary).
 
 ``check_generation_against_report`` repeats the generation check on a published revision without the
 checkpoint (the expected tokens are in the report): the gate that runs after an upload and before a tag is
@@ -14,10 +17,12 @@ created. ``generate_text`` is the quick look a person takes at a folder or a Hub
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fnmatch
 import gc
 import hashlib
 import logging
+import math
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,8 +30,19 @@ from typing import Any
 
 from release.convert.tokenizer import resolve_training_tokenizer
 from release.errors import ReleaseError, TokenizerError, UsageError
-from release.settings import DEFAULT_PROMPTS, DEFAULT_TOKENIZER
-from release.verify.report import GateResult, Gates, VerificationReport, read_report
+from release.settings import DEFAULT_PROMPTS
+from release.verify.report import (
+    CheckpointSection,
+    GateResult,
+    Gates,
+    GenerationCase,
+    GenerationSection,
+    ModelSection,
+    ParitySection,
+    PerplexitySection,
+    VerificationReport,
+    read_report,
+)
 from release.verify.snippet import card_snippet_gate
 
 __all__ = [
@@ -43,9 +59,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TRAINING_TOKENIZER = (
-    DEFAULT_TOKENIZER  # GPT-2 BPE, what the training script used; as `release convert`
-)
+DEFAULT_PERPLEXITY_TOKENS = 2048  # scored by each model; the report records the number
 SAMPLING = {"seed": 0, "temperature": 0.8, "top_k": 40}
 # Files a published revision may hold beyond the verified ones (fnmatch patterns): never loaded by users'
 # code.
@@ -70,6 +84,7 @@ def verify_model(
     eval_text: Path | None = None,
     gates: Gates | Mapping[str, Any] | None = None,
     max_new_tokens: int = 32,
+    perplexity_tokens: int = DEFAULT_PERPLEXITY_TOKENS,
     report_path: Path | None = None,
     tokenizer: str | Path | None = None,
     settings_tokenizer: str | None = None,
@@ -88,6 +103,8 @@ def verify_model(
             ``Gates`` overrides some of those defaults, e.g. ``{"max_abs_diff": "2e-4"}``
             (``Gates.with_overrides``).
         max_new_tokens: Tokens generated per prompt; prompt + max_new_tokens must fit in the context.
+        perplexity_tokens: Tokens of ``eval_text`` scored by each model (its first ones; all of them when the
+            text is shorter). The report records the number scored.
         report_path: Where to write ``verification.json`` (and the ``.md`` beside it); nothing is written if
             None.
         tokenizer: The tokenizer the model was trained with (folder or Hub id), used on the reference side, so
@@ -103,21 +120,20 @@ def verify_model(
 
     Raises:
         UsageError: Bad prompts, a prompt that does not fit the context with ``max_new_tokens``, a missing
-            text.
-        CheckpointError, ConversionError: The checkpoint cannot serve as the reference.
+            text, ``perplexity_tokens`` below 1.
+        CheckpointError, ConversionError: The checkpoint cannot serve as the reference (found before either
+            model is loaded).
         TokenizerError: The training tokenizer cannot be loaded.
         VerificationError: A Hub revision cannot be downloaded.
     """
-    from release.checkpoint import load_reference_model
+    from release.checkpoint import open_checkpoint, reference_config
     from release.demo import demo_text_path
     from release.verify.checks import (
         heap_without_retention,
         logits_budget,
         make_parity_inputs,
+        perplexity_ids,
         perplexity_window,
-        reference_outputs,
-        return_freed_memory,
-        share_causal_masks,
     )
     from release.verify.hygiene import check_remote_code_hygiene
     from release.verify.loading import candidate_source, folder_file_hashes, library_versions
@@ -127,13 +143,15 @@ def verify_model(
     prompts = _check_prompts(prompts)
     if max_new_tokens < 1:
         raise UsageError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    if perplexity_tokens < 1:
+        raise UsageError(f"perplexity_tokens must be at least 1, got {perplexity_tokens}")
     text_path = Path(eval_text) if eval_text is not None else demo_text_path()
     try:
         text = text_path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read the evaluation text {text_path}: {exc}") from exc
     if gates is not None and not isinstance(gates, Gates):
-        # Unknown names and bad values fail now, not after the reference has run.
+        # Unknown names and bad values fail now, not after a model has run.
         Gates().with_overrides(dict(gates))
 
     with contextlib.ExitStack() as stack:
@@ -144,104 +162,106 @@ def verify_model(
         files = folder_file_hashes(source.folder)
         timings["hygiene"] = time.perf_counter() - t
 
-        # ---- reference: compute everything, then free it before the candidate is loaded
+        # ---- before either model is loaded: the checkpoint is one of this model, the prompts fit
         t = time.perf_counter()
+        ckpt = open_checkpoint(Path(checkpoint))
+        ref_config = reference_config(ckpt)
+        # The float32 training module's weights (the causal-mask buffers are not weights).
+        weights_bytes = 4 * sum(
+            math.prod(shape) for key, shape in ckpt.shapes.items() if not key.endswith(".tril")
+        )
+        checkpoint_info = {
+            "path": str(Path(checkpoint).resolve()),
+            "sha256": ckpt.sha256,
+            "architecture": dataclasses.asdict(ref_config),
+        }
+        ckpt.close()
+        del ckpt
         training = resolve_training_tokenizer(
             source.folder, explicit=tokenizer, configured=settings_tokenizer
         )
         log.info("training tokenizer: %s", training.describe())
         ref_tokenizer = _load_training_tokenizer(training.name, training.revision)
-        ref_model, ckpt = load_reference_model(Path(checkpoint))
-        shared_masks = share_causal_masks(ref_model, ckpt)
-        timings["reference_load"] = time.perf_counter() - t
-        t = time.perf_counter()
-        block_size, vocab_size = ref_model.config.block_size, ref_model.config.vocab_size
-        weights_bytes = sum(p.numel() * p.element_size() for p in ref_model.parameters())
+        timings["preflight"] = time.perf_counter() - t
+        block_size, vocab_size = ref_config.block_size, ref_config.vocab_size
         budget = logits_budget(weights_bytes)
         window = perplexity_window(block_size, vocab_size, budget)
         ref_prompt_ids = [_encode(ref_tokenizer, p) for p in prompts]
         _check_fits(prompts, ref_prompt_ids, max_new_tokens, block_size)
-        eval_ids = _encode(ref_tokenizer, text)
-        eos_token_id = ref_tokenizer.eos_token_id
+        eval_ids = perplexity_ids(_encode(ref_tokenizer, text), window=window, tokens=perplexity_tokens)
         spill = stack.enter_context(_spill())
-        inputs = make_parity_inputs(vocab_size, block_size, prompts, ref_prompt_ids)
-        reference = reference_outputs(
-            ref_model,
-            inputs=inputs,
-            eval_ids=eval_ids,
-            prompt_ids=ref_prompt_ids,
-            max_new_tokens=max_new_tokens,
-            eos_token_id=eos_token_id,
-            spill=spill,
-            budget=budget,
-            window=window,
-        )
-        checkpoint_info = {
-            "path": str(Path(checkpoint).resolve()),
-            "sha256": ckpt.sha256,
-            "architecture": dict(vars(ref_model.config)),
-        }
-        del ref_model
-        ckpt.close()
-        del ckpt
-        return_freed_memory()
-        timings["reference_outputs"] = time.perf_counter() - t
-
-        # ---- candidate
-        candidate = _CandidateRun(
+        run = _Verification(
             source=source,
-            reference=reference,
+            checkpoint=Path(checkpoint),
             spill=spill,
-            gates=gates,
+            requested_gates=gates,
             prompts=prompts,
             ref_prompt_ids=ref_prompt_ids,
+            eos_token_id=ref_tokenizer.eos_token_id,
             text=text,
+            eval_ids=eval_ids,
+            perplexity_tokens=perplexity_tokens,
+            inputs=make_parity_inputs(vocab_size, block_size, prompts, ref_prompt_ids),
+            n_hidden=ref_config.n_layer + 1,
+            width=ref_config.n_embd,
+            vocab_size=vocab_size,
             max_new_tokens=max_new_tokens,
             budget=budget,
             window=window,
             timings=timings,
         )
-        candidate.run()
-        if card_snippet and candidate.model_class is not None:
+        run.run()
+        snippet_gate = None
+        if card_snippet and run.load_error is None:
             t = time.perf_counter()
-            return_freed_memory()  # the child loads the model again; the freed candidate should not stay resident
-            candidate.gates.append(
-                card_snippet_gate(
-                    source.folder,
-                    generation={"max_new_tokens": max_new_tokens, "cases": candidate.generation["cases"]},
-                    commit=source.commit,
-                )
+            snippet_gate = card_snippet_gate(
+                source.folder,
+                generation={"max_new_tokens": max_new_tokens, "cases": run.generation["cases"]},
+                commit=source.commit,
             )
             timings["card_snippet"] = time.perf_counter() - t
 
-    gate_results = [_hygiene_gate(hygiene.problems), *candidate.gates]
-    used_gates = candidate.used_gates if isinstance(candidate.used_gates, Gates) else Gates()
+    used_gates = run.used_gates if isinstance(run.used_gates, Gates) else Gates()
+    model_info = {**source.describe(), "dtype": run.dtype, "class": run.model_class, "files": files}
     report = VerificationReport(
-        model={**source.describe(), "dtype": candidate.dtype, "class": candidate.model_class, "files": files},
-        checkpoint=checkpoint_info,
-        gates=gate_results,
+        model=ModelSection.from_dict(model_info, "model"),
+        checkpoint=CheckpointSection.from_dict(checkpoint_info, "checkpoint"),
+        gates=[
+            _hygiene_gate(hygiene.problems),
+            *run.gate_results(),
+            *([snippet_gate] if snippet_gate else []),
+        ],
         settings={
             "gates": used_gates.to_dict(),
             "prompts": prompts,
             "max_new_tokens": max_new_tokens,
+            "perplexity_tokens": perplexity_tokens,
             "training_tokenizer": training.name,
             "training_tokenizer_from": training.origin,
             "eval_text": str(text_path),
             "sampling": dict(SAMPLING),
             "logits_budget_bytes": budget,
-            "shared_causal_masks": shared_masks,
+            "shared_causal_masks": run.shared_masks,
+            "greedy_check": GREEDY_CHECK,
         },
-        parity={**candidate.parity, "inputs": [inp.describe() for inp in inputs]},
-        perplexity={
-            "text": text_path.name,
-            "text_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
-            "tokens": reference.nll_tokens,
-            "reference": reference.perplexity,
-            **candidate.perplexity,
-            "window": window,
-            "method": f"non-overlapping windows of {window} tokens; a window's first token is not scored",
-        },
-        generation={"max_new_tokens": max_new_tokens, "eos_token_id": eos_token_id, **candidate.generation},
+        parity=ParitySection.from_dict(
+            {**run.parity, "inputs": [i.describe() for i in run.inputs]}, "parity"
+        ),
+        perplexity=PerplexitySection.from_dict(
+            {
+                "text": text_path.name,
+                "text_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+                "requested_tokens": perplexity_tokens,
+                **run.perplexity,
+                "window": window,
+                "method": f"non-overlapping windows of {window} tokens; a window's first token is not scored",
+            },
+            "perplexity",
+        ),
+        generation=GenerationSection.from_dict(
+            {"max_new_tokens": max_new_tokens, "eos_token_id": run.eos_token_id, **run.generation},
+            "generation",
+        ),
         hygiene=hygiene.to_dict(),
         versions=library_versions(),
         timings=timings,
@@ -252,40 +272,81 @@ def verify_model(
     return report
 
 
-class _CandidateRun:
-    """The candidate half of ``verify_model``: load it fresh, then run every check, each failure a gate."""
+GREEDY_CHECK = (
+    "the candidate's greedy continuations (generate() with its cache) are checked against the reference by "
+    "teacher forcing: one forward over prompt + continuation; equal iff every argmax is the next token"
+)
+
+
+class _Verification:
+    """The two halves of ``verify_model``, one model resident at a time, and the gates they lead to.
+
+    1. The candidate, loaded fresh as users load it: its parity logits (spilled), its perplexity, greedy
+       decoding of every prompt, the padded batch, seeded sampling and the pipeline.
+    2. It is freed; the reference is loaded: parity against the spilled logits, its perplexity on the same
+       number of tokens, and the candidate's greedy continuations checked by teacher forcing.
+    3. Only when parity failed: the reference's hidden states are spilled, the reference is freed and the
+       candidate loaded again to find the first layer whose hidden state diverges.
+    """
 
     def __init__(
         self,
         *,
         source,
-        reference,
+        checkpoint: Path,
         spill,
-        gates,
-        prompts,
-        ref_prompt_ids,
-        text,
-        max_new_tokens,
-        budget,
-        window,
-        timings,
+        requested_gates,
+        prompts: list[str],
+        ref_prompt_ids: list[list[int]],
+        eos_token_id: int | None,
+        text: str,
+        eval_ids: list[int],
+        perplexity_tokens: int,
+        inputs,
+        n_hidden: int,
+        width: int,
+        vocab_size: int,
+        max_new_tokens: int,
+        budget: int,
+        window: int,
+        timings: dict[str, float],
     ):
         self.source = source
-        self.reference = reference
+        self.checkpoint = checkpoint
         self.spill = spill
-        self.requested_gates = gates
+        self.requested_gates = requested_gates
         self.prompts = prompts
         self.ref_prompt_ids = ref_prompt_ids
+        self.eos_token_id = eos_token_id
         self.text = text
+        self.eval_ids = eval_ids
+        self.perplexity_tokens = perplexity_tokens
+        self.inputs = inputs
+        self.n_hidden = n_hidden
+        self.width = width
+        self.vocab_size = vocab_size
         self.max_new_tokens = max_new_tokens
         self.budget = budget
         self.window = window
         self.timings = timings
-        self.gates: list[GateResult] = []
-        self.used_gates: Gates | None = gates if isinstance(gates, Gates) else None
+        self.used_gates: Gates | None = requested_gates if isinstance(requested_gates, Gates) else None
+        self.shared_masks = 0
         self.dtype: str | None = None
         self.model_class: str | None = None
-        self.location: str | None = None  # where parity first diverged, for the failure lines
+        # What each half found: an error (one line) where a step raised, else its figures.
+        self.load_error: str | None = None
+        self.parity_error: str | None = None  # the candidate's or the reference's forward raised
+        self.figures = None  # ParityFigures, once the reference compared
+        self.candidate_nll: tuple[float, int] | None = None
+        self.perplexity_error: str | None = None
+        self.reference_nll: tuple[float, int] | None = None
+        self.runs: list = []  # per prompt: the candidate's GreedyRun, or None where generate() raised
+        self.generate_errors: list[str | None] = []
+        self.candidate_input_ids: list[list[int]] = []
+        self.checks: list = []  # per prompt: the reference's TeacherForced verdict, or None
+        self.padded_problems: list[str] = []
+        self.sampling_problem: str | None = None
+        self.pipeline_problem: str | None = None
         self.parity: dict[str, Any] = {
             "max_abs_diff": None,
             "mean_abs_diff": None,
@@ -297,7 +358,13 @@ class _CandidateRun:
             "per_layer_max_abs_diff": None,
             "per_layer_relative_diff": None,
         }
-        self.perplexity: dict[str, Any] = {"candidate": None, "candidate_tokens": None, "relative_diff": None}
+        self.perplexity: dict[str, Any] = {
+            "tokens": None,
+            "reference": None,
+            "candidate": None,
+            "candidate_tokens": None,
+            "relative_diff": None,
+        }
         self.generation: dict[str, Any] = {
             "cases": [],
             "padded_batch_match": False,
@@ -305,221 +372,262 @@ class _CandidateRun:
             "pipeline_ok": False,
         }
 
+    # ---- orchestration
+
     def run(self) -> None:
-        from release.verify.loading import fresh_remote_code_modules, load_candidate
+        if not self._candidate():
+            return
+        from release.verify.checks import return_freed_memory
+
+        return_freed_memory()
+        self._reference()
+        return_freed_memory()
+        if self._parity_failed():
+            self._timed("locate", self._locate)
+
+    def _timed(self, name, func, *args, **kwargs) -> None:
+        t = time.perf_counter()
+        func(*args, **kwargs)
+        self.timings[name] = time.perf_counter() - t
+
+    def _load_candidate(self):
+        from release.verify.loading import load_candidate
+
+        t = time.perf_counter()
+        try:
+            return load_candidate(self.source)
+        finally:
+            self.timings["candidate_load"] = self.timings.get("candidate_load", 0.0) + time.perf_counter() - t
+
+    def _candidate(self) -> bool:
+        from release.verify.loading import fresh_remote_code_modules
 
         with fresh_remote_code_modules():
-            t = time.perf_counter()
             try:
-                model, tokenizer = load_candidate(self.source)
+                model, tokenizer = self._load_candidate()
             except Exception as exc:  # whatever the shipped code raises is a finding about the candidate
                 log.debug("loading the candidate failed", exc_info=True)
-                self.gates.append(
-                    GateResult(
-                        "load", False, None, None, f"from_pretrained(trust_remote_code=True) {_exc(exc)}"
-                    )
-                )
-                return
-            finally:
-                self.timings["candidate_load"] = time.perf_counter() - t
-            dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-            self.dtype = dtype
+                self.load_error = f"from_pretrained(trust_remote_code=True) {_exc(exc)}"
+                return False
+            self.dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
             self.model_class = f"{type(model).__module__}.{type(model).__name__}"
-            self.gates.append(
-                GateResult("load", True, dtype, None, f"loaded {type(model).__name__} as {dtype}")
-            )
-            requested = self.requested_gates
-            if isinstance(requested, Gates):
-                self.used_gates = requested
-            else:
-                self.used_gates = Gates.for_dtype(dtype).with_overrides(dict(requested or {}))
+            if self.used_gates is None:
+                self.used_gates = Gates.for_dtype(self.dtype).with_overrides(dict(self.requested_gates or {}))
             try:
-                self._timed("parity", self._parity, model)
-                self._timed("perplexity", self._perplexity, model, tokenizer)
-                self._timed("generation", self._generation, model, tokenizer)
+                self._timed("candidate_parity", self._candidate_parity, model)
+                self._timed("candidate_perplexity", self._candidate_perplexity, model, tokenizer)
+                self._timed("candidate_generation", self._candidate_generation, model, tokenizer)
             finally:
                 del model, tokenizer
                 gc.collect()
+        return True
 
-    def _timed(self, name, func, *args) -> None:
+    def _reference(self) -> None:
+        from release.checkpoint import load_reference_model
+        from release.verify.checks import share_causal_masks
+
         t = time.perf_counter()
-        func(*args)
-        self.timings[name] = time.perf_counter() - t
+        model, ckpt = load_reference_model(self.checkpoint)
+        try:
+            self.shared_masks = share_causal_masks(model, ckpt)
+            self.timings["reference_load"] = time.perf_counter() - t
+            self._timed("reference_parity", self._reference_parity, model)
+            self._timed("reference_perplexity", self._reference_perplexity, model)
+            self._timed("reference_greedy", self._reference_greedy, model)
+            if self._parity_failed():
+                from release.verify.checks import spill_reference_hidden_states
 
-    def _where(self) -> str:
-        if self.location is None:
-            return ""
-        if self.location.startswith("layer "):
-            return f" (first divergent layer: {self.location.removeprefix('layer ')})"
-        return f" (first divergence: {self.location})"
+                self._timed(
+                    "reference_hidden_states",
+                    spill_reference_hidden_states,
+                    model,
+                    self.inputs,
+                    self.spill,
+                    budget=self.budget,
+                )
+        finally:
+            del model
+            ckpt.close()
+            del ckpt
+
+    def _parity_failed(self) -> bool:
+        return self.figures is not None and not _parity_within(self.figures, self.used_gates)
 
     # ---- parity
 
-    def _parity(self, model) -> None:
-        from release.verify.checks import compare_logits, locate_divergence
+    def _candidate_parity(self, model) -> None:
+        from release.verify.checks import candidate_logits
 
-        g = self.used_gates
         try:
-            fig = compare_logits(model, self.reference, self.spill, budget=self.budget)
-            # Where the hidden states part ways is worth a second pass only when the logits disagree.
-            failed = not _parity_within(fig, g)
-            if failed:
-                locate_divergence(
-                    model,
-                    self.reference,
-                    self.spill,
-                    fig,
-                    hidden_rel_tol=g.hidden_rel_tol,
-                    budget=self.budget,
-                )
-        except Exception as exc:
-            log.debug("parity forward failed", exc_info=True)
-            self.gates.append(
-                GateResult("parity.forward", False, None, None, f"forward on the parity inputs {_exc(exc)}")
+            candidate_logits(
+                model,
+                self.inputs,
+                self.spill,
+                budget=self.budget,
+                vocab_size=self.vocab_size,
+                width=self.width,
             )
+        except Exception as exc:
+            log.debug("candidate parity forward failed", exc_info=True)
+            self.parity_error = f"forward on the parity inputs {_exc(exc)}"
+
+    def _reference_parity(self, model) -> None:
+        from release.verify.checks import compare_logits
+
+        if self.parity_error is not None:
             return
-        location = fig.location(self.reference.n_hidden) if failed else None
+        try:
+            fig = compare_logits(model, self.inputs, self.spill, budget=self.budget)
+        except Exception as exc:
+            log.debug("reference parity forward failed", exc_info=True)
+            self.parity_error = f"the reference's forward on the parity inputs {_exc(exc)}"
+            return
+        self.figures = fig
         self.parity.update(
             max_abs_diff=fig.max_abs_diff,
             mean_abs_diff=fig.mean_abs_diff,
             top1_agreement=fig.top1_agreement,
             kl_divergence=fig.kl_divergence,
             positions=fig.positions,
+        )
+
+    def _locate(self) -> None:
+        from release.verify.checks import locate_divergence
+        from release.verify.loading import fresh_remote_code_modules
+
+        fig = self.figures
+        with fresh_remote_code_modules():
+            try:
+                model, _tokenizer = self._load_candidate()
+                try:
+                    locate_divergence(
+                        model,
+                        self.inputs,
+                        self.spill,
+                        fig,
+                        n_hidden=self.n_hidden,
+                        width=self.width,
+                        hidden_rel_tol=self.used_gates.hidden_rel_tol,
+                        budget=self.budget,
+                    )
+                finally:
+                    del model, _tokenizer
+                    gc.collect()
+            except Exception:  # it loaded and ran once already; locating is a refinement of a failure
+                log.debug("locating the divergence failed", exc_info=True)
+        self.parity.update(
             first_divergent_layer=fig.first_divergent_layer,
-            divergence_location=location,
+            divergence_location=fig.location(),
             per_layer_max_abs_diff=fig.per_layer_max_abs_diff,
             per_layer_relative_diff=fig.per_layer_rel_diff,
             hidden_states="index 0: embeddings; index i: output of layer i-1",
         )
-        self.location = location
-        figures = [  # gate, label, value, threshold, higher is better, value format
-            ("max_abs_diff", "max abs diff", fig.max_abs_diff, g.max_abs_diff, False, "{:.1e}"),
-            ("mean_abs_diff", "mean abs diff", fig.mean_abs_diff, g.mean_abs_diff, False, "{:.1e}"),
-            ("top1_agreement", "top-1 agreement", fig.top1_agreement, g.min_top1_agreement, True, "{:.2%}"),
-            ("kl_divergence", "KL divergence", fig.kl_divergence, g.max_kl_divergence, False, "{:.1e}"),
-        ]
-        for key, label, value, threshold, at_least, fmt in figures:
-            if threshold is None:
-                continue
-            ok = value >= threshold if at_least else value <= threshold
-            op = (">=" if ok else "<") if at_least else ("<=" if ok else ">")
-            shown_threshold = fmt.format(threshold) if at_least else _sci(threshold)
-            detail = f"{label} {fmt.format(value)} {op} {shown_threshold}" + ("" if ok else self._where())
-            self.gates.append(GateResult(f"parity.{key}", ok, value, threshold, detail))
 
     # ---- perplexity
 
-    def _perplexity(self, model, tokenizer) -> None:
-        from release.verify.checks import perplexity, perplexity_nll
+    def _candidate_perplexity(self, model, tokenizer) -> None:
+        from release.verify.checks import perplexity_ids, perplexity_nll
 
-        threshold = self.used_gates.max_perplexity_rel_diff
-        ref_ppl = self.reference.perplexity
         try:
-            ids = _encode(tokenizer, self.text)
-            nll, count = perplexity_nll(
+            ids = perplexity_ids(
+                _encode(tokenizer, self.text), window=self.window, tokens=self.perplexity_tokens
+            )
+            self.candidate_nll = perplexity_nll(
                 lambda x: model(input_ids=x, use_cache=False).logits,
                 ids,
                 window=self.window,
-                vocab_size=self.reference.vocab_size,
+                vocab_size=self.vocab_size,
                 budget=self.budget,
             )
         except Exception as exc:
             log.debug("perplexity failed", exc_info=True)
-            self.gates.append(
-                GateResult("perplexity", False, None, threshold, f"scoring the text {_exc(exc)}")
-            )
-            return
-        ppl = perplexity(nll, count)
-        rel = abs(ppl - ref_ppl) / ref_ppl if ref_ppl > 0 else float("nan")
-        self.perplexity.update(candidate=ppl, candidate_tokens=count, relative_diff=rel)
-        if threshold is None:
-            return
-        ok = rel <= threshold
-        detail = (
-            f"relative diff {rel:.1e} {'<=' if ok else '>'} {_sci(threshold)} "
-            f"(reference {ref_ppl:.4g}, candidate {ppl:.4g}"
-            + (
-                ""
-                if count == self.reference.nll_tokens
-                else f"; {count} vs {self.reference.nll_tokens} tokens"
-            )
-            + ")"
+            self.perplexity_error = f"scoring the text {_exc(exc)}"
+
+    def _reference_perplexity(self, model) -> None:
+        from release.verify.checks import perplexity, perplexity_nll
+
+        self.reference_nll = perplexity_nll(
+            lambda x: model(x)[0],
+            self.eval_ids,
+            window=self.window,
+            vocab_size=self.vocab_size,
+            budget=self.budget,
         )
-        self.gates.append(
-            GateResult("perplexity", ok, rel, threshold, detail + ("" if ok else self._where()))
-        )
+        ref_ppl = perplexity(*self.reference_nll)
+        self.perplexity.update(tokens=self.reference_nll[1], reference=ref_ppl)
+        if self.candidate_nll is not None:
+            ppl = perplexity(*self.candidate_nll)
+            rel = abs(ppl - ref_ppl) / ref_ppl if ref_ppl > 0 else float("nan")
+            self.perplexity.update(candidate=ppl, candidate_tokens=self.candidate_nll[1], relative_diff=rel)
 
     # ---- generation
 
-    def _generation(self, model, tokenizer) -> None:
+    def _candidate_generation(self, model, tokenizer) -> None:
         from release.verify.checks import normalize_eos
 
         eos = normalize_eos(model.generation_config.eos_token_id)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(sorted(eos)), None)
-        runs = self._greedy(model, tokenizer, pad)
-        self._padded_batch(model, tokenizer, runs, pad, eos)
+        self._greedy(model, tokenizer, pad)
+        self._padded_batch(model, tokenizer, pad, eos)
         self._sampling(model, tokenizer, pad, eos)
-        self._pipeline(model, tokenizer, runs)
+        self._pipeline(model, tokenizer)
 
-    def _greedy(self, model, tokenizer, pad):
-        from release.verify.checks import candidate_greedy, compare_greedy
+    def _greedy(self, model, tokenizer, pad) -> None:
+        from release.verify.checks import candidate_greedy
 
-        margin = self.used_gates.greedy_tie_margin
-        runs, problems, ok_count = [], [], 0
-        for prompt, ref_ids, ref_run in zip(
-            self.prompts, self.ref_prompt_ids, self.reference.greedy, strict=True
-        ):
-            case: dict[str, Any] = {"prompt": prompt, "reference_ids": ref_run.ids}
+        for prompt in self.prompts:
+            case: dict[str, Any] = {"prompt": prompt, "input_ids": []}
+            run, error = None, None
             try:
                 ids = _encode(tokenizer, prompt)
                 case["input_ids"] = ids
                 run = candidate_greedy(model, ids, max_new_tokens=self.max_new_tokens, pad_token_id=pad)
             except Exception as exc:
                 log.debug("generate failed", exc_info=True)
-                case.update(candidate_ids=[], text="", match=False, diverged_at=None, tolerated=False)
-                case.setdefault("input_ids", [])
-                problems.append(f"{prompt!r}: generate() {_exc(exc)}")
-                runs.append(None)
-                self.generation["cases"].append(case)
-                continue
-            runs.append(run)
-            div = compare_greedy(ref_run, run.ids, tie_margin=margin)
+                error = f"{prompt!r}: generate() {_exc(exc)}"
+            self.runs.append(run)
+            self.generate_errors.append(error)
+            self.candidate_input_ids.append(case["input_ids"])
             case.update(
-                candidate_ids=run.ids,
-                text=tokenizer.decode(run.ids, skip_special_tokens=True),
+                candidate_ids=run.ids if run else [],
+                text=tokenizer.decode(run.ids, skip_special_tokens=True) if run else "",
+                match=False,
+                diverged_at=None,
+                tolerated=False,
+            )
+            self.generation["cases"].append(case)
+
+    def _reference_greedy(self, model) -> None:
+        from release.verify.checks import teacher_forced_greedy
+
+        margin = self.used_gates.greedy_tie_margin
+        for case, run, ref_ids in zip(self.generation["cases"], self.runs, self.ref_prompt_ids, strict=True):
+            if run is None:
+                self.checks.append(None)
+                continue
+            check = teacher_forced_greedy(
+                model,
+                ref_ids,
+                run.ids,
+                max_new_tokens=self.max_new_tokens,
+                eos_token_id=self.eos_token_id,
+                tie_margin=margin,
+                budget=self.budget,
+            )
+            self.checks.append(check)
+            div = check.divergence
+            case.update(
+                reference_ids=check.reference_ids,
                 match=div.match,
                 diverged_at=div.index,
                 tolerated=div.tolerated,
             )
-            if ids != list(ref_ids):
+            if div.margin is not None:
+                case["logit_margin"] = div.margin
+            if case["input_ids"] != list(ref_ids):
                 case["reference_input_ids"] = list(ref_ids)
-                problems.append(
-                    f"{prompt!r}: the shipped tokenizer gives {ids}, the training tokenizer {list(ref_ids)}"
-                )
-            elif div.match or div.tolerated:
-                ok_count += 1
-            else:
-                problems.append(f"{prompt!r}: {div.describe(len(ref_run.ids))}")
-            self.generation["cases"].append(case)
-        n = len(self.prompts)
-        detail = (
-            f"{ok_count}/{n} greedy continuations equal the reference's"
-            if not problems
-            else f"{n - ok_count} of {n} greedy continuations differ from the reference: "
-            + "; ".join(problems)
-        )
-        self.gates.append(
-            GateResult(
-                "generation.greedy",
-                not problems,
-                ok_count / n,
-                1.0,
-                detail + (self._where() if problems else ""),
-            )
-        )
-        return runs
 
-    def _padded_batch(self, model, tokenizer, runs, pad, eos) -> None:
+    def _padded_batch(self, model, tokenizer, pad, eos) -> None:
         import torch
 
         from release.verify.checks import compare_greedy, trim_at_eos
@@ -529,7 +637,7 @@ class _CandidateRun:
         saved = (tokenizer.padding_side, tokenizer.pad_token)
         problems = []
         try:
-            if any(r is None for r in runs):
+            if any(r is None for r in self.runs):
                 raise RuntimeError("single-prompt generation failed, nothing to compare with")
             tokenizer.padding_side = "left"
             if tokenizer.pad_token is None:
@@ -545,7 +653,7 @@ class _CandidateRun:
                     pad_token_id=pad,
                 )
             width = enc["input_ids"].shape[1]
-            for prompt, run, row in zip(self.prompts, runs, out[:, width:].tolist(), strict=True):
+            for prompt, run, row in zip(self.prompts, self.runs, out[:, width:].tolist(), strict=True):
                 div = compare_greedy(run, trim_at_eos(row, eos), tie_margin=margin)
                 if not (div.match or div.tolerated):
                     problems.append(f"{prompt!r}: {div.describe(len(run.ids))}")
@@ -554,15 +662,9 @@ class _CandidateRun:
             problems.append(f"generate() on the padded batch {_exc(exc)}")
         finally:
             tokenizer.padding_side, tokenizer.pad_token = saved
-        ok = not problems
-        self.generation["padded_batch_match"] = ok
+        self.padded_problems = problems
+        self.generation["padded_batch_match"] = not problems
         self.generation["padded_batch"] = {**info, "problems": problems}
-        detail = (
-            "a left-padded batch of all prompts equals the prompts one by one"
-            if ok
-            else "padded batch differs from the prompts one by one: " + "; ".join(problems)
-        )
-        self.gates.append(GateResult("generation.padded_batch", ok, ok, True, detail))
 
     def _sampling(self, model, tokenizer, pad, eos) -> None:
         import torch
@@ -598,17 +700,9 @@ class _CandidateRun:
             log.debug("sampling failed", exc_info=True)
             problem = f"generate(do_sample=True) {_exc(exc)}"
         self.generation["sampling"] = info
-        ok = problem is None
-        detail = (
-            f"seeded sampling stopped at {info['stopped']} after {info['tokens']} tokens"
-            if ok
-            else f"seeded sampling: {problem}"
-        )
-        self.gates.append(
-            GateResult("generation.sampling", ok, info["stopped"], "eos or max_new_tokens", detail)
-        )
+        self.sampling_problem = problem
 
-    def _pipeline(self, model, tokenizer, runs) -> None:
+    def _pipeline(self, model, tokenizer) -> None:
         from transformers import pipeline
 
         prompt = self.prompts[0]
@@ -619,18 +713,135 @@ class _CandidateRun:
             out = pipe(prompt, max_new_tokens=self.max_new_tokens, do_sample=False, return_full_text=False)
             got = out[0]["generated_text"]
             info["text"] = got
-            if runs[0] is not None:
-                expected = tokenizer.decode(runs[0].ids, skip_special_tokens=True)
+            if self.runs[0] is not None:
+                expected = tokenizer.decode(self.runs[0].ids, skip_special_tokens=True)
                 if got != expected:
                     problem = f"pipeline text {got[:60]!r} differs from generate()'s {expected[:60]!r}"
         except Exception as exc:
             log.debug("pipeline failed", exc_info=True)
             problem = f'pipeline("text-generation") {_exc(exc)}'
-        ok = problem is None
-        self.generation["pipeline_ok"] = ok
+        self.pipeline_problem = problem
+        self.generation["pipeline_ok"] = problem is None
         self.generation["pipeline"] = info
-        detail = 'pipeline("text-generation") gives generate()\'s greedy text' if ok else problem
-        self.gates.append(GateResult("generation.pipeline", ok, ok, True, detail))
+
+    # ---- the gates, in the order of GATES
+
+    def _where(self) -> str:
+        location = self.parity["divergence_location"]
+        if location is None:
+            return ""
+        if location.startswith("layer "):
+            return f" (first divergent layer: {location.removeprefix('layer ')})"
+        return f" (first divergence: {location})"
+
+    def gate_results(self) -> list[GateResult]:
+        if self.load_error is not None:
+            return [GateResult("load", False, None, None, self.load_error)]
+        dtype = self.dtype
+        gates = [
+            GateResult("load", True, dtype, None, f"loaded {self.model_class.rsplit('.', 1)[-1]} as {dtype}")
+        ]
+        gates += self._parity_gates()
+        gates += self._perplexity_gates()
+        gates.append(self._greedy_gate())
+        ok = not self.padded_problems
+        gates.append(
+            GateResult(
+                "generation.padded_batch",
+                ok,
+                ok,
+                True,
+                "a left-padded batch of all prompts equals the prompts one by one"
+                if ok
+                else "padded batch differs from the prompts one by one: " + "; ".join(self.padded_problems),
+            )
+        )
+        info = self.generation["sampling"]
+        ok = self.sampling_problem is None
+        gates.append(
+            GateResult(
+                "generation.sampling",
+                ok,
+                info["stopped"],
+                "eos or max_new_tokens",
+                f"seeded sampling stopped at {info['stopped']} after {info['tokens']} tokens"
+                if ok
+                else f"seeded sampling: {self.sampling_problem}",
+            )
+        )
+        ok = self.pipeline_problem is None
+        detail = (
+            'pipeline("text-generation") gives generate()\'s greedy text' if ok else self.pipeline_problem
+        )
+        gates.append(GateResult("generation.pipeline", ok, ok, True, detail))
+        return gates
+
+    def _parity_gates(self) -> list[GateResult]:
+        if self.parity_error is not None:
+            return [GateResult("parity.forward", False, None, None, self.parity_error)]
+        fig, g = self.figures, self.used_gates
+        figures = [  # gate, label, value, threshold, higher is better, value format
+            ("max_abs_diff", "max abs diff", fig.max_abs_diff, g.max_abs_diff, False, "{:.1e}"),
+            ("mean_abs_diff", "mean abs diff", fig.mean_abs_diff, g.mean_abs_diff, False, "{:.1e}"),
+            ("top1_agreement", "top-1 agreement", fig.top1_agreement, g.min_top1_agreement, True, "{:.2%}"),
+            ("kl_divergence", "KL divergence", fig.kl_divergence, g.max_kl_divergence, False, "{:.1e}"),
+        ]
+        gates = []
+        for key, label, value, threshold, at_least, fmt in figures:
+            if threshold is None:
+                continue
+            ok = value >= threshold if at_least else value <= threshold
+            op = (">=" if ok else "<") if at_least else ("<=" if ok else ">")
+            shown_threshold = fmt.format(threshold) if at_least else _sci(threshold)
+            detail = f"{label} {fmt.format(value)} {op} {shown_threshold}" + ("" if ok else self._where())
+            gates.append(GateResult(f"parity.{key}", ok, value, threshold, detail))
+        return gates
+
+    def _perplexity_gates(self) -> list[GateResult]:
+        threshold = self.used_gates.max_perplexity_rel_diff
+        if self.perplexity_error is not None:
+            return [GateResult("perplexity", False, None, threshold, self.perplexity_error)]
+        if threshold is None:
+            return []
+        p = self.perplexity
+        rel, count, ref_count = p["relative_diff"], p["candidate_tokens"], p["tokens"]
+        ok = rel <= threshold
+        detail = (
+            f"relative diff {rel:.1e} {'<=' if ok else '>'} {_sci(threshold)} "
+            f"(reference {p['reference']:.4g}, candidate {p['candidate']:.4g}"
+            + ("" if count == ref_count else f"; {count} vs {ref_count} tokens")
+            + ")"
+        )
+        return [GateResult("perplexity", ok, rel, threshold, detail + ("" if ok else self._where()))]
+
+    def _greedy_gate(self) -> GateResult:
+        problems, ok_count = [], 0
+        cases = self.generation["cases"]
+        for case, error, check, ref_ids in zip(
+            cases, self.generate_errors, self.checks, self.ref_prompt_ids, strict=True
+        ):
+            prompt = case["prompt"]
+            if error is not None:
+                problems.append(error)
+            elif case["input_ids"] != list(ref_ids):
+                problems.append(
+                    f"{prompt!r}: the shipped tokenizer gives {case['input_ids']}, the training tokenizer "
+                    f"{list(ref_ids)}"
+                )
+            elif check.divergence.match or check.divergence.tolerated:
+                ok_count += 1
+            else:
+                problems.append(f"{prompt!r}: {check.divergence.describe(len(case['candidate_ids']))}")
+        n = len(cases)
+        detail = (
+            f"{ok_count}/{n} greedy continuations equal the reference's"
+            if not problems
+            else f"{n - ok_count} of {n} greedy continuations differ from the reference: "
+            + "; ".join(problems)
+        )
+        return GateResult(
+            "generation.greedy", not problems, ok_count / n, 1.0, detail + (self._where() if problems else "")
+        )
 
 
 # --------------------------------------------------------------------------- post-upload check
@@ -640,28 +851,36 @@ def check_generation_against_report(
     model: str | Path,
     *,
     revision: str | None,
-    report: dict,
+    report: VerificationReport | Mapping[str, Any],
     allowed_extra_files: Sequence[str] = ALLOWED_EXTRA_FILES,
 ) -> list[str]:
     """Greedy-generate every case of a passing report again from ``model`` and compare token for token.
 
-    ``model`` is a folder or a Hub repo id (``revision``: the commit or tag to check). A Hub revision is
-    downloaded into a fresh temporary cache, and the remote code is imported from a fresh modules cache, so
-    what is checked is what a user gets. The files must be those the report verified (same SHA-256; extra
-    files only from ``allowed_extra_files``), each prompt must tokenize to the recorded ``input_ids``, and
-    ``generate()`` must give the recorded ``candidate_ids`` (equal to the reference's for a passing report).
+    ``model`` is a folder or a Hub repo id (``revision``: the commit or tag to check), e.g. the snapshot of a
+    staged commit. A Hub revision is downloaded into a fresh temporary cache, and the remote code is imported
+    from a fresh modules cache, so what is checked is what a user gets. The files must be those the report
+    verified (same SHA-256; extra files only from ``allowed_extra_files``), each prompt must tokenize to the
+    recorded ``input_ids``, and ``generate()`` must give the recorded ``candidate_ids`` (which the reference
+    confirmed for a passing report).
+
+    ``report`` is a ``VerificationReport`` or the parsed ``verification.json``.
 
     Returns:
         One line per problem; empty when everything matches.
     """
+    from release.errors import ReportError
     from release.verify.loading import candidate_source, folder_file_hashes, fresh_remote_code_modules
 
     try:
-        cases, max_new_tokens, expected_files = _report_cases(report)
-    except (KeyError, TypeError, ValueError) as exc:
+        if not isinstance(report, VerificationReport):
+            report = VerificationReport.from_dict(report)
+        cases = _report_cases(report)
+    except (ReportError, ValueError) as exc:
         return [f"report: not a usable verification report ({exc})"]
-    if report.get("passed") is not True:
+    if not report.verified:
         return ["report: the verification did not pass; there is nothing verified to compare with"]
+    expected_files = report.model.files
+    max_new_tokens = report.generation.max_new_tokens
     failures: list[str] = []
     with contextlib.ExitStack() as stack:
         try:
@@ -682,24 +901,21 @@ def check_generation_against_report(
     return failures
 
 
-def _report_cases(report: dict) -> tuple[list[dict], int, dict[str, str]]:
-    generation = report["generation"]
-    max_new_tokens = int(generation["max_new_tokens"])
-    cases = list(generation["cases"])
+def _report_cases(report: VerificationReport) -> list[GenerationCase]:
+    cases = report.generation.cases
     if not cases:
         raise ValueError("generation.cases is empty")
     for i, case in enumerate(cases):
-        if not isinstance(case.get("prompt"), str) or not isinstance(case.get("candidate_ids"), list):
-            raise ValueError(f"generation.cases[{i}] has no prompt or candidate_ids")
-        if not isinstance(case.get("input_ids"), list):
+        if case.candidate_ids is None:
+            raise ValueError(f"generation.cases[{i}] has no candidate_ids")
+        if case.input_ids is None:
             raise ValueError(f"generation.cases[{i}] has no input_ids")
-    files = report["model"]["files"]
-    if not isinstance(files, dict) or not files:
+    if not report.model.files:
         raise ValueError("model.files is missing or empty")
-    return cases, max_new_tokens, dict(files)
+    return cases
 
 
-def _regenerate(source, cases: list[dict], max_new_tokens: int) -> list[str]:
+def _regenerate(source, cases: list[GenerationCase], max_new_tokens: int) -> list[str]:
     from release.verify.checks import candidate_greedy
     from release.verify.loading import load_candidate
 
@@ -716,11 +932,11 @@ def _regenerate(source, cases: list[dict], max_new_tokens: int) -> list[str]:
 
             pad = next(iter(sorted(normalize_eos(model.generation_config.eos_token_id))), None)
         for case in cases:
-            prompt = case["prompt"]
+            prompt = case.prompt
             try:
                 ids = _encode(tokenizer, prompt)
-                if ids != case["input_ids"]:
-                    verified = case["input_ids"]
+                if ids != case.input_ids:
+                    verified = case.input_ids
                     failures.append(
                         f"generation: {prompt!r} tokenizes to {ids}, the verified tokenizer gave {verified}"
                     )
@@ -730,7 +946,7 @@ def _regenerate(source, cases: list[dict], max_new_tokens: int) -> list[str]:
                 log.debug("generate failed", exc_info=True)
                 failures.append(f"generation: {prompt!r}: generate() {_exc(exc)}")
                 continue
-            expected = [int(t) for t in case["candidate_ids"]]
+            expected = [int(t) for t in case.candidate_ids]
             if got != expected:
                 index = next(
                     (i for i, (a, b) in enumerate(zip(expected, got, strict=False)) if a != b),
