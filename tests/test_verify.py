@@ -382,8 +382,13 @@ def test_verify_reports_the_position_where_generation_left_the_reference(release
 
     monkeypatch.setattr(checks, "candidate_greedy", off_at_five)
     report = verify_model(release.model_dir, **release.fast())
-    # The batch and the pipeline now disagree with it too; the model's logits are fine.
-    assert failed(report) == {"generation.greedy", "generation.padded_batch", "generation.pipeline"}
+    # The batch, the pipeline and the card's code now disagree with it too; the model's logits are fine.
+    assert failed(report) == {
+        "generation.greedy",
+        "generation.padded_batch",
+        "generation.pipeline",
+        "card_snippet",
+    }
     for case in report.generation.cases:
         assert case.diverged_at == 5 and not case.match
         assert case.reference_ids[:5] == case.candidate_ids[:5]
