@@ -345,8 +345,22 @@ def test_http_error_message_hides_credentials(tmp_path: Path, server: ServerStat
     assert "secret123" not in str(excinfo.value)
 
 
+@pytest.fixture
+def hub_progress_bars(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """huggingface_hub's bars on: the Hub fixtures set HF_HUB_DISABLE_PROGRESS_BARS=1, which the library
+    reads once at import and which wins over enable_progress_bars(); both are restored afterwards."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    monkeypatch.setattr(sys.modules["huggingface_hub.utils.tqdm"], "HF_HUB_DISABLE_PROGRESS_BARS", None)
+    was_disabled = are_progress_bars_disabled()
+    enable_progress_bars()
+    yield
+    if was_disabled:
+        disable_progress_bars()
+
+
 def test_http_progress_bar_goes_to_stderr(
-    tmp_path: Path, server: ServerState, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, server: ServerState, capsys: pytest.CaptureFixture[str], hub_progress_bars: None
 ) -> None:
     fetch_artifact(
         server.url("/ckpt.pt"), sha256=PAYLOAD_SHA, out=tmp_path / "o.pt", backoff=0, progress=True
@@ -354,6 +368,21 @@ def test_http_progress_bar_goes_to_stderr(
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "ckpt.pt" in captured.err and "100%" in captured.err
+
+
+def test_http_progress_bar_honours_hf_hub_disable_progress_bars(
+    tmp_path: Path, server: ServerState, capsys: pytest.CaptureFixture[str], hub_progress_bars: None
+) -> None:
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    was_disabled = are_progress_bars_disabled()
+    disable_progress_bars()
+    try:
+        fetch_artifact(server.url("/ckpt.pt"), sha256=PAYLOAD_SHA, out=tmp_path / "o.pt", backoff=0, progress=True)
+    finally:
+        if not was_disabled:
+            enable_progress_bars()
+    assert "100%" not in capsys.readouterr().err
 
 
 # --- the cache -------------------------------------------------------------------------------------
