@@ -47,7 +47,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=float, default=3e7, help="parameters of the generated checkpoint")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--write-only", type=Path, default=None, help="write the checkpoint (+ READY) and stop")
+    parser.add_argument(
+        "--write-only", type=Path, default=None, help="write the checkpoint (+ READY) and stop"
+    )
     options = parser.parse_args()
     if options.write_only:
         info = write_ready(options.write_only, options.params, options.seed)

@@ -468,7 +468,9 @@ def http_get(
         ) from None
     except httpx2.HTTPError as exc:  # connection errors before any response, retries used up
         reason = f"{type(exc).__name__}: {redact(first_line(exc))}"
-        raise FetchError(f"{display}: giving up after {retries + 1} attempts without progress ({reason})") from None
+        raise FetchError(
+            f"{display}: giving up after {retries + 1} attempts without progress ({reason})"
+        ) from None
 
 
 class _PartFile:
@@ -551,7 +553,13 @@ def _fetch_http(
         try:
             part.sync()
             _http_transfer(
-                url, part, retries=retries, backoff=backoff, timeout=timeout, progress=progress, display=display
+                url,
+                part,
+                retries=retries,
+                backoff=backoff,
+                timeout=timeout,
+                progress=progress,
+                display=display,
             )
         except _TransientError as exc:
             if part.size > best_size:  # this attempt got further: the budget is for attempts without progress
@@ -622,7 +630,12 @@ def _http_transfer(
         total = part.size + length if length is not None else None
         label = display.rsplit("/", 1)[-1] or display
         with tqdm(
-            total=total, initial=part.size, unit="B", unit_scale=True, unit_divisor=1024, desc=label,
+            total=total,
+            initial=part.size,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=label,
             disable=not progress,
         ) as bar:
             received = part.append(response, bar)

@@ -62,6 +62,18 @@ _MAX_PICKLE = 1 << 30  # a data.pkl larger than this is not a state dict's
 
 
 @dataclass(frozen=True)
+class CheckpointHead:
+    """What a checkpoint's first bytes say (``peek_checkpoint``), for the preflight."""
+
+    size: int | None  # the whole checkpoint, when the source says
+    weights_bytes: int  # the model's parameters (no buffers), in the checkpoint's dtype
+    reference_bytes: int  # what the weights-only file will hold (parameters + distinct buffers)
+    dtype_bytes: int  # item size of most of the weights (4: fp32)
+    streamable: bool
+    reason: str | None = None  # why not
+
+
+@dataclass(frozen=True)
 class WeightsOnlyResult:
     """The checkpoint a release reads, and the original it came from."""
 
@@ -86,7 +98,11 @@ def weights_only_path(sha256: str, cache_dir: Path | None = None) -> Path:
     """Where the weights-only file of the checkpoint with this SHA-256 lives."""
     from release.fetch.artifact import default_cache_dir
 
-    return (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / WEIGHTS_ONLY_DIR / f"{sha256}.pt"
+    return (
+        (Path(cache_dir) if cache_dir is not None else default_cache_dir())
+        / WEIGHTS_ONLY_DIR
+        / f"{sha256}.pt"
+    )
 
 
 def fetch_weights_only(
@@ -137,13 +153,15 @@ def fetch_weights_only(
     if local is not None and local.is_dir():
         return _fallback_local(local, expected, display, f"{display} is a folder (a DCP checkpoint)")
     if local is not None and not local.is_file():
-        raise FetchError(f"{display}: no such file" if not local.exists() else f"{display}: not a regular file")
+        raise FetchError(
+            f"{display}: no such file" if not local.exists() else f"{display}: not a regular file"
+        )
     try:
         with _open_source(uri, scheme, local, display, retries=retries, backoff=backoff, timeout=timeout) as (
             chunks,
-            total,
+            meta,
         ):
-            stream = HashingStream(chunks, display=display, total=total, progress=show_progress)
+            stream = HashingStream(chunks, display=display, meta=meta, progress=show_progress)
             try:
                 kept, size = _extract(stream, out, expected=expected, display=display, filename=filename)
             finally:
@@ -154,18 +172,80 @@ def fetch_weights_only(
         log.warning("%s cannot be streamed (%s); downloading it whole instead", display, exc.reason)
         target = fallback_out or (out.parent.parent / "checkpoints" / expected / filename)
         fetched = artifact.fetch_artifact(
-            uri, sha256=expected, out=target, cache_dir=cache_dir, retries=retries, backoff=backoff,
-            timeout=timeout, progress=show_progress,
+            uri,
+            sha256=expected,
+            out=target,
+            cache_dir=cache_dir,
+            retries=retries,
+            backoff=backoff,
+            timeout=timeout,
+            progress=show_progress,
         )
         return WeightsOnlyResult(fetched.path, expected, fetched.size, filename, "fallback", exc.reason)
     log.info(
         "streamed %s (%d bytes, sha256 %s): kept %d bytes of model records in %s",
-        display, size, expected[:12], kept, out,
+        display,
+        size,
+        expected[:12],
+        kept,
+        out,
     )
     return WeightsOnlyResult(out, expected, size, filename, "stream", None, kept)
 
 
 # --- sources ---------------------------------------------------------------------------------------
+
+
+def peek_checkpoint(uri: str, *, timeout: float = 30) -> CheckpointHead:
+    """The checkpoint's size and its model's bytes from its first record (data.pkl), never the whole file.
+
+    Over HTTP this is the start of one GET, closed after data.pkl (a few kilobytes). Not streamable: the
+    whole file counts as weights (an upper bound), with the reason.
+    """
+    from release.fetch import artifact
+
+    scheme = artifact._scheme_of(uri)
+    display = artifact._display(uri)
+    local = artifact._local_path(uri, scheme) if scheme in ("", "file") else None
+    if local is not None and local.is_dir():
+        size = sum(f.stat().st_size for f in local.rglob("*") if f.is_file())
+        return CheckpointHead(size, size, size, 4, False, "a DCP folder")
+    if local is not None and not local.is_file():
+        raise FetchError(
+            f"{display}: no such file" if not local.exists() else f"{display}: not a regular file"
+        )
+    with _open_source(uri, scheme, local, display, retries=2, backoff=0.5, timeout=timeout) as (chunks, meta):
+        stream = HashingStream(chunks, display=display, meta=meta, progress=False)
+        try:
+            try:
+                _first_record(stream)
+                obj, _ = _read_pickle(_StreamFile(stream, _MAX_PICKLE), display)
+                model = _weights_object(obj)
+            except StreamFallback as exc:
+                total = meta.get("total")
+                return CheckpointHead(total, total or 0, total or 0, 4, False, exc.reason)
+            total = meta.get("total")
+        finally:
+            stream.close()
+    state = next((model[k] for k in MODEL_KEYS if isinstance(model.get(k), dict)), model)
+    weights = reference = 0
+    itemsizes: dict[int, int] = {}
+    seen_buffers: set[tuple] = set()
+    for key, ref in state.items():
+        if not isinstance(ref, _TensorRef):
+            continue
+        nbytes = ref.storage.numel * _itemsize(ref.storage.storage_type)
+        if key.endswith(".tril"):  # identical per-head buffers: one record in the weights-only file
+            if ref.size not in seen_buffers:
+                seen_buffers.add(ref.size)
+                reference += nbytes
+            continue
+        weights += nbytes
+        reference += nbytes
+        itemsize = _itemsize(ref.storage.storage_type)
+        itemsizes[itemsize] = itemsizes.get(itemsize, 0) + nbytes
+    dtype_bytes = max(itemsizes, key=itemsizes.get) if itemsizes else 4
+    return CheckpointHead(total, weights, reference, dtype_bytes, True)
 
 
 def _source_name(uri: str) -> str:
@@ -177,10 +257,11 @@ def _open_source(uri, scheme, local, display, *, retries, backoff, timeout):
     """Yield (an iterator of byte chunks, the total size or None) for the checkpoint's bytes, in order."""
     if local is not None:
         with _reading(display), open(local, "rb") as f:
-            yield iter(lambda: f.read(CHUNK_SIZE), b""), os.fstat(f.fileno()).st_size
+            yield iter(lambda: f.read(CHUNK_SIZE), b""), {"total": os.fstat(f.fileno()).st_size}
         return
+    meta: dict[str, int | None] = {"total": None}
     if scheme in ("http", "https"):
-        yield _http_chunks(uri, {}, display, retries=retries, backoff=backoff, timeout=timeout), None
+        yield _http_chunks(uri, {}, display, meta, retries=retries, backoff=backoff, timeout=timeout), meta
         return
     if scheme == "hf":
         from huggingface_hub import hf_hub_url
@@ -191,7 +272,10 @@ def _open_source(uri, scheme, local, display, *, retries, backoff, timeout):
         loc = parse_hf_uri(uri)
         url = hf_hub_url(loc.repo_id, loc.filename, repo_type=loc.repo_type, revision=loc.revision)
         headers = build_hf_headers(token=read_token() or False)
-        yield _http_chunks(url, headers, display, retries=retries, backoff=backoff, timeout=timeout), None
+        yield (
+            _http_chunks(url, headers, display, meta, retries=retries, backoff=backoff, timeout=timeout),
+            meta,
+        )
         return
     from release.fetch.artifact import object_store
 
@@ -203,7 +287,7 @@ def _open_source(uri, scheme, local, display, *, retries, backoff, timeout):
     except Exception as exc:  # each backend raises its own types: one line
         raise FetchError(f"{display}: {type(exc).__name__}: {first_line(exc)}") from exc
     with f:
-        yield iter(lambda: f.read(CHUNK_SIZE), b""), getattr(f, "size", None)
+        yield iter(lambda: f.read(CHUNK_SIZE), b""), {"total": getattr(f, "size", None)}
 
 
 @contextlib.contextmanager
@@ -215,7 +299,7 @@ def _reading(display: str) -> Iterator[None]:
 
 
 def _http_chunks(
-    url: str, headers: dict, display: str, *, retries: int, backoff: float, timeout: float
+    url: str, headers: dict, display: str, meta: dict, *, retries: int, backoff: float, timeout: float
 ) -> Iterator[bytes]:
     """The body of ``url`` as chunks, resuming with a Range request where the connection drops.
 
@@ -232,7 +316,12 @@ def _http_chunks(
         try:
             request_headers = {**headers, **({"Range": f"bytes={received}-"} if received else {})}
             with http_get(
-                url, headers=request_headers, display=display, retries=retries, backoff=backoff, timeout=timeout
+                url,
+                headers=request_headers,
+                display=display,
+                retries=retries,
+                backoff=backoff,
+                timeout=timeout,
             ) as response:
                 if received and response.status_code != 206:
                     raise FetchError(
@@ -242,6 +331,8 @@ def _http_chunks(
                 if received and content_range_start(response.headers.get("Content-Range")) != received:
                     raise FetchError(f"{display}: asked to resume at byte {received}, got another range")
                 length = int_or_none(response.headers.get("Content-Length"))
+                if not received:
+                    meta["total"] = length
                 got = 0
                 for chunk in response.iter_raw():
                     got += len(chunk)
@@ -266,7 +357,7 @@ def _http_chunks(
 class HashingStream:
     """Bytes from an iterator of chunks, read exactly, every byte fed to one SHA-256 as it arrives."""
 
-    def __init__(self, chunks: Iterator[bytes], *, display: str, total: int | None, progress: bool):
+    def __init__(self, chunks: Iterator[bytes], *, display: str, meta: dict, progress: bool):
         from huggingface_hub.utils import tqdm
 
         self._chunks = chunks
@@ -276,8 +367,13 @@ class HashingStream:
         self.offset = 0  # bytes consumed by the reader
         self.received = 0  # bytes pulled from the source (all hashed)
         self.display = display
+        self.meta = meta  # "total": the source's size, once known
         self._bar = tqdm(
-            total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=Path(display).name,
+            total=meta.get("total"),
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=Path(display).name,
             disable=not progress,
         )
 
@@ -287,6 +383,8 @@ class HashingStream:
             return False
         self.digest.update(chunk)
         self.received += len(chunk)
+        if self._bar.total is None and self.meta.get("total"):
+            self._bar.total = self.meta["total"]
         self._bar.update(len(chunk))
         if self._pos:
             del self._buf[: self._pos]
@@ -345,14 +443,20 @@ class HashingStream:
             close()
 
 
-# --- the zip records -------------------------------------------------------------------------------
+# --- the zip records ----------------------------------------------------------------------------
+# torch's writer streams its records, so each local header says "sizes follow" (flag bit 3) and a data
+# descriptor (PK\x07\x08, CRC-32, sizes) comes after the bytes. A stored record's end is still known: a
+# tensor record's size is in data.pkl (numel x item size), data.pkl ends at its pickle STOP opcode, and a
+# small text record ends at the descriptor whose CRC-32 and size match the bytes before it.
 
 
 @dataclass
 class _Record:
     name: str  # without the archive's folder
-    size: int
+    size: int | None  # None: given by the data descriptor after the bytes
     method: int
+    descriptor: bool
+    zip64: bool
 
 
 def _next_record(stream: HashingStream) -> _Record | None:
@@ -366,14 +470,24 @@ def _next_record(stream: HashingStream) -> _Record | None:
         )
     header = stream.read(30, "a zip record header")
     _, _, flags, method, _, _, _, csize, usize, name_len, extra_len = struct.unpack("<IHHHHHIIIHH", header)
-    raw_name = stream.read(name_len, "a zip record name")
+    name = stream.read(name_len, "a zip record name").decode("utf-8", "replace")
     extra = stream.read(extra_len, "a zip record header")
-    name = raw_name.decode("utf-8", "replace")
-    if flags & _DATA_DESCRIPTOR_FLAG:
-        raise StreamFallback(f"record {name} has a data descriptor (its size follows its bytes)")
-    if csize == 0xFFFFFFFF or usize == 0xFFFFFFFF:
-        usize, csize = _zip64_sizes(extra, usize, csize)
-    return _Record(name.split("/", 1)[1] if "/" in name else name, csize, method)
+    zip64 = _has_zip64(extra)
+    descriptor = bool(flags & _DATA_DESCRIPTOR_FLAG)
+    size: int | None = None
+    if not descriptor:
+        size = _zip64_sizes(extra, usize, csize)[1] if 0xFFFFFFFF in (csize, usize) else csize
+    return _Record(name.split("/", 1)[1] if "/" in name else name, size, method, descriptor, zip64)
+
+
+def _has_zip64(extra: bytes) -> bool:
+    pos = 0
+    while pos + 4 <= len(extra):
+        tag, length = struct.unpack_from("<HH", extra, pos)
+        if tag == 0x0001:
+            return True
+        pos += 4 + length
+    return False
 
 
 def _zip64_sizes(extra: bytes, usize: int, csize: int) -> tuple[int, int]:
@@ -390,6 +504,66 @@ def _zip64_sizes(extra: bytes, usize: int, csize: int) -> tuple[int, int]:
             return usize, csize
         pos += 4 + length
     raise CheckpointError("a zip64 record has no zip64 sizes; the checkpoint is damaged")
+
+
+def _end_of_record(stream: HashingStream, record: _Record, size: int) -> None:
+    """Read the data descriptor after a record of ``size`` bytes and check that it says the same size."""
+    if not record.descriptor:
+        return
+    what = f"the data descriptor of {record.name}"
+    head = stream.peek(4)
+    if head == b"PK\x07\x08":
+        stream.skip(4, what)
+    fmt = "<IQQ" if record.zip64 else "<III"
+    _, csize, usize = struct.unpack(fmt, stream.read(struct.calcsize(fmt), what))
+    if csize != size or usize != size:
+        raise CheckpointError(
+            f"{stream.display}: record {record.name} has {csize} bytes by its zip entry, {size} by data.pkl; "
+            "the checkpoint is damaged"
+        )
+
+
+def _scan_small_record(stream: HashingStream, record: _Record, limit: int = 1 << 16) -> bytes:
+    """A small stored record with a data descriptor: its bytes end where a descriptor matching them begins."""
+    import zlib
+
+    fmt = "<IQQ" if record.zip64 else "<III"
+    desc = 4 + struct.calcsize(fmt)
+    window = stream.peek(limit + desc)
+    for end in range(len(window) - desc + 1):
+        if window[end : end + 4] == b"PK\x07\x08":
+            crc, csize, usize = struct.unpack_from(fmt, window, end + 4)
+            if csize == usize == end and crc == zlib.crc32(window[:end]):
+                stream.skip(end + desc, f"record {record.name}")
+                return window[:end]
+    raise StreamFallback(f"the end of record {record.name} cannot be found without the central directory")
+
+
+class _StreamFile:
+    """``read``/``readline`` over the stream for the unpickler: it consumes exactly the pickle's bytes."""
+
+    def __init__(self, stream: HashingStream, limit: int):
+        self.stream, self.left = stream, limit
+        self.consumed = 0
+
+    def read(self, n: int = -1) -> bytes:
+        if n < 0 or n > self.left:
+            raise CheckpointError(f"{self.stream.display}: data.pkl is larger than {_MAX_PICKLE} bytes")
+        data = self.stream.read(n, "data.pkl")
+        self.left -= n
+        self.consumed += n
+        return data
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def readline(self) -> bytes:
+        line = bytearray()
+        while not line.endswith(b"\n"):
+            line += self.read(1)
+        return bytes(line)
 
 
 # --- data.pkl through an allow-list ----------------------------------------------------------------
@@ -416,7 +590,9 @@ class _StorageType(str):
     """``torch.<X>Storage`` as named by data.pkl (only the name is kept)."""
 
 
-def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, *rest):
+def _rebuild_tensor_v2(
+    storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, *rest
+):
     if not isinstance(storage, _StorageRef):
         raise CheckpointError("data.pkl rebuilds a tensor from something that is not a storage record")
     return _TensorRef(storage, int(storage_offset), tuple(size), tuple(stride), bool(requires_grad))
@@ -446,8 +622,8 @@ class _ReferenceUnpickler(pickle.Unpickler):
     reference (never torch's own rebuilders); any other global is refused before anything is called.
     """
 
-    def __init__(self, data: bytes, display: str):
-        super().__init__(io.BytesIO(data))
+    def __init__(self, file, display: str):
+        super().__init__(file)
         self.display = display
         self.storages: dict[str, _StorageRef] = {}
 
@@ -469,17 +645,23 @@ class _ReferenceUnpickler(pickle.Unpickler):
             raise CheckpointError(f"{self.display}: data.pkl names a storage of an unknown type")
         ref = self.storages.get(str(key))
         if ref is None:
-            ref = self.storages[str(key)] = _StorageRef(str(storage_type), str(key), str(location), int(numel))
+            ref = self.storages[str(key)] = _StorageRef(
+                str(storage_type), str(key), str(location), int(numel)
+            )
         return ref
 
 
-def _read_pickle(data: bytes, display: str) -> Any:
+def _read_pickle(file, display: str) -> tuple[Any, dict[str, _StorageRef]]:
+    """The checkpoint object (with references for tensors) and every storage record it names."""
+    unpickler = _ReferenceUnpickler(file, display)
     try:
-        return _ReferenceUnpickler(data, display).load()
-    except CheckpointError:
+        return unpickler.load(), unpickler.storages
+    except (CheckpointError, FetchError):
         raise
     except Exception as exc:
-        raise CheckpointError(f"{display}: data.pkl cannot be read ({type(exc).__name__}: {first_line(exc)})") from exc
+        raise CheckpointError(
+            f"{display}: data.pkl cannot be read ({type(exc).__name__}: {first_line(exc)})"
+        ) from exc
 
 
 def _weights_object(obj: Any) -> dict:
@@ -506,14 +688,15 @@ def _storages_in(obj: Any, found: dict[str, _StorageRef]) -> None:
             _storages_in(v, found)
 
 
-def _dump_pickle(obj: Any) -> bytes:
-    """data.pkl for ``obj``: what ``torch.save`` writes for the same tensors (locations become 'cpu')."""
+def _dump_pickle(obj: Any, alias: dict[str, str]) -> bytes:
+    """data.pkl for ``obj``: what ``torch.save`` writes for the same tensors (locations become 'cpu'); a key
+    in ``alias`` names the record of another key with the same bytes."""
     import torch
 
     class Pickler(pickle.Pickler):
         def persistent_id(self, o):
             if isinstance(o, _StorageRef):
-                return ("storage", getattr(torch, o.storage_type), o.key, "cpu", o.numel)
+                return ("storage", getattr(torch, o.storage_type), alias.get(o.key, o.key), "cpu", o.numel)
             return None
 
         def reducer_override(self, o):
@@ -530,10 +713,8 @@ def _dump_pickle(obj: Any) -> bytes:
 # --- extraction ------------------------------------------------------------------------------------
 
 
-def _extract(stream: HashingStream, out: Path, *, expected: str, display: str, filename: str) -> tuple[int, int]:
-    """Read the whole stream, write the kept records to ``out`` (atomically, only if the hash matches)."""
-    import torch
-
+def _first_record(stream: HashingStream) -> _Record:
+    """The data.pkl record's header, first in the archive; anything else is not streamable."""
     head = stream.peek(4)
     if head != _LOCAL_HEADER:
         if head[:1] == b"\x80":
@@ -543,59 +724,93 @@ def _extract(stream: HashingStream, out: Path, *, expected: str, display: str, f
     if first is None or first.name != "data.pkl":
         raise StreamFallback(f"its first record is {first.name if first else 'missing'}, not data.pkl")
     if first.method != 0:
-        raise StreamFallback(f"its data.pkl is compressed (method {first.method})")
-    if first.size > _MAX_PICKLE:
-        raise CheckpointError(f"{display}: data.pkl is {first.size} bytes, too large for a state dict")
-    kept_obj = _weights_object(_read_pickle(stream.read(first.size, "data.pkl"), display))
+        raise StreamFallback(f"its data.pkl is compressed (zip method {first.method})")
+    return first
+
+
+def _extract(
+    stream: HashingStream, out: Path, *, expected: str, display: str, filename: str
+) -> tuple[int, int]:
+    """Read the whole stream, write the kept records to ``out`` (atomically, only if the hash matches)."""
+    import torch
+
+    first = _first_record(stream)
+    pickle_file = _StreamFile(stream, first.size if first.size is not None else _MAX_PICKLE)
+    obj, storages = _read_pickle(pickle_file, display)
+    kept_obj = _weights_object(obj)
+    del obj
+    if first.size is not None and pickle_file.consumed != first.size:
+        stream.skip(first.size - pickle_file.consumed, "data.pkl")
+    _end_of_record(stream, first, first.size if first.size is not None else pickle_file.consumed)
     wanted: dict[str, _StorageRef] = {}
     _storages_in(kept_obj, wanted)
-    data_pkl = _dump_pickle(kept_obj)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{expected[:12]}-"))
     try:
         tmp = staging / out.name
         writer = torch._C.PyTorchFileWriter(str(tmp))
-        writer.write_record("data.pkl", data_pkl, len(data_pkl))
         kept_bytes, written = 0, set()
+        # Records with the same bytes and type are written once (the per-head ``tril`` buffers: 0.8 GB at 1B);
+        # their tensors then share that storage, as tied weights do. data.pkl, which names the kept keys, is
+        # therefore written last (torch.load finds records by name, not by position).
+        first_of: dict[tuple[str, str], str] = {}
+        alias: dict[str, str] = {}
+        sizes = {key: ref.numel * _itemsize(ref.storage_type) for key, ref in storages.items()}
         while (record := _next_record(stream)) is not None:
             key = record.name[len("data/") :] if record.name.startswith("data/") else None
-            if key in wanted or record.name in _COPIED_RECORDS:
-                if record.method != 0:
+            keep = key in wanted
+            if record.method != 0:
+                if keep:
                     raise CheckpointError(
                         f"{display}: record {record.name} is compressed (zip method {record.method}); torch.save "
                         "stores records uncompressed: re-save the checkpoint with torch.save"
                     )
-                buffer = bytearray(record.size)
+                if record.size is None:
+                    raise StreamFallback(f"record {record.name} is compressed and its size follows its bytes")
+            size = record.size
+            if size is None and key is not None and key in sizes:
+                size = sizes[key]
+            if size is None:  # a small record of unknown size: .format_version, byteorder, ...
+                data = _scan_small_record(stream, record)
+                if record.name in _COPIED_RECORDS:
+                    writer.write_record(record.name, data, len(data))
+                continue
+            if keep:
+                expected_bytes = wanted[key].numel * _itemsize(wanted[key].storage_type)
+                if size != expected_bytes:
+                    raise CheckpointError(
+                        f"{display}: record {record.name} has {size} bytes, data.pkl says {expected_bytes}; "
+                        "the checkpoint is damaged"
+                    )
+                buffer = bytearray(size)
                 stream.readinto(memoryview(buffer), f"record {record.name}")
-                if key is not None:
-                    expected_bytes = wanted[key].numel * _itemsize(wanted[key].storage_type)
-                    if record.size != expected_bytes:
-                        raise CheckpointError(
-                            f"{display}: record {record.name} has {record.size} bytes, data.pkl says "
-                            f"{expected_bytes}; the checkpoint is damaged"
-                        )
-                    written.add(key)
-                    kept_bytes += record.size
-                    if record.size:
-                        writer.write_record(
-                            record.name, torch.frombuffer(buffer, dtype=torch.uint8).untyped_storage(), record.size
-                        )
+                content = (wanted[key].storage_type, hashlib.sha256(buffer).hexdigest())
+                written.add(key)
+                if content in first_of:
+                    alias[key] = first_of[content]
+                else:
+                    first_of[content] = key
+                    if size:
+                        storage = torch.frombuffer(buffer, dtype=torch.uint8).untyped_storage()
+                        writer.write_record(record.name, storage, size)
+                        del storage
                     else:
                         writer.write_record(record.name, b"", 0)
-                else:
-                    writer.write_record(record.name, bytes(buffer), record.size)
+                    kept_bytes += size
                 del buffer
+            elif record.name in _COPIED_RECORDS:
+                data = stream.read(size, f"record {record.name}")
+                writer.write_record(record.name, data, len(data))
             else:
-                stream.skip(record.size, f"record {record.name}")
+                stream.skip(size, f"record {record.name}")
+            _end_of_record(stream, record, size)
         missing = sorted(set(wanted) - written, key=lambda k: (len(k), k))
         if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
             raise CheckpointError(
-                f"{display}: data.pkl names data/{missing[0]} (and {len(missing) - 1} more) but the archive has no "
-                "such record; the checkpoint is damaged or incomplete"
-                if len(missing) > 1
-                else f"{display}: data.pkl names data/{missing[0]} but the archive has no such record; the "
-                "checkpoint is damaged or incomplete"
+                f"{display}: data.pkl names record data/{missing[0]}{more} but the archive has no such record; "
+                "the checkpoint is damaged or incomplete"
             )
         size = stream.drain()
         actual = stream.digest.hexdigest()
@@ -603,6 +818,8 @@ def _extract(stream: HashingStream, out: Path, *, expected: str, display: str, f
             raise FetchError(
                 f"SHA-256 mismatch for {display}: expected {expected}, got {actual}; nothing was kept"
             )
+        data_pkl = _dump_pickle(kept_obj, alias)
+        writer.write_record("data.pkl", data_pkl, len(data_pkl))
         writer.write_end_of_file()
         del writer
         with open(tmp, "rb+") as f:
@@ -614,6 +831,7 @@ def _extract(stream: HashingStream, out: Path, *, expected: str, display: str, f
             "filename": filename,
             "sha256": sha256_file(tmp),
             "kept_bytes": kept_bytes,
+            "shared_records": len(alias),
         }
         os.replace(tmp, out)
         write_text_atomic(out.with_suffix(".json"), json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
@@ -625,8 +843,16 @@ def _extract(stream: HashingStream, out: Path, *, expected: str, display: str, f
 
 def _itemsize(storage_type: str) -> int:
     return {
-        "DoubleStorage": 8, "LongStorage": 8, "FloatStorage": 4, "IntStorage": 4, "HalfStorage": 2,
-        "BFloat16Storage": 2, "ShortStorage": 2, "CharStorage": 1, "ByteStorage": 1, "BoolStorage": 1,
+        "DoubleStorage": 8,
+        "LongStorage": 8,
+        "FloatStorage": 4,
+        "IntStorage": 4,
+        "HalfStorage": 2,
+        "BFloat16Storage": 2,
+        "ShortStorage": 2,
+        "CharStorage": 1,
+        "ByteStorage": 1,
+        "BoolStorage": 1,
     }[storage_type]
 
 
@@ -638,7 +864,10 @@ def _reuse(out: Path, expected: str) -> dict | None:
     try:
         meta = json.loads(sidecar.read_text(encoding="utf-8"))
         if meta.get("original_sha256") == expected and sha256_file(out) == meta.get("sha256"):
-            return {"size": int(meta["original_size"]), "filename": str(meta.get("filename") or "checkpoint.pt")}
+            return {
+                "size": int(meta["original_size"]),
+                "filename": str(meta.get("filename") or "checkpoint.pt"),
+            }
     except (OSError, ValueError, KeyError, TypeError):
         pass
     log.warning("the weights-only file %s does not match its sidecar; fetching the checkpoint again", out)
@@ -655,6 +884,9 @@ def _fallback_local(path: Path, expected: str, display: str, reason: str) -> Wei
     actual = checkpoint_digest(path)
     if actual != expected:
         raise FetchError(f"SHA-256 mismatch for {display}: expected {expected}, got {actual}")
-    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+    size = (
+        sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        if path.is_dir()
+        else path.stat().st_size
+    )
     return WeightsOnlyResult(path, expected, size, path.name, "fallback", reason)
-
