@@ -159,7 +159,9 @@ def write_scale_checkpoint(dims: dict, path: Path, *, seed: int = 0, iter_num: i
     for key, storage in enumerate(order):
         index = placeholders.get(storage._cdata)
         plan.append((key, index if index is not None else storage))
-    del ckpt, model_sd, optimizer_sd, order, placeholders, buf  # the placeholders go here
+    del ckpt, model_sd, optimizer_sd, buf  # the placeholders go here
+    order.clear()
+    placeholders.clear()
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
