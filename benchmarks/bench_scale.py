@@ -128,6 +128,7 @@ def run_release(workdir: Path, checkpoint: Path, info: dict, *, stop_after: str 
 
     project = workdir / "project"
     project.mkdir(parents=True, exist_ok=True)
+    (workdir / "tmp").mkdir(exist_ok=True)
     (project / "pyproject.toml").write_text(PYPROJECT.format(dtype=dtype))
     tokenizer = train_tokenizer(
         demo_text(), project / "tokenizer", vocab_size=384
@@ -135,6 +136,7 @@ def run_release(workdir: Path, checkpoint: Path, info: dict, *, stop_after: str 
     env = {
         **os.environ,
         "RELEASE_CACHE_DIR": str(workdir / "cache"),  # a fresh cache: the weights-only file counts
+        "TMPDIR": str(workdir / "tmp"),  # verify's spill files, on the sampled file system and removed after
         "RELEASE_CHECKPOINT": str(checkpoint),
         "RELEASE_CHECKPOINT_SHA256": info["sha256"],
         "RELEASE_TOKENIZER": str(tokenizer),

@@ -256,7 +256,11 @@ def _source_name(uri: str) -> str:
 def _open_source(uri, scheme, local, display, *, retries, backoff, timeout):
     """Yield (an iterator of byte chunks, the total size or None) for the checkpoint's bytes, in order."""
     if local is not None:
-        with _reading(display), open(local, "rb") as f:
+        try:
+            f = open(local, "rb")  # noqa: SIM115 - closed by the with below
+        except PermissionError as exc:
+            raise FetchError(f"{display}: permission denied ({exc.filename})") from exc
+        with f:
             yield iter(lambda: f.read(CHUNK_SIZE), b""), {"total": os.fstat(f.fileno()).st_size}
         return
     meta: dict[str, int | None] = {"total": None}
@@ -288,14 +292,6 @@ def _open_source(uri, scheme, local, display, *, retries, backoff, timeout):
         raise FetchError(f"{display}: {type(exc).__name__}: {first_line(exc)}") from exc
     with f:
         yield iter(lambda: f.read(CHUNK_SIZE), b""), {"total": getattr(f, "size", None)}
-
-
-@contextlib.contextmanager
-def _reading(display: str) -> Iterator[None]:
-    try:
-        yield
-    except PermissionError as exc:
-        raise FetchError(f"{display}: permission denied ({exc.filename})") from exc
 
 
 def _http_chunks(
