@@ -662,7 +662,7 @@ def test_cli_fetch_has_help_with_an_example() -> None:
 # --- the streaming, weights-only fetch (issue #13) --------------------------------------------------
 
 
-TINY = {"vocab_size": 64, "n_embd": 16, "n_head": 2, "n_layer": 2, "block_size": 8}
+TINY = {"vocab_size": 320, "n_embd": 16, "n_head": 2, "n_layer": 2, "block_size": 32}
 
 
 def write_training_checkpoint(path: Path, **save_kwargs) -> Path:
