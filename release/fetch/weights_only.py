@@ -373,20 +373,33 @@ class HashingStream:
             disable=not progress,
         )
 
-    def _pull(self) -> bool:
+    def _chunk(self) -> bytes | None:
+        """The source's next chunk, hashed and counted; None at its end."""
         chunk = next(self._chunks, None)
         if chunk is None:
-            return False
+            return None
         self.digest.update(chunk)
         self.received += len(chunk)
         if self._bar.total is None and self.meta.get("total"):
             self._bar.total = self.meta["total"]
         self._bar.update(len(chunk))
+        return chunk
+
+    def _pull(self) -> bool:
+        chunk = self._chunk()
+        if chunk is None:
+            return False
         if self._pos:
             del self._buf[: self._pos]
             self._pos = 0
         self._buf += chunk
         return True
+
+    def _ended(self, what: str) -> FetchError:
+        return FetchError(
+            f"{self.display}: the stream ended after {self.offset} bytes, inside {what}; the checkpoint is "
+            "truncated (or the download was cut short); nothing was kept"
+        )
 
     def read(self, n: int, what: str) -> bytes:
         """Exactly ``n`` bytes; a stream that ends first is a ``FetchError`` naming ``what``."""
@@ -395,25 +408,40 @@ class HashingStream:
         return bytes(out)
 
     def readinto(self, view: memoryview, what: str) -> None:
+        """Fill ``view`` exactly; chunks go straight into it (``what`` names it in a truncation error)."""
         filled, n = 0, len(view)
         while filled < n:
-            if self._pos >= len(self._buf) and not self._pull():
-                raise FetchError(
-                    f"{self.display}: the stream ended after {self.offset} bytes, inside {what}; the checkpoint is "
-                    "truncated (or the download was cut short); nothing was kept"
-                )
-            take = min(n - filled, len(self._buf) - self._pos)
-            view[filled : filled + take] = self._buf[self._pos : self._pos + take]
-            self._pos += take
+            available = len(self._buf) - self._pos
+            if available:
+                take = min(n - filled, available)
+                with memoryview(self._buf) as buffered:
+                    view[filled : filled + take] = buffered[self._pos : self._pos + take]
+                self._pos += take
+            else:
+                chunk = self._chunk()
+                if chunk is None:
+                    raise self._ended(what)
+                take = min(n - filled, len(chunk))
+                view[filled : filled + take] = memoryview(chunk)[:take]
+                if take < len(chunk):
+                    self._buf, self._pos = bytearray(memoryview(chunk)[take:]), 0
             filled += take
             self.offset += take
 
     def skip(self, n: int, what: str) -> None:
+        """Consume ``n`` bytes (hashed, not kept)."""
         while n:
-            if self._pos >= len(self._buf) and not self._pull():
-                self.read(1, what)  # raises the truncation error
-            take = min(n, len(self._buf) - self._pos)
-            self._pos += take
+            available = len(self._buf) - self._pos
+            if available:
+                take = min(n, available)
+                self._pos += take
+            else:
+                chunk = self._chunk()
+                if chunk is None:
+                    raise self._ended(what)
+                take = min(n, len(chunk))
+                if take < len(chunk):
+                    self._buf, self._pos = bytearray(memoryview(chunk)[take:]), 0
             self.offset += take
             n -= take
 
