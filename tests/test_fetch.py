@@ -954,3 +954,20 @@ def test_peek_reads_only_the_head(tmp_path: Path, server: ServerState, ckpt: Pat
         4,
         True,
     )
+
+
+def test_weights_only_from_the_hub_streams_with_the_token(
+    tmp_path: Path, ckpt: Path, hub, hub_token: str
+) -> None:
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=hub_token)
+    api.create_repo("acme/training-runs", private=True)
+    api.upload_file(
+        path_or_fileobj=str(ckpt), path_in_repo="runs/best_model.pt", repo_id="acme/training-runs"
+    )
+    result = fetch_weights_only(
+        "hf://acme/training-runs/runs/best_model.pt", sha256=sha256_file(ckpt), **FAST
+    )
+    assert (result.source, result.size, result.filename) == ("stream", ckpt.stat().st_size, "best_model.pt")
+    assert_bit_identical(result.path, ckpt)
