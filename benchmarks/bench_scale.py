@@ -23,12 +23,12 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import work_folder  # noqa: E402
 from scale_checkpoint import dims_for, write_scale_checkpoint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -217,9 +217,7 @@ def main() -> None:
         info = write_ready(options.write_only, options.params, options.seed)
         print(json.dumps(info, sort_keys=True))
         return
-    own = options.workdir is None
-    workdir = Path(tempfile.mkdtemp(prefix="bench-scale-")) if own else options.workdir
-    try:
+    with work_folder(options.workdir, "bench-scale-") as workdir:
         checkpoint = options.checkpoint
         if checkpoint is None:
             checkpoint = workdir / "best_model.pt"
@@ -232,9 +230,6 @@ def main() -> None:
         results = run_release(
             workdir / "run", checkpoint, info, stop_after=options.stop_after, dtype=options.dtype
         )
-    finally:
-        if own:
-            shutil.rmtree(workdir, ignore_errors=True)
     print_summary(results)
     if options.json:
         options.json.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
