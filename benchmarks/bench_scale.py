@@ -75,14 +75,30 @@ def checkpoint_info(path: Path) -> dict:
     return {"sha256": sha256_file(path), "weights_bytes": head.weights_bytes, "checkpoint_bytes": head.size}
 
 
+def allocated_bytes(folder: Path) -> int:
+    """Disk blocks allocated to the files under ``folder`` (what the run itself holds on disk)."""
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_blocks * 512
+            except OSError:  # removed while we looked
+                pass
+    return total
+
+
 class Sampler(threading.Thread):
-    """Every ``interval`` s: bytes used on the work folder's file system, and the child tree's RSS/RssAnon."""
+    """Every ``interval`` s: the run's own files (everything it writes is under the work folder: cache, dist,
+    TMPDIR, HF_HOME), the bytes used on that file system (an upper bound: other users of the disk add to it),
+    and the child tree's RSS/RssAnon."""
 
     def __init__(self, pid: int, folder: Path, interval: float = 0.2):
         super().__init__(daemon=True)
         self.pid, self.folder, self.interval = pid, folder, interval
         self.disk_base = shutil.disk_usage(folder).used
+        self.files_base = allocated_bytes(folder)
         self.peak_disk = 0
+        self.peak_files = 0
         self.peak_rss = 0
         self.peak_anon = 0
         self.samples = 0
@@ -103,6 +119,7 @@ class Sampler(threading.Thread):
     def run(self) -> None:
         while not self.stop.is_set():
             self.peak_disk = max(self.peak_disk, shutil.disk_usage(self.folder).used - self.disk_base)
+            self.peak_files = max(self.peak_files, allocated_bytes(self.folder) - self.files_base)
             rss = anon = 0
             for pid in self._tree():
                 try:
@@ -137,6 +154,7 @@ def run_release(workdir: Path, checkpoint: Path, info: dict, *, stop_after: str 
         **os.environ,
         "RELEASE_CACHE_DIR": str(workdir / "cache"),  # a fresh cache: the weights-only file counts
         "TMPDIR": str(workdir / "tmp"),  # verify's spill files, on the sampled file system and removed after
+        "HF_HOME": str(workdir / "hf"),  # remote-code module caches too
         "RELEASE_CHECKPOINT": str(checkpoint),
         "RELEASE_CHECKPOINT_SHA256": info["sha256"],
         "RELEASE_TOKENIZER": str(tokenizer),
@@ -168,8 +186,10 @@ def run_release(workdir: Path, checkpoint: Path, info: dict, *, stop_after: str 
         "dtype": dtype,
         "weights_bytes": weights,
         "checkpoint_bytes": info.get("checkpoint_bytes"),
-        "peak_extra_disk_bytes": sampler.peak_disk,
-        "peak_extra_disk_x_weights": round(sampler.peak_disk / weights, 3),
+        "peak_extra_disk_bytes": sampler.peak_files,
+        "peak_extra_disk_x_weights": round(sampler.peak_files / weights, 3),
+        "peak_fs_used_delta_bytes": sampler.peak_disk,
+        "peak_fs_used_delta_x_weights": round(sampler.peak_disk / weights, 3),
         "peak_rss_bytes": usage.ru_maxrss * 1024,
         "peak_rss_x_weights": round(usage.ru_maxrss * 1024 / weights, 3),
         "peak_tree_rss_x_weights": round(sampler.peak_rss / weights, 3),
@@ -190,6 +210,10 @@ def print_summary(r: dict) -> None:
     )
     print(
         f"  peak extra disk  {r['peak_extra_disk_bytes'] / gb:6.2f} GB = {r['peak_extra_disk_x_weights']:.2f}x weights"
+    )
+    print(
+        f"  (file system used, upper bound: {r['peak_fs_used_delta_bytes'] / gb:.2f} GB = "
+        f"{r['peak_fs_used_delta_x_weights']:.2f}x; other users of the disk add to it)"
     )
     print(f"  peak RSS         {r['peak_rss_bytes'] / gb:6.2f} GB = {r['peak_rss_x_weights']:.2f}x weights")
     print(f"  peak anonymous   {r['peak_anon_bytes'] / gb:6.2f} GB = {r['peak_anon_x_weights']:.2f}x weights")

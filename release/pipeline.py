@@ -238,6 +238,9 @@ def _verify(settings: Settings, result: RunResult, state: dict, say, pyproject_d
         max_new_tokens=settings.max_new_tokens,
         report_path=result.out_dir / "verification.json",
         tokenizer=state["tokenizer"],
+        checkpoint_sha256=state.get(
+            "checkpoint_sha256"
+        ),  # the original's; the reference is its weights-only file
     )
     result.verification = report.to_dict()
     if not report.passed:

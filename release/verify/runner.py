@@ -70,6 +70,7 @@ def verify_model(
     max_new_tokens: int = 32,
     report_path: Path | None = None,
     tokenizer: str | Path | None = None,
+    checkpoint_sha256: str | None = None,
 ) -> VerificationReport:
     """Check a converted model against the training checkpoint it came from; never raises for a failed gate.
 
@@ -88,6 +89,8 @@ def verify_model(
             None.
         tokenizer: The tokenizer the model was trained with (folder or Hub id; default ``"gpt2"``), used on
             the reference side, so a model folder shipping another tokenizer fails the perplexity gate.
+        checkpoint_sha256: The SHA-256 the report names, when the caller has it: ``release run`` passes the
+            original checkpoint's, of which ``checkpoint`` is the weights-only file. None: hash ``checkpoint``.
 
     Returns:
         The report; ``report.passed`` tells whether every gate passed, ``report.failures`` which did not.
@@ -166,7 +169,7 @@ def verify_model(
         )
         checkpoint_info = {
             "path": str(Path(checkpoint).resolve()),
-            "sha256": ckpt.sha256,
+            "sha256": checkpoint_sha256 or ckpt.sha256,
             "architecture": dict(vars(ref_model.config)),
         }
         del ref_model
