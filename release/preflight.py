@@ -30,12 +30,14 @@ log = logging.getLogger(__name__)
 
 GB = 1e9
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-# Verify's spill files as a share of the weights' bytes (0.22 measured at 1B with benchmarks/bench_scale.py;
-# see README, "Scale"), and what a model folder holds besides the weights (tokenizer, code), logs.
+# Verify's spill files: mostly the reference logits (tokens x vocabulary), so nearly the same at 30M and at 1B
+# parameters (0.91 GB both, measured with benchmarks/bench_scale.py; see README, "Scale"): the larger of a
+# floor and a share of the weights. Plus what a model folder holds besides the weights (tokenizer, code), logs.
 VERIFY_DISK_SHARE = 0.25
+VERIFY_DISK_MIN = 1 * 10**9
 FIXED_DISK = 200 * 10**6
-# Memory over the weights' fp32 bytes: verify's peak RSS was 1.03x at 1B (fp32 release); plus the interpreter
-# with torch and transformers.
+# Memory over the weights' fp32 bytes: the run's peak RSS was 1.12x at 1B (fp32 release, verify's peak); plus
+# the interpreter with torch and transformers.
 MEMORY_SHARE = 1.1
 FIXED_MEMORY = 1 * 10**9
 RUNNER_HINT = (
@@ -64,7 +66,7 @@ def needs_for(head: CheckpointHead, *, dtype: str, cached: bool, local: bool) ->
     else:  # the fallback downloads the whole file, or reads a local one where it is
         reference = 0 if local else (head.size or head.weights_bytes)
         ref_what = "checkpoint read in place" if local else "whole checkpoint"
-    verify = int(VERIFY_DISK_SHARE * head.weights_bytes)
+    verify = max(VERIFY_DISK_MIN, int(VERIFY_DISK_SHARE * head.weights_bytes))
     disk = reference + out_bytes + verify + FIXED_DISK
     memory = int(MEMORY_SHARE * params * 4) + FIXED_MEMORY
     detail = f"{ref_what} {reference / GB:.1f} GB + model folder {out_bytes / GB:.1f} GB + verify {verify / GB:.1f} GB"
