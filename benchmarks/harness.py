@@ -3,9 +3,11 @@ running each contender in its own Python process (so one contender's memory neve
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 FULL = {
@@ -80,8 +82,6 @@ def bench_main(
 ) -> None:
     """The shared command-line flow: ``--child ROLE ARGS`` runs one contender and prints its JSON; otherwise
     run every contender in ``--workdir`` (default: a temporary folder, removed afterwards) and print the ratios."""
-    import shutil
-    import tempfile
 
     parser.add_argument("--small", action="store_true", help="a model of a few million parameters")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this file")
@@ -94,14 +94,24 @@ def bench_main(
         role, args = options.child[0], json.loads(options.child[1])
         print(json.dumps(child_generate(args) if role == "generate" else child_run(role, args)))
         return
-    own_tmp = options.workdir is None
-    workdir = Path(tempfile.mkdtemp(prefix=prefix)) if own_tmp else options.workdir
-    workdir.mkdir(parents=True, exist_ok=True)
-    try:
+    with work_folder(options.workdir, prefix) as workdir:
         results = run(options.small, options.repeat, workdir, **(run_kwargs(options) if run_kwargs else {}))
-    finally:
-        if own_tmp:
-            shutil.rmtree(workdir, ignore_errors=True)
     print_summary(results)
     if options.json:
         options.json.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+
+
+@contextlib.contextmanager
+def work_folder(workdir: Path | None, prefix: str) -> Iterator[Path]:
+    """``workdir`` (created if needed, kept), or a temporary folder removed afterwards."""
+    import shutil
+    import tempfile
+
+    own = workdir is None
+    folder = Path(tempfile.mkdtemp(prefix=prefix)) if own else workdir
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield folder
+    finally:
+        if own:
+            shutil.rmtree(folder, ignore_errors=True)

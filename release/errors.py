@@ -55,6 +55,10 @@ class CardError(ReleaseError):
     """The model card cannot be rendered (missing value, malformed metrics, placeholder text left)."""
 
 
+class ResourceError(ReleaseError):
+    """Not enough free disk or memory for this checkpoint (found by the preflight, before any download)."""
+
+
 class FetchError(ReleaseError):
     """The checkpoint artifact cannot be fetched or its hash does not match."""
 

@@ -126,6 +126,9 @@ def run_release(
             "or --sha256"
         )
 
+    from release.preflight import preflight
+
+    checked = preflight(settings, stop_after=stop_after, pyproject_dir=pyproject_dir)  # before any download
     out = prepare_out_dir(Path(settings.dist_dir), tag)
     result = RunResult(version=tag, out_dir=out, model_dir=out / "model", dry_run=dry_run)
     handler = logging.FileHandler(out / "release.log", encoding="utf-8")
@@ -140,6 +143,8 @@ def run_release(
     say(f"release {tag}{' (dry run)' if dry_run else ''} into {out}")
     for line in settings.describe():
         say(f"  {line}")
+    for line in checked:
+        say(f"[preflight] {line}")
     state: dict[str, Any] = {}
     try:
         for name in STEPS:
@@ -185,18 +190,21 @@ def _fetch(settings: Settings, result: RunResult, state: dict, say, pyproject_di
         result.demo = True
         result.checkpoint, result.tokenizer = state["checkpoint"], str(state["tokenizer"])
         return f"demo checkpoint {state['checkpoint']}"
-    from release.fetch.artifact import default_cache_dir, fetch_artifact
+    from release.fetch.weights_only import fetch_weights_only
 
     sha = settings.checkpoint_sha256.lower()
-    name = Path(settings.checkpoint.split("?")[0].rstrip("/").split("@")[0]).name or "checkpoint.pt"
-    fetched = fetch_artifact(
-        settings.checkpoint, sha256=sha, out=default_cache_dir().parent / "checkpoints" / sha / name
-    )
+    # The weights-only file (content-addressed by the original's sha256) is what convert and verify read; the
+    # original's name, size and hash are its provenance.
+    fetched = fetch_weights_only(settings.checkpoint, sha256=sha)
+    if fetched.fallback_reason:
+        say(f"[fetch] not streamed ({fetched.fallback_reason}): using the whole checkpoint")
     state["checkpoint"] = fetched.path
     state["checkpoint_sha256"] = fetched.sha256
+    state["original"] = (fetched.filename, fetched.size)
     state["tokenizer"] = settings.tokenizer
     result.checkpoint, result.tokenizer = fetched.path, settings.tokenizer
-    return f"{fetched.path} ({fetched.size} bytes, {fetched.source}, sha256 {sha[:12]}…)"
+    kept = f", kept {fetched.kept_bytes} bytes of model records" if fetched.source == "stream" else ""
+    return f"{fetched.path} ({fetched.source}; original {fetched.size} bytes{kept}, sha256 {sha[:12]}…)"
 
 
 def _convert(settings: Settings, result: RunResult, state: dict, say, pyproject_dir) -> str:
@@ -209,7 +217,8 @@ def _convert(settings: Settings, result: RunResult, state: dict, say, pyproject_
         dtype=settings.dtype,
         max_shard_size=parse_size(settings.max_shard_size),
         force=False,
-        checkpoint_sha256=state.get("checkpoint_sha256"),  # fetch hashed these very bytes as it wrote them
+        checkpoint_sha256=state.get("checkpoint_sha256"),  # fetch hashed the original's every byte
+        original=state.get("original"),
     )
     a = converted.architecture
     return (
@@ -229,6 +238,9 @@ def _verify(settings: Settings, result: RunResult, state: dict, say, pyproject_d
         max_new_tokens=settings.max_new_tokens,
         report_path=result.out_dir / "verification.json",
         tokenizer=state["tokenizer"],
+        checkpoint_sha256=state.get(
+            "checkpoint_sha256"
+        ),  # the original's; the reference is its weights-only file
     )
     result.verification = report.to_dict()
     if not report.passed:

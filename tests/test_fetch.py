@@ -1,14 +1,18 @@
-"""Tests for release/fetch.py and release/hashing.py: real files, real HTTP on 127.0.0.1."""
+"""Tests for release/fetch/ (artifact.py, weights_only.py): real files, real HTTP on 127.0.0.1."""
 
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import os
+import pickle
 import re
 import socket
 import struct
 import sys
 import threading
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,6 +26,7 @@ from release._io import sha256_file
 from release.cli import main
 from release.errors import FetchError, UsageError
 from release.fetch.artifact import FetchResult, HfLocation, fetch_artifact, parse_hf_uri
+from release.fetch.weights_only import fetch_weights_only, peek_checkpoint, weights_only_path
 
 PAYLOAD = bytes(range(256)) * 1200 + b"tail"  # ~300 KB: several reads, fast to serve
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -345,8 +350,22 @@ def test_http_error_message_hides_credentials(tmp_path: Path, server: ServerStat
     assert "secret123" not in str(excinfo.value)
 
 
+@pytest.fixture
+def hub_progress_bars(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """huggingface_hub's bars on: the Hub fixtures set HF_HUB_DISABLE_PROGRESS_BARS=1, which the library
+    reads once at import and which wins over enable_progress_bars(); both are restored afterwards."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    monkeypatch.setattr(sys.modules["huggingface_hub.utils.tqdm"], "HF_HUB_DISABLE_PROGRESS_BARS", None)
+    was_disabled = are_progress_bars_disabled()
+    enable_progress_bars()
+    yield
+    if was_disabled:
+        disable_progress_bars()
+
+
 def test_http_progress_bar_goes_to_stderr(
-    tmp_path: Path, server: ServerState, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, server: ServerState, capsys: pytest.CaptureFixture[str], hub_progress_bars: None
 ) -> None:
     fetch_artifact(
         server.url("/ckpt.pt"), sha256=PAYLOAD_SHA, out=tmp_path / "o.pt", backoff=0, progress=True
@@ -354,6 +373,23 @@ def test_http_progress_bar_goes_to_stderr(
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "ckpt.pt" in captured.err and "100%" in captured.err
+
+
+def test_http_progress_bar_honours_hf_hub_disable_progress_bars(
+    tmp_path: Path, server: ServerState, capsys: pytest.CaptureFixture[str], hub_progress_bars: None
+) -> None:
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    was_disabled = are_progress_bars_disabled()
+    disable_progress_bars()
+    try:
+        fetch_artifact(
+            server.url("/ckpt.pt"), sha256=PAYLOAD_SHA, out=tmp_path / "o.pt", backoff=0, progress=True
+        )
+    finally:
+        if not was_disabled:
+            enable_progress_bars()
+    assert "100%" not in capsys.readouterr().err
 
 
 # --- the cache -------------------------------------------------------------------------------------
@@ -621,3 +657,317 @@ def test_cli_fetch_has_help_with_an_example() -> None:
     result = CliRunner().invoke(main, ["fetch", "--help"])
     assert result.exit_code == 0
     assert "Example" in result.output and "--sha256" in result.output
+
+
+# --- the streaming, weights-only fetch (issue #13) --------------------------------------------------
+
+
+TINY = {"vocab_size": 320, "n_embd": 16, "n_head": 2, "n_layer": 2, "block_size": 32}
+
+
+def write_training_checkpoint(path: Path, **save_kwargs) -> Path:
+    """A real training checkpoint as the training script saves it: model, AdamW after a step, scaler, config."""
+    import torch
+
+    from modeling.reference import GPTLanguageModel, ReferenceConfig
+    from release.demo import training_config_dict
+
+    torch.manual_seed(0)
+    model = GPTLanguageModel(ReferenceConfig(**TINY, ffn_type="swiglu"))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    optimizer.step()
+    config = training_config_dict(**{k: TINY[k] for k in ("n_embd", "n_head", "n_layer", "block_size")})
+    ckpt = {
+        "model_state_dict": model.state_dict(),
+        "optimizer_state_dict": optimizer.state_dict(),
+        "scaler_state_dict": torch.amp.GradScaler("cpu", enabled=False).state_dict(),
+        "iter_num": 1200,
+        "config": config,
+        "val_loss": 2.5,
+        "best_val_loss": 2.4,
+    }
+    torch.save(ckpt, path, **save_kwargs)
+    return path
+
+
+@pytest.fixture
+def ckpt(tmp_path: Path) -> Path:
+    (tmp_path / "src").mkdir()
+    return write_training_checkpoint(tmp_path / "src" / "best_model.pt")
+
+
+def assert_bit_identical(weights_file: Path, original: Path) -> None:
+    import torch
+
+    got = torch.load(weights_file, weights_only=True, mmap=True, map_location="cpu")
+    want = torch.load(original, weights_only=True, map_location="cpu")
+    assert set(got) == {"model_state_dict", "config", "iter_num", "val_loss", "best_val_loss"}
+    assert {k: got[k] for k in got if k != "model_state_dict"} == {
+        k: want[k] for k in got if k != "model_state_dict"
+    }
+    assert list(got["model_state_dict"]) == list(want["model_state_dict"])
+    for key, tensor in want["model_state_dict"].items():
+        mine = got["model_state_dict"][key]
+        assert (mine.dtype, mine.shape, mine.stride()) == (tensor.dtype, tensor.shape, tensor.stride()), key
+        assert mine.contiguous().view(torch.uint8).equal(tensor.contiguous().view(torch.uint8)), key
+
+
+def cache_files(tmp_path: Path) -> list[str]:
+    folder = tmp_path / "cache" / "weights-only"
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+@pytest.mark.parametrize("form", ["path", "file-uri"])
+def test_weights_only_from_a_local_file_is_bit_identical_and_never_copies_it(
+    tmp_path: Path, ckpt: Path, form: str
+) -> None:
+    sha = sha256_file(ckpt)
+    uri = str(ckpt) if form == "path" else ckpt.as_uri()
+    result = fetch_weights_only(uri, sha256=sha, progress=False)
+    assert result.source == "stream" and result.fallback_reason is None
+    assert (result.sha256, result.size, result.filename) == (sha, ckpt.stat().st_size, "best_model.pt")
+    assert result.path == weights_only_path(sha) == tmp_path / "cache" / "weights-only" / f"{sha}.pt"
+    assert_bit_identical(result.path, ckpt)
+    # the optimizer state is not in it: the file is about the model's size, and nothing else was written
+    assert result.path.stat().st_size < ckpt.stat().st_size / 2
+    assert cache_files(tmp_path) == [f"{sha}.json", f"{sha}.pt"]
+    sidecar = json.loads((tmp_path / "cache" / "weights-only" / f"{sha}.json").read_text())
+    assert (sidecar["original_sha256"], sidecar["original_size"]) == (sha, ckpt.stat().st_size)
+
+
+def test_weights_only_file_is_deterministic(tmp_path: Path, ckpt: Path) -> None:
+    sha = sha256_file(ckpt)
+    first = fetch_weights_only(str(ckpt), sha256=sha, cache_dir=tmp_path / "a", progress=False)
+    second = fetch_weights_only(str(ckpt), sha256=sha, cache_dir=tmp_path / "b", progress=False)
+    assert first.path.read_bytes() == second.path.read_bytes()
+
+
+def test_weights_only_file_is_reused_without_reading_the_source(tmp_path: Path, ckpt: Path) -> None:
+    sha = sha256_file(ckpt)
+    fetch_weights_only(str(ckpt), sha256=sha, progress=False)
+    size = ckpt.stat().st_size
+    ckpt.unlink()  # a later run (or a restored Actions cache) needs only the weights-only file
+    again = fetch_weights_only(str(ckpt), sha256=sha, progress=False)
+    assert (again.source, again.size, again.filename) == ("cache", size, "best_model.pt")
+
+
+def test_weights_only_from_http(tmp_path: Path, server: ServerState, ckpt: Path) -> None:
+    server.files["/best_model.pt"] = ckpt.read_bytes()
+    sha = sha256_file(ckpt)
+    result = fetch_weights_only(server.url("/best_model.pt"), sha256=sha, **FAST)
+    assert result.source == "stream"
+    assert server.requests == [{"path": "/best_model.pt", "range": None}]
+    assert_bit_identical(result.path, ckpt)
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["closed", "reset"])
+def test_weights_only_http_drop_mid_stream_resumes_and_hashes_every_byte(
+    tmp_path: Path, server: ServerState, ckpt: Path, reset: bool
+) -> None:
+    body = ckpt.read_bytes()
+    server.files["/best_model.pt"] = body
+    server.drop_after, server.drop_with_reset = len(body) // 2, reset  # inside the optimizer's records
+    result = fetch_weights_only(server.url("/best_model.pt"), sha256=sha256_file(ckpt), **FAST)
+    first, second = server.requests
+    assert first["range"] is None
+    start = int(re.fullmatch(r"bytes=(\d+)-", second["range"]).group(1))
+    assert 0 < start <= len(body) // 2
+    assert result.size == len(body)  # the one hash covered both responses, every byte once
+    assert_bit_identical(result.path, ckpt)
+
+
+def test_weights_only_http_drop_before_the_model_records_resumes(
+    tmp_path: Path, server: ServerState, ckpt: Path
+) -> None:
+    body = ckpt.read_bytes()
+    server.files["/best_model.pt"] = body
+    server.drop_after = 5000  # inside data.pkl / the first model records
+    result = fetch_weights_only(server.url("/best_model.pt"), sha256=sha256_file(ckpt), **FAST)
+    assert [r["range"] for r in server.requests] == [None, "bytes=5000-"]
+    assert_bit_identical(result.path, ckpt)
+
+
+def run_fetch_step(project: Path, uri: str, sha: str):
+    """`release run --dry-run --stop-after fetch` in ``project``: the CLI's exit code and output."""
+    (project / "pyproject.toml").write_text('[tool.release]\nrepo_id = "acme/x"\n')
+    runner = CliRunner()
+    cwd = os.getcwd()
+    os.chdir(project)
+    try:
+        return runner.invoke(
+            main,
+            [
+                "run",
+                "--version",
+                "v1.0.0",
+                "--dry-run",
+                "--stop-after",
+                "fetch",
+                "--checkpoint",
+                uri,
+                "--sha256",
+                sha,
+            ],
+            catch_exceptions=False,
+        )
+    finally:
+        os.chdir(cwd)
+
+
+def error_line(result) -> str:
+    lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+def test_weights_only_wrong_sha256_is_one_line_exit_1_and_nothing_kept(tmp_path: Path, ckpt: Path) -> None:
+    result = run_fetch_step(tmp_path, str(ckpt), WRONG_SHA)
+    assert result.exit_code == 1, result.output
+    line = error_line(result)
+    assert f"expected {WRONG_SHA}" in line and f"got {sha256_file(ckpt)}" in line
+    assert cache_files(tmp_path) == []
+
+
+def test_weights_only_truncated_stream_is_one_line_exit_1_and_nothing_kept(
+    tmp_path: Path, ckpt: Path
+) -> None:
+    sha = sha256_file(ckpt)
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size * 2 // 3])
+    result = run_fetch_step(tmp_path, str(cut), sha)
+    assert result.exit_code == 1, result.output
+    assert "truncated" in error_line(result)
+    assert cache_files(tmp_path) == []
+
+
+def test_weights_only_truncated_http_stream_is_an_error(
+    tmp_path: Path, server: ServerState, ckpt: Path
+) -> None:
+    body = ckpt.read_bytes()
+    server.files["/best_model.pt"] = body[: len(body) * 2 // 3]  # the server itself has a short file
+    with pytest.raises(FetchError, match="truncated"):
+        fetch_weights_only(server.url("/best_model.pt"), sha256=sha256_file(ckpt), **FAST)
+    assert cache_files(tmp_path) == []
+
+
+class _Evil:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def _torch_zip(path: Path, records: list[tuple[str, bytes]]) -> Path:
+    import torch
+
+    writer = torch._C.PyTorchFileWriter(str(path))
+    for name, data in records:
+        writer.write_record(name, data, len(data))
+    writer.write_end_of_file()
+    return path
+
+
+def test_weights_only_evil_pickle_is_refused_without_running(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps({"model_state_dict": {"w": _Evil(marker)}}, protocol=2)
+    evil = _torch_zip(tmp_path / "evil.pt", [("data.pkl", payload), ("byteorder", b"little")])
+    result = run_fetch_step(tmp_path, str(evil), sha256_file(evil))
+    assert result.exit_code == 1, result.output
+    assert "refused without running it" in error_line(result)
+    assert not marker.exists()
+    assert cache_files(tmp_path) == []
+
+
+def _rewrite_zip(src: Path, dst: Path, *, compress=(), drop=()) -> Path:
+    """``src``'s records in order, ``compress`` ones deflated, ``drop`` ones left out (sizes in the headers)."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            short = info.filename.split("/", 1)[1]
+            if short in drop:
+                continue
+            method = zipfile.ZIP_DEFLATED if short in compress else zipfile.ZIP_STORED
+            zout.writestr(zipfile.ZipInfo(info.filename), zin.read(info), compress_type=method)
+    return dst
+
+
+def test_weights_only_compressed_model_record_is_one_line_exit_1(tmp_path: Path, ckpt: Path) -> None:
+    bad = _rewrite_zip(ckpt, tmp_path / "deflated.pt", compress={"data/0"})
+    result = run_fetch_step(tmp_path, str(bad), sha256_file(bad))
+    assert result.exit_code == 1, result.output
+    assert "record data/0 is compressed" in error_line(result)
+    assert cache_files(tmp_path) == []
+
+
+def test_weights_only_missing_model_record_is_one_line_exit_1(tmp_path: Path, ckpt: Path) -> None:
+    bad = _rewrite_zip(ckpt, tmp_path / "missing.pt", drop={"data/1"})
+    result = run_fetch_step(tmp_path, str(bad), sha256_file(bad))
+    assert result.exit_code == 1, result.output
+    assert "names record data/1 but the archive has no such record" in error_line(result)
+    assert cache_files(tmp_path) == []
+
+
+def test_weights_only_reads_a_zip_with_sizes_in_its_headers(tmp_path: Path, ckpt: Path) -> None:
+    plain = _rewrite_zip(ckpt, tmp_path / "plain.pt")  # no data descriptors: what other zip writers make
+    result = fetch_weights_only(str(plain), sha256=sha256_file(plain), progress=False)
+    assert result.source == "stream"
+    assert_bit_identical(result.path, ckpt)
+
+
+def test_legacy_checkpoint_falls_back_with_its_reason(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "src").mkdir()
+    legacy = write_training_checkpoint(tmp_path / "src" / "legacy.pt", _use_new_zipfile_serialization=False)
+    with caplog.at_level(logging.WARNING, logger="release.fetch.weights_only"):
+        result = fetch_weights_only(str(legacy), sha256=sha256_file(legacy), progress=False)
+    assert (result.source, result.path) == ("fallback", legacy)  # used in place, not copied
+    assert "legacy (non-zip) torch.save" in result.fallback_reason
+    reasons = [r.getMessage() for r in caplog.records if "cannot be streamed" in r.getMessage()]
+    assert len(reasons) == 1 and "legacy (non-zip) torch.save" in reasons[0]
+    assert cache_files(tmp_path) == []
+
+
+def test_legacy_checkpoint_over_http_falls_back_to_the_whole_download(
+    tmp_path: Path, server: ServerState
+) -> None:
+    (tmp_path / "src").mkdir()
+    legacy = write_training_checkpoint(tmp_path / "src" / "legacy.pt", _use_new_zipfile_serialization=False)
+    server.files["/legacy.pt"] = legacy.read_bytes()
+    result = fetch_weights_only(server.url("/legacy.pt"), sha256=sha256_file(legacy), **FAST)
+    assert result.source == "fallback"
+    assert result.path.read_bytes() == legacy.read_bytes()
+
+
+def test_peek_reads_only_the_head(tmp_path: Path, server: ServerState, ckpt: Path) -> None:
+    import torch
+
+    server.files["/best_model.pt"] = ckpt.read_bytes()
+    head = peek_checkpoint(server.url("/best_model.pt"))
+    state = torch.load(ckpt, weights_only=True)["model_state_dict"]
+    params = sum(t.numel() * t.element_size() for k, t in state.items() if not k.endswith(".tril"))
+    assert (head.size, head.weights_bytes, head.dtype_bytes, head.streamable) == (
+        ckpt.stat().st_size,
+        params,
+        4,
+        True,
+    )
+
+
+def test_weights_only_from_the_hub_streams_with_the_token(
+    tmp_path: Path, ckpt: Path, hub, hub_token: str
+) -> None:
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=hub_token)
+    api.create_repo("acme/training-runs", private=True)
+    api.upload_file(
+        path_or_fileobj=str(ckpt), path_in_repo="runs/best_model.pt", repo_id="acme/training-runs"
+    )
+    result = fetch_weights_only(
+        "hf://acme/training-runs/runs/best_model.pt", sha256=sha256_file(ckpt), **FAST
+    )
+    assert (result.source, result.size, result.filename) == ("stream", ckpt.stat().st_size, "best_model.pt")
+    assert_bit_identical(result.path, ckpt)

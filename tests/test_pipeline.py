@@ -288,3 +288,38 @@ def test_run_without_repo_id_is_a_usage_error(project):
         from release.pipeline import run_release
 
         run_release(load_settings(pyproject=project / "pyproject.toml", env={}), version="v1.0.0")
+
+
+def test_run_reads_the_weights_only_file_and_names_the_original(project, monkeypatch):
+    """Issue #13: fetch streams the weights-only file; convert and verify read it; release.json, the
+    verification report and hence the card name the original checkpoint."""
+    from release._io import sha256_file
+    from release.demo import demo_text, train_tokenizer
+    from tests.test_fetch import write_training_checkpoint
+
+    monkeypatch.setenv("RELEASE_CACHE_DIR", str(project / "cache"))
+    (project / "src").mkdir()
+    ckpt = write_training_checkpoint(project / "src" / "best_model.pt")
+    tokenizer = train_tokenizer(demo_text(), project / "tok", vocab_size=320)
+    sha = sha256_file(ckpt)
+    args = ["run", "--version", "v1.0.0", "--dry-run", "--stop-after", "card", "--checkpoint", str(ckpt)]
+    result = CliRunner().invoke(
+        main, [*args, "--sha256", sha, "--tokenizer", str(tokenizer)], catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.output
+    weights_only = project / "cache" / "weights-only" / f"{sha}.pt"
+    run = json.loads((project / "dist" / "v1.0.0" / "run.json").read_text())
+    assert run["checkpoint"] == str(weights_only)  # what convert and verify read
+    assert [s["status"] for s in run["steps"]] == ["ok", "ok", "ok", "skipped", "ok"]
+    verification = json.loads((project / "dist" / "v1.0.0" / "verification.json").read_text())
+    assert verification["checkpoint"]["sha256"] == sha  # the card checks it against release.json's
+    provenance = json.loads((project / "dist" / "v1.0.0" / "model" / "release.json").read_text())[
+        "checkpoint"
+    ]
+    assert (provenance["sha256"], provenance["size"], provenance["filename"]) == (
+        sha,
+        ckpt.stat().st_size,
+        "best_model.pt",
+    )
+    assert provenance["iter_num"] == 1200
+    assert sorted(p.name for p in (project / "cache").iterdir()) == ["weights-only"]  # no whole copy

@@ -120,6 +120,7 @@ def convert_checkpoint(
     force: bool = False,
     progress: bool | None = None,
     checkpoint_sha256: str | None = None,
+    original: tuple[str, int] | None = None,
 ) -> ConversionResult:
     """Convert a training checkpoint into a transformers model folder with remote code, atomically.
 
@@ -135,6 +136,8 @@ def convert_checkpoint(
         checkpoint_sha256: The input's SHA-256 when the caller computed it itself over the same bytes (the
             pipeline's fetch step hashes the file as it writes it); recorded in ``release.json`` instead of
             hashing the input a second time. None: hash it here.
+        original: (file name, size in bytes) of the checkpoint ``checkpoint_sha256`` names, when ``checkpoint``
+            is the weights-only file fetch extracted from it: release.json's provenance names the original.
 
     Raises:
         UsageError: ``dtype`` or ``max_shard_size`` is invalid.
@@ -180,7 +183,7 @@ def convert_checkpoint(
                     if rel not in records:
                         records[rel] = _file_record(path)
                 checkpoint_sha256 = digest.result()
-                provenance = _release_json(ckpt, checkpoint_sha256, arch, dtype, tok, records)
+                provenance = _release_json(ckpt, checkpoint_sha256, arch, dtype, tok, records, original)
                 _write_text(staging / RELEASE_FILE, provenance)
                 records[RELEASE_FILE] = _file_record(staging / RELEASE_FILE)
                 _fsync_folder(staging)
@@ -604,6 +607,7 @@ def _release_json(
     dtype: str,
     tok: TokenizerInfo,
     records: dict[str, FileRecord],
+    original: tuple[str, int] | None = None,
 ) -> str:
     import safetensors
     import tokenizers
@@ -618,6 +622,9 @@ def _release_json(
         if path.is_dir()
         else path.stat().st_size
     )
+    filename = path.name
+    if original is not None:  # the weights-only file stands in for this checkpoint
+        filename, size = original
     commit, dirty = _converter_git()
     data = {
         "converter": {
@@ -627,7 +634,7 @@ def _release_json(
             "dirty": dirty,
         },
         "checkpoint": {
-            "filename": path.name,
+            "filename": filename,
             "sha256": checkpoint_sha256,
             "size": size,
             "format": ckpt.format,

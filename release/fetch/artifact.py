@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import http.client
 import logging
 import os
 import re
@@ -40,8 +39,6 @@ import shutil
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -252,7 +249,7 @@ def _local_path(uri: str, scheme: str) -> Path:
         raise UsageError(
             f"{uri}: file:// URIs must name a local file (file:///path), not host {parts.netloc!r}"
         )
-    return Path(urllib.request.url2pathname(parts.path))
+    return Path(unquote(parts.path))
 
 
 def _display(uri: str) -> str:
@@ -315,20 +312,13 @@ def _write_verified(
 
 def _move_verified(path: Path, out: Path, *, expected: str, display: str) -> int:
     """Hash a file another library downloaded next to ``out``, then fsync and rename it onto ``out``."""
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        size = _copy_hashing(f, _NullSink(), digest)
+        digest = hashlib.file_digest(f, "sha256")
         os.fsync(f.fileno())
+    size = path.stat().st_size
     _check_digest(expected=expected, actual=digest.hexdigest(), display=display)
     _commit(path, out)
     return size
-
-
-class _NullSink:
-    """A write target that discards bytes, for hashing without copying."""
-
-    def write(self, data: bytes) -> int:
-        return len(data)
 
 
 # --- the cache -------------------------------------------------------------------------------------
@@ -403,15 +393,84 @@ def _fetch_local(path: Path, *, expected: str, out: Path, display: str) -> int:
 
 
 # --- HTTP ------------------------------------------------------------------------------------------
+# Requests go through huggingface_hub's own client and ``http_stream_backoff`` (retries on 5xx/408/429 and on
+# connection errors before the body, honouring Retry-After). What that helper cannot do is resume a body that
+# breaks halfway (it has already handed over the response), so the Range loop below is ours.
 
 
 class _TransientError(Exception):
-    """A failure worth retrying: 5xx, 408/425/429, a refused or dropped connection, a timeout."""
+    """A failure worth another attempt: the body broke off, or a range that does not fit."""
 
-    def __init__(self, reason: str, retry_after: float | None = None):
+    def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
-        self.retry_after = retry_after
+
+
+def _http_failure(display: str, status: int, reason: str) -> FetchError:
+    """The one-line error for a final HTTP status."""
+    what = {401: "access denied", 403: "access denied", 404: "not found", 410: "not found"}.get(status)
+    return FetchError(f"{display}: {what} (HTTP {status})" if what else f"{display}: HTTP {status} {reason}")
+
+
+class HttpBody:
+    """A streamed response whose body errors are ``_TransientError``, so that ``http_stream_backoff`` (which
+    would otherwise try to retry a response it has already handed over) lets them through to our Range loop."""
+
+    def __init__(self, response):
+        self.status_code = response.status_code
+        self.headers = response.headers
+        self._response = response
+
+    def iter_raw(self) -> Iterator[bytes]:
+        """The body as it arrives (no re-chunking: what arrived before a break is not held back)."""
+        import httpx2
+
+        try:
+            yield from self._response.iter_raw()
+        except httpx2.HTTPError as exc:  # reset, timeout, a body cut short
+            reason = f"{type(exc).__name__}: {redact(first_line(exc))}"
+            raise _TransientError(f"connection dropped while reading the body ({reason})") from None
+
+
+@contextlib.contextmanager
+def http_get(
+    url: str, *, headers: dict[str, str], display: str, retries: int, backoff: float, timeout: float
+) -> Iterator[HttpBody]:
+    """One streamed GET through huggingface_hub's client; the response has status < 400 or 416.
+
+    Raises:
+        FetchError: a final status (4xx), or retries exhausted before a response came.
+        _TransientError: (from ``iter_raw``) the body broke off; the caller may resume with Range.
+    """
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.utils import http_stream_backoff
+
+    try:
+        with http_stream_backoff(
+            "GET",
+            url,
+            headers={"User-Agent": _USER_AGENT, "Accept-Encoding": "identity", **headers},
+            max_retries=retries,
+            base_wait_time=backoff,
+            max_wait_time=_MAX_BACKOFF,
+            timeout=timeout,
+            follow_redirects=True,
+        ) as response:
+            status = response.status_code
+            if status >= 400 and status != 416:
+                raise _http_failure(display, status, response.reason_phrase)
+            yield HttpBody(response)
+    except HfHubHTTPError as exc:  # a retryable status, retries used up
+        status = exc.response.status_code if exc.response is not None else "?"
+        raise FetchError(
+            f"{display}: giving up after {retries + 1} attempts without progress (HTTP {status})"
+        ) from None
+    except httpx2.HTTPError as exc:  # connection errors before any response, retries used up
+        reason = f"{type(exc).__name__}: {redact(first_line(exc))}"
+        raise FetchError(
+            f"{display}: giving up after {retries + 1} attempts without progress ({reason})"
+        ) from None
 
 
 class _PartFile:
@@ -430,9 +489,9 @@ class _PartFile:
             self._rehash()
 
     def _rehash(self) -> None:
-        self.digest = hashlib.sha256()
         with open(self.path, "rb") as f:
-            self.size = _copy_hashing(f, _NullSink(), self.digest)
+            self.digest = hashlib.file_digest(f, "sha256")
+        self.size = self.path.stat().st_size
 
     def sync(self) -> None:
         """Re-read the file if it no longer matches what was hashed (a write failed halfway)."""
@@ -449,19 +508,20 @@ class _PartFile:
         self.path.unlink(missing_ok=True)
         self.digest, self.size, self.spliced = hashlib.sha256(), 0, False
 
-    def append(self, response: http.client.HTTPResponse, progress: _Progress | None) -> int:
+    def append(self, response, bar) -> int:
         """Append the response body until it ends or breaks; what arrived stays on disk and hashed."""
         received = 0
         with _writing(self.path), open(self.path, "ab") as f:
-            while chunk := _read_body(response):
-                f.write(chunk)
-                self.digest.update(chunk)
-                self.size += len(chunk)
-                received += len(chunk)
-                if progress is not None:
-                    progress.advance(len(chunk))
-            f.flush()
-            os.fsync(f.fileno())
+            try:
+                for chunk in response.iter_raw():
+                    f.write(chunk)
+                    self.digest.update(chunk)
+                    self.size += len(chunk)
+                    received += len(chunk)
+                    bar.update(len(chunk))
+            finally:
+                f.flush()
+                os.fsync(f.fileno())
         return received
 
 
@@ -472,14 +532,6 @@ def _writing(path: Path) -> Iterator[None]:
         yield
     except OSError as exc:
         raise FetchError(f"cannot write {path}: {exc.strerror or exc}") from exc
-
-
-def _read_body(response: http.client.HTTPResponse) -> bytes:
-    try:
-        # read1: whatever has arrived (up to a chunk), so a reset loses little of what was received.
-        return response.read1(CHUNK_SIZE)
-    except (OSError, http.client.HTTPException) as exc:  # reset, timeout, IncompleteRead of a chunked body
-        raise _TransientError(f"connection dropped while reading the body ({type(exc).__name__})") from None
 
 
 def _fetch_http(
@@ -500,7 +552,15 @@ def _fetch_http(
     while True:
         try:
             part.sync()
-            _http_transfer(url, part, timeout=timeout, progress=progress, display=display)
+            _http_transfer(
+                url,
+                part,
+                retries=retries,
+                backoff=backoff,
+                timeout=timeout,
+                progress=progress,
+                display=display,
+            )
         except _TransientError as exc:
             if part.size > best_size:  # this attempt got further: the budget is for attempts without progress
                 best_size, failures = part.size, 0
@@ -512,8 +572,6 @@ def _fetch_http(
                     _give_up_message(display, part, attempts=failures, reason=exc.reason)
                 ) from None
             delay = min(backoff * 2 ** (failures - 1), _MAX_BACKOFF)
-            if exc.retry_after is not None:
-                delay = min(max(delay, exc.retry_after), _MAX_BACKOFF)
             log.warning("%s: %s; retry %d of %d in %.1f s", display, exc.reason, failures, retries, delay)
             time.sleep(delay)
             continue
@@ -546,90 +604,54 @@ def _give_up_message(display: str, part: _PartFile, *, attempts: int, reason: st
     return message
 
 
-def _http_transfer(url: str, part: _PartFile, *, timeout: float, progress: bool, display: str) -> None:
+def _http_transfer(
+    url: str, part: _PartFile, *, retries: int, backoff: float, timeout: float, progress: bool, display: str
+) -> None:
     """One request: append the rest of the body to ``part`` (or all of it, if the server ignores Range)."""
-    headers = {"User-Agent": _USER_AGENT, "Accept-Encoding": "identity"}
+    from huggingface_hub.utils import tqdm
+
     offset = part.size
-    if offset:
-        headers["Range"] = f"bytes={offset}-"
-    request = urllib.request.Request(url, headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            if offset and response.status == 206:
-                start = _content_range_start(response.headers.get("Content-Range"))
-                if start != offset:
-                    part.truncate()
-                    raise _TransientError(f"asked for bytes from {offset}, got a range starting at {start}")
-                part.spliced = True
-            else:  # the whole body follows
-                part.truncate()
-            length = _int_or_none(response.headers.get("Content-Length"))
-            total = part.size + length if length is not None else None
-            bar = _Progress(display, total=total, done=part.size) if progress else None
-            try:
-                received = part.append(response, bar)
-            finally:
-                if bar is not None:
-                    bar.close()
-            # http.client returns a short body silently when the peer closes early; compare with the header.
-            if length is not None and received < length:
-                raise _TransientError(f"connection dropped after {part.size} of {total} bytes")
-    except urllib.error.HTTPError as exc:
-        if exc.code == 416 and offset:
+    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    with http_get(
+        url, headers=headers, display=display, retries=retries, backoff=backoff, timeout=timeout
+    ) as response:
+        if response.status_code == 416 and offset:
             part.spliced = True  # nothing left to send: '.part' may already be complete; the hash decides
             return
-        if exc.code >= 500 or exc.code in _RETRYABLE_STATUS:
-            raise _TransientError(f"HTTP {exc.code} {exc.reason}", _retry_after(exc.headers)) from None
-        what = {401: "access denied", 403: "access denied", 404: "not found", 410: "not found"}.get(exc.code)
-        detail = f"{what} (HTTP {exc.code})" if what else f"HTTP {exc.code} {exc.reason}"
-        raise FetchError(f"{display}: {detail}") from None
-    except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
-        reason = getattr(exc, "reason", None) or exc
-        raise _TransientError(f"{type(exc).__name__}: {reason}") from None
+        if offset and response.status_code == 206:
+            start = content_range_start(response.headers.get("Content-Range"))
+            if start != offset:
+                part.truncate()
+                raise _TransientError(f"asked for bytes from {offset}, got a range starting at {start}")
+            part.spliced = True
+        else:  # the whole body follows
+            part.truncate()
+        length = int_or_none(response.headers.get("Content-Length"))
+        total = part.size + length if length is not None else None
+        label = display.rsplit("/", 1)[-1] or display
+        with tqdm(
+            total=total,
+            initial=part.size,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=label,
+            disable=not progress,
+        ) as bar:
+            received = part.append(response, bar)
+        # A peer that closes early can end a body silently; compare with the header.
+        if length is not None and received < length:
+            raise _TransientError(f"connection dropped after {part.size} of {total} bytes")
 
 
-def _content_range_start(value: str | None) -> int | None:
+def content_range_start(value: str | None) -> int | None:
+    """The first byte of a ``Content-Range: bytes A-B/N`` header, or None."""
     match = re.fullmatch(r"bytes (\d+)-\d+/(\d+|\*)", (value or "").strip())
     return int(match.group(1)) if match else None
 
 
-def _int_or_none(value: str | None) -> int | None:
+def int_or_none(value: str | None) -> int | None:
     return int(value) if value is not None and value.strip().isdigit() else None
-
-
-def _retry_after(headers: http.client.HTTPMessage | None) -> float | None:
-    """Seconds from a numeric Retry-After header (the HTTP-date form is ignored)."""
-    seconds = _int_or_none(headers.get("Retry-After")) if headers is not None else None
-    return float(seconds) if seconds else None
-
-
-class _Progress:
-    """A one-line progress bar on stderr, redrawn at most ten times a second."""
-
-    def __init__(self, label: str, *, total: int | None, done: int = 0):
-        self.label, self.total, self.done = label.rsplit("/", 1)[-1] or label, total, done
-        self._last_draw = 0.0
-        self._draw()
-
-    def advance(self, n: int) -> None:
-        self.done += n
-        if time.monotonic() - self._last_draw >= 0.1:
-            self._draw()
-
-    def close(self) -> None:
-        self._draw()
-        sys.stderr.write("\n")
-        sys.stderr.flush()
-
-    def _draw(self) -> None:
-        self._last_draw = time.monotonic()
-        mib = self.done / 2**20
-        if self.total:
-            text = f"{self.label}: {mib:.1f}/{self.total / 2**20:.1f} MiB ({100 * self.done // self.total}%)"
-        else:
-            text = f"{self.label}: {mib:.1f} MiB"
-        sys.stderr.write(f"\r{text}")
-        sys.stderr.flush()
 
 
 # --- the Hugging Face Hub --------------------------------------------------------------------------
@@ -702,7 +724,8 @@ def _hub_progress_bars(enabled: bool) -> Iterator[None]:
 # --- object stores (fsspec) ------------------------------------------------------------------------
 
 
-def _fetch_object_store(uri: str, *, scheme: str, expected: str, out: Path, display: str) -> int:
+def object_store(uri: str, scheme: str, display: str):
+    """(fsspec filesystem, path) for an ``s3://``/``gs://`` URI; a missing backend is a one-line FetchError."""
     backend = _OBJECT_STORE_BACKENDS[scheme]
     missing = (
         f"{scheme}:// URIs need fsspec with {backend}, which is not installed; run: {CLOUD_EXTRA_INSTALL}"
@@ -712,9 +735,13 @@ def _fetch_object_store(uri: str, *, scheme: str, expected: str, out: Path, disp
     except ImportError:
         raise FetchError(missing) from None
     try:
-        fs, path = fsspec.core.url_to_fs(uri)
+        return fsspec.core.url_to_fs(uri)
     except ImportError:
         raise FetchError(missing) from None
+
+
+def _fetch_object_store(uri: str, *, scheme: str, expected: str, out: Path, display: str) -> int:
+    fs, path = object_store(uri, scheme, display)
 
     def fill(dst: BinaryIO, digest: hashlib._Hash) -> int:
         with fs.open(path, "rb") as src:

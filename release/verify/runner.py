@@ -89,6 +89,7 @@ def verify_model(
     tokenizer: str | Path | None = None,
     settings_tokenizer: str | None = None,
     card_snippet: bool = True,
+    checkpoint_sha256: str | None = None,
 ) -> VerificationReport:
     """Check a converted model against the training checkpoint it came from; never raises for a failed gate.
 
@@ -114,6 +115,8 @@ def verify_model(
         settings_tokenizer: The configured tokenizer ([tool.release] tokenizer), used after release.json's.
         card_snippet: Also run the card's code verbatim in a fresh process (``release.verify.snippet``): the
             ``card_snippet`` gate.
+        checkpoint_sha256: The SHA-256 the report names, when the caller has it: ``release run`` passes the
+            original checkpoint's, of which ``checkpoint`` is the weights-only file. None: hash ``checkpoint``.
 
     Returns:
         The report; ``report.passed`` tells whether every gate passed, ``report.failures`` which did not.
@@ -172,7 +175,7 @@ def verify_model(
         )
         checkpoint_info = {
             "path": str(Path(checkpoint).resolve()),
-            "sha256": ckpt.sha256,
+            "sha256": checkpoint_sha256 or ckpt.sha256,
             "architecture": dataclasses.asdict(ref_config),
         }
         ckpt.close()

@@ -1,0 +1,916 @@
+"""Fetch a training checkpoint as a stream and keep only what a release needs: the weights-only file.
+
+A training checkpoint is mostly optimizer state (AdamW: two tensors per parameter, so ~3x the weights), which a
+release never reads. ``fetch_weights_only`` reads the checkpoint once, front to back, from any source (local
+path, ``file://``, ``http(s)://`` with resume, ``hf://``, ``s3://``/``gs://``), hashes every byte for the SHA-256
+pin, and writes ``<cache>/weights-only/<original sha256>.pt``: a ``torch.save`` file holding the model's
+tensors (byte-identical to the original's records) and the small metadata (``config``, ``iter_num``,
+``val_loss``, ``best_val_loss``), which ``torch.load(..., weights_only=True, mmap=True)`` reads. The optimizer
+and scaler records are hashed and dropped as they pass; memory stays around one storage record.
+
+This works because torch's zip format can be read front to back: ``data.pkl`` is the first record and says
+(read here with an allow-list unpickler that builds nothing but references, never plain pickle) which
+``data/<key>`` records belong to ``model_state_dict``; every record is stored uncompressed with its sizes in
+its local header. The zip module cannot read a zip as a stream (it needs the central directory at the end),
+hence the small local-header reader here.
+
+Not streamable (``StreamFallback``; the caller falls back to fetching the whole file, logging the reason): a
+legacy (non-zip) ``torch.save`` file, a DCP folder, a zip whose records use a data descriptor, an archive
+without ``data.pkl`` first or without a model state dict. A local file is never copied whole: it is read in
+place, and on a fallback it is hashed in place and used as it is.
+
+Resumption: a dropped HTTP connection is resumed with a Range request for the bytes not yet received, and the
+one running SHA-256 continues over them. Across runs nothing is resumed: the weights-only file appears only
+once the whole stream has been hashed, so an interrupted run leaves nothing and the next run reads from byte 0
+(hashlib's state cannot be saved). A finished weights-only file is reused by later runs (after re-hashing it
+against its sidecar), which is what the release workflow caches.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import pickle
+import shutil
+import struct
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from release._io import CHUNK_SIZE, first_line, fsync_dir, sha256_file, write_text_atomic
+from release.auth import read_token
+from release.errors import CheckpointError, FetchError
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_ONLY_DIR = "weights-only"  # under fetch.default_cache_dir(); release.yml caches this folder
+KEPT_META = ("config", "iter_num", "val_loss", "best_val_loss")
+MODEL_KEYS = ("model_state_dict", "model")
+_COPIED_RECORDS = (".format_version", ".storage_alignment", "byteorder")  # small records worth keeping
+_LOCAL_HEADER = b"PK\x03\x04"
+_END_SIGNATURES = (b"PK\x01\x02", b"PK\x06\x06", b"PK\x06\x07", b"PK\x05\x06")
+_DATA_DESCRIPTOR_FLAG = 0x08
+_MAX_PICKLE = 1 << 30  # a data.pkl larger than this is not a state dict's
+
+
+@dataclass(frozen=True)
+class CheckpointHead:
+    """What a checkpoint's first bytes say (``peek_checkpoint``), for the preflight."""
+
+    size: int | None  # the whole checkpoint, when the source says
+    weights_bytes: int  # the model's parameters (no buffers), in the checkpoint's dtype
+    reference_bytes: int  # what the weights-only file will hold (parameters + distinct buffers)
+    dtype_bytes: int  # item size of most of the weights (4: fp32)
+    streamable: bool
+    reason: str | None = None  # why not
+
+
+@dataclass(frozen=True)
+class WeightsOnlyResult:
+    """The checkpoint a release reads, and the original it came from."""
+
+    path: Path  # the weights-only file, or the original/fetched whole file after a fallback
+    sha256: str  # the ORIGINAL checkpoint's SHA-256 (what the pin and the provenance name)
+    size: int  # the ORIGINAL checkpoint's size in bytes
+    filename: str  # the original's file name, for provenance
+    source: str  # 'stream' | 'cache' | 'fallback'
+    fallback_reason: str | None = None
+    kept_bytes: int = 0  # bytes of the records kept (streamed) — the model's tensors
+
+
+class StreamFallback(Exception):
+    """The checkpoint cannot be streamed; ``reason`` says why (one line)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def weights_only_path(sha256: str, cache_dir: Path | None = None) -> Path:
+    """Where the weights-only file of the checkpoint with this SHA-256 lives."""
+    from release.fetch.artifact import default_cache_dir
+
+    return (
+        (Path(cache_dir) if cache_dir is not None else default_cache_dir())
+        / WEIGHTS_ONLY_DIR
+        / f"{sha256}.pt"
+    )
+
+
+def fetch_weights_only(
+    uri: str,
+    *,
+    sha256: str,
+    cache_dir: Path | None = None,
+    retries: int = 5,
+    backoff: float = 0.5,
+    timeout: float = 60,
+    progress: bool | None = None,
+    fallback_out: Path | None = None,
+) -> WeightsOnlyResult:
+    """Stream the checkpoint at ``uri`` into its weights-only file, checking the whole stream's SHA-256.
+
+    Args:
+        uri: Local path, ``file://``, ``http(s)://``, ``hf://``, ``s3://`` or ``gs://``.
+        sha256: The original checkpoint's expected SHA-256.
+        cache_dir: The artifact cache (default ``fetch.default_cache_dir()``); the file goes to
+            ``<cache_dir>/weights-only/<sha256>.pt`` with a ``<sha256>.json`` sidecar.
+        retries, backoff, timeout: HTTP: attempts without progress, first delay, seconds to wait for bytes.
+        progress: A progress bar (``huggingface_hub.utils.tqdm``); None: only when stderr is a terminal.
+        fallback_out: Where a non-streamable remote checkpoint is downloaded whole (``fetch_artifact``).
+
+    Raises:
+        UsageError: A malformed URI or SHA-256.
+        FetchError: The source cannot be read, the stream ends early, or its SHA-256 is not ``sha256``.
+        CheckpointError: ``data.pkl`` is unsafe (a global outside the allow-list: refused, nothing run), a
+            model record is compressed or missing.
+    """
+    import sys
+
+    from release.fetch import artifact
+
+    expected = artifact._normalize_sha256(sha256)
+    scheme = artifact._scheme_of(uri)
+    display = artifact._display(uri)
+    out = weights_only_path(expected, cache_dir)
+    show_progress = sys.stderr.isatty() if progress is None else progress
+    filename = _source_name(uri)
+
+    reused = _reuse(out, expected)
+    if reused is not None:
+        log.info("using the weights-only file %s of checkpoint %s (sha256 %s)", out, display, expected[:12])
+        return WeightsOnlyResult(out, expected, reused["size"], reused.get("filename", filename), "cache")
+
+    local = artifact._local_path(uri, scheme) if scheme in ("", "file") else None
+    if local is not None and local.is_dir():
+        return _fallback_local(local, expected, display, f"{display} is a folder (a DCP checkpoint)")
+    if local is not None and not local.is_file():
+        raise FetchError(
+            f"{display}: no such file" if not local.exists() else f"{display}: not a regular file"
+        )
+    try:
+        with _open_source(uri, scheme, local, display, retries=retries, backoff=backoff, timeout=timeout) as (
+            chunks,
+            meta,
+        ):
+            stream = HashingStream(chunks, display=display, meta=meta, progress=show_progress)
+            try:
+                kept, size = _extract(stream, out, expected=expected, display=display, filename=filename)
+            finally:
+                stream.close()
+    except StreamFallback as exc:
+        if local is not None:
+            return _fallback_local(local, expected, display, exc.reason)
+        log.warning("%s cannot be streamed (%s); downloading it whole instead", display, exc.reason)
+        target = fallback_out or (out.parent.parent / "checkpoints" / expected / filename)
+        fetched = artifact.fetch_artifact(
+            uri,
+            sha256=expected,
+            out=target,
+            cache_dir=cache_dir,
+            retries=retries,
+            backoff=backoff,
+            timeout=timeout,
+            progress=show_progress,
+        )
+        return WeightsOnlyResult(fetched.path, expected, fetched.size, filename, "fallback", exc.reason)
+    log.info(
+        "streamed %s (%d bytes, sha256 %s): kept %d bytes of model records in %s",
+        display,
+        size,
+        expected[:12],
+        kept,
+        out,
+    )
+    return WeightsOnlyResult(out, expected, size, filename, "stream", None, kept)
+
+
+# --- sources ---------------------------------------------------------------------------------------
+
+
+def peek_checkpoint(uri: str, *, timeout: float = 30) -> CheckpointHead:
+    """The checkpoint's size and its model's bytes from its first record (data.pkl), never the whole file.
+
+    Over HTTP this is the start of one GET, closed after data.pkl (a few kilobytes). Not streamable: the
+    whole file counts as weights (an upper bound), with the reason.
+    """
+    from release.fetch import artifact
+
+    scheme = artifact._scheme_of(uri)
+    display = artifact._display(uri)
+    local = artifact._local_path(uri, scheme) if scheme in ("", "file") else None
+    if local is not None and local.is_dir():
+        size = sum(f.stat().st_size for f in local.rglob("*") if f.is_file())
+        return CheckpointHead(size, size, size, 4, False, "a DCP folder")
+    if local is not None and not local.is_file():
+        raise FetchError(
+            f"{display}: no such file" if not local.exists() else f"{display}: not a regular file"
+        )
+    with _open_source(uri, scheme, local, display, retries=2, backoff=0.5, timeout=timeout) as (chunks, meta):
+        stream = HashingStream(chunks, display=display, meta=meta, progress=False)
+        try:
+            try:
+                _first_record(stream)
+                obj, _ = _read_pickle(_StreamFile(stream, _MAX_PICKLE), display)
+                model = _weights_object(obj)
+            except StreamFallback as exc:
+                total = meta.get("total")
+                return CheckpointHead(total, total or 0, total or 0, 4, False, exc.reason)
+            total = meta.get("total")
+        finally:
+            stream.close()
+    state = next((model[k] for k in MODEL_KEYS if isinstance(model.get(k), dict)), model)
+    weights = reference = 0
+    itemsizes: dict[int, int] = {}
+    seen_buffers: set[tuple] = set()
+    for key, ref in state.items():
+        if not isinstance(ref, _TensorRef):
+            continue
+        nbytes = ref.storage.numel * _itemsize(ref.storage.storage_type)
+        if key.endswith(".tril"):  # identical per-head buffers: one record in the weights-only file
+            if ref.size not in seen_buffers:
+                seen_buffers.add(ref.size)
+                reference += nbytes
+            continue
+        weights += nbytes
+        reference += nbytes
+        itemsize = _itemsize(ref.storage.storage_type)
+        itemsizes[itemsize] = itemsizes.get(itemsize, 0) + nbytes
+    dtype_bytes = max(itemsizes, key=itemsizes.get) if itemsizes else 4
+    return CheckpointHead(total, weights, reference, dtype_bytes, True)
+
+
+def _source_name(uri: str) -> str:
+    return Path(uri.split("?")[0].rstrip("/").split("@")[0]).name or "checkpoint.pt"
+
+
+@contextlib.contextmanager
+def _open_source(uri, scheme, local, display, *, retries, backoff, timeout):
+    """Yield (an iterator of byte chunks, the total size or None) for the checkpoint's bytes, in order."""
+    if local is not None:
+        try:
+            f = open(local, "rb")  # noqa: SIM115 - closed by the with below
+        except PermissionError as exc:
+            raise FetchError(f"{display}: permission denied ({exc.filename})") from exc
+        with f:
+            yield iter(lambda: f.read(CHUNK_SIZE), b""), {"total": os.fstat(f.fileno()).st_size}
+        return
+    meta: dict[str, int | None] = {"total": None}
+    if scheme in ("http", "https"):
+        yield _http_chunks(uri, {}, display, meta, retries=retries, backoff=backoff, timeout=timeout), meta
+        return
+    if scheme == "hf":
+        from huggingface_hub import hf_hub_url
+        from huggingface_hub.utils import build_hf_headers
+
+        from release.fetch.artifact import parse_hf_uri
+
+        loc = parse_hf_uri(uri)
+        url = hf_hub_url(loc.repo_id, loc.filename, repo_type=loc.repo_type, revision=loc.revision)
+        headers = build_hf_headers(token=read_token() or False)
+        yield (
+            _http_chunks(url, headers, display, meta, retries=retries, backoff=backoff, timeout=timeout),
+            meta,
+        )
+        return
+    from release.fetch.artifact import object_store
+
+    fs, path = object_store(uri, scheme, display)
+    try:
+        f = fs.open(path, "rb")
+    except FileNotFoundError:
+        raise FetchError(f"{display}: not found") from None
+    except Exception as exc:  # each backend raises its own types: one line
+        raise FetchError(f"{display}: {type(exc).__name__}: {first_line(exc)}") from exc
+    with f:
+        yield iter(lambda: f.read(CHUNK_SIZE), b""), {"total": getattr(f, "size", None)}
+
+
+def _http_chunks(
+    url: str, headers: dict, display: str, meta: dict, *, retries: int, backoff: float, timeout: float
+) -> Iterator[bytes]:
+    """The body of ``url`` as chunks, resuming with a Range request where the connection drops.
+
+    Each request is ``artifact.http_get`` (huggingface_hub's client and ``http_stream_backoff``). A body that
+    breaks off is asked for again from the first byte not received (``Range: bytes=<received>-``); the
+    consumer hashes the chunks in order, so the one SHA-256 covers every byte exactly once. Attempts that make
+    no progress are bounded by ``retries``.
+    """
+    from release.fetch.artifact import _TransientError, content_range_start, http_get, int_or_none
+
+    received, failures = 0, 0
+    while True:
+        at_start = received
+        try:
+            request_headers = {**headers, **({"Range": f"bytes={received}-"} if received else {})}
+            with http_get(
+                url,
+                headers=request_headers,
+                display=display,
+                retries=retries,
+                backoff=backoff,
+                timeout=timeout,
+            ) as response:
+                if received and response.status_code != 206:
+                    raise FetchError(
+                        f"{display}: the connection dropped after {received} bytes and the server cannot resume "
+                        f"(HTTP {response.status_code} to a Range request); run again"
+                    )
+                if received and content_range_start(response.headers.get("Content-Range")) != received:
+                    raise FetchError(f"{display}: asked to resume at byte {received}, got another range")
+                length = int_or_none(response.headers.get("Content-Length"))
+                if not received:
+                    meta["total"] = length
+                got = 0
+                for chunk in response.iter_raw():
+                    got += len(chunk)
+                    received += len(chunk)
+                    yield chunk
+                if length is None or got >= length:
+                    return
+                reason = f"connection dropped after {received} bytes"
+        except _TransientError as exc:
+            reason = exc.reason
+        failures = 1 if received > at_start else failures + 1
+        if failures > retries:
+            raise FetchError(f"{display}: giving up after {failures} attempts without progress ({reason})")
+        delay = min(backoff * 2 ** (failures - 1), 30.0)
+        log.warning("%s: %s; resuming at byte %d in %.1f s", display, reason, received, delay)
+        time.sleep(delay)
+
+
+# --- the hashing stream ----------------------------------------------------------------------------
+
+
+class HashingStream:
+    """Bytes from an iterator of chunks, read exactly, every byte fed to one SHA-256 as it arrives."""
+
+    def __init__(self, chunks: Iterator[bytes], *, display: str, meta: dict, progress: bool):
+        from huggingface_hub.utils import tqdm
+
+        self._chunks = chunks
+        self._buf = bytearray()
+        self._pos = 0  # read position inside _buf
+        self.digest = hashlib.sha256()
+        self.offset = 0  # bytes consumed by the reader
+        self.received = 0  # bytes pulled from the source (all hashed)
+        self.display = display
+        self.meta = meta  # "total": the source's size, once known
+        self._bar = tqdm(
+            total=meta.get("total"),
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=Path(display).name,
+            disable=not progress,
+        )
+
+    def _chunk(self) -> bytes | None:
+        """The source's next chunk, hashed and counted; None at its end."""
+        chunk = next(self._chunks, None)
+        if chunk is None:
+            return None
+        self.digest.update(chunk)
+        self.received += len(chunk)
+        if self._bar.total is None and self.meta.get("total"):
+            self._bar.total = self.meta["total"]
+        self._bar.update(len(chunk))
+        return chunk
+
+    def _pull(self) -> bool:
+        chunk = self._chunk()
+        if chunk is None:
+            return False
+        if self._pos:
+            del self._buf[: self._pos]
+            self._pos = 0
+        self._buf += chunk
+        return True
+
+    def _ended(self, what: str) -> FetchError:
+        return FetchError(
+            f"{self.display}: the stream ended after {self.offset} bytes, inside {what}; the checkpoint is "
+            "truncated (or the download was cut short); nothing was kept"
+        )
+
+    def read(self, n: int, what: str) -> bytes:
+        """Exactly ``n`` bytes; a stream that ends first is a ``FetchError`` naming ``what``."""
+        out = bytearray(n)
+        self.readinto(memoryview(out), what)
+        return bytes(out)
+
+    def readinto(self, view: memoryview, what: str) -> None:
+        """Fill ``view`` exactly; chunks go straight into it (``what`` names it in a truncation error)."""
+        filled, n = 0, len(view)
+        while filled < n:
+            available = len(self._buf) - self._pos
+            if available:
+                take = min(n - filled, available)
+                with memoryview(self._buf) as buffered:
+                    view[filled : filled + take] = buffered[self._pos : self._pos + take]
+                self._pos += take
+            else:
+                chunk = self._chunk()
+                if chunk is None:
+                    raise self._ended(what)
+                take = min(n - filled, len(chunk))
+                view[filled : filled + take] = memoryview(chunk)[:take]
+                if take < len(chunk):
+                    self._buf, self._pos = bytearray(memoryview(chunk)[take:]), 0
+            filled += take
+            self.offset += take
+
+    def skip(self, n: int, what: str) -> None:
+        """Consume ``n`` bytes (hashed, not kept)."""
+        while n:
+            available = len(self._buf) - self._pos
+            if available:
+                take = min(n, available)
+                self._pos += take
+            else:
+                chunk = self._chunk()
+                if chunk is None:
+                    raise self._ended(what)
+                take = min(n, len(chunk))
+                if take < len(chunk):
+                    self._buf, self._pos = bytearray(memoryview(chunk)[take:]), 0
+            self.offset += take
+            n -= take
+
+    def peek(self, n: int) -> bytes:
+        while len(self._buf) - self._pos < n and self._pull():
+            pass
+        return bytes(self._buf[self._pos : self._pos + n])
+
+    def drain(self) -> int:
+        """Hash the rest of the stream (the zip's central directory); return the total size."""
+        self.offset += len(self._buf) - self._pos
+        self._buf.clear()
+        self._pos = 0
+        while self._pull():
+            self.offset += len(self._buf)
+            self._buf.clear()
+        return self.received
+
+    def close(self) -> None:
+        self._bar.close()
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
+
+
+# --- the zip records ----------------------------------------------------------------------------
+# torch's writer streams its records, so each local header says "sizes follow" (flag bit 3) and a data
+# descriptor (PK\x07\x08, CRC-32, sizes) comes after the bytes. A stored record's end is still known: a
+# tensor record's size is in data.pkl (numel x item size), data.pkl ends at its pickle STOP opcode, and a
+# small text record ends at the descriptor whose CRC-32 and size match the bytes before it.
+
+
+@dataclass
+class _Record:
+    name: str  # without the archive's folder
+    size: int | None  # None: given by the data descriptor after the bytes
+    method: int
+    descriptor: bool
+    zip64: bool
+
+
+def _next_record(stream: HashingStream) -> _Record | None:
+    """The next local file header, or None at the central directory."""
+    signature = stream.peek(4)
+    if signature in _END_SIGNATURES or not signature:
+        return None
+    if signature != _LOCAL_HEADER:
+        raise CheckpointError(
+            f"{stream.display}: not a zip record at byte {stream.offset}; the checkpoint is damaged"
+        )
+    header = stream.read(30, "a zip record header")
+    _, _, flags, method, _, _, _, csize, usize, name_len, extra_len = struct.unpack("<IHHHHHIIIHH", header)
+    name = stream.read(name_len, "a zip record name").decode("utf-8", "replace")
+    extra = stream.read(extra_len, "a zip record header")
+    zip64 = _has_zip64(extra)
+    descriptor = bool(flags & _DATA_DESCRIPTOR_FLAG)
+    size: int | None = None
+    if not descriptor:
+        size = _zip64_sizes(extra, usize, csize)[1] if 0xFFFFFFFF in (csize, usize) else csize
+    return _Record(name.split("/", 1)[1] if "/" in name else name, size, method, descriptor, zip64)
+
+
+def _has_zip64(extra: bytes) -> bool:
+    pos = 0
+    while pos + 4 <= len(extra):
+        tag, length = struct.unpack_from("<HH", extra, pos)
+        if tag == 0x0001:
+            return True
+        pos += 4 + length
+    return False
+
+
+def _zip64_sizes(extra: bytes, usize: int, csize: int) -> tuple[int, int]:
+    pos = 0
+    while pos + 4 <= len(extra):
+        tag, length = struct.unpack_from("<HH", extra, pos)
+        if tag == 0x0001:
+            fields = extra[pos + 4 : pos + 4 + length]
+            values = list(struct.unpack_from(f"<{len(fields) // 8}Q", fields))
+            if usize == 0xFFFFFFFF:
+                usize = values.pop(0)
+            if csize == 0xFFFFFFFF:
+                csize = values.pop(0)
+            return usize, csize
+        pos += 4 + length
+    raise CheckpointError("a zip64 record has no zip64 sizes; the checkpoint is damaged")
+
+
+def _end_of_record(stream: HashingStream, record: _Record, size: int) -> None:
+    """Read the data descriptor after a record of ``size`` bytes and check that it says the same size."""
+    if not record.descriptor:
+        return
+    what = f"the data descriptor of {record.name}"
+    head = stream.peek(4)
+    if head == b"PK\x07\x08":
+        stream.skip(4, what)
+    fmt = "<IQQ" if record.zip64 else "<III"
+    _, csize, usize = struct.unpack(fmt, stream.read(struct.calcsize(fmt), what))
+    if csize != size or usize != size:
+        raise CheckpointError(
+            f"{stream.display}: record {record.name} has {csize} bytes by its zip entry, {size} by data.pkl; "
+            "the checkpoint is damaged"
+        )
+
+
+def _scan_small_record(stream: HashingStream, record: _Record, limit: int = 1 << 16) -> bytes:
+    """A small stored record with a data descriptor: its bytes end where a descriptor matching them begins."""
+    import zlib
+
+    fmt = "<IQQ" if record.zip64 else "<III"
+    desc = 4 + struct.calcsize(fmt)
+    window = stream.peek(limit + desc)
+    for end in range(len(window) - desc + 1):
+        if window[end : end + 4] == b"PK\x07\x08":
+            crc, csize, usize = struct.unpack_from(fmt, window, end + 4)
+            if csize == usize == end and crc == zlib.crc32(window[:end]):
+                stream.skip(end + desc, f"record {record.name}")
+                return window[:end]
+    raise StreamFallback(f"the end of record {record.name} cannot be found without the central directory")
+
+
+class _StreamFile:
+    """``read``/``readline`` over the stream for the unpickler: it consumes exactly the pickle's bytes."""
+
+    def __init__(self, stream: HashingStream, limit: int):
+        self.stream, self.left = stream, limit
+        self.consumed = 0
+
+    def read(self, n: int = -1) -> bytes:
+        if n < 0 or n > self.left:
+            raise CheckpointError(f"{self.stream.display}: data.pkl is larger than {_MAX_PICKLE} bytes")
+        data = self.stream.read(n, "data.pkl")
+        self.left -= n
+        self.consumed += n
+        return data
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def readline(self) -> bytes:
+        line = bytearray()
+        while not line.endswith(b"\n"):
+            line += self.read(1)
+        return bytes(line)
+
+
+# --- data.pkl through an allow-list ----------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _StorageRef:
+    storage_type: str  # e.g. 'FloatStorage'
+    key: str
+    location: str
+    numel: int
+
+
+@dataclass(eq=False)
+class _TensorRef:
+    storage: _StorageRef
+    offset: int
+    size: tuple
+    stride: tuple
+    requires_grad: bool
+
+
+class _StorageType(str):
+    """``torch.<X>Storage`` as named by data.pkl (only the name is kept)."""
+
+
+def _rebuild_tensor_v2(
+    storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, *rest
+):
+    if not isinstance(storage, _StorageRef):
+        raise CheckpointError("data.pkl rebuilds a tensor from something that is not a storage record")
+    return _TensorRef(storage, int(storage_offset), tuple(size), tuple(stride), bool(requires_grad))
+
+
+def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, *rest):
+    if not isinstance(data, _TensorRef):
+        raise CheckpointError("data.pkl rebuilds a parameter from something that is not a tensor")
+    return data
+
+
+_STORAGE_TYPES = frozenset(
+    f"{t}Storage"
+    for t in ("Float", "Double", "Half", "BFloat16", "Long", "Int", "Short", "Char", "Byte", "Bool")
+)
+_ALLOWED = {
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+}
+
+
+class _ReferenceUnpickler(pickle.Unpickler):
+    """Reads data.pkl into plain containers and references to storage records; runs nothing else.
+
+    Only the globals a state dict needs are resolved, each to a function of this module that builds a
+    reference (never torch's own rebuilders); any other global is refused before anything is called.
+    """
+
+    def __init__(self, file, display: str):
+        super().__init__(file)
+        self.display = display
+        self.storages: dict[str, _StorageRef] = {}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in _ALLOWED:
+            return _ALLOWED[(module, name)]
+        if module == "torch" and name in _STORAGE_TYPES:
+            return _StorageType(name)
+        raise CheckpointError(
+            f"{self.display}: data.pkl asks for {module}.{name}, which a checkpoint has no reason to contain; "
+            "refused without running it (only tensors, containers and numbers are allowed)"
+        )
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+            raise CheckpointError(f"{self.display}: data.pkl holds an unknown persistent id")
+        _, storage_type, key, location, numel = pid
+        if not isinstance(storage_type, _StorageType):
+            raise CheckpointError(f"{self.display}: data.pkl names a storage of an unknown type")
+        ref = self.storages.get(str(key))
+        if ref is None:
+            ref = self.storages[str(key)] = _StorageRef(
+                str(storage_type), str(key), str(location), int(numel)
+            )
+        return ref
+
+
+def _read_pickle(file, display: str) -> tuple[Any, dict[str, _StorageRef]]:
+    """The checkpoint object (with references for tensors) and every storage record it names."""
+    unpickler = _ReferenceUnpickler(file, display)
+    try:
+        return unpickler.load(), unpickler.storages
+    except (CheckpointError, FetchError):
+        raise
+    except Exception as exc:
+        raise CheckpointError(
+            f"{display}: data.pkl cannot be read ({type(exc).__name__}: {first_line(exc)})"
+        ) from exc
+
+
+def _weights_object(obj: Any) -> dict:
+    """The part of the checkpoint a release reads: the model's state dict and the small metadata."""
+    if isinstance(obj, dict):
+        for key in MODEL_KEYS:
+            if isinstance(obj.get(key), dict):
+                kept = {key: obj[key]}
+                kept.update({k: obj[k] for k in KEPT_META if k in obj})
+                return kept
+        if obj and all(isinstance(v, _TensorRef) for v in obj.values()):
+            return obj  # a bare state dict: all of it is the model
+    raise StreamFallback("data.pkl holds no model_state_dict")
+
+
+def _storages_in(obj: Any, found: dict[str, _StorageRef]) -> None:
+    if isinstance(obj, _TensorRef):
+        found[obj.storage.key] = obj.storage
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            _storages_in(v, found)
+    elif isinstance(obj, list | tuple):
+        for v in obj:
+            _storages_in(v, found)
+
+
+def _dump_pickle(obj: Any, alias: dict[str, str]) -> bytes:
+    """data.pkl for ``obj``: what ``torch.save`` writes for the same tensors (locations become 'cpu'); a key
+    in ``alias`` names the record of another key with the same bytes."""
+    import torch
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, o):
+            if isinstance(o, _StorageRef):
+                return ("storage", getattr(torch, o.storage_type), alias.get(o.key, o.key), "cpu", o.numel)
+            return None
+
+        def reducer_override(self, o):
+            if isinstance(o, _TensorRef):
+                args = (o.storage, o.offset, o.size, o.stride, o.requires_grad, collections.OrderedDict())
+                return torch._utils._rebuild_tensor_v2, args
+            return NotImplemented
+
+    buf = io.BytesIO()
+    Pickler(buf, protocol=torch.serialization.DEFAULT_PROTOCOL).dump(obj)
+    return buf.getvalue()
+
+
+# --- extraction ------------------------------------------------------------------------------------
+
+
+def _first_record(stream: HashingStream) -> _Record:
+    """The data.pkl record's header, first in the archive; anything else is not streamable."""
+    head = stream.peek(4)
+    if head != _LOCAL_HEADER:
+        if head[:1] == b"\x80":
+            raise StreamFallback("it is a legacy (non-zip) torch.save file")
+        raise StreamFallback("it is not a zip archive (torch.save's format since torch 1.6)")
+    first = _next_record(stream)
+    if first is None or first.name != "data.pkl":
+        raise StreamFallback(f"its first record is {first.name if first else 'missing'}, not data.pkl")
+    if first.method != 0:
+        raise StreamFallback(f"its data.pkl is compressed (zip method {first.method})")
+    return first
+
+
+def _extract(
+    stream: HashingStream, out: Path, *, expected: str, display: str, filename: str
+) -> tuple[int, int]:
+    """Read the whole stream, write the kept records to ``out`` (atomically, only if the hash matches)."""
+    import torch
+
+    first = _first_record(stream)
+    pickle_file = _StreamFile(stream, first.size if first.size is not None else _MAX_PICKLE)
+    obj, storages = _read_pickle(pickle_file, display)
+    kept_obj = _weights_object(obj)
+    del obj
+    if first.size is not None and pickle_file.consumed != first.size:
+        stream.skip(first.size - pickle_file.consumed, "data.pkl")
+    _end_of_record(stream, first, first.size if first.size is not None else pickle_file.consumed)
+    wanted: dict[str, _StorageRef] = {}
+    _storages_in(kept_obj, wanted)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{expected[:12]}-"))
+    try:
+        tmp = staging / out.name
+        writer = torch._C.PyTorchFileWriter(str(tmp))
+        kept_bytes, written = 0, set()
+        # Records with the same bytes and type are written once (the per-head ``tril`` buffers: 0.8 GB at 1B);
+        # their tensors then share that storage, as tied weights do. data.pkl, which names the kept keys, is
+        # therefore written last (torch.load finds records by name, not by position).
+        first_of: dict[tuple[str, str], str] = {}
+        alias: dict[str, str] = {}
+        sizes = {key: ref.numel * _itemsize(ref.storage_type) for key, ref in storages.items()}
+        while (record := _next_record(stream)) is not None:
+            key = record.name[len("data/") :] if record.name.startswith("data/") else None
+            keep = key in wanted
+            if record.method != 0:
+                if keep:
+                    raise CheckpointError(
+                        f"{display}: record {record.name} is compressed (zip method {record.method}); torch.save "
+                        "stores records uncompressed: re-save the checkpoint with torch.save"
+                    )
+                if record.size is None:
+                    raise StreamFallback(f"record {record.name} is compressed and its size follows its bytes")
+            size = record.size
+            if size is None and key is not None and key in sizes:
+                size = sizes[key]
+            if size is None:  # a small record of unknown size: .format_version, byteorder, ...
+                data = _scan_small_record(stream, record)
+                if record.name in _COPIED_RECORDS:
+                    writer.write_record(record.name, data, len(data))
+                continue
+            if keep:
+                expected_bytes = wanted[key].numel * _itemsize(wanted[key].storage_type)
+                if size != expected_bytes:
+                    raise CheckpointError(
+                        f"{display}: record {record.name} has {size} bytes, data.pkl says {expected_bytes}; "
+                        "the checkpoint is damaged"
+                    )
+                buffer = bytearray(size)
+                stream.readinto(memoryview(buffer), f"record {record.name}")
+                content = (wanted[key].storage_type, hashlib.sha256(buffer).hexdigest())
+                written.add(key)
+                if content in first_of:
+                    alias[key] = first_of[content]
+                else:
+                    first_of[content] = key
+                    if size:
+                        storage = torch.frombuffer(buffer, dtype=torch.uint8).untyped_storage()
+                        writer.write_record(record.name, storage, size)
+                        del storage
+                    else:
+                        writer.write_record(record.name, b"", 0)
+                    kept_bytes += size
+                del buffer
+            elif record.name in _COPIED_RECORDS:
+                data = stream.read(size, f"record {record.name}")
+                writer.write_record(record.name, data, len(data))
+            else:
+                stream.skip(size, f"record {record.name}")
+            _end_of_record(stream, record, size)
+        missing = sorted(set(wanted) - written, key=lambda k: (len(k), k))
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise CheckpointError(
+                f"{display}: data.pkl names record data/{missing[0]}{more} but the archive has no such record; "
+                "the checkpoint is damaged or incomplete"
+            )
+        size = stream.drain()
+        actual = stream.digest.hexdigest()
+        if actual != expected:
+            raise FetchError(
+                f"SHA-256 mismatch for {display}: expected {expected}, got {actual}; nothing was kept"
+            )
+        data_pkl = _dump_pickle(kept_obj, alias)
+        writer.write_record("data.pkl", data_pkl, len(data_pkl))
+        writer.write_end_of_file()
+        del writer
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        sidecar = {
+            "format": "weights-only/1",
+            "original_sha256": expected,
+            "original_size": size,
+            "filename": filename,
+            "sha256": sha256_file(tmp),
+            "kept_bytes": kept_bytes,
+            "shared_records": len(alias),
+        }
+        os.replace(tmp, out)
+        write_text_atomic(out.with_suffix(".json"), json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
+        fsync_dir(out.parent)
+        return kept_bytes, size
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _itemsize(storage_type: str) -> int:
+    return {
+        "DoubleStorage": 8,
+        "LongStorage": 8,
+        "FloatStorage": 4,
+        "IntStorage": 4,
+        "HalfStorage": 2,
+        "BFloat16Storage": 2,
+        "ShortStorage": 2,
+        "CharStorage": 1,
+        "ByteStorage": 1,
+        "BoolStorage": 1,
+    }[storage_type]
+
+
+def _reuse(out: Path, expected: str) -> dict | None:
+    """The sidecar of a complete weights-only file whose bytes still match it; else None (and it is removed)."""
+    sidecar = out.with_suffix(".json")
+    if not (out.is_file() and sidecar.is_file()):
+        return None
+    try:
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+        if meta.get("original_sha256") == expected and sha256_file(out) == meta.get("sha256"):
+            return {
+                "size": int(meta["original_size"]),
+                "filename": str(meta.get("filename") or "checkpoint.pt"),
+            }
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    log.warning("the weights-only file %s does not match its sidecar; fetching the checkpoint again", out)
+    out.unlink(missing_ok=True)
+    sidecar.unlink(missing_ok=True)
+    return None
+
+
+def _fallback_local(path: Path, expected: str, display: str, reason: str) -> WeightsOnlyResult:
+    """A local checkpoint that cannot be streamed: hashed in place and used as it is (never copied)."""
+    from release.checkpoint import checkpoint_digest
+
+    log.warning("%s cannot be streamed (%s); hashing it in place and reading it as it is", display, reason)
+    actual = checkpoint_digest(path)
+    if actual != expected:
+        raise FetchError(f"SHA-256 mismatch for {display}: expected {expected}, got {actual}")
+    size = (
+        sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        if path.is_dir()
+        else path.stat().st_size
+    )
+    return WeightsOnlyResult(path, expected, size, path.name, "fallback", reason)

@@ -1,0 +1,178 @@
+"""Preflight: in seconds and before any download, check that ``release run`` can finish.
+
+``preflight`` validates every setting the run will need (the card's included, which otherwise fail only at the
+card step, after verify) and checks free disk and memory against what this checkpoint needs. The figures come
+from the checkpoint's head: its size (a local ``stat``, the HTTP ``Content-Length`` of the first request, the
+object store's listing) and its ``data.pkl`` (the first record of torch's zip, a few kilobytes: the model
+tensors' bytes and dtypes), read with the same allow-list reader the streaming fetch uses. Where the head
+cannot be read (a legacy file, a DCP folder), the whole checkpoint counts as weights: an upper bound.
+
+What a run needs on disk (``needs``): the weights-only file (the model's records), the model folder (the
+weights in the release dtype), and verify's transient files; memory: the candidate model in the release dtype
+and the reference's pages. A shortfall is one line with the figures and what to do.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from release.errors import ResourceError
+
+if TYPE_CHECKING:
+    from release.fetch.weights_only import CheckpointHead
+
+log = logging.getLogger(__name__)
+
+GB = 1e9
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+# Verify's spill files: mostly the reference logits (tokens x vocabulary), so nearly the same at 30M and at 1B
+# parameters (0.91 GB both, measured with benchmarks/bench_scale.py; see README, "Scale"): the larger of a
+# floor and a share of the weights. Plus what a model folder holds besides the weights (tokenizer, code), logs.
+VERIFY_DISK_SHARE = 0.25
+VERIFY_DISK_MIN = 1 * 10**9
+FIXED_DISK = 200 * 10**6
+# Memory over the weights' fp32 bytes: the run's peak RSS was 1.12x at 1B (fp32 release, verify's peak); plus
+# the interpreter with torch and transformers.
+MEMORY_SHARE = 1.1
+FIXED_MEMORY = 1 * 10**9
+RUNNER_HINT = (
+    "free space or memory, or point the build at a larger runner (repository variable RELEASE_RUNNER; see the "
+    "README's 'Scale' section)"
+)
+
+
+@dataclass(frozen=True)
+class Needs:
+    disk: int  # bytes, peak extra
+    memory: int  # bytes, peak
+    detail: str
+
+
+def needs_for(head: CheckpointHead, *, dtype: str, cached: bool, local: bool) -> Needs:
+    """What a run needs for this checkpoint released as ``dtype``.
+
+    ``cached``: the weights-only file is already there; ``local``: a non-streamable local file is read in place.
+    """
+    params = head.weights_bytes // max(head.dtype_bytes, 1)
+    out_bytes = params * DTYPE_BYTES[dtype]
+    if head.streamable:
+        reference = 0 if cached else head.reference_bytes
+        ref_what = "weights-only file (cached)" if cached else "weights-only file"
+    else:  # the fallback downloads the whole file, or reads a local one where it is
+        reference = 0 if local else (head.size or head.weights_bytes)
+        ref_what = "checkpoint read in place" if local else "whole checkpoint"
+    verify = max(VERIFY_DISK_MIN, int(VERIFY_DISK_SHARE * head.weights_bytes))
+    disk = reference + out_bytes + verify + FIXED_DISK
+    memory = int(MEMORY_SHARE * params * 4) + FIXED_MEMORY
+    detail = f"{ref_what} {reference / GB:.1f} GB + model folder {out_bytes / GB:.1f} GB + verify {verify / GB:.1f} GB"
+    return Needs(disk=disk, memory=memory, detail=detail)
+
+
+def read_head(uri: str, *, timeout: float = 30) -> CheckpointHead:
+    """The checkpoint's size and model bytes from its first record (never the whole file)."""
+    from release.fetch.weights_only import peek_checkpoint
+
+    return peek_checkpoint(uri, timeout=timeout)
+
+
+def free_disk_bytes(path: Path) -> int:
+    """Free bytes on the file system holding ``path`` (or its nearest existing parent)."""
+    path = Path(path).absolute()
+    while not path.exists():
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def _device(path: Path) -> int:
+    path = Path(path).absolute()
+    while not path.exists():
+        path = path.parent
+    return os.stat(path).st_dev
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable, capped by a cgroup v2 limit; None where neither is readable."""
+    available = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        current = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
+        if limit != "max" and available is not None:
+            available = min(available, int(limit) - current)
+    except (OSError, ValueError):
+        pass
+    return available
+
+
+def check_resources(needs: Needs, *, work_dirs: list[Path]) -> None:
+    """Raise ``ResourceError`` (one line, figures, what to do) when disk or memory fall short."""
+    by_device: dict[int, Path] = {}
+    for folder in work_dirs:
+        by_device.setdefault(_device(folder), folder)
+    # Everything lands on one file system in the common case; with several, the largest share must fit each.
+    for folder in by_device.values():
+        free = free_disk_bytes(folder)
+        if free < needs.disk:
+            raise ResourceError(
+                f"not enough free disk: {folder} has {free / GB:.1f} GB free, this checkpoint needs "
+                f"{needs.disk / GB:.1f} GB ({needs.detail}); {RUNNER_HINT}"
+            )
+    memory = available_memory_bytes()
+    if memory is not None and memory < needs.memory:
+        raise ResourceError(
+            f"not enough memory: {memory / GB:.1f} GB available, this checkpoint needs {needs.memory / GB:.1f} GB; "
+            f"{RUNNER_HINT}"
+        )
+
+
+def preflight(settings, *, stop_after: str | None, pyproject_dir: Path | None) -> list[str]:
+    """Check everything ``release run`` will need before it starts; return what was checked, one line each.
+
+    Raises:
+        SettingsError: a setting a later step needs is missing or invalid (the card's included).
+        ResourceError: free disk or memory fall short of what this checkpoint needs.
+        FetchError: the checkpoint's source cannot be reached.
+    """
+    from release.errors import SettingsError
+    from release.pipeline import STEPS
+
+    last = STEPS.index(stop_after) if stop_after else len(STEPS) - 1
+    lines = []
+    if last >= STEPS.index("card"):
+        from release.card.model_card import card_settings_from
+
+        card = card_settings_from(settings, base_dir=pyproject_dir)
+        if card.template and not Path(card.template).is_file():
+            raise SettingsError(f"[tool.release.card] template {card.template} does not exist")
+        lines.append(f"card settings: ok ({card.model_name}, {card.license})")
+    if settings.eval_text and not Path(settings.eval_text).is_file():
+        raise SettingsError(
+            f"eval_text {settings.eval_text} does not exist; set it to a text file or leave it unset"
+        )
+    if not settings.checkpoint:
+        return lines
+    from release.fetch.artifact import default_cache_dir
+    from release.fetch.weights_only import weights_only_path
+
+    head = read_head(settings.checkpoint)
+    cached = weights_only_path(settings.checkpoint_sha256.lower()).is_file()
+    local = "://" not in settings.checkpoint or settings.checkpoint.startswith("file://")
+    needs = needs_for(head, dtype=settings.dtype, cached=cached, local=local)
+    check_resources(needs, work_dirs=[default_cache_dir(), Path(settings.dist_dir)])
+    size = f"{head.size / GB:.2f} GB" if head.size else "size unknown"
+    streamed = "streamed weights-only" if head.streamable else f"not streamable: {head.reason}"
+    lines.append(
+        f"checkpoint: {size}, weights {head.weights_bytes / GB:.2f} GB ({streamed}); needs disk "
+        f"{needs.disk / GB:.1f} GB ({needs.detail}), memory {needs.memory / GB:.1f} GB: ok"
+    )
+    return lines
