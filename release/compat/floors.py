@@ -259,8 +259,11 @@ def check_floors(
     if proc.returncode == 0:
         detail = "the demo pipeline ran fetch -> convert -> verify -> card"
     else:
-        tail = [ln for ln in (proc.stderr or "").splitlines() if ln.strip()]
-        detail = f"release run exited {proc.returncode}: {tail[-1] if tail else 'no output'}"
+        lines = [ln for ln in (proc.stderr or "").splitlines() if ln.strip()]
+        failed = [ln for ln in lines if ln.startswith("FAILED:")]  # the gates that failed, one line each
+        detail = f"release run exited {proc.returncode}: " + (
+            "; ".join([*failed, lines[-1]]) if lines else "no output"
+        )
     return FloorsResult(
         floors=pins,
         versions={canonicalize_name(k): v for k, v in versions.items()},

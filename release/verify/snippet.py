@@ -295,11 +295,17 @@ def stage_hub_cache(
 
 
 def main_environment_paths() -> list[str]:
-    """This interpreter's site-packages: where the child finds torch and transformers by default."""
-    import sysconfig
+    """Where this process imports from, so the child finds the same torch and transformers by default.
 
-    paths = sysconfig.get_paths()
-    return list(dict.fromkeys([paths["purelib"], paths["platlib"]]))
+    ``sys.path`` rather than the interpreter's site-packages: an isolated environment (the dependency floors
+    check runs ``python -S`` with a ``PYTHONPATH``) has its packages elsewhere. This project's own source tree
+    is left out: the card's code must not find ``release`` or ``modeling``.
+    """
+    return [
+        entry
+        for entry in dict.fromkeys(sys.path)
+        if entry and Path(entry).is_dir() and not (Path(entry) / "release" / "__init__.py").is_file()
+    ]
 
 
 def run_card_snippet(
