@@ -32,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness import FULL, SMALL, bench_main, peak_rss, spawn, write_benchmark_checkpoint
+from harness import FULL, SMALL, bench_main, checkpoint_line, peak_rss, spawn, write_benchmark_checkpoint
 
 ROLES = ("baseline", "naive", "copy", "convert", "hash", "copy+fsync", "convert-known-sha")
 IMPORTS = """
@@ -114,11 +114,7 @@ def run(small: bool, repeat: int, workdir: Path) -> dict:
     }
     print(f"generating a checkpoint with {dims} ...", file=sys.stderr)
     info = spawn(__file__, "generate", {"dims": dims, **paths})
-    print(
-        f"  {info['parameters'] / 1e6:.1f}M parameters, weights {info['weights_bytes'] / 1e6:.0f} MB, "
-        f"checkpoint {info['checkpoint_bytes'] / 1e6:.0f} MB",
-        file=sys.stderr,
-    )
+    print(checkpoint_line(info), file=sys.stderr)
     samples: dict[str, list[dict]] = {role: [] for role in ROLES}
     for i in range(repeat):
         for role in samples:

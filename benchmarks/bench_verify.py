@@ -35,7 +35,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness import FULL, SMALL, bench_main, peak_rss, spawn, write_benchmark_checkpoint
+from harness import FULL, SMALL, bench_main, checkpoint_line, peak_rss, spawn, write_benchmark_checkpoint
 
 ROLES = ("baseline", "floor", "both", "verify")
 FLOOR_PPL_TOKENS = 2048
@@ -198,11 +198,7 @@ def run(
         dims = SMALL if small else FULL
         print(f"generating and converting a checkpoint with {dims} ...", file=sys.stderr)
         info = spawn(__file__, "generate", {"dims": dims, **paths})
-    print(
-        f"  {info['parameters'] / 1e6:.1f}M parameters, weights {info['weights_bytes'] / 1e6:.0f} MB, "
-        f"checkpoint {info['checkpoint_bytes'] / 1e6:.0f} MB",
-        file=sys.stderr,
-    )
+    print(checkpoint_line(info), file=sys.stderr)
     roles = [role for role in ROLES if not (skip_both and role == "both")]
     samples: dict[str, list[dict]] = {role: [] for role in roles}
     for i in range(repeat):

@@ -64,6 +64,14 @@ def write_benchmark_checkpoint(dims: dict, path: Path) -> dict:
     }
 
 
+def checkpoint_line(info: dict) -> str:
+    """One line describing a benchmark checkpoint (``write_benchmark_checkpoint``'s figures)."""
+    return (
+        f"  {info['parameters'] / 1e6:.1f}M parameters, weights {info['weights_bytes'] / 1e6:.0f} MB, "
+        f"checkpoint {info['checkpoint_bytes'] / 1e6:.0f} MB"
+    )
+
+
 def spawn(script: str, role: str, args: dict) -> dict:
     """Run ``script --child ROLE ARGS`` in a fresh interpreter and return the JSON it prints last."""
     proc = subprocess.run(

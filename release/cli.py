@@ -90,6 +90,11 @@ def expect_digest_option() -> Callable:
     )
 
 
+def file_option(*names: str, help: str) -> Callable:
+    """An optional path to a file (not a folder), ``None`` when not given."""
+    return click.option(*names, type=click.Path(path_type=Path, dir_okay=False), default=None, help=help)
+
+
 def _repo_id_or_settings(repo_id: str | None) -> str:
     """``--repo-id``, else the settings' ``repo_id``; a usage error when neither is set."""
     if repo_id:
@@ -191,19 +196,11 @@ def fetch(uri, sha256, out, cache_dir, progress):
 @click.option(
     "--commit-message", default=None, help="Summary of the release commit (default: 'Release <tag>')."
 )
-@click.option(
+@file_option(
     "--verification",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
     help="The verification report the folder must match (default: FOLDER/../verification.json).",
 )
-@click.option(
-    "--json",
-    "json_out",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
-    help="Also write the result here.",
-)
+@file_option("--json", "json_out", help="Also write the result here.")
 @expect_digest_option()
 @reports_errors
 def publish(
@@ -276,16 +273,12 @@ def publish(
     type=click.Path(path_type=Path, dir_okay=False),
     help="A metrics file: a JSON object of name -> number, or lm-evaluation-harness results. Repeatable.",
 )
-@click.option(
+@file_option(
     "--template",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
     help="Your own card template (default: [tool.release.card] template, else the built-in one).",
 )
-@click.option(
+@file_option(
     "--verification",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
     help="verification.json (default: DIR/../verification.json when it exists; without one, no verification section).",
 )
 @click.option(
@@ -295,11 +288,9 @@ def publish(
     metavar="REPO_ID[@REV]|FILE",
     help="Print a diff against the published card and write a PR comment.",
 )
-@click.option(
+@file_option(
     "--pr-comment",
     "pr_comment",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
     help="Where --diff-against writes the PR comment (default: DIR/../pr_comment.md).",
 )
 @repo_id_option("Override the repo id (OWNER/NAME).")
@@ -502,11 +493,9 @@ def run(version, dry_run, stop_after, **options):
 @tokenizer_option(
     "The tokenizer the model was trained with (default: the one release.json records, else settings, else gpt2)."
 )
-@click.option(
+@file_option(
     "--report",
     "report_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
     help="verification.json to write (default: DIR/../verification.json, or ./ for --repo-id); .md beside it.",
 )
 @click.option(
@@ -516,10 +505,8 @@ def run(version, dry_run, stop_after, **options):
     multiple=True,
     help="A generation prompt; repeat it (default: from settings).",
 )
-@click.option(
+@file_option(
     "--eval-text",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
     help="Text for the perplexity gate (default: from settings, else the shipped public-domain text).",
 )
 @click.option(
@@ -675,19 +662,12 @@ def generate(model, prompt, revision, max_new_tokens, temperature, top_k, seed):
 @click.option(
     "--newest", is_flag=True, help="The newest transformers release and its latest pre-release (the canary)."
 )
-@click.option(
+@file_option(
     "--report",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
     help="The verification.json whose recorded tokens are the reference (default: DIR/../verification.json); "
     "the results are merged into it under 'compat'.",
 )
-@click.option(
-    "--out",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
-    help="Write the results here instead (default for a Hub revision: ./compat.json).",
-)
+@file_option("--out", help="Write the results here instead (default for a Hub revision: ./compat.json).")
 @click.option(
     "--cache-dir",
     type=click.Path(path_type=Path, file_okay=False),

@@ -557,32 +557,38 @@ def test_canary_checks_the_newest_release_and_its_latest_pre_release():
 
 
 def test_the_index_is_asked_for_its_json_api(monkeypatch):
+    """Real HTTP on 127.0.0.1: the index's PEP 691 page, asked for by content type."""
+    import http.server
+    import threading
+
     seen = {}
+    answer = {"type": "application/vnd.pypi.simple.v1+json"}
 
-    class Answer:
-        headers = {"Content-Type": "application/vnd.pypi.simple.v1+json"}
+    class Index(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen["url"], seen["accept"] = self.path, self.headers.get("Accept")
+            body = INDEX_FIXTURE.read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Type", answer["type"])
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
 
-        def __enter__(self):
-            return self
+        def log_message(self, *args):
+            pass
 
-        def __exit__(self, *exc):
-            return False
-
-        def read(self):
-            return INDEX_FIXTURE.read_bytes()
-
-    def urlopen(request, timeout):
-        seen["url"], seen["accept"] = request.full_url, request.get_header("Accept")
-        return Answer()
-
-    monkeypatch.setattr(compat_index.urllib.request, "urlopen", urlopen)
-    monkeypatch.setenv("PIP_INDEX_URL", "https://index.example/simple")
-    page = compat_index.fetch_project_page("Transformers")
-    assert seen == {"url": "https://index.example/simple/transformers/", "accept": compat_index.ACCEPT}
-    assert len(page["files"]) == len(json.loads(INDEX_FIXTURE.read_text())["files"])
-    Answer.headers = {"Content-Type": "text/html"}
-    with pytest.raises(CompatError, match="did not answer with the simple JSON API"):
-        compat_index.fetch_project_page("transformers")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Index)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("PIP_INDEX_URL", f"http://127.0.0.1:{server.server_port}/simple")
+        page = compat_index.fetch_project_page("Transformers")
+        assert seen == {"url": "/simple/transformers/", "accept": compat_index.ACCEPT}
+        assert len(page["files"]) == len(json.loads(INDEX_FIXTURE.read_text())["files"])
+        answer["type"] = "text/html"
+        with pytest.raises(CompatError, match="did not answer with the simple JSON API"):
+            compat_index.fetch_project_page("transformers")
+    finally:
+        server.shutdown()
 
 
 def test_range_statement():

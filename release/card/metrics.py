@@ -145,6 +145,30 @@ def held_out_dataset(datasets: Sequence[str]) -> tuple[str, str, bool]:
     return HELD_OUT_DATASET, HELD_OUT_NAME, False
 
 
+def held_out_metric(
+    *, source: str, metric: str, value: float, datasets: Sequence[str], qualifier: str | None = None
+) -> Metric:
+    """A figure measured on the training data's held-out split (validation loss and the like)."""
+    dataset_id, dataset_name, on_hub = held_out_dataset(datasets)
+    return Metric(
+        source=source,
+        task="validation",
+        title=HELD_OUT_TITLE,
+        metric=metric,
+        filter=None,
+        qualifier=qualifier,
+        value=value,
+        stderr=None,
+        n_shot=None,
+        dataset_id=dataset_id,
+        dataset_name=dataset_name,
+        dataset_config=None,
+        dataset_split="validation",
+        on_hub=on_hub,
+        benchmark=None,
+    )
+
+
 def checkpoint_metrics(
     *, val_loss: float | None, best_val_loss: float | None, datasets: Sequence[str]
 ) -> list[Metric]:
@@ -155,24 +179,9 @@ def checkpoint_metrics(
         value, qualifier = best_val_loss, "best of the run"
     else:
         return []
-    dataset_id, dataset_name, on_hub = held_out_dataset(datasets)
     return [
-        Metric(
-            source="checkpoint",
-            task="validation",
-            title=HELD_OUT_TITLE,
-            metric="loss",
-            filter=None,
-            qualifier=qualifier,
-            value=value,
-            stderr=None,
-            n_shot=None,
-            dataset_id=dataset_id,
-            dataset_name=dataset_name,
-            dataset_config=None,
-            dataset_split="validation",
-            on_hub=on_hub,
-            benchmark=None,
+        held_out_metric(
+            source="checkpoint", metric="loss", value=value, qualifier=qualifier, datasets=datasets
         )
     ]
 
@@ -225,26 +234,7 @@ def _read_plain(path: Path, data: Mapping, datasets: Sequence[str]) -> list[Metr
                 _benchmark_metric(path.name, benchmark, metric_key or benchmark.headline, value, None, None)
             )
             continue
-        dataset_id, dataset_name, on_hub = held_out_dataset(datasets)
-        metrics.append(
-            Metric(
-                source=path.name,
-                task="validation",
-                title=HELD_OUT_TITLE,
-                metric=name,
-                filter=None,
-                qualifier=None,
-                value=float(value),
-                stderr=None,
-                n_shot=None,
-                dataset_id=dataset_id,
-                dataset_name=dataset_name,
-                dataset_config=None,
-                dataset_split="validation",
-                on_hub=on_hub,
-                benchmark=None,
-            )
-        )
+        metrics.append(held_out_metric(source=path.name, metric=name, value=float(value), datasets=datasets))
     return metrics
 
 

@@ -14,9 +14,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -266,25 +264,26 @@ class GitHubIssues:
         return cls(repository, token=token, api_url=env.get("GITHUB_API_URL") or "https://api.github.com")
 
     def _call(self, method: str, path: str, payload: dict[str, Any] | None = None) -> Any:
-        data = json.dumps(payload).encode() if payload is not None else None
-        request = urllib.request.Request(
-            self._base + path,
-            data=data,
-            method=method,
-            headers={
-                "Accept": "application/vnd.github+json",
-                "Authorization": f"Bearer {self._token}",
-                "X-GitHub-Api-Version": "2022-11-28",
-                "Content-Type": "application/json",
-            },
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=GITHUB_TIMEOUT) as response:  # noqa: S310 (https API)
-                return json.loads(response.read() or b"null")
-        except urllib.error.HTTPError as exc:
-            raise CompatError(f"GitHub answered {exc.code} to {method} {path.split('?')[0]}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise CompatError(f"cannot reach GitHub's API: {exc}") from None
+        from huggingface_hub.utils import http_backoff
+
+        try:  # huggingface_hub's HTTP client, with its retries on 5xx, 429 and dropped connections
+            response = http_backoff(
+                method,
+                self._base + path,
+                json=payload,
+                headers={
+                    "Accept": "application/vnd.github+json",
+                    "Authorization": f"Bearer {self._token}",
+                    "X-GitHub-Api-Version": "2022-11-28",
+                },
+                timeout=GITHUB_TIMEOUT,
+                max_retries=3,
+            )
+        except Exception as exc:  # httpx's transport errors, after the retries
+            raise CompatError(f"cannot reach GitHub's API: {type(exc).__name__}") from None
+        if response.status_code >= 400:
+            raise CompatError(f"GitHub answered {response.status_code} to {method} {path.split('?')[0]}")
+        return response.json() if response.content else None
 
     def open_issues(self, label: str) -> list[dict[str, Any]]:
         query = urllib.parse.urlencode({"state": "open", "labels": label, "per_page": 100})

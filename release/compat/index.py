@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -38,15 +36,16 @@ def fetch_project_page(package: str, *, url: str | None = None) -> dict[str, Any
 
     base = (url or index_url()).rstrip("/")
     page = f"{base}/{canonicalize_name(package)}/"
-    request = urllib.request.Request(page, headers={"Accept": ACCEPT})
-    try:
-        with urllib.request.urlopen(request, timeout=INDEX_TIMEOUT) as response:  # noqa: S310 (http(s) index)
-            kind = response.headers.get("Content-Type", "")
-            body = response.read()
-    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+    from huggingface_hub.utils import http_backoff
+
+    try:  # huggingface_hub's HTTP client, with its retries on 5xx, 429 and dropped connections
+        response = http_backoff("GET", page, headers={"Accept": ACCEPT}, timeout=INDEX_TIMEOUT, max_retries=3)
+        response.raise_for_status()
+    except Exception as exc:  # httpx's transport and status errors
         raise CompatError(
             f"cannot list {package} versions from {page}: {exc}; check the network or set PIP_INDEX_URL"
         ) from exc
+    kind, body = response.headers.get("Content-Type", ""), response.content
     if ACCEPT not in kind:
         raise CompatError(f"{page} did not answer with the simple JSON API ({kind or 'no content type'})")
     try:

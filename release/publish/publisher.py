@@ -766,24 +766,16 @@ class _Publisher:
         }
 
     def _create_branch(self, branch: str, commit: str) -> None:
-        from huggingface_hub.errors import HfHubHTTPError
-
         try:
             call_with_retry(
                 lambda: self.api.create_branch(self.repo_id, branch=branch, revision=commit),
                 what=f"create branch {branch}",
                 policy=self.policy,
             )
-        except HfHubHTTPError as exc:
-            # 409 after a retry: our first attempt may have landed. Fine if the branch is where we wanted it.
-            if http_status(exc) != 409 or self._refs()[0].get(branch) != commit:
-                raise hub_failure(
-                    f"creating branch {branch}",
-                    exc,
-                    attempts=self.policy.attempts,
-                    consequence="nothing was tagged",
-                ) from exc
         except Exception as exc:
+            # 409 after a retry: our first attempt may have landed. Fine if the branch is where we wanted it.
+            if http_status(exc) == 409 and self._refs()[0].get(branch) == commit:
+                return
             raise hub_failure(
                 f"creating branch {branch}",
                 exc,
@@ -815,8 +807,6 @@ class _Publisher:
             ) from exc
 
     def _create_tag(self, tag: str, commit: str) -> None:
-        from huggingface_hub.errors import HfHubHTTPError
-
         try:
             call_with_retry(
                 lambda: self.api.create_tag(
@@ -825,7 +815,7 @@ class _Publisher:
                 what=f"create tag {tag}",
                 policy=self.policy,
             )
-        except HfHubHTTPError as exc:
+        except Exception as exc:
             if http_status(exc) == 409:  # a retry after a lost response, or another run of the same release
                 existing = self._refs()[1].get(tag)
                 if existing == commit:
@@ -833,13 +823,6 @@ class _Publisher:
                 if existing is not None:
                     self._existing_tag(existing)  # raises VersionConflictError if the content differs
                     return
-            raise hub_failure(
-                f"creating tag {tag} at {commit[:12]}",
-                exc,
-                attempts=self.policy.attempts,
-                consequence=f"{self.target} holds the release, re-run to check and tag it",
-            ) from exc
-        except Exception as exc:
             raise hub_failure(
                 f"creating tag {tag} at {commit[:12]}",
                 exc,
