@@ -32,7 +32,16 @@ import sys
 import time
 from pathlib import Path
 
-from harness import FULL, SMALL, bench_main, checkpoint_line, peak_rss, spawn, write_benchmark_checkpoint
+from harness import (
+    FULL,
+    SMALL,
+    bench_main,
+    checkpoint_line,
+    peak_rss,
+    run_summary,
+    spawn,
+    write_benchmark_checkpoint,
+)
 
 ROLES = ("baseline", "naive", "copy", "convert", "hash", "copy+fsync", "convert-known-sha")
 IMPORTS = """
@@ -151,13 +160,9 @@ def run(small: bool, repeat: int, workdir: Path) -> dict:
         "convert_time_over_copy": ratios["convert_time_over_copy"] <= 3.0,
     }
     return {
-        "model": {**dims, **info},
-        "repeat": repeat,
-        "median": med,
-        "samples": samples,
-        "ratios": ratios,
-        "targets_met": targets,
-        "cpu_count": os.cpu_count(),
+        **run_summary(
+            dims=dims, info=info, repeat=repeat, med=med, samples=samples, ratios=ratios, targets=targets
+        ),
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }
 

@@ -35,7 +35,17 @@ import sys
 import time
 from pathlib import Path
 
-from harness import FULL, SMALL, bench_main, checkpoint_line, peak_rss, spawn, write_benchmark_checkpoint
+from harness import (
+    FULL,
+    SMALL,
+    bench_main,
+    checkpoint_line,
+    peak_rss,
+    proc_status_bytes,
+    run_summary,
+    spawn,
+    write_benchmark_checkpoint,
+)
 
 ROLES = ("baseline", "floor", "both", "verify")
 FLOOR_PPL_TOKENS = 2048
@@ -75,13 +85,7 @@ class _AnonSampler:
 
     @staticmethod
     def current() -> int:
-        try:
-            for line in Path("/proc/self/status").read_text().splitlines():
-                if line.startswith("RssAnon:"):
-                    return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-        return 0
+        return proc_status_bytes("RssAnon") or 0
 
     def _run(self) -> None:
         while not self._stop.wait(0.01):
@@ -228,18 +232,15 @@ def run(
     }
     if "both" in med:
         ratios["both_rss_over_weights"] = (med["both"]["peak_rss"] - base) / weights
+    targets = {
+        "verify_time_over_floor": ratios["verify_time_over_floor"] <= 2.0,
+        "verify_rss_over_weights": ratios["verify_rss_over_weights"] <= 1.3,
+        "verify_passed": all(s["passed"] for s in samples["verify"]),
+    }
     return {
-        "model": {**dims, **info},
-        "repeat": repeat,
-        "median": med,
-        "samples": samples,
-        "ratios": ratios,
-        "targets_met": {
-            "verify_time_over_floor": ratios["verify_time_over_floor"] <= 2.0,
-            "verify_rss_over_weights": ratios["verify_rss_over_weights"] <= 1.3,
-            "verify_passed": all(s["passed"] for s in samples["verify"]),
-        },
-        "cpu_count": os.cpu_count(),
+        **run_summary(
+            dims=dims, info=info, repeat=repeat, med=med, samples=samples, ratios=ratios, targets=targets
+        ),
         "torch_threads": threads or _torch_threads(),
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }

@@ -20,14 +20,22 @@ FULL = {
 SMALL = {"vocab_size": 8192, "n_embd": 256, "n_head": 4, "n_layer": 4, "block_size": 256}  # ~7.4M parameters
 
 
-def peak_rss() -> int:
-    """Peak resident set size of this process in bytes (VmHWM; ru_maxrss where /proc is missing)."""
+def proc_status_bytes(field: str) -> int | None:
+    """A size field of /proc/self/status (``VmHWM``, ``RssAnon``...) in bytes; None where /proc is missing."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
+    return None
+
+
+def peak_rss() -> int:
+    """Peak resident set size of this process in bytes (VmHWM; ru_maxrss where /proc is missing)."""
+    peak = proc_status_bytes("VmHWM")
+    if peak is not None:
+        return peak
     import resource
 
     scale = 1 if sys.platform == "darwin" else 1024
@@ -61,6 +69,23 @@ def write_benchmark_checkpoint(dims: dict, path: Path) -> dict:
         "parameters": sum(p.numel() for p in model.parameters()),
         "weights_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
         "checkpoint_bytes": path.stat().st_size,
+    }
+
+
+def run_summary(
+    *, dims: dict, info: dict, repeat: int, med: dict, samples: dict, ratios: dict, targets: dict
+):
+    """The JSON every benchmark prints: the model, the medians and samples, the ratios and which targets were met."""
+    import os
+
+    return {
+        "model": {**dims, **info},
+        "repeat": repeat,
+        "median": med,
+        "samples": samples,
+        "ratios": ratios,
+        "targets_met": targets,
+        "cpu_count": os.cpu_count(),
     }
 
 
