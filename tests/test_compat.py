@@ -482,6 +482,7 @@ def test_reference_outputs_round_a_copy_for_half_precision():
 from release.compat import canary as compat_canary  # noqa: E402
 from release.compat import floors as compat_floors  # noqa: E402
 from release.compat import index as compat_index  # noqa: E402
+from release.compat import run as compat_run  # noqa: E402
 
 INDEX_FIXTURE = Path(__file__).parent / "fixtures" / "pypi-simple-transformers.json"
 # PyPI's simple JSON API (PEP 691) for transformers, trimmed to the files of 4.44 and later.
@@ -724,6 +725,8 @@ def fake_world(tmp_path, monkeypatch):
     monkeypatch.setattr(compat, "_pip_install", fake_pip(calls))
     monkeypatch.setattr(compat_index, "fetch_project_page", lambda package, url=None: index_page())
     monkeypatch.setattr(compat, "run_child", fake_child())
+    # The card's code needs a real environment, like the child: the fake world has none (tests/test_snippet.py).
+    monkeypatch.setattr(compat_run, "card_snippet_check", lambda report: None)
     monkeypatch.setenv("RELEASE_CACHE_DIR", str(tmp_path / "cache"))
     return folder, calls
 

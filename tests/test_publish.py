@@ -797,6 +797,8 @@ def test_a_staging_branch_that_cannot_be_deleted_is_reported_and_removed_by_the_
     monkeypatch.setenv("GITHUB_ACTIONS", "true")
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
     monkeypatch.setenv("GITHUB_OUTPUT", str(tmp_path / "outputs"))
+    monkeypatch.setenv("GITHUB_REF_TYPE", "tag")  # a real release runs on its tag
+    monkeypatch.setenv("GITHUB_REF_NAME", "v1.0.0")
     fault = hub.inject_fault("DELETE", r"/branch/release-staging/", status=503, times=1000)
     out = tmp_path / "publish.json"
     args = ["publish", str(release_dir("v1")), "--repo-id", REPO, "--version", "v1.0.0", "--json", str(out)]
@@ -816,6 +818,7 @@ def test_a_staging_branch_that_cannot_be_deleted_is_reported_and_removed_by_the_
     assert written["warnings"] and written["warnings"][0].startswith("cleanup pending")
 
     hub.clear_faults()
+    monkeypatch.setenv("GITHUB_REF_NAME", "v1.1.0")
     dry = CliRunner().invoke(
         cli, ["publish", str(release_dir("v2")), "--repo-id", REPO, "--version", "v1.1.0", "--dry-run"]
     )

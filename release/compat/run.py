@@ -69,9 +69,13 @@ def card_snippet_check(report: dict[str, Any] | None) -> SnippetCheck | None:
     ``release.verify.snippet.check_card_snippet``), expected to reproduce ``report``'s greedy tokens.
     """
     from release.errors import ReleaseError
-    from release.verify.snippet import check_card_snippet
+    from release.verify.snippet import card_has_code, check_card_snippet
 
     def check(version: str, argv: Sequence[str], env: dict[str, str], model_dir: Path) -> str | None:
+        if not card_has_code(model_dir):
+            return (
+                None  # a card of the user's own template with no code: nothing to run verbatim (as publish)
+            )
         try:
             result = check_card_snippet(model_dir, report=report, paths=env["PYTHONPATH"].split(os.pathsep))
         except ReleaseError as exc:

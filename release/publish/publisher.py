@@ -329,12 +329,9 @@ def generation_check(release: ReleaseFolder, policy: RetryPolicy) -> PostUploadC
 
 def _card_snippet_failures(snapshot: Path, *, report: Mapping, commit: str) -> list[str]:
     """The uploaded card's own code, run verbatim against the uploaded files: what a user runs first."""
-    from release.verify.snippet import check_card_snippet, extract_python_block
+    from release.verify.snippet import card_has_code, check_card_snippet
 
-    card = snapshot / "README.md"
-    try:
-        extract_python_block(card.read_text(encoding="utf-8") if card.is_file() else "")
-    except VerificationError:
+    if not (snapshot / "README.md").is_file() or not card_has_code(snapshot):
         # A card of the user's own template with no code: nothing for a user to run verbatim.
         logger.info("the uploaded card has no python block calling from_pretrained; no card code to run")
         return []

@@ -199,6 +199,22 @@ def extract_python_block(markdown: str) -> str:
     )
 
 
+def card_has_code(folder: Path) -> bool:
+    """Whether ``folder`` has no card yet (the template's code is run) or a card with a runnable block.
+
+    False for a README.md with no ```python block calling ``from_pretrained``: a card of the user's own template
+    without code has nothing a user would run verbatim.
+    """
+    card = Path(folder) / CARD_FILE
+    if not card.is_file():
+        return True
+    try:
+        extract_python_block(card.read_text(encoding="utf-8"))
+    except VerificationError:
+        return False
+    return True
+
+
 def snippet_targets(code: str) -> list[tuple[str, str | None]]:
     """The (repo id, revision) pairs the snippet's ``from_pretrained`` calls load, resolved from its literals.
 
@@ -573,6 +589,7 @@ __all__ = [
     "card_snippet",
     "card_snippet_gate",
     "check_card_snippet",
+    "card_has_code",
     "check_card_snippet_on_hub",
     "extract_python_block",
     "judge_snippet_run",
