@@ -1,4 +1,5 @@
-"""The small I/O pieces every step shares, written once: streaming SHA-256, atomic writes, fsync, error lines.
+"""The small I/O pieces every step shares, written once: streaming SHA-256, atomic writes, fsync, error lines,
+and the attribute picking behind the ``to_dict`` methods that JSON outputs are written from.
 
 Imports nothing but the standard library, so any module (and the CLI's start-up path) can use it.
 """
@@ -9,6 +10,7 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 CHUNK_SIZE = 1024 * 1024  # 1 MiB: large enough to be fast, small enough to never hold a checkpoint in memory
 
@@ -83,3 +85,8 @@ def first_line(exc: BaseException, *, limit: int | None = None) -> str:
     if limit is not None and len(text) > limit:
         text = text[: limit - 3] + "..."
     return text
+
+
+def attrs_dict(obj: object, *names: str) -> dict[str, Any]:
+    """``{name: obj.<name>}`` for ``names``, in that order: the plain part of a ``to_dict`` (JSON output)."""
+    return {name: getattr(obj, name) for name in names}

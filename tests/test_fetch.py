@@ -893,19 +893,21 @@ def _rewrite_zip(src: Path, dst: Path, *, compress=(), drop=()) -> Path:
     return dst
 
 
-def test_weights_only_compressed_model_record_is_one_line_exit_1(tmp_path: Path, ckpt: Path) -> None:
-    bad = _rewrite_zip(ckpt, tmp_path / "deflated.pt", compress={"data/0"})
+@pytest.mark.parametrize(
+    ("rewrite", "message"),
+    [
+        ({"compress": {"data/0"}}, "record data/0 is compressed"),
+        ({"drop": {"data/1"}}, "names record data/1 but the archive has no such record"),
+    ],
+    ids=["compressed-record", "missing-record"],
+)
+def test_weights_only_unreadable_model_record_is_one_line_exit_1(
+    tmp_path: Path, ckpt: Path, rewrite: dict, message: str
+) -> None:
+    bad = _rewrite_zip(ckpt, tmp_path / "bad.pt", **rewrite)
     result = run_fetch_step(tmp_path, str(bad), sha256_file(bad))
     assert result.exit_code == 1, result.output
-    assert "record data/0 is compressed" in error_line(result)
-    assert cache_files(tmp_path) == []
-
-
-def test_weights_only_missing_model_record_is_one_line_exit_1(tmp_path: Path, ckpt: Path) -> None:
-    bad = _rewrite_zip(ckpt, tmp_path / "missing.pt", drop={"data/1"})
-    result = run_fetch_step(tmp_path, str(bad), sha256_file(bad))
-    assert result.exit_code == 1, result.output
-    assert "names record data/1 but the archive has no such record" in error_line(result)
+    assert message in error_line(result)
     assert cache_files(tmp_path) == []
 
 

@@ -709,6 +709,23 @@ def test_gates_per_dtype_and_overrides():
         Gates.for_dtype("int8")
 
 
+def test_gates_docstring_table_is_the_defaults():
+    """The table users read in ``Gates``' docstring (and the README) is what ``for_dtype`` returns."""
+    from release.verify.report import Gates
+
+    rows = [
+        line.split()
+        for line in Gates.__doc__.splitlines()
+        if line.strip().startswith(("max_", "mean_", "min_", "greedy_", "hidden_"))
+    ]
+    assert len(rows) == 7
+    for column, dtype in enumerate(("float32", "bfloat16", "float16")):
+        gates = Gates.for_dtype(dtype)
+        for row in rows:
+            cell = row[-3 + column]
+            assert getattr(gates, row[0]) == (None if cell == "off" else float(cell)), (dtype, row)
+
+
 def test_spill_reads_back_row_ranges_and_chunks_cover_every_position():
     import torch
 

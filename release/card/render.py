@@ -140,24 +140,24 @@ def fmt_thousands(n: int) -> str:
     return f"{n:,}"
 
 
-def fmt_count(n: int) -> str:
-    """1234567 -> '1.23M' (three significant digits), 950 -> '950'."""
-    for factor, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+def _scaled(n: int, units: tuple[tuple[float, str], ...]) -> str | None:
+    """``n`` in the largest unit it reaches, to three significant digits; None below every unit."""
+    for factor, suffix in units:
         if n >= factor:
             scaled = n / factor
             digits = 2 if scaled < 10 else 1 if scaled < 100 else 0
             return f"{scaled:.{digits}f}{suffix}"
-    return str(n)
+    return None
+
+
+def fmt_count(n: int) -> str:
+    """1234567 -> '1.23M' (three significant digits), 950 -> '950'."""
+    return _scaled(n, ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K"))) or str(n)
 
 
 def fmt_bytes(n: int) -> str:
     """Decimal units, as the Hub shows file sizes: 1_234_567 -> '1.23 MB'."""
-    for factor, suffix in ((1e12, "TB"), (1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
-        if n >= factor:
-            scaled = n / factor
-            digits = 2 if scaled < 10 else 1 if scaled < 100 else 0
-            return f"{scaled:.{digits}f} {suffix}"
-    return f"{n} B"
+    return _scaled(n, ((1e12, " TB"), (1e9, " GB"), (1e6, " MB"), (1e3, " kB"))) or f"{n} B"
 
 
 def fmt_num(x: float | int, digits: int = 4) -> str:

@@ -60,8 +60,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from release._io import attrs_dict
 from release.errors import CompatError, SettingsError, UsageError
 from release.settings import PROJECT, project_pyproject, read_toml
+from release.verify.hygiene import BLOCK_REPO_PRELUDE
 
 if TYPE_CHECKING:
     import torch
@@ -617,7 +619,8 @@ def _torch_search_paths() -> list[str]:
 # --------------------------------------------------------------------------- the child
 
 
-CHILD_SCRIPT = r'''
+CHILD_SCRIPT = (
+    r'''
 """One cell of the compatibility matrix, run inside an isolated transformers environment.
 
 Usage: python -S compat_check.py MODEL_DIR REFERENCE_DIR. Imports only the stdlib, torch, transformers, safetensors.
@@ -629,19 +632,11 @@ import sys
 import traceback
 from pathlib import Path
 
-BLOCKED = ("release", "modeling", "tests")
 
 
-class _BlockRepo(importlib.abc.MetaPathFinder):
-    """Remote code must work without the release repo: refuse its packages even when they are installed."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-            raise ModuleNotFoundError(f"No module named {name!r} (blocked: the release repo is not importable here)")
-        return None
-
-
-sys.meta_path.insert(0, _BlockRepo())
+'''
+    + BLOCK_REPO_PRELUDE
+    + r"""
 
 
 def last_line(exc):
@@ -763,7 +758,8 @@ def main(model_dir, ref_dir):
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]), Path(sys.argv[2]))
-'''
+"""
+)
 
 
 def _last_line(exc: BaseException) -> str:
@@ -855,13 +851,16 @@ class VersionResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "transformers": self.transformers,
-            "passed": self.passed,
-            "stage": self.stage,
-            "max_abs_diff": self.max_abs_diff,
-            "top1_agreement": self.top1_agreement,
-            "generation_match": self.generation_match,
-            "detail": self.detail,
+            **attrs_dict(
+                self,
+                "transformers",
+                "passed",
+                "stage",
+                "max_abs_diff",
+                "top1_agreement",
+                "generation_match",
+                "detail",
+            ),
             "environment": dict(sorted(self.environment.items())),
             "cost": {
                 "install_seconds": round(self.install_seconds, 1),
@@ -1065,11 +1064,7 @@ class CompatReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "range": self.range,
-            "passed": self.passed,
-            "failures": self.failures,
-            "statement": self.statement,
-            "reference": self.reference,
+            **attrs_dict(self, "range", "passed", "failures", "statement", "reference"),
             "versions": [r.to_dict() for r in self.results],
         }
 

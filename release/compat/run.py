@@ -106,6 +106,18 @@ def run_compat(
         CompatError, SettingsError: See ``run_compat_matrix``.
     """
     chosen, canary = select_versions(versions, all_minors=all_minors, newest=newest)
+
+    def options(recorded: dict[str, Any] | None) -> dict[str, Any]:
+        """What a folder's check and a Hub revision's share: the reference, the versions, the snippet stage."""
+        snippet_check = card_snippet_check(recorded)
+        return dict(
+            report=recorded,
+            versions=chosen,
+            cache_dir=cache_dir,
+            snippet_check=snippet_check,
+            on_result=on_result,
+        )
+
     path = Path(model)
     if path.exists():
         if revision is not None:
@@ -117,16 +129,7 @@ def run_compat(
                 f"no passing verification report at {report_path} and no --checkpoint: run `release verify` "
                 "first, or pass the training checkpoint"
             )
-        result = run_compat_matrix(
-            path,
-            checkpoint=checkpoint,
-            report=recorded,
-            versions=chosen,
-            canary=canary,
-            cache_dir=cache_dir,
-            snippet_check=card_snippet_check(recorded),
-            on_result=on_result,
-        )
+        result = run_compat_matrix(path, checkpoint=checkpoint, canary=canary, **options(recorded))
         return CompatRun(result, None, merge_into_report(out or report_path, result))
 
     from release.compat.canary import check_hub_revision, newest_release_tag
@@ -145,15 +148,7 @@ def run_compat(
         from release.compat.matrix import default_versions
 
         chosen = default_versions()
-    result = check_hub_revision(
-        str(model),
-        revision=rev,
-        report=recorded,
-        versions=chosen,
-        cache_dir=cache_dir,
-        snippet_check=card_snippet_check(recorded),
-        on_result=on_result,
-    )
+    result = check_hub_revision(str(model), revision=rev, **options(recorded))
     target = Path(out) if out is not None else Path("compat.json")
     return CompatRun(result, rev, _write_compat(target, result, repo_id=str(model), revision=rev))
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from release._io import CHUNK_SIZE
+from release._io import CHUNK_SIZE, attrs_dict
 from release.errors import PublishError, UsageError
 
 KEEP_REMOTE = frozenset({".gitattributes"})  # the Hub's LFS rules: never deleted, never compared
@@ -239,13 +239,16 @@ class ReleasePlan:
 
     def to_dict(self) -> dict:
         return {
-            "repo_id": self.repo_id,
-            "tag": self.tag,
-            "branch": self.branch,
-            "base_ref": self.base_ref,
-            "base_commit": self.base_commit,
-            "remote_state": self.remote_state,
-            "published_commit": self.published_commit,
+            **attrs_dict(
+                self,
+                "repo_id",
+                "tag",
+                "branch",
+                "base_ref",
+                "base_commit",
+                "remote_state",
+                "published_commit",
+            ),
             "cleanup": list(self.cleanup),
             "files": [{"path": f.path, "action": f.action, "size": f.size} for f in self.files],
         }

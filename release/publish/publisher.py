@@ -67,6 +67,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from release._io import attrs_dict
 from release.auth import read_token, redact, resolve_token
 from release.errors import (
     ConcurrentPushError,
@@ -143,14 +144,9 @@ class PublishResult:
 
     def to_dict(self) -> dict:
         return {
-            "repo_id": self.repo_id,
-            "version": self.version,
-            "tag": self.tag,
-            "branch": self.branch,
-            "commit": self.commit,
-            "revision_url": self.revision_url,
-            "created": self.created,
-            "dry_run": self.dry_run,
+            **attrs_dict(
+                self, "repo_id", "version", "tag", "branch", "commit", "revision_url", "created", "dry_run"
+            ),
             "plan": self.plan.to_dict(),
             "cleaned_up": list(self.cleaned_up),
             "cleanup_pending": [{"branch": c.branch, "error": c.error} for c in self.cleanup_pending],

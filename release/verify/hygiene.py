@@ -17,8 +17,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from release._io import attrs_dict
+
 ALLOWED_THIRD_PARTY = ("torch", "transformers")
 THIS_REPO_PACKAGES = ("release", "modeling", "tests")
+
+# The same rule at run time, for the child processes that run uploaded code (a compat matrix cell) or a card's
+# snippet: spliced into their scripts, it refuses this repo's packages even where they are installed.
+BLOCK_REPO_PRELUDE = f"""
+class _BlockRepo(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {THIS_REPO_PACKAGES!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}} (blocked: the release repo is not importable here)")
+        return None
+
+
+sys.meta_path.insert(0, _BlockRepo())
+"""
 
 
 @dataclass
@@ -32,10 +47,7 @@ class HygieneResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "auto_map": self.auto_map,
-            "python_files": self.python_files,
-            "imports": self.imports,
-            "problems": self.problems,
+            **attrs_dict(self, "auto_map", "python_files", "imports", "problems"),
             "passed": not self.problems,
         }
 

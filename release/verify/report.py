@@ -43,6 +43,19 @@ _DTYPE_ALIASES = {
 }
 
 
+# The defaults of ``Gates.for_dtype``, one row per threshold, as in the table in ``Gates``' docstring.
+_DTYPE_COLUMNS = ("float32", "bfloat16", "float16")
+_DTYPE_DEFAULTS: dict[str, tuple[float | None, float | None, float | None]] = {
+    "max_abs_diff": (1e-4, None, None),
+    "mean_abs_diff": (None, 6e-2, 1e-2),
+    "min_top1_agreement": (1.0, 0.95, 0.99),
+    "max_kl_divergence": (None, 1.5e-3, 5e-5),
+    "max_perplexity_rel_diff": (1e-3, 1e-3, 1e-3),
+    "greedy_tie_margin": (0.0, 0.25, 0.05),
+    "hidden_rel_tol": (1e-4, 5e-2, 1e-2),
+}
+
+
 @dataclass(frozen=True)
 class Gates:
     """Thresholds of the verification gates. ``None`` turns a gate off. Build with ``Gates.for_dtype``.
@@ -97,29 +110,8 @@ class Gates:
         name = _DTYPE_ALIASES.get(str(dtype).lower())
         if name is None:
             raise UsageError(f"no default gates for dtype {dtype!r}; use one of float32, bfloat16, float16")
-        if name == "bfloat16":
-            return cls(
-                dtype=name,
-                max_abs_diff=None,
-                mean_abs_diff=6e-2,
-                min_top1_agreement=0.95,
-                max_kl_divergence=1.5e-3,
-                max_perplexity_rel_diff=1e-3,
-                greedy_tie_margin=0.25,
-                hidden_rel_tol=5e-2,
-            )
-        if name == "float16":
-            return cls(
-                dtype=name,
-                max_abs_diff=None,
-                mean_abs_diff=1e-2,
-                min_top1_agreement=0.99,
-                max_kl_divergence=5e-5,
-                max_perplexity_rel_diff=1e-3,
-                greedy_tie_margin=0.05,
-                hidden_rel_tol=1e-2,
-            )
-        return cls()
+        column = _DTYPE_COLUMNS.index(name)
+        return cls(dtype=name, **{gate: row[column] for gate, row in _DTYPE_DEFAULTS.items()})
 
     def with_overrides(self, overrides: dict[str, str | float | None]) -> Gates:
         """A copy with thresholds replaced, e.g. ``{"max_abs_diff": "2e-4", "max_kl_divergence": "off"}``.

@@ -406,11 +406,10 @@ class _Verification:
         from release.verify.loading import fresh_remote_code_modules
 
         with fresh_remote_code_modules():
-            try:
+            with _Finding("from_pretrained(trust_remote_code=True)") as found:
                 model, tokenizer = self._load_candidate()
-            except Exception as exc:  # whatever the shipped code raises is a finding about the candidate
-                log.debug("loading the candidate failed", exc_info=True)
-                self.load_error = f"from_pretrained(trust_remote_code=True) {_exc(exc)}"
+            if found.error is not None:
+                self.load_error = found.error
                 return False
             self.dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
             self.model_class = f"{type(model).__module__}.{type(model).__name__}"
@@ -461,7 +460,7 @@ class _Verification:
     def _candidate_parity(self, model) -> None:
         from release.verify.checks import candidate_logits
 
-        try:
+        with _Finding("forward on the parity inputs") as found:
             candidate_logits(
                 model,
                 self.inputs,
@@ -470,20 +469,17 @@ class _Verification:
                 vocab_size=self.vocab_size,
                 width=self.width,
             )
-        except Exception as exc:
-            log.debug("candidate parity forward failed", exc_info=True)
-            self.parity_error = f"forward on the parity inputs {_exc(exc)}"
+        self.parity_error = found.error
 
     def _reference_parity(self, model) -> None:
         from release.verify.checks import compare_logits
 
         if self.parity_error is not None:
             return
-        try:
+        with _Finding("the reference's forward on the parity inputs") as found:
             fig = compare_logits(model, self.inputs, self.spill, budget=self.budget)
-        except Exception as exc:
-            log.debug("reference parity forward failed", exc_info=True)
-            self.parity_error = f"the reference's forward on the parity inputs {_exc(exc)}"
+        if found.error is not None:
+            self.parity_error = found.error
             return
         self.figures = fig
         self.parity.update(
@@ -531,7 +527,7 @@ class _Verification:
     def _candidate_perplexity(self, model, tokenizer) -> None:
         from release.verify.checks import perplexity_ids, perplexity_nll
 
-        try:
+        with _Finding("scoring the text") as found:
             ids = perplexity_ids(
                 _encode(tokenizer, self.text), window=self.window, tokens=self.perplexity_tokens
             )
@@ -542,9 +538,7 @@ class _Verification:
                 vocab_size=self.vocab_size,
                 budget=self.budget,
             )
-        except Exception as exc:
-            log.debug("perplexity failed", exc_info=True)
-            self.perplexity_error = f"scoring the text {_exc(exc)}"
+        self.perplexity_error = found.error
 
     def _reference_perplexity(self, model) -> None:
         from release.verify.checks import perplexity, perplexity_nll
@@ -580,16 +574,13 @@ class _Verification:
 
         for prompt in self.prompts:
             case: dict[str, Any] = {"prompt": prompt, "input_ids": []}
-            run, error = None, None
-            try:
+            run = None
+            with _Finding(f"{prompt!r}: generate()") as found:
                 ids = _encode(tokenizer, prompt)
                 case["input_ids"] = ids
                 run = candidate_greedy(model, ids, max_new_tokens=self.max_new_tokens, pad_token_id=pad)
-            except Exception as exc:
-                log.debug("generate failed", exc_info=True)
-                error = f"{prompt!r}: generate() {_exc(exc)}"
             self.runs.append(run)
-            self.generate_errors.append(error)
+            self.generate_errors.append(found.error)
             self.candidate_input_ids.append(case["input_ids"])
             case.update(
                 candidate_ids=run.ids if run else [],
@@ -675,7 +666,7 @@ class _Verification:
         prompt = self.prompts[0]
         info: dict[str, Any] = {**SAMPLING, "prompt": prompt, "tokens": 0, "stopped": None, "text": ""}
         problem = None
-        try:
+        with _Finding("generate(do_sample=True)") as found:
             ids = torch.tensor([_encode(tokenizer, prompt)])
             with torch.random.fork_rng(devices=[]), torch.no_grad():
                 torch.manual_seed(SAMPLING["seed"])
@@ -699,11 +690,8 @@ class _Verification:
                 info["stopped"] = "max_new_tokens"
             else:
                 problem = f"stopped after {len(cont)} of {self.max_new_tokens} tokens without eos"
-        except Exception as exc:
-            log.debug("sampling failed", exc_info=True)
-            problem = f"generate(do_sample=True) {_exc(exc)}"
         self.generation["sampling"] = info
-        self.sampling_problem = problem
+        self.sampling_problem = found.error or problem
 
     def _pipeline(self, model, tokenizer) -> None:
         from transformers import pipeline
@@ -711,7 +699,7 @@ class _Verification:
         prompt = self.prompts[0]
         info: dict[str, Any] = {"prompt": prompt}
         problem = None
-        try:
+        with _Finding('pipeline("text-generation")') as found:
             pipe = pipeline("text-generation", model=model, tokenizer=tokenizer)
             out = pipe(prompt, max_new_tokens=self.max_new_tokens, do_sample=False, return_full_text=False)
             got = out[0]["generated_text"]
@@ -720,10 +708,7 @@ class _Verification:
                 expected = tokenizer.decode(self.runs[0].ids, skip_special_tokens=True)
                 if got != expected:
                     problem = f"pipeline text {got[:60]!r} differs from generate()'s {expected[:60]!r}"
-        except Exception as exc:
-            log.debug("pipeline failed", exc_info=True)
-            problem = f'pipeline("text-generation") {_exc(exc)}'
-        self.pipeline_problem = problem
+        self.pipeline_problem = found.error or problem
         self.generation["pipeline_ok"] = problem is None
         self.generation["pipeline"] = info
 
@@ -1129,6 +1114,28 @@ def _sci(value: float) -> str:
     """A threshold as written: 1e-04, 1.5e-03."""
     short = f"{value:.0e}"
     return short if float(short) == value else f"{value:.1e}"
+
+
+class _Finding:
+    """A block whose exception is a finding about the candidate, not a crash of verify.
+
+    ``error`` is then ``"<what> raised <Type>: <first line>"`` (None when the block ran through); only
+    ``Exception`` is caught, so Ctrl-C still stops the run.
+    """
+
+    def __init__(self, what: str):
+        self.what = what
+        self.error: str | None = None
+
+    def __enter__(self) -> _Finding:
+        return self
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if not isinstance(exc, Exception):
+            return False
+        log.debug("%s failed", self.what, exc_info=(kind, exc, tb))
+        self.error = f"{self.what} {_exc(exc)}"
+        return True
 
 
 def _exc(exc: BaseException) -> str:

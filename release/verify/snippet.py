@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from release.errors import VerificationError
+from release.verify.hygiene import BLOCK_REPO_PRELUDE
 
 if TYPE_CHECKING:
     from release.verify.report import GateResult
@@ -57,7 +58,8 @@ _FENCE = re.compile(
     r"^(?P<fence>`{3,}|~{3,})[ \t]*(?P<lang>[\w+-]*)[^\n]*\n(?P<body>.*?)^(?P=fence)[ \t]*$", re.M | re.S
 )
 
-CHILD_SCRIPT = r'''
+CHILD_SCRIPT = (
+    r'''
 """Run a model card's snippet verbatim; write what happened to a JSON file. Standard library only.
 
 Usage: python -S card_snippet_check.py SNIPPET.py RESULT.json
@@ -71,20 +73,12 @@ import traceback
 import warnings
 
 SNIPPET, RESULT = sys.argv[1], sys.argv[2]
-BLOCKED = ("release", "modeling", "tests")
 result = {"error": None, "error_line": None, "prompts": [], "warnings": [], "input_ids": None, "new_ids": None}
 
 
-class _BlockRepo(importlib.abc.MetaPathFinder):
-    """The snippet must work without the release repo: refuse its packages even when installed."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-            raise ModuleNotFoundError(f"No module named {name!r} (the release repo is not importable here)")
-        return None
-
-
-sys.meta_path.insert(0, _BlockRepo())
+'''
+    + BLOCK_REPO_PRELUDE
+    + r"""
 
 
 def snippet_line(frames):
@@ -140,7 +134,8 @@ except Exception as exc:
     result["read_error"] = f"{type(exc).__name__}: {exc}"
 with open(RESULT, "w", encoding="utf-8") as f:
     json.dump(result, f)
-'''
+"""
+)
 
 
 @dataclass(frozen=True)
