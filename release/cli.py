@@ -90,6 +90,30 @@ def expect_digest_option() -> Callable:
     )
 
 
+def cache_dir_option(help: str) -> Callable:
+    return click.option(
+        "--cache-dir", type=click.Path(path_type=Path, file_okay=False), default=None, help=help
+    )
+
+
+def dry_run_option(help: str) -> Callable:
+    return click.option("--dry-run", is_flag=True, help=help)
+
+
+def private_option(help: str) -> Callable:
+    return click.option("--private/--public", "private", default=None, help=help)
+
+
+def version_choice_options(*, all_minors: str, newest: str) -> Callable:
+    """``--all-minors`` and ``--newest``: which transformers versions ``compat`` and ``compat-versions`` take."""
+
+    def decorate(func: Callable) -> Callable:
+        func = click.option("--newest", is_flag=True, help=newest)(func)
+        return click.option("--all-minors", is_flag=True, help=all_minors)(func)
+
+    return decorate
+
+
 def file_option(*names: str, help: str) -> Callable:
     """An optional path to a file (not a folder), ``None`` when not given."""
     return click.option(*names, type=click.Path(path_type=Path, dir_okay=False), default=None, help=help)
@@ -156,11 +180,8 @@ def convert(checkpoint, out, tokenizer, dtype, max_shard_size, force, progress):
 @click.option(
     "--out", "out", required=True, type=click.Path(path_type=Path, dir_okay=False), help="File to write."
 )
-@click.option(
-    "--cache-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=None,
-    help="Artifact cache (default: $RELEASE_CACHE_DIR, else ~/.cache/custom-transformer-release/artifacts).",
+@cache_dir_option(
+    "Artifact cache (default: $RELEASE_CACHE_DIR, else ~/.cache/custom-transformer-release/artifacts)."
 )
 @progress_option()
 @reports_errors
@@ -185,14 +206,10 @@ def fetch(uri, sha256, out, cache_dir, progress):
 @click.argument("folder", type=click.Path(path_type=Path, file_okay=False))
 @repo_id_option("Model repo OWNER/NAME (created if missing); default: the settings' repo_id.")
 @version_option(required=True, help="vX.Y.Z, or vX.Y.Z-rc.N etc. for a prerelease.")
-@click.option(
-    "--private/--public",
-    default=None,
-    help="Set the repo's visibility, after the tag is in place (default: leave it; a new repo gets the Hub's default).",
+@private_option(
+    "Set the repo's visibility, after the tag is in place (default: leave it; a new repo gets the Hub's default)."
 )
-@click.option(
-    "--dry-run", is_flag=True, help="Print the plan and change nothing (no token needed; works offline)."
-)
+@dry_run_option("Print the plan and change nothing (no token needed; works offline).")
 @click.option(
     "--commit-message", default=None, help="Summary of the release commit (default: 'Release <tag>')."
 )
@@ -419,7 +436,7 @@ def notes(model_dir, published, out):
 
 @main.command("run")
 @version_option(required=False, help="vX.Y.Z[-pre]; default: the tag on a GitHub tag push.")
-@click.option("--dry-run", is_flag=True, help="Run every step; publishing only prints its plan.")
+@dry_run_option("Run every step; publishing only prints its plan.")
 @click.option(
     "--checkpoint", default=None, help="Checkpoint URI (path, file://, http(s)://, hf://, s3://, gs://)."
 )
@@ -432,7 +449,7 @@ def notes(model_dir, published, out):
 @click.option(
     "--compat/--no-compat", "run_compat", default=None, help="Also run the transformers compatibility matrix."
 )
-@click.option("--private/--public", "private", default=None, help="Visibility of a newly created repo.")
+@private_option("Visibility of a newly created repo.")
 @click.option(
     "--stop-after",
     type=click.Choice(["fetch", "convert", "verify", "compat", "card"]),
@@ -654,13 +671,9 @@ def generate(model, prompt, revision, max_new_tokens, temperature, top_k, seed):
     envvar="RELEASE_COMPAT_VERSIONS",
     help="Comma-separated transformers versions (default: [tool.release.compat] in pyproject.toml).",
 )
-@click.option(
-    "--all-minors",
-    is_flag=True,
-    help="The newest patch of every transformers minor in the supported range, from the package index.",
-)
-@click.option(
-    "--newest", is_flag=True, help="The newest transformers release and its latest pre-release (the canary)."
+@version_choice_options(
+    all_minors="The newest patch of every transformers minor in the supported range, from the package index.",
+    newest="The newest transformers release and its latest pre-release (the canary).",
 )
 @file_option(
     "--report",
@@ -668,11 +681,8 @@ def generate(model, prompt, revision, max_new_tokens, temperature, top_k, seed):
     "the results are merged into it under 'compat'.",
 )
 @file_option("--out", help="Write the results here instead (default for a Hub revision: ./compat.json).")
-@click.option(
-    "--cache-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=None,
-    help="Environment cache (default: $RELEASE_CACHE_DIR/compat, else ~/.cache/custom-transformer-release/compat).",
+@cache_dir_option(
+    "Environment cache (default: $RELEASE_CACHE_DIR/compat, else ~/.cache/custom-transformer-release/compat)."
 )
 @reports_errors
 def compat(model, revision, checkpoint, versions, all_minors, newest, report, out, cache_dir):
@@ -717,8 +727,10 @@ def compat(model, revision, checkpoint, versions, all_minors, newest, report, ou
 
 
 @main.command("compat-versions")
-@click.option("--all-minors", is_flag=True, help="The newest patch of every minor in the supported range.")
-@click.option("--newest", is_flag=True, help="The newest release and its latest pre-release.")
+@version_choice_options(
+    all_minors="The newest patch of every minor in the supported range.",
+    newest="The newest release and its latest pre-release.",
+)
 @reports_errors
 def compat_versions(all_minors, newest):
     """Print the transformers versions `release compat` would test, as a JSON list (for a CI matrix).
@@ -783,12 +795,7 @@ def compat_issue(results, run_url):
     required=True,
     help="A dependency to install at its declared floor (repeatable), e.g. huggingface_hub or torch.",
 )
-@click.option(
-    "--cache-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=None,
-    help="Environment cache (default: the compat cache).",
-)
+@cache_dir_option("Environment cache (default: the compat cache).")
 @click.option("--show", is_flag=True, help="Only print NAME==FLOOR for each --lowest (e.g. to install it).")
 @reports_errors
 def compat_floors(lowest, cache_dir, show):

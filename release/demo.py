@@ -41,13 +41,8 @@ def train_tokenizer(text: str, out_dir: Path, *, vocab_size: int = 512) -> Path:
     )
     tok.train_from_iterator(text.split("\n\n"), trainer=trainer)
     tok.add_special_tokens([ENDOFTEXT])
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token=ENDOFTEXT,
-        eos_token=ENDOFTEXT,
-        unk_token=ENDOFTEXT,
-        pad_token=ENDOFTEXT,
-    )
+    special = dict.fromkeys(("bos_token", "eos_token", "unk_token", "pad_token"), ENDOFTEXT)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, **special)
     fast.model_max_length = 1024
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

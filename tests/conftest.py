@@ -35,31 +35,18 @@ def tokenizer_dir(tmp_path_factory) -> Path:
     return train_tokenizer(demo_text(), tmp_path_factory.mktemp("tokenizer"), vocab_size=TOKENIZER_VOCAB)
 
 
-def build_reference(
-    *,
-    ffn_type: str = "swiglu",
-    vocab_size: int = TOKENIZER_VOCAB,
-    block_size: int = 64,
-    n_layer: int = 2,
-    n_head: int = 4,
-    n_embd: int = 32,
-    seed: int = 0,
-):
+# The tests' model: ReferenceConfig's fields, overridden per test through build_reference(**dims).
+REFERENCE_DIMS = {"vocab_size": TOKENIZER_VOCAB, "block_size": 64, "n_layer": 2, "n_head": 4, "n_embd": 32}
+
+
+def build_reference(*, ffn_type: str = "swiglu", seed: int = 0, **dims: int):
     """A randomly initialised training module (eval mode) with non-trivial LayerNorm and bias values."""
     import torch
 
     from modeling.reference import GPTLanguageModel, ReferenceConfig
 
     torch.manual_seed(seed)
-    cfg = ReferenceConfig(
-        vocab_size=vocab_size,
-        block_size=block_size,
-        n_layer=n_layer,
-        n_head=n_head,
-        n_embd=n_embd,
-        ffn_type=ffn_type,
-    )
-    model = GPTLanguageModel(cfg)
+    model = GPTLanguageModel(ReferenceConfig(ffn_type=ffn_type, **{**REFERENCE_DIMS, **dims}))
     with torch.no_grad():  # default init leaves LayerNorm at 1/0 and would hide a swapped weight/bias
         for name, p in model.named_parameters():
             if "layer_norm" in name or name.endswith("bias"):
