@@ -34,22 +34,7 @@ from scale_checkpoint import dims_for, write_scale_checkpoint  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-PYPROJECT = """
-[tool.release]
-repo_id = "bench/scale"
-dtype = "{dtype}"
-max_new_tokens = 8
-prompts = ["The Fox", "Once upon a time"]
-dist_dir = "dist"
-
-[tool.release.card]
-model_name = "Scale benchmark"
-license = "apache-2.0"
-languages = ["en"]
-description = "A benchmark model with random weights."
-intended_use = "Measuring the release pipeline."
-limitations = "Random weights: it knows nothing."
-"""
+PYPROJECT = Path(__file__).with_name("scale_pyproject.toml")  # the project settings, {dtype} left open
 
 
 def write_ready(path: Path, params: float, seed: int) -> dict:
@@ -146,7 +131,7 @@ def run_release(workdir: Path, checkpoint: Path, info: dict, *, stop_after: str 
     project = workdir / "project"
     project.mkdir(parents=True, exist_ok=True)
     (workdir / "tmp").mkdir(exist_ok=True)
-    (project / "pyproject.toml").write_text(PYPROJECT.format(dtype=dtype))
+    (project / "pyproject.toml").write_text(PYPROJECT.read_text(encoding="utf-8").format(dtype=dtype))
     tokenizer = train_tokenizer(
         demo_text(), project / "tokenizer", vocab_size=384
     )  # offline: no GPT-2 download
