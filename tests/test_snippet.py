@@ -239,6 +239,20 @@ def test_a_hand_broken_card_fails_with_one_line_naming_the_line(converted):
     ]
 
 
+def test_a_card_that_imports_this_repo_fails_even_where_it_is_installed(converted):
+    """The card must run where only transformers is: this repo's packages are refused in the child."""
+    fixed, _, expected = converted
+    write_card(
+        fixed,
+        the_cards_snippet().replace(
+            "from transformers import", "import modeling\nfrom transformers import", 1
+        ),
+    )
+    result = check_card_snippet(fixed, report=report_for(expected), paths=[str(Path.cwd()), *sys.path])
+    assert len(result.failures) == 1
+    assert "ModuleNotFoundError: No module named 'modeling' (blocked: the release repo" in result.failures[0]
+
+
 def test_a_card_with_a_syntax_error_names_the_line(converted):
     fixed, _, expected = converted
     write_card(fixed, the_cards_snippet().replace("do_sample=False)", "do_sample=False"))
