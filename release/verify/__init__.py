@@ -5,7 +5,8 @@
 - ``report``: the schema of ``verification.json`` (``VerificationReport`` and its sections, ``GateResult``,
   ``Gates`` thresholds, the ``GATES`` registry of names and titles, ``read_report``).
 - ``checks``: the numerical comparisons (teacher-forced greedy check included); ``loading``: loading the
-  candidate exactly as users do; ``hygiene``: the remote-code files' own checks.
+  candidate exactly as users do; ``hygiene``: the remote-code files' own checks
+  (and ``BLOCK_REPO_PRELUDE``, the same rule inside the child processes).
 - ``snippet``: the card's code run verbatim in a fresh process (``card_snippet_gate`` for verify,
   ``check_card_snippet`` with ``python``/``paths`` per transformers environment, ``check_card_snippet_on_hub``
   for a Hub revision).

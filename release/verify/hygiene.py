@@ -6,6 +6,9 @@
   (relative imports). This repo's packages (``release``, ``modeling``, ``tests``) are called out by name: they
   exist on the machine that converted the model and nowhere else, so such a file passes here and breaks for
   users.
+
+``BLOCK_REPO_PRELUDE`` is the same rule at run time: the compat matrix's and the card snippet's child scripts run
+under it, so an import of this repo fails there even where the repo is installed.
 """
 
 from __future__ import annotations
