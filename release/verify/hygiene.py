@@ -26,7 +26,8 @@ ALLOWED_THIRD_PARTY = ("torch", "transformers")
 THIS_REPO_PACKAGES = ("release", "modeling", "tests")
 
 # The same rule at run time, for the child processes that run uploaded code (a compat matrix cell) or a card's
-# snippet: spliced into their scripts, it refuses this repo's packages even where they are installed.
+# snippet: spliced into their scripts (after their own `import importlib.abc` and `import sys`), it refuses this
+# repo's packages even where they are installed.
 BLOCK_REPO_PRELUDE = f"""
 class _BlockRepo(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
