@@ -397,6 +397,26 @@ def test_verify_reports_the_position_where_generation_left_the_reference(release
     assert "'The Fox': token 5 of 12 differs (expected " in line, line
 
 
+def test_a_pipeline_that_raises_fails_its_gate(release, monkeypatch):
+    import sys
+
+    import transformers.pipelines  # noqa: F401
+
+    from release.verify.runner import verify_model
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no pipeline for you")
+
+    # transformers.pipelines' first import re-executes transformers/__init__ (processing_utils'
+    # direct_transformers_import) and replaces sys.modules["transformers"]: patch the module that is there now.
+    monkeypatch.setattr(sys.modules["transformers"], "pipeline", broken)
+    report = verify_model(release.model_dir, **release.fast())
+    assert failed(report) == {"generation.pipeline"}
+    assert report.generation.pipeline_ok is False
+    line = next(line for line in report.failures if "pipeline" in line)
+    assert 'pipeline("text-generation") raised RuntimeError: no pipeline for you' in line, line
+
+
 def test_stale_remote_code_module_cannot_mask_a_broken_file(release, tmp_path, monkeypatch):
     import torch
     import transformers.dynamic_module_utils as dynamic_module_utils

@@ -708,7 +708,7 @@ class _Verification:
                 expected = tokenizer.decode(self.runs[0].ids, skip_special_tokens=True)
                 if got != expected:
                     problem = f"pipeline text {got[:60]!r} differs from generate()'s {expected[:60]!r}"
-        self.pipeline_problem = found.error or problem
+        self.pipeline_problem = problem = found.error or problem
         self.generation["pipeline_ok"] = problem is None
         self.generation["pipeline"] = info
 
