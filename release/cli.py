@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from release.errors import ReleaseError, UsageError
-from release.settings import DTYPES
+from release.settings import DTYPES, STEPS
 
 
 def _fail(message: str, code: int) -> None:
@@ -335,56 +335,50 @@ def card(
     Example:
         release card dist/v1.2.0/model --version v1.2.0 --metrics lm_eval.json --diff-against me/tiny-gpt
     """
-    from release.card.model_card import review_card, write_model_card, write_pr_comment
+    from release.card.model_card import card_release, review_card, write_pr_comment
 
-    rendered = _render_card(
+    settings, base_dir = _card_settings({"repo_id": repo_id, "model_name": model_name, "license": license_})
+    carded = card_release(
         model_dir,
         version=version,
-        metrics=metrics,
+        settings=settings,
+        verification=_verification_for(model_dir, verification),
+        metrics_files=metrics,
         template=template,
-        verification=verification,
-        overrides={"repo_id": repo_id, "model_name": model_name, "license": license_},
     )
-    written = write_model_card(model_dir, rendered)
-    for path in written:
+    for path in carded.written:
         click.echo(f"Wrote {path}", err=diff_against is not None)
     if diff_against is not None:
-        review = review_card(
-            rendered.text, diff_against, version=version, repo_id=rendered.context["settings"]["repo_id"]
-        )
+        review = review_card(carded.rendered.text, diff_against, version=version, repo_id=settings.repo_id)
         pr_comment = write_pr_comment(pr_comment or model_dir.parent / "pr_comment.md", review.comment)
         click.echo(f"Compared with {review.old_description}", err=True)
         click.echo(review.diff or "No changes.", nl=not review.diff)
         click.echo(f"Wrote {pr_comment}", err=True)
 
 
-def _render_card(model_dir, *, version, metrics=(), template=None, verification=None, overrides=None):
-    """The card for ``model_dir`` from the effective settings; shared by ``card`` and ``notes``."""
-    from release.card.model_card import (
-        card_settings_from,
-        default_verification_path,
-        load_verification,
-        render_model_card,
-    )
+def _card_settings(overrides: dict):
+    """The card settings from the effective release settings and the options; the pyproject's folder."""
+    from release.card.model_card import card_settings_from
     from release.settings import find_pyproject, load_settings
 
-    overrides = dict(overrides or {})
+    overrides = dict(overrides)
     pyproject = find_pyproject()
+    base_dir = pyproject.parent if pyproject else None
     settings = card_settings_from(
         load_settings(overrides={"repo_id": overrides.pop("repo_id", None)}, pyproject=pyproject),
         overrides=overrides,
-        base_dir=pyproject.parent if pyproject else None,
+        base_dir=base_dir,
     )
-    if verification is None and default_verification_path(model_dir).is_file():
-        verification = default_verification_path(model_dir)
-    return render_model_card(
-        model_dir,
-        version=version,
-        settings=settings,
-        metrics_files=metrics,
-        verification=load_verification(verification) if verification else None,
-        template=template,
-    )
+    return settings, base_dir
+
+
+def _verification_for(model_dir: Path, path: Path | None):
+    """``--verification``, else the report beside ``model_dir`` when there is one (None: no report)."""
+    from release.verify.report import read_report, report_path
+
+    if path is None and report_path(model_dir).is_file():
+        path = report_path(model_dir)
+    return read_report(path) if path is not None else None
 
 
 @main.command("notes")
@@ -418,7 +412,12 @@ def notes(model_dir, published, out):
         ) from None
     if result.get("dry_run") or not result.get("commit") or not result.get("revision_url"):
         raise UsageError(f"{published} describes a dry run or an unpublished release; publish first")
-    rendered = _render_card(model_dir, version=result["tag"], overrides={"repo_id": result["repo_id"]})
+    from release.card.model_card import render_model_card
+
+    settings, _ = _card_settings({"repo_id": result["repo_id"]})
+    rendered = render_model_card(
+        model_dir, version=result["tag"], settings=settings, verification=_verification_for(model_dir, None)
+    )
     from release.sign.checksums import CHECKSUMS_FILE, check_checksums, release_digest
 
     digests = check_checksums(model_dir) if (model_dir / CHECKSUMS_FILE).is_file() else {}
@@ -452,7 +451,7 @@ def notes(model_dir, published, out):
 @private_option("Visibility of a newly created repo.")
 @click.option(
     "--stop-after",
-    type=click.Choice(["fetch", "convert", "verify", "compat", "card"]),
+    type=click.Choice(STEPS[:-1]),
     default=None,
     help="Stop after this step (the CI build job stops after card and publishes in another job).",
 )
@@ -490,9 +489,9 @@ def run(version, dry_run, stop_after, **options):
     click.echo(f"dist folder:  {result.out_dir}")
     if result.card_path:
         click.echo(f"model card:   {result.card_path}")
-    click.echo(f"verification: {result.out_dir / 'verification.md'}")
-    if result.publish is not None and not dry_run:
-        click.echo(f"published:    {result.publish.revision_url}")
+    click.echo(f"verification: {result.report_path.with_suffix('.md')}")
+    if result.published is not None and not dry_run:
+        click.echo(f"published:    {result.published.revision_url}")
 
 
 @main.command()

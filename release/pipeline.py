@@ -1,9 +1,13 @@
 """``release run``: fetch -> convert -> verify -> (compat) -> card -> publish, every output in ``dist/<version>/``.
 
+Each step is the library function its CLI verb calls, with a typed result the next step consumes::
+
+    Fetched -> ConversionResult -> VerificationReport -> Carded -> PublishResult
+
 Layout of one run (only ``model/`` is uploaded; everything else is evidence for people and CI)::
 
     dist/<version>/
-        model/               converted folder + README.md + .eval_results/ -> the Hub revision
+        model/               converted folder + README.md + .eval_results/ + SHA256SUMS -> the Hub revision
         verification.json    every figure and gate (timings included, hence not uploaded)
         verification.md      the same as Markdown
         demo/                the demo checkpoint and tokenizer (only when no checkpoint is configured)
@@ -22,15 +26,31 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from release.errors import ReleaseError, UsageError, VerificationError
-from release.settings import Settings
+from release.settings import STEPS, Settings
 
-STEPS = ("fetch", "convert", "verify", "compat", "card", "publish")
+if TYPE_CHECKING:
+    from release.card.model_card import Carded
+    from release.convert.folder import ConversionResult
+    from release.publish.publisher import PublishResult
+    from release.verify.report import VerificationReport
+
 RUN_MARKER = "run.json"
 
 log = logging.getLogger("release")
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """The fetch step's result: the checkpoint convert and verify read, and where it came from."""
+
+    checkpoint: Path  # the weights-only file (or the whole checkpoint, or the demo's)
+    tokenizer: str | None  # the configured training tokenizer (None: GPT-2's); the demo's own folder
+    sha256: str | None = None  # the original checkpoint's, hashed while fetching; None for the demo
+    original: tuple[str, int] | None = None  # the original's file name and size
+    demo: bool = False
 
 
 @dataclass
@@ -43,34 +63,49 @@ class StepRecord:
 
 @dataclass
 class RunResult:
+    """What a run produced so far: each step's typed result, and a record per step."""
+
     version: str
     out_dir: Path
-    model_dir: Path
     dry_run: bool
     steps: list[StepRecord] = field(default_factory=list)
-    verification: dict | None = None
-    card_path: Path | None = None
-    publish: Any = None  # release.hub.PublishResult
-    demo: bool = False
-    checkpoint: Path | None = None  # the checkpoint actually used (fetched, or the demo's)
-    tokenizer: str | None = None  # the tokenizer folder or Hub id actually used (None = GPT-2's)
+    fetched: Fetched | None = None
+    converted: ConversionResult | None = None
+    verified: VerificationReport | None = None
+    carded: Carded | None = None
+    published: PublishResult | None = None
+
+    @property
+    def model_dir(self) -> Path:
+        return self.out_dir / "model"
+
+    @property
+    def report_path(self) -> Path:
+        from release.verify.report import report_path
+
+        return report_path(self.model_dir)
+
+    @property
+    def card_path(self) -> Path | None:
+        return self.model_dir / "README.md" if self.carded is not None else None
 
     @property
     def failed(self) -> bool:
         return any(s.status == "failed" for s in self.steps)
 
     def to_dict(self) -> dict:
+        fetched = self.fetched
         return {
             "version": self.version,
             "dry_run": self.dry_run,
-            "demo": self.demo,
-            "checkpoint": str(self.checkpoint) if self.checkpoint else None,
-            "tokenizer": self.tokenizer,
+            "demo": bool(fetched and fetched.demo),
+            "checkpoint": str(fetched.checkpoint) if fetched else None,
+            "tokenizer": fetched.tokenizer if fetched else None,
             "out_dir": str(self.out_dir),
             "model_dir": str(self.model_dir),
             "card_path": str(self.card_path) if self.card_path else None,
             "steps": [s.__dict__ for s in self.steps],
-            "publish": self.publish.to_dict() if self.publish is not None else None,
+            "publish": self.published.to_dict() if self.published is not None else None,
         }
 
 
@@ -130,7 +165,7 @@ def run_release(
 
     checked = preflight(settings, stop_after=stop_after, pyproject_dir=pyproject_dir)  # before any download
     out = prepare_out_dir(Path(settings.dist_dir), tag)
-    result = RunResult(version=tag, out_dir=out, model_dir=out / "model", dry_run=dry_run)
+    run = RunResult(version=tag, out_dir=out, dry_run=dry_run)
     handler = logging.FileHandler(out / "release.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
@@ -145,51 +180,55 @@ def run_release(
         say(f"  {line}")
     for line in checked:
         say(f"[preflight] {line}")
-    state: dict[str, Any] = {}
+    steps: dict[str, Callable[[], str | None]] = {
+        "fetch": lambda: _fetch(settings, run, say),
+        "convert": lambda: _convert(settings, run),
+        "verify": lambda: _verify(settings, run),
+        "compat": lambda: _compat(settings, run),
+        "card": lambda: _card(settings, run, pyproject_dir),
+        "publish": lambda: _publish(settings, run, say),
+    }
     try:
         for name in STEPS:
-            step = _STEP_FUNCTIONS[name]
             started = time.perf_counter()
             try:
-                detail = step(settings, result, state, say, pyproject_dir)
+                detail = steps[name]()
             except BaseException as exc:
                 seconds = time.perf_counter() - started
                 message = str(exc) if isinstance(exc, ReleaseError) else f"{type(exc).__name__}: {exc}"
-                result.steps.append(StepRecord(name, "failed", seconds, message))
+                run.steps.append(StepRecord(name, "failed", seconds, message))
                 log.error("%s failed: %s", name, message)
                 for line in getattr(exc, "failures", []) or []:
                     log.error("  %s", line)
                 raise
             seconds = time.perf_counter() - started
-            status = "skipped" if detail is _SKIPPED else "ok"
-            result.steps.append(
-                StepRecord(name, status, round(seconds, 2), None if status == "skipped" else detail)
-            )
-            say(f"[{name}] {status}{f': {detail}' if status == 'ok' and detail else ''} ({seconds:.1f} s)")
+            status = "skipped" if detail is None else "ok"
+            run.steps.append(StepRecord(name, status, round(seconds, 2), detail or None))
+            say(f"[{name}] {status}{f': {detail}' if detail else ''} ({seconds:.1f} s)")
             if stop_after == name:
                 break
-        return result
+        return run
     finally:
-        (out / RUN_MARKER).write_text(json.dumps(result.to_dict(), indent=2, sort_keys=True) + "\n")
-        _report_to_github(settings, result)
+        (out / RUN_MARKER).write_text(json.dumps(run.to_dict(), indent=2, sort_keys=True) + "\n")
+        _report_to_github(settings, run)
         log.removeHandler(handler)
         handler.close()
 
 
-_SKIPPED = object()
+# Each step below takes the typed results of the steps before it from ``run``, stores its own, and returns its
+# line for the log (None: skipped).
 
 
-def _fetch(settings: Settings, result: RunResult, state: dict, say, pyproject_dir) -> str:
+def _fetch(settings: Settings, run: RunResult, say: Callable[[str], None]) -> str:
     if not settings.checkpoint:
         from release.demo import build_demo_checkpoint
 
         say(
             "[fetch] no checkpoint configured: building the demo model (a tiny model trained on release/data)"
         )
-        state["checkpoint"], state["tokenizer"] = build_demo_checkpoint(result.out_dir / "demo")
-        result.demo = True
-        result.checkpoint, result.tokenizer = state["checkpoint"], str(state["tokenizer"])
-        return f"demo checkpoint {state['checkpoint']}"
+        checkpoint, tokenizer = build_demo_checkpoint(run.out_dir / "demo")
+        run.fetched = Fetched(checkpoint=checkpoint, tokenizer=str(tokenizer), demo=True)
+        return f"demo checkpoint {checkpoint}"
     from release.fetch.weights_only import fetch_weights_only
 
     sha = settings.checkpoint_sha256.lower()
@@ -198,27 +237,29 @@ def _fetch(settings: Settings, result: RunResult, state: dict, say, pyproject_di
     fetched = fetch_weights_only(settings.checkpoint, sha256=sha)
     if fetched.fallback_reason:
         say(f"[fetch] not streamed ({fetched.fallback_reason}): using the whole checkpoint")
-    state["checkpoint"] = fetched.path
-    state["checkpoint_sha256"] = fetched.sha256
-    state["original"] = (fetched.filename, fetched.size)
-    state["tokenizer"] = settings.tokenizer
-    result.checkpoint, result.tokenizer = fetched.path, settings.tokenizer
+    run.fetched = Fetched(
+        checkpoint=fetched.path,
+        tokenizer=settings.tokenizer,
+        sha256=fetched.sha256,
+        original=(fetched.filename, fetched.size),
+    )
     kept = f", kept {fetched.kept_bytes} bytes of model records" if fetched.source == "stream" else ""
     return f"{fetched.path} ({fetched.source}; original {fetched.size} bytes{kept}, sha256 {sha[:12]}…)"
 
 
-def _convert(settings: Settings, result: RunResult, state: dict, say, pyproject_dir) -> str:
+def _convert(settings: Settings, run: RunResult) -> str:
     from release.convert.folder import convert_checkpoint, parse_size
 
-    converted = convert_checkpoint(
-        Path(state["checkpoint"]),
-        result.model_dir,
-        tokenizer=state["tokenizer"],
+    fetched = run.fetched
+    run.converted = converted = convert_checkpoint(
+        fetched.checkpoint,
+        run.model_dir,
+        tokenizer=fetched.tokenizer,
         dtype=settings.dtype,
         max_shard_size=parse_size(settings.max_shard_size),
         force=False,
-        checkpoint_sha256=state.get("checkpoint_sha256"),  # fetch hashed the original's every byte
-        original=state.get("original"),
+        checkpoint_sha256=fetched.sha256,  # fetch hashed the original's every byte
+        original=fetched.original,
     )
     a = converted.architecture
     return (
@@ -227,148 +268,131 @@ def _convert(settings: Settings, result: RunResult, state: dict, say, pyproject_
     )
 
 
-def _verify(settings: Settings, result: RunResult, state: dict, say, pyproject_dir) -> str:
+def _verify(settings: Settings, run: RunResult) -> str:
     from release.verify.runner import verify_model
 
-    report = verify_model(
-        result.model_dir,
-        checkpoint=Path(state["checkpoint"]),
+    fetched = run.fetched
+    run.verified = report = verify_model(
+        run.model_dir,
+        checkpoint=fetched.checkpoint,
         prompts=settings.prompts,
         eval_text=Path(settings.eval_text) if settings.eval_text else None,
         max_new_tokens=settings.max_new_tokens,
-        report_path=result.out_dir / "verification.json",
-        tokenizer=state["tokenizer"],
-        checkpoint_sha256=state.get(
-            "checkpoint_sha256"
-        ),  # the original's; the reference is its weights-only file
+        report_path=run.report_path,
+        # The configured tokenizer, after the one convert recorded in release.json (the same one here).
+        settings_tokenizer=fetched.tokenizer,
+        checkpoint_sha256=fetched.sha256,  # the original's; the reference is its weights-only file
     )
-    result.verification = report.to_dict()
     if not report.passed:
         raise VerificationError(
             f"verification failed ({len(report.failures)} gate(s)); nothing was published; see "
-            f"{result.out_dir / 'verification.md'}",
+            f"{run.report_path.with_suffix('.md')}",
             report.failures,
         )
-    p = result.verification.get("parity", {})
-    ppl = result.verification.get("perplexity", {})
     return (
-        f"all gates passed: max abs diff {p.get('max_abs_diff', float('nan')):.2e}, "
-        f"perplexity {ppl.get('candidate', float('nan')):.3f}"
+        f"all gates passed: max abs diff {_number(report.parity.max_abs_diff):.2e}, "
+        f"perplexity {_number(report.perplexity.candidate):.3f}"
     )
 
 
-def _compat(settings: Settings, result: RunResult, state: dict, say, pyproject_dir):
+def _number(value: float | None) -> float:
+    return float("nan") if value is None else value
+
+
+def _compat(settings: Settings, run: RunResult) -> str | None:
     if not settings.run_compat:
-        return _SKIPPED
-    from release.compat.matrix import merge_into_report, run_compat_matrix
+        return None
+    from release.compat.matrix import run_compat_matrix
     from release.compat.run import card_snippet_check
 
-    # The tokens verify proved are the reference: the training module computes only the logits (issue #14).
-    report = run_compat_matrix(
-        result.model_dir,
-        checkpoint=Path(state["checkpoint"]),
-        report=result.verification,
+    report = run.verified
+    compat = run_compat_matrix(
+        run.model_dir,
+        checkpoint=run.fetched.checkpoint,
+        report=report.to_dict(),
         versions=settings.compat_versions or None,
-        snippet_check=card_snippet_check(result.verification),  # the card's code, verbatim, per version
+        snippet_check=card_snippet_check(report.to_dict()),  # the card's code, verbatim, per version
     )
-    path = result.out_dir / "verification.json"
-    merge_into_report(path, report)
-    result.verification = json.loads(path.read_text())
-    if not report.passed:
+    run.verified = report.with_compat(compat.to_dict())
+    run.verified.write(run.report_path)
+    if not compat.passed:
         raise VerificationError(
-            "the transformers compatibility matrix failed; nothing was published", report.failures
+            "the transformers compatibility matrix failed; nothing was published", compat.failures
         )
-    return "tested with transformers " + ", ".join(v["transformers"] for v in report.to_dict()["versions"])
+    return "tested with transformers " + ", ".join(r.transformers for r in compat.results)
 
 
-def _card(settings: Settings, result: RunResult, state: dict, say, pyproject_dir) -> str:
-    from release.card.model_card import card_settings_from, render_model_card, write_model_card
+def _card(settings: Settings, run: RunResult, pyproject_dir: Path | None) -> str:
+    from release.card.model_card import card_release, card_settings_from
 
-    card_settings = card_settings_from(settings, base_dir=pyproject_dir)
-    rendered = render_model_card(
-        result.model_dir,
-        version=result.version,
-        settings=card_settings,
-        verification=result.verification,
+    run.carded = carded = card_release(
+        run.model_dir,
+        version=run.version,
+        settings=card_settings_from(settings, base_dir=pyproject_dir),
+        verification=run.verified,
     )
-    written = write_model_card(result.model_dir, rendered)
-    result.card_path = result.model_dir / "README.md"
-    state["card"] = rendered
-    from release.sign.checksums import write_checksums  # the card is the last file: the folder is complete
-
-    written.append(write_checksums(result.model_dir))
-    return f"{len(written)} file(s): {', '.join(str(p.relative_to(result.model_dir)) for p in written)}"
+    names = ", ".join(str(p.relative_to(run.model_dir)) for p in carded.written)
+    return f"{len(carded.written)} file(s): {names}"
 
 
-def _publish(settings: Settings, result: RunResult, state: dict, say, pyproject_dir) -> str:
+def _publish(settings: Settings, run: RunResult, say: Callable[[str], None]) -> str:
     from release.publish.publisher import publish_release
 
-    published = publish_release(
-        result.model_dir,
+    run.published = published = publish_release(
+        run.model_dir,
         repo_id=settings.repo_id,
-        version=result.version,
+        version=run.version,
         private=settings.private,
-        dry_run=result.dry_run,
-        verification=result.out_dir / "verification.json",
+        dry_run=run.dry_run,
+        verification=run.report_path,
         echo=lambda line: say(f"  {line}"),
     )
-    result.publish = published
     if published.warnings:
         from release.github import append_summary
 
         for warning in published.warnings:
             say(f"  warning: {warning}")
             append_summary(f"> [!WARNING]\n> {warning}\n")
-    if result.dry_run:
+    if run.dry_run:
         for line in published.plan.format_lines():
             say(f"  {line}")
         return "dry run: nothing pushed (plan above)"
     if not published.created:
-        return f"{result.version} already published at {published.commit[:12]}; nothing uploaded"
+        return f"{run.version} already published at {published.commit[:12]}; nothing uploaded"
     return f"{published.revision_url} (commit {published.commit[:12]})"
 
 
-_STEP_FUNCTIONS = {
-    "fetch": _fetch,
-    "convert": _convert,
-    "verify": _verify,
-    "compat": _compat,
-    "card": _card,
-    "publish": _publish,
-}
-
-
-def _report_to_github(settings: Settings, result: RunResult) -> None:
+def _report_to_github(settings: Settings, run: RunResult) -> None:
     """Step outputs and the job summary, inside GitHub Actions only."""
     from release import github
 
     if not github.in_github_actions():
         return
-    publish = result.publish
+    published = run.published if not run.dry_run else None
     outputs = {
-        "version": result.version,
-        "dist-dir": str(result.out_dir),
-        "model-dir": str(result.model_dir),
-        "card-path": str(result.card_path or ""),
-        "commit": (publish.commit or "") if publish is not None and not result.dry_run else "",
-        "revision-url": (publish.revision_url or "") if publish is not None and not result.dry_run else "",
-        "status": "failed" if result.failed else "ok",
-        "checkpoint": str(result.checkpoint or ""),
-        "tokenizer": result.tokenizer or "",
+        "version": run.version,
+        "dist-dir": str(run.out_dir),
+        "model-dir": str(run.model_dir),
+        "card-path": str(run.card_path or ""),
+        "commit": (published.commit or "") if published is not None else "",
+        "revision-url": (published.revision_url or "") if published is not None else "",
+        "status": "failed" if run.failed else "ok",
+        "checkpoint": str(run.fetched.checkpoint) if run.fetched else "",
+        "tokenizer": (run.fetched.tokenizer or "") if run.fetched else "",
     }
     github.write_outputs(outputs)
     from release.card.model_card import render_job_summary
 
     summary = render_job_summary(
         {
-            "version": result.version,
+            "version": run.version,
             "repo_id": settings.repo_id or "-",
-            "dry_run": result.dry_run,
-            "steps": [s.__dict__ for s in result.steps],
+            "dry_run": run.dry_run,
+            "steps": [s.__dict__ for s in run.steps],
             "revision_url": outputs["revision-url"] or None,
             "hub_commit": outputs["commit"] or None,
             "card_path": outputs["card-path"] or None,
-            "verification": result.verification,
+            "verification": run.verified.to_dict() if run.verified is not None else None,
             "run_url": github.run_url(),
         }
     )

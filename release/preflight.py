@@ -144,7 +144,7 @@ def preflight(settings, *, stop_after: str | None, pyproject_dir: Path | None) -
         FetchError: the checkpoint's source cannot be reached.
     """
     from release.errors import SettingsError
-    from release.pipeline import STEPS
+    from release.settings import STEPS
 
     last = STEPS.index(stop_after) if stop_after else len(STEPS) - 1
     lines = []

@@ -17,6 +17,8 @@ from release.errors import SettingsError, UsageError
 
 PROJECT = "custom-transformer-release"  # this pipeline's distribution name (pyproject [project].name)
 DEFAULT_PROMPTS = ("The Fox", "Once upon a time", "The Lion said")
+# The steps of `release run`, in order (what --stop-after accepts).
+STEPS = ("fetch", "convert", "verify", "compat", "card", "publish")
 DEFAULT_TOKENIZER = "gpt2"  # GPT-2's BPE, what the training script uses unless told otherwise
 # The weight dtypes a release can have, and their names in a safetensors header.
 DTYPES = ("float32", "bfloat16", "float16")

@@ -1003,6 +1003,7 @@ def test_cli_card_writes_the_card_and_prints_where(project, model_dir, metrics_f
         f"Wrote {model_dir / '.eval_results' / 'hellaswag.yaml'}",
         f"Wrote {model_dir / '.eval_results' / 'lambada_openai.yaml'}",
         f"Wrote {model_dir / '.eval_results' / 'mmlu.yaml'}",
+        f"Wrote {model_dir / 'SHA256SUMS'}",  # as `release run` writes it: the folder is complete
     ]
     text = (model_dir / "README.md").read_text(encoding="utf-8")
     assert "## Verification" in text  # found next to the folder

@@ -188,6 +188,38 @@ def test_demo_release_end_to_end(demo_release):
     assert [s["status"] for s in run["steps"]] == ["ok", "ok", "ok", "skipped", "ok", "ok"]
 
 
+def test_card_verb_writes_what_the_run_wrote(demo_release, tmp_path):
+    """`release card` on the verified folder gives the run's files byte for byte, SHA256SUMS included, so
+    `release card` + `release publish` publish what `release run` publishes."""
+    import shutil
+    import subprocess
+    import sys
+
+    project, out = demo_release["project"], demo_release["project"] / "dist" / "v1.0.0"
+    assert demo_release["proc"].returncode == 0
+    copy = tmp_path / "v1.0.0"
+    shutil.copytree(out / "model", copy / "model")
+    shutil.copy(out / "verification.json", copy / "verification.json")
+    for name in ("README.md", "SHA256SUMS"):
+        (copy / "model" / name).unlink()
+    shutil.rmtree(copy / "model" / ".eval_results", ignore_errors=True)
+    env = {k: v for k, v in demo_release["env"].items() if not k.startswith("GITHUB_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "release", "card", str(copy / "model"), "--version", "v1.0.0"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+    def files(folder):
+        return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+    assert files(copy / "model") == files(out / "model")
+
+
 def test_demo_release_writes_github_outputs_and_summary(demo_release):
     project, hub = demo_release["project"], demo_release["hub"]
     outputs = read_github_outputs(project / "gh_output")

@@ -6,8 +6,10 @@
 """
 
 from release.card.model_card import (
+    Carded,
     CardSettings,
     RenderedCard,
+    card_release,
     card_settings_from,
     render_job_summary,
     render_model_card,
@@ -19,8 +21,10 @@ from release.card.model_card import (
 )
 
 __all__ = [
+    "Carded",
     "CardSettings",
     "RenderedCard",
+    "card_release",
     "card_settings_from",
     "render_job_summary",
     "render_model_card",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import struct
 import subprocess
 import unicodedata
 from collections.abc import Mapping
@@ -18,15 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from packaging.version import Version
+
 from release.errors import CardError
 
 FFN_LABELS = {
     "swiglu": "SwiGLU",
     "relu": "ReLU MLP",
 }
-
-# A safetensors header is JSON; anything larger than this is not a header we should trust.
-MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -141,44 +139,18 @@ def _type_names(types: tuple[type, ...]) -> str:
 # --- the weights -------------------------------------------------------------------------------------
 
 
-def read_safetensors_header(path: Path) -> dict:
-    """Parse a safetensors header (8-byte little-endian length, then JSON) without reading any tensor."""
-    try:
-        with open(path, "rb") as f:
-            raw_len = f.read(8)
-            if len(raw_len) != 8:
-                raise CardError(f"{path}: not a safetensors file (shorter than its 8-byte header length)")
-            (header_len,) = struct.unpack("<Q", raw_len)
-            if header_len > MAX_SAFETENSORS_HEADER:
-                raise CardError(f"{path}: not a safetensors file (header length {header_len} bytes)")
-            raw = f.read(header_len)
-    except OSError as exc:
-        raise CardError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if len(raw) != header_len:
-        raise CardError(f"{path}: truncated safetensors header")
-    try:
-        header = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise CardError(f"{path}: safetensors header is not valid JSON") from None
-    if not isinstance(header, dict):
-        raise CardError(f"{path}: safetensors header is not a JSON object")
-    return header
-
-
 def weight_file_facts(path: Path, *, name: str) -> WeightFile:
-    header = read_safetensors_header(path)
-    parameters = 0
-    tensors = 0
-    dtypes = set()
-    for key, info in header.items():
-        if key == "__metadata__":
-            continue
-        shape = info.get("shape") if isinstance(info, dict) else None
-        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-            raise CardError(f"{path}: tensor '{key}' has no valid shape in the safetensors header")
-        parameters += math.prod(shape)
-        tensors += 1
-        dtypes.add(str(info.get("dtype")))
+    """Tensor count, parameter count and dtypes of one safetensors file, from its header alone."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="numpy") as f:  # reads the header; no tensor is loaded
+            slices = [f.get_slice(key) for key in f.keys()]
+    except (OSError, SafetensorError) as exc:
+        raise CardError(f"{path}: not a readable safetensors file ({exc})") from None
+    parameters = sum(math.prod(s.get_shape()) for s in slices)
+    tensors = len(slices)
+    dtypes = {s.get_dtype() for s in slices}
     return WeightFile(
         name=name,
         size=path.stat().st_size,
@@ -428,16 +400,9 @@ def check_verification(report, *, source: Path | str, checkpoint_sha256: str) ->
         }
     if typed.model.dtype is None:
         raise CardError(f"{source}: 'model.dtype' is null")
-    compat_passed, compat_failed, compat_range = [], [], None
-    compat = typed.extra.get("compat")  # merged in by `release compat` (release/compat owns its shape)
-    if compat is not None:
-        for i, entry in enumerate(get_field(typed.extra, "compat.versions", source=source, types=(list,))):
-            if not isinstance(entry, Mapping):
-                raise CardError(f"{source}: 'compat.versions[{i}]' must be an object")
-            version = get_field(entry, "transformers", source=source, types=(str,))
-            passed = get_field(entry, "passed", source=source, types=(bool,))
-            (compat_passed if passed else compat_failed).append(version)
-        compat_range = compat.get("range") if isinstance(compat.get("range"), str) else None
+    compat = typed.compat
+    compat_passed = [v.transformers for v in compat.versions if v.passed] if compat else []
+    compat_failed = [v.transformers for v in compat.versions if not v.passed] if compat else []
     return {
         "passed": True,
         "gates": gates,
@@ -448,9 +413,9 @@ def check_verification(report, *, source: Path | str, checkpoint_sha256: str) ->
             "cases": cases,
             "sampling": sampling,
         },
-        "compat_versions": sorted(set(compat_passed), key=_version_key),
-        "compat_failed": sorted(set(compat_failed), key=_version_key),
-        "compat_range": compat_range,
+        "compat_versions": sorted(set(compat_passed), key=Version),
+        "compat_failed": sorted(set(compat_failed), key=Version),
+        "compat_range": compat.range if compat else None,
         # "4.46–5.24": the span of the versions that passed, for the card's compact line when they are many.
         "compat_span": _compat_span(compat_passed),
         "dtype": typed.model.dtype,
@@ -460,7 +425,7 @@ def check_verification(report, *, source: Path | str, checkpoint_sha256: str) ->
 def _compat_span(versions: list[str]) -> str | None:
     from release.compat.matrix import range_statement
 
-    statement = range_statement(sorted(set(versions), key=_version_key))
+    statement = range_statement(sorted(set(versions), key=Version))
     return statement.removeprefix("transformers ").split(":")[0] if statement else None
 
 
@@ -481,10 +446,3 @@ def visible_text(text: str) -> str:
 
 def _is_scalar(value: Any) -> bool:
     return isinstance(value, (int, float, str)) and not isinstance(value, bool)
-
-
-def _version_key(version: str) -> tuple:
-    parts = []
-    for piece in version.replace("-", ".").split("."):
-        parts.append((0, int(piece), "") if piece.isdigit() else (1, 0, piece))
-    return tuple(parts)

@@ -26,7 +26,6 @@ from release._io import write_text_atomic
 from release.card.facts import (
     check_verification,
     git_head_commit,
-    read_json_object,
     read_model_facts,
     read_release_facts,
 )
@@ -173,14 +172,43 @@ class RenderedCard:
     context: dict[str, Any] = field(default_factory=dict)  # what the templates saw (release notes reuse it)
 
 
-def default_verification_path(model_dir: Path) -> Path:
-    """Where ``release verify`` writes its report for ``model_dir``: next to the folder."""
-    return Path(model_dir).parent / "verification.json"
+@dataclass(frozen=True)
+class Carded:
+    """The card step's result: the rendered card and every file written into the model folder, ``SHA256SUMS``
+    last (the folder is complete once the card is in it)."""
+
+    rendered: RenderedCard
+    written: list[Path]
 
 
-def load_verification(path: Path) -> dict:
-    """Read a ``verification.json`` report (``release verify``); CardError if it is missing or not JSON."""
-    return read_json_object(path, what="verification report")
+def card_release(
+    model_dir: Path,
+    *,
+    version: str,
+    settings: CardSettings,
+    verification=None,
+    metrics_files: Sequence[Path] = (),
+    template: Path | None = None,
+) -> Carded:
+    """Render the card, write it with ``.eval_results/`` into ``model_dir``, then write ``SHA256SUMS``.
+
+    ``release card`` and ``release run`` both call this, so a folder carded by hand publishes exactly what the
+    pipeline would. ``verification`` is a ``release.verify.VerificationReport`` (or None: no verification
+    section). Raises what ``render_model_card`` raises.
+    """
+    from release.sign.checksums import write_checksums
+
+    rendered = render_model_card(
+        model_dir,
+        version=version,
+        settings=settings,
+        metrics_files=metrics_files,
+        verification=verification,
+        template=template,
+    )
+    written = write_model_card(model_dir, rendered)
+    written.append(write_checksums(Path(model_dir)))
+    return Carded(rendered=rendered, written=written)
 
 
 def render_model_card(
@@ -189,7 +217,7 @@ def render_model_card(
     version: str,
     settings: CardSettings,
     metrics_files: Sequence[Path] = (),
-    verification: dict | None = None,
+    verification=None,
     template: Path | None = None,
     extra: dict | None = None,
 ) -> RenderedCard:
@@ -200,7 +228,7 @@ def render_model_card(
         version: The release, ``vMAJOR.MINOR.PATCH[-prerelease]``; code in the card pins ``revision=version``.
         settings: Card settings (name, repo id, license, description...).
         metrics_files: Plain ``{name: number}`` JSON files and lm-evaluation-harness results files.
-        verification: The parsed ``verification.json``; without it the card has no verification section.
+        verification: The ``VerificationReport``; without it the card has no verification section.
         template: A custom main template (default: ``settings.template``, else the built-in one).
         extra: Additional values for a custom template, available to it as ``extra``.
 

@@ -429,6 +429,41 @@ class GenerationSection(_Section):
 
 
 @dataclass
+class CompatVersion(_Section):
+    """One transformers version of the compatibility matrix. ``stage`` is the first stage that failed."""
+
+    transformers: str = _spec((str,))
+    passed: bool = _spec((bool,))
+    stage: str | None = _spec((str,), nullable=True, default=None)
+    max_abs_diff: float | None = _spec(_NUMBER, nullable=True, default=None)
+    top1_agreement: float | None = _spec(_NUMBER, nullable=True, default=None)
+    generation_match: bool = _spec((bool,), default=False)
+    detail: str = _spec((str,), default="")
+    environment: dict[str, str] = _spec((dict,), default_factory=dict)  # libraries the child ran with
+    cost: dict[str, float] = _spec((dict,), default_factory=dict)  # seconds and disk; varies run to run
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class CompatSection(_Section):
+    """``release compat``'s outcome on a folder: one row per transformers version, oldest first."""
+
+    range: str = _spec((str,))  # the supported range the versions were drawn from
+    versions: list[CompatVersion] = _spec(items=CompatVersion)
+    reference: str = _spec((str,), default="the training module")  # where the reference tokens came from
+    statement: str | None = _spec((str,), nullable=True, default=None)  # the card's "tested on ..." line
+    failures: list[str] = _spec((list,), default_factory=list)  # one line per version and failed gate
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.versions) and all(v.passed for v in self.versions) and not self.failures
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "passed": self.passed}
+
+
+@dataclass
 class VerificationReport(_Section):
     """Everything ``verify_model`` measured. ``passed`` only when there are gates and every one passed.
 
@@ -446,9 +481,8 @@ class VerificationReport(_Section):
     hygiene: dict[str, Any] = _spec((dict,), default_factory=dict)
     versions: dict[str, str] = _spec((dict,), default_factory=dict)
     timings: dict[str, float] = _spec((dict,), default_factory=dict)
-    extra: dict[str, Any] = field(
-        default_factory=dict, repr=False
-    )  # e.g. "compat", merged in by release compat
+    compat: CompatSection | None = _optional(section=CompatSection)  # added by ``release compat``
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
     recorded_passed: bool | None = field(default=None, repr=False, compare=False)
     recorded_failures: list[str] | None = field(default=None, repr=False, compare=False)
 
@@ -458,8 +492,13 @@ class VerificationReport(_Section):
 
     @property
     def verified(self) -> bool:
-        """Passed by its gates and, for a report read back, by what the file records."""
+        """The one meaning of "passed" every step uses: passed by its gates and, for a report read back, by what
+        the file records. (A failed compatibility row does not unverify the model: the card names the version.)"""
         return self.passed and self.recorded_passed is not False and not self.recorded_failures
+
+    def with_compat(self, compat: Mapping[str, Any]) -> VerificationReport:
+        """This report with ``release compat``'s table (``CompatReport.to_dict()``) as its ``compat`` section."""
+        return dataclasses.replace(self, compat=CompatSection.from_dict(compat, "compat"))
 
     @property
     def failures(self) -> list[str]:
@@ -585,3 +624,14 @@ def _load_template(name: str) -> str:
     from importlib import resources
 
     return resources.files("release.templates").joinpath(name).read_text(encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- the file
+
+REPORT_FILE = "verification.json"
+
+
+def report_path(model_dir: Path) -> Path:
+    """Where a model folder's report lives: beside the folder, never inside it (its timings vary, so it is not
+    uploaded): ``dist/<version>/model`` -> ``dist/<version>/verification.json``."""
+    return Path(model_dir).parent / REPORT_FILE
