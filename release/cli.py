@@ -47,6 +47,15 @@ def reports_errors(func):
             _fail(redact(str(exc)), exc.exit_code)
         except KeyboardInterrupt:
             _fail("interrupted; nothing was left behind", 130)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
+            raise
+        except Exception as exc:
+            if debug:
+                raise
+            from release.auth import redact
+            from release.errors import explain
+
+            _fail(redact(str(explain(exc))), 1)
 
     return wrapper
 

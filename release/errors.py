@@ -92,3 +92,50 @@ class CompatError(ReleaseError):
 
 class IntegrityError(ReleaseError):
     """A release's integrity check failed: version vs tag, checksums, signature, or the build's digest."""
+
+
+class EnvironmentProblem(ReleaseError):
+    """The machine, not the release, stopped a command: a full disk, a read-only or forbidden output, offline
+    mode, an unreachable server. The message names what to change."""
+
+
+def explain(exc: BaseException) -> ReleaseError:
+    """An exception raised outside this hierarchy, as the one line a user can act on.
+
+    The failures a machine causes (``OSError``, huggingface_hub's offline guard, a refused connection) become an
+    ``EnvironmentProblem``; anything else is an internal error, reported with its type so that it can be filed.
+    """
+    import errno
+
+    kind = type(exc).__name__
+    if kind in ("ConnectError", "ConnectTimeout", "ConnectionError") or isinstance(exc, ConnectionError):
+        return EnvironmentProblem(
+            f"cannot connect ({exc}); check the network, HF_ENDPOINT, or the URI, then re-run"
+        )
+    if isinstance(exc, OSError) and exc.errno is not None:
+        where = exc.filename or exc.filename2
+        path = f" {where}" if where else ""
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            from pathlib import Path
+            from shutil import disk_usage
+
+            if not where:
+                return EnvironmentProblem(
+                    "no space left on a device this command writes to: free up space or write elsewhere"
+                )
+            folder = next(p for p in [Path(where).parent, *Path(where).parents] if p.exists())
+            return EnvironmentProblem(
+                f"no space left on the device of {folder} ({disk_usage(folder).free:,} bytes free) while writing "
+                f"{where}: free up space or write elsewhere"
+            )
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            return EnvironmentProblem(
+                f"cannot write{path}: {exc.strerror.lower()}; choose an output folder you can write to"
+            )
+        return EnvironmentProblem(f"{exc.strerror or exc}{':' if path else ''}{path}")
+    if kind == "OfflineModeIsEnabled":  # huggingface_hub's guard; named, not imported: it may not be loaded
+        return EnvironmentProblem(
+            f"{exc}; this needs the network: unset HF_HUB_OFFLINE, or pass a local path or file:// URI"
+        )
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return ReleaseError(f"internal error: {kind}: {message} (re-run with --debug for the traceback)")

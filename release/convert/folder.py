@@ -15,6 +15,7 @@ Output (byte-identical for the same inputs: no timestamps, fixed order everywher
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -38,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from release._io import fsync_dir, fsync_file, sha256_file
 from release.convert.tokenizer import TokenizerInfo, stage_tokenizer
-from release.errors import CheckpointError, ConversionError, OutputExistsError, UsageError
+from release.errors import CheckpointError, ConversionError, OutputExistsError, ResourceError, UsageError
 from release.settings import DTYPES, SAFETENSORS_DTYPES
 
 if TYPE_CHECKING:
@@ -166,7 +167,9 @@ def convert_checkpoint(
         try:
             arch = ckpt.architecture  # config cross-check and every key's shape, before any weight is read
             dropout = ckpt.dropout
-            with _staging_folder(out) as staging:
+            needed = _weight_bytes(ckpt, arch, dtype)
+            _check_free_disk(out, needed)
+            with _staging_folder(out, needed) as staging:
                 tok = stage_tokenizer(tokenizer, staging, arch)
                 _write_text(staging / "config.json", _config_json(arch, dtype, dropout, tok))
                 _write_text(staging / "generation_config.json", _generation_config_json(tok))
@@ -207,9 +210,36 @@ def _check_output(out: Path, *, force: bool) -> None:
             raise OutputExistsError(f"output folder {out} is not empty; pass --force to replace it")
 
 
+def _weight_bytes(ckpt, arch, dtype: str) -> int:
+    """What the weights take in ``dtype``: the bulk of the model folder."""
+    import torch
+
+    from modeling.mapping import dropped_keys
+
+    dropped = set(dropped_keys(arch))
+    itemsize = torch.empty((), dtype=getattr(torch, dtype)).element_size()
+    return itemsize * sum(math.prod(shape) for key, shape in ckpt.shapes.items() if key not in dropped)
+
+
+def _full_disk(folder: Path, needed: int) -> ResourceError:
+    folder = next(p for p in [folder, *folder.parents] if p.exists())
+    free = shutil.disk_usage(folder).free
+    return ResourceError(
+        f"not enough free disk: {folder} has {free:,} bytes free, the model folder needs {needed:,} bytes "
+        "(the weights); free up space or choose another --out"
+    )
+
+
+def _check_free_disk(out: Path, needed: int) -> None:
+    folder = next(p for p in [out.parent.absolute(), *out.parent.absolute().parents] if p.exists())
+    if shutil.disk_usage(folder).free < needed:
+        raise _full_disk(folder, needed)
+
+
 @contextmanager
-def _staging_folder(out: Path) -> Iterator[Path]:
-    """A fresh hidden folder beside ``out``; removed (with any parents it created) if anything goes wrong."""
+def _staging_folder(out: Path, needed: int = 0) -> Iterator[Path]:
+    """A fresh hidden folder beside ``out``; removed (with any parents it created) if anything goes wrong. A
+    full disk becomes a ``ResourceError`` naming the folder and the ``needed`` bytes."""
     parent = out.parent.absolute()
     created = []
     for folder in [parent, *parent.parents]:
@@ -220,13 +250,15 @@ def _staging_folder(out: Path) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
     try:
         yield staging
-    except BaseException:  # Ctrl-C and a full disk included: leave nothing behind
+    except BaseException as exc:  # Ctrl-C and a full disk included: leave nothing behind
         shutil.rmtree(staging, ignore_errors=True)
         for folder in created:  # innermost first
             try:
                 folder.rmdir()
             except OSError:
                 break
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _full_disk(parent, needed) from exc
         raise
 
 
