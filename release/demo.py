@@ -67,7 +67,7 @@ def write_training_checkpoint(
     optimizer=None,
     scaler=None,
 ) -> Path:
-    """``torch.save`` a checkpoint dict exactly as the training script does (see issue #2 for the format)."""
+    """``torch.save`` a checkpoint dict exactly as the training script does."""
     import torch
 
     if optimizer is None:

@@ -137,5 +137,6 @@ def explain(exc: BaseException) -> ReleaseError:
         return EnvironmentProblem(
             f"{exc}; this needs the network: unset HF_HUB_OFFLINE, or pass a local path or file:// URI"
         )
-    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return ReleaseError(f"internal error: {kind}: {message} (re-run with --debug for the traceback)")
+    from release._io import first_line
+
+    return ReleaseError(f"internal error: {kind}: {first_line(exc)} (re-run with --debug for the traceback)")

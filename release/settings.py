@@ -215,3 +215,17 @@ def load_settings(
         compat_versions=tuple(str(v) for v in versions),
         sources=sources,
     )
+
+
+def repo_id_problem(repo_id: str) -> str | None:
+    """Why ``repo_id`` is not a Hub model repo ``OWNER/NAME`` (huggingface_hub's own rule), or None."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if repo_id.count("/") != 1:
+        return f"{repo_id!r} is not OWNER/NAME"
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        return f"{repo_id!r} is not OWNER/NAME ({str(exc).splitlines()[0]})"
+    return None

@@ -39,6 +39,7 @@ from release.card.metrics import (
 )
 from release.card.render import check_card_text, render_template
 from release.errors import CardError, SettingsError
+from release.settings import repo_id_problem
 
 HUB_URL = "https://huggingface.co"  # links in the card point at the public Hub, whatever HF_ENDPOINT says
 CARD_TEMPLATE = "model_card.md.j2"
@@ -49,7 +50,6 @@ DEFAULT_PROMPT = "Once upon a time"
 USAGE_TEMPLATE = "card/usage_code.md.j2"  # the snippet, shared by the card and the release notes
 NO_CARD_PREFIX = "no card is published"  # how published_card() describes a missing card
 
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 _PLACEHOLDER_VALUE = re.compile(r"YOUR_|<[^>]*>|\bTODO\b|\bFIXME\b|^(?:None|null|nan|undefined)$", re.I)
 
 
@@ -124,8 +124,8 @@ class CardSettings:
             else:
                 values[key] = tuple(v.strip() for v in value)
         repo_id = values.get("repo_id")
-        if isinstance(repo_id, str) and not _REPO_ID.match(repo_id):
-            problems.append(f"repo_id {repo_id!r} is not OWNER/NAME")
+        if isinstance(repo_id, str) and (problem := repo_id_problem(repo_id)):
+            problems.append(f"repo_id {problem}")
         url = values.get("source_url")
         if isinstance(url, str) and not re.match(r"^https://[^\s/]+/\S+[^/]$", url):
             problems.append(f"source_url {url!r} must be an https:// URL without a trailing slash")
@@ -561,7 +561,7 @@ def published_card(source: str) -> tuple[str, str]:
         except (OSError, UnicodeDecodeError) as exc:
             raise CardError(f"cannot read {source}: {exc}") from None
     repo_id, _, revision = source.partition("@")
-    if not _REPO_ID.match(repo_id) or repo_id.endswith(".md") or (source.count("@") > 1):
+    if repo_id_problem(repo_id) or repo_id.endswith(".md") or (source.count("@") > 1):
         raise CardError(f"{source!r} is neither a file nor a Hub repo id (OWNER/NAME[@REVISION])")
     revision = revision or None
     label = f"{repo_id}@{revision or 'main'}"
