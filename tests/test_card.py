@@ -673,7 +673,7 @@ def test_placeholder_in_a_setting_fails_the_render(model_dir):
 
 
 def test_check_card_text_rules():
-    from release.card.render import check_card_text
+    from release.render import check_card_text
 
     check_card_text("# A\n\n## B\n\n### C\n\ntext\n")  # a heading followed by a deeper one is not empty
     check_card_text("# A\n\n```python\n# a comment, not a heading\n```\n")

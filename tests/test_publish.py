@@ -571,7 +571,7 @@ def test_a_card_whose_code_breaks_fails_the_post_upload_check_and_nothing_is_tag
     hub, publish, release_dir
 ):
     """The uploaded card's code runs verbatim against the uploaded files; a broken line stops the release."""
-    from release.card.model_card import usage_snippet
+    from release.verify.usage import usage_snippet
 
     folder = release_dir("v1")
     report = json.loads((folder.parent / "verification.json").read_text())

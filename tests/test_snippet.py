@@ -55,7 +55,7 @@ print(tokenizer.decode(output[0], skip_special_tokens=True))
 
 def the_cards_snippet() -> str:
     """The card's code as release.card renders it today, for the same repo, version, prompt and length."""
-    from release.card.model_card import usage_snippet
+    from release.verify.usage import usage_snippet
 
     verification = {"generation": {"max_new_tokens": MAX_NEW_TOKENS, "cases": [{"prompt": PROMPT}]}}
     return extract_python_block(usage_snippet(repo_id=REPO, version=VERSION, verification=verification))

@@ -37,17 +37,16 @@ from release.card.metrics import (
     eval_results,
     read_metrics_file,
 )
-from release.card.render import check_card_text, render_template
 from release.errors import CardError, SettingsError
+from release.render import check_card_text, render_template
 from release.settings import repo_id_problem
+from release.verify.usage import usage_context
 
 HUB_URL = "https://huggingface.co"  # links in the card point at the public Hub, whatever HF_ENDPOINT says
 CARD_TEMPLATE = "model_card.md.j2"
 EVAL_RESULTS_DIR = ".eval_results"
 PR_COMMENT_MARKER = "<!-- release-card-preview -->"
 MAX_COMMENT_CHARS = 65536  # GitHub's limit for an issue or PR comment body
-DEFAULT_PROMPT = "Once upon a time"
-USAGE_TEMPLATE = "card/usage_code.md.j2"  # the snippet, shared by the card and the release notes
 NO_CARD_PREFIX = "no card is published"  # how published_card() describes a missing card
 
 _PLACEHOLDER_VALUE = re.compile(r"YOUR_|<[^>]*>|\bTODO\b|\bFIXME\b|^(?:None|null|nan|undefined)$", re.I)
@@ -463,33 +462,6 @@ def _card_context(
         },
         "extra": extra,
     }
-
-
-def usage_context(verification: Mapping[str, Any] | None, *, n_positions: int | None) -> dict[str, Any]:
-    """The card snippet's prompt and length: the verified greedy run's, so the snippet reproduces its tokens.
-
-    ``release verify`` runs the snippet and compares its tokens with the recorded run (release.verify.snippet).
-    Without a report: ``DEFAULT_PROMPT`` and ``min(40, n_positions // 2)`` new tokens.
-    """
-    generation = verification.get("generation") if verification else None
-    if generation and generation.get("cases"):
-        return {
-            "prompt": generation["cases"][0]["prompt"],
-            "max_new_tokens": int(generation["max_new_tokens"]),
-        }
-    return {"prompt": DEFAULT_PROMPT, "max_new_tokens": min(40, (n_positions or 80) // 2)}
-
-
-def usage_snippet(
-    *, repo_id: str, version: str, verification: Mapping[str, Any] | None, n_positions: int | None = None
-) -> str:
-    """The card's "How to use" code block (Markdown, fenced) for ``repo_id`` at ``version``, as the card has it."""
-    context = {
-        "settings": {"repo_id": repo_id},
-        "version": version,
-        "usage": usage_context(verification, n_positions=n_positions),
-    }
-    return render_template(USAGE_TEMPLATE, context)
 
 
 def _metric_row(m: Metric) -> dict[str, Any]:

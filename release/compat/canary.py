@@ -140,8 +140,8 @@ def render_canary_issue(
     Raises:
         UsageError: ``compat`` passed (there is nothing to report) or is not a compat report.
     """
-    from release.card.render import render_template
     from release.errors import CardError
+    from release.render import render_template
 
     try:
         versions = list(compat["versions"])

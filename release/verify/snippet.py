@@ -477,12 +477,12 @@ def card_snippet(
     """The card's Python block for ``folder``: from its README.md when it has one, else the card's template.
 
     Before the card is rendered (``release verify`` runs first) the snippet comes from the same template the
-    card uses (``release.card.usage_snippet``), with ``repo_id``/``version`` (placeholders when not known).
+    card shows (``release.verify.usage.usage_snippet``), with ``repo_id``/``version`` (placeholders when not known).
     """
     card = Path(folder) / CARD_FILE
     if card.is_file():
         return extract_python_block(card.read_text(encoding="utf-8"))
-    from release.card.model_card import usage_snippet
+    from release.verify.usage import usage_snippet
 
     return extract_python_block(
         usage_snippet(repo_id=repo_id or "OWNER/NAME", version=version or "v0.0.0", verification=report)
