@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,19 @@ def _umask() -> int:
 def write_text_atomic(path: Path, text: str) -> Path:
     """:func:`write_bytes_atomic` for UTF-8 text, newlines written exactly as given (no platform translation)."""
     return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def folder_files(folder: Path) -> list[tuple[str, Path]]:
+    """Every file below ``folder`` as ``(relative POSIX path, path)``, sorted; symlinks followed (as loaders do)
+    and huggingface_hub's ``.cache/`` metadata (a ``--local-dir`` download's) left out."""
+    folder = Path(folder)
+    files = ((p.relative_to(folder), p) for p in folder.rglob("*") if p.is_file())
+    return sorted((rel.as_posix(), p) for rel, p in files if ".cache" not in rel.parts)
+
+
+def hash_folder(folder: Path, *, keep: Callable[[str], bool] = lambda rel: True) -> dict[str, str]:
+    """``{relative POSIX path: sha256}`` of the files of :func:`folder_files` that ``keep`` takes, sorted."""
+    return {rel: sha256_file(path) for rel, path in folder_files(folder) if keep(rel)}
 
 
 def first_line(exc: BaseException, *, limit: int | None = None) -> str:

@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from release._io import sha256_file, write_text_atomic
+from release._io import hash_folder, write_text_atomic
 from release.errors import IntegrityError
 
 CHECKSUMS_FILE = "SHA256SUMS"
@@ -34,12 +34,7 @@ def is_listed(path: str) -> bool:
 
 def folder_hashes(folder: Path) -> dict[str, str]:
     """The SHA-256 of every file ``SHA256SUMS`` lists, keyed by relative path, sorted."""
-    hashes = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        rel = path.relative_to(folder).as_posix()
-        if is_listed(rel):
-            hashes[rel] = sha256_file(path)
-    return hashes
+    return hash_folder(folder, keep=is_listed)
 
 
 def format_checksums(hashes: Mapping[str, str]) -> str:
