@@ -20,7 +20,7 @@ from release.cli import main
 from release.convert import folder as convert_module
 from release.convert.folder import ConversionResult, convert_checkpoint, parse_size
 from release.convert.tokenizer import DESCRIBED_FILES, resolve_training_tokenizer
-from release.errors import ConversionError, OutputExistsError, TokenizerError, UsageError
+from release.errors import ConversionError, OutputExistsError, ResourceError, TokenizerError, UsageError
 from tests.conftest import TOKENIZER_VOCAB, build_reference, run_isolated
 
 FP32_ATOL = 1e-5
@@ -546,16 +546,22 @@ def _fail_after_first_shard(monkeypatch, exc: BaseException):
 
 
 @pytest.mark.parametrize(
-    "exc",
-    [OSError(errno.ENOSPC, "No space left on device"), KeyboardInterrupt(), RuntimeError("boom")],
+    "exc,raised",
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), ResourceError),  # names the folder and the bytes
+        (KeyboardInterrupt(), KeyboardInterrupt),
+        (RuntimeError("boom"), RuntimeError),
+    ],
     ids=["disk-full", "ctrl-c", "bug"],
 )
-def test_failure_mid_write_leaves_nothing_behind(make_checkpoint, convert, tmp_path, monkeypatch, exc):
+def test_failure_mid_write_leaves_nothing_behind(
+    make_checkpoint, convert, tmp_path, monkeypatch, exc, raised
+):
     ckpt = make_checkpoint()
     parent = tmp_path / "dist" / "v1"
     calls = _fail_after_first_shard(monkeypatch, exc)
     before = {p.name for p in tmp_path.iterdir()}
-    with pytest.raises(type(exc)):
+    with pytest.raises(raised):
         convert(ckpt.path, parent / "model", max_shard_size=30_000)
     assert len(calls) == 1 and calls[0].startswith("model-00001-of-")
     assert not (tmp_path / "dist").exists()  # the parents it created are gone too
@@ -569,7 +575,7 @@ def test_failure_with_force_keeps_the_old_folder(make_checkpoint, convert, tmp_p
     (out / "keep.txt").write_text("previous release")
     before = {p.name for p in tmp_path.iterdir()}
     _fail_after_first_shard(monkeypatch, OSError(errno.ENOSPC, "No space left on device"))
-    with pytest.raises(OSError):
+    with pytest.raises(ResourceError, match="not enough free disk"):
         convert(ckpt.path, out, force=True, max_shard_size=30_000)
     assert (out / "keep.txt").read_text() == "previous release"
     assert_nothing_left(tmp_path, before)

@@ -117,66 +117,42 @@ def one_line(rc: int, stderr: str, *, code: int = 1) -> str:
     return lines[0]
 
 
-@needs_mounts
-def test_convert_onto_a_full_disk_says_what_it_needs(world, tmp_path):
-    """Too small from the start: refused before a byte is written, naming the folder and the bytes."""
-    out = tmp_path / "out"
-    rc, err, left = run_in_mount(
-        tmp_path,
-        [
-            "convert",
-            str(world["checkpoint"]),
-            "--out",
-            str(out / "model"),
-            "--tokenizer",
-            str(world["tokenizer"]),
-        ],
-        opts="size=64k",
-    )
-    line = one_line(rc, err)
-    assert f"{out} has" in line and f"needs {world['weights']:,} bytes" in line, line
-    assert left == []
+def weights_page_plus_two(world) -> str:
+    return f"size={(world['weights'] // 4096 + 2) * 4096}"
+
+
+# (case, tmpfs options, what the one line says): too small from the start is refused before a byte is written;
+# room for the weights alone fills while the folder is written (the staging folder goes); read-only is refused.
+CONVERT_CASES = [
+    (
+        "full disk",
+        lambda world: "size=64k",
+        lambda out, world: [f"{out} has", f"needs {world['weights']:,} bytes"],
+    ),
+    ("disk fills midway", weights_page_plus_two, lambda out, world: ["not enough free disk", str(out)]),
+    (
+        "read-only",
+        lambda world: "ro",
+        lambda out, world: [f"cannot write into {out}: read-only file system", "folder you can write to"],
+    ),
+]
 
 
 @needs_mounts
-def test_convert_that_fills_the_disk_midway_leaves_nothing(world, tmp_path):
-    """Room for the weights alone: the disk fills while the folder is written; the staging folder goes."""
+@pytest.mark.parametrize("case,opts,says", CONVERT_CASES, ids=[c[0] for c in CONVERT_CASES])
+def test_convert_in_a_bad_output(world, tmp_path, case, opts, says):
     out = tmp_path / "out"
-    size = (world["weights"] // 4096 + 2) * 4096
-    rc, err, left = run_in_mount(
-        tmp_path,
-        [
-            "convert",
-            str(world["checkpoint"]),
-            "--out",
-            str(out / "model"),
-            "--tokenizer",
-            str(world["tokenizer"]),
-        ],
-        opts=f"size={size}",
-    )
+    args = [
+        "convert",
+        str(world["checkpoint"]),
+        "--out",
+        str(out / "model"),
+        "--tokenizer",
+        str(world["tokenizer"]),
+    ]
+    rc, err, left = run_in_mount(tmp_path, args, opts=opts(world))
     line = one_line(rc, err)
-    assert "not enough free disk" in line and str(out) in line, line
-    assert left == []
-
-
-@needs_mounts
-def test_convert_into_a_read_only_folder(world, tmp_path):
-    out = tmp_path / "out"
-    rc, err, left = run_in_mount(
-        tmp_path,
-        [
-            "convert",
-            str(world["checkpoint"]),
-            "--out",
-            str(out / "model"),
-            "--tokenizer",
-            str(world["tokenizer"]),
-        ],
-        opts="ro",
-    )
-    line = one_line(rc, err)
-    assert "read-only file system" in line and "choose an output folder you can write to" in line, line
+    assert all(part in line for part in says(out, world)), line
     assert left == []
 
 

@@ -241,17 +241,26 @@ def _staging_folder(out: Path, needed: int = 0) -> Iterator[Path]:
     """A fresh hidden folder beside ``out``; removed (with any parents it created) if anything goes wrong. A
     full disk becomes a ``ResourceError`` naming the folder and the ``needed`` bytes."""
     parent = out.parent.absolute()
-    created = []
-    for folder in [parent, *parent.parents]:
-        if folder.exists():
-            break
-        created.append(folder)
-    parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+    created = [folder for folder in [parent, *parent.parents] if not folder.exists()]
+    created = created[
+        : next((i for i, f in enumerate([parent, *parent.parents]) if f.exists()), len(created))
+    ]
+    staging = None
     try:
+        parent.mkdir(parents=True, exist_ok=True)
+        try:
+            staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise OutputExistsError(
+                f"cannot write into {parent}: {(exc.strerror or str(exc)).lower()}; choose an --out folder you "
+                "can write to"
+            ) from exc
         yield staging
     except BaseException as exc:  # Ctrl-C and a full disk included: leave nothing behind
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
         for folder in created:  # innermost first
             try:
                 folder.rmdir()
