@@ -54,7 +54,7 @@ _PLACEHOLDER_VALUE = re.compile(r"YOUR_|<[^>]*>|\bTODO\b|\bFIXME\b|^(?:None|null
 
 def validate_version(version: str) -> str:
     """Return ``version`` if it is ``vMAJOR.MINOR.PATCH[-prerelease]``; UsageError otherwise (one rule for
-    every command: :func:`release.hub_versions.parse_version`)."""
+    every command: :func:`release.versions.parse_version`)."""
     from release.versions import parse_version
 
     return str(parse_version(version))
