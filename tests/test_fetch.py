@@ -796,6 +796,18 @@ def test_weights_only_http_drop_before_the_model_records_resumes(
     assert_bit_identical(result.path, ckpt)
 
 
+def test_weights_only_http_drop_on_a_server_that_ignores_range_skips_what_it_had(
+    tmp_path: Path, server: ServerState, ckpt: Path
+) -> None:
+    body = ckpt.read_bytes()
+    server.files["/best_model.pt"] = body
+    server.drop_after, server.ignore_range = len(body) // 2, True  # the retry gets a 200 with the whole body
+    result = fetch_weights_only(server.url("/best_model.pt"), sha256=sha256_file(ckpt), **FAST)
+    assert len(server.requests) == 2 and server.requests[1]["range"] is not None
+    assert (result.source, result.size) == ("stream", len(body))
+    assert_bit_identical(result.path, ckpt)
+
+
 def run_fetch_step(project: Path, uri: str, sha: str):
     """`release run --dry-run --stop-after fetch` in ``project``: the CLI's exit code and output."""
     (project / "pyproject.toml").write_text('[tool.release]\nrepo_id = "acme/x"\n')

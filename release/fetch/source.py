@@ -22,7 +22,7 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from release._io import CHUNK_SIZE, first_line
@@ -175,14 +175,13 @@ class Source:
         """
         from huggingface_hub.utils import tqdm  # honours HF_HUB_DISABLE_PROGRESS_BARS
 
-        label = self.display.rsplit("/", 1)[-1] or self.display
         bar = tqdm(
             total=self.size,
             initial=start,
             unit="B",
             unit_scale=True,
             unit_divisor=1024,
-            desc=label,
+            desc=self.name,
             disable=not progress,
         )
         with bar:
@@ -197,6 +196,8 @@ class Source:
 
 
 class LocalFile(Source):
+    """A local file, read in place."""
+
     def __init__(self, uri: str, path: Path):
         super().__init__(uri)
         self.path = path
@@ -217,6 +218,8 @@ class LocalFile(Source):
 
 
 class ObjectStoreFile(Source):
+    """An object in a bucket, through fsspec (``s3fs``, ``gcsfs``)."""
+
     def __init__(self, uri: str, scheme: str):
         super().__init__(uri)
         self.scheme = scheme
@@ -247,6 +250,8 @@ class _BodyBroke(Exception):
 
 
 class HttpFile(Source):
+    """A file at an HTTP(S) URL, read with Range requests where a body breaks off."""
+
     offline_hint = (
         "HF_HUB_OFFLINE is set, and fetch's HTTP client (huggingface_hub's) refuses every URL while it is; "
         "unset HF_HUB_OFFLINE (and TRANSFORMERS_OFFLINE) for the fetch, or give the checkpoint's local path"
@@ -354,7 +359,7 @@ class HttpFile(Source):
                 follow_redirects=True,
             ) as response:
                 status = response.status_code
-                if status >= 400 and status != 416:
+                if status >= 400 and not (status == 416 and "Range" in headers):
                     raise self._status_error(status, response.reason_phrase)
                 yield response
         except HfHubHTTPError as exc:  # a retryable status, retries used up
@@ -384,6 +389,7 @@ class HubFile(HttpFile):
         )
         super().__init__(uri, url, **http)
         self.location = location
+        self.name = PurePosixPath(location.filename).name
 
     def _headers(self) -> dict[str, str]:
         from huggingface_hub.utils import build_hf_headers
