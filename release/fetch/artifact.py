@@ -125,41 +125,37 @@ def download(source: Source, *, expected: str, out: Path, progress: bool) -> int
     Returns the file's size. Raises ``GaveUp`` (``.part`` kept, when it holds bytes) or ``FetchError``.
     """
     part = out.with_name(out.name + ".part")
-    restarted = False
-    while True:
-        start = part.stat().st_size if part.is_file() else 0
-        if start:
-            log.info("resuming %s from %d bytes in %s", source.display, start, part)
-        try:
-            digest = _append(part, source.read(start, progress=progress))
-        except GaveUp as exc:
-            kept = part.stat().st_size if part.is_file() else 0
-            if not kept:
-                part.unlink(missing_ok=True)
-                raise
-            raise GaveUp(
-                f"{exc}; the {kept} bytes received are kept in {part} and the next run resumes"
-            ) from None
-        except KeyboardInterrupt:  # an interrupted download stays resumable
-            raise
-        except BaseException:
+    start = part.stat().st_size if part.is_file() else 0
+    if start:
+        log.info("resuming %s from %d bytes in %s", source.display, start, part)
+    try:
+        digest = _append(part, source.read(start, progress=progress))
+    except GaveUp as exc:
+        kept = part.stat().st_size if part.is_file() else 0
+        if not kept:
             part.unlink(missing_ok=True)
             raise
-        actual = digest.hexdigest()
-        if actual != expected and start and not restarted:
+        raise GaveUp(
+            f"{exc}; the {kept} bytes received are kept in {part} and the next run resumes"
+        ) from None
+    except KeyboardInterrupt:  # an interrupted download stays resumable
+        raise
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    actual = digest.hexdigest()
+    if actual != expected:
+        part.unlink()
+        if start:  # the remote file changed since the .part was written: once more, from zero
             log.warning("%s: the resumed download does not match the SHA-256; starting again", source.display)
-            part.unlink()
-            restarted = True
-            continue
-        if actual != expected:
-            part.unlink()
-            raise FetchError(
-                f"SHA-256 mismatch for {source.display}: expected {expected}, got {actual}; "
-                "the fetched bytes were deleted"
-            )
-        size = part.stat().st_size
-        _commit(part, out)
-        return size
+            return download(source, expected=expected, out=out, progress=progress)
+        raise FetchError(
+            f"SHA-256 mismatch for {source.display}: expected {expected}, got {actual}; "
+            "the fetched bytes were deleted"
+        )
+    size = part.stat().st_size
+    _commit(part, out)
+    return size
 
 
 def _append(part: Path, chunks: Iterator[bytes]) -> hashlib._Hash:
