@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from release.errors import ResourceError
 
 if TYPE_CHECKING:
-    from release.fetch.weights_only import CheckpointHead
+    from release.fetch import CheckpointHead
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def needs_for(head: CheckpointHead, *, dtype: str, cached: bool, local: bool) ->
 
 def read_head(uri: str, *, timeout: float = 30) -> CheckpointHead:
     """The checkpoint's size and model bytes from its first record (never the whole file)."""
-    from release.fetch.weights_only import peek_checkpoint
+    from release.fetch import peek_checkpoint
 
     return peek_checkpoint(uri, timeout=timeout)
 
@@ -161,8 +161,7 @@ def preflight(settings, *, stop_after: str | None, pyproject_dir: Path | None) -
         )
     if not settings.checkpoint:
         return lines
-    from release.fetch.artifact import default_cache_dir
-    from release.fetch.weights_only import weights_only_path
+    from release.fetch import default_cache_dir, weights_only_path
 
     head = read_head(settings.checkpoint)
     cached = weights_only_path(settings.checkpoint_sha256.lower()).is_file()

@@ -1,12 +1,12 @@
 """Fetch a training checkpoint as a stream and keep only what a release needs: the weights-only file.
 
 A training checkpoint is mostly optimizer state (AdamW: two tensors per parameter, so ~3x the weights), which a
-release never reads. ``fetch_weights_only`` reads the checkpoint once, front to back, from any source (local
-path, ``file://``, ``http(s)://`` with resume, ``hf://``, ``s3://``/``gs://``), hashes every byte for the SHA-256
-pin, and writes ``<cache>/weights-only/<original sha256>.pt``: a ``torch.save`` file holding the model's
-tensors (byte-identical to the original's records) and the small metadata (``config``, ``iter_num``,
-``val_loss``, ``best_val_loss``), which ``torch.load(..., weights_only=True, mmap=True)`` reads. The optimizer
-and scaler records are hashed and dropped as they pass; memory stays around one storage record.
+release never reads. ``fetch_weights_only`` reads the checkpoint once, front to back, from any source
+(:mod:`release.fetch.source`), hashes every byte for the SHA-256 pin, and writes
+``<cache>/weights-only/<original sha256>.pt``: a ``torch.save`` file holding the model's tensors
+(byte-identical to the original's records) and the small metadata (``config``, ``iter_num``, ``val_loss``,
+``best_val_loss``), which ``torch.load(..., weights_only=True, mmap=True)`` reads. The optimizer and scaler
+records are hashed and dropped as they pass; memory stays around one storage record.
 
 This works because torch's zip format can be read front to back: ``data.pkl`` is the first record and says
 (read here with an allow-list unpickler that builds nothing but references, never plain pickle) which
@@ -19,11 +19,11 @@ legacy (non-zip) ``torch.save`` file, a DCP folder, a zip whose records use a da
 without ``data.pkl`` first or without a model state dict. A local file is never copied whole: it is read in
 place, and on a fallback it is hashed in place and used as it is.
 
-Resumption: a dropped HTTP connection is resumed with a Range request for the bytes not yet received, and the
-one running SHA-256 continues over them. Across runs nothing is resumed: the weights-only file appears only
-once the whole stream has been hashed, so an interrupted run leaves nothing and the next run reads from byte 0
-(hashlib's state cannot be saved). A finished weights-only file is reused by later runs (after re-hashing it
-against its sidecar), which is what the release workflow caches.
+A dropped HTTP connection is resumed inside the source, and the one running SHA-256 continues over the rest.
+Across runs nothing is resumed: the weights-only file appears only once the whole stream has been hashed, so
+an interrupted run leaves nothing and the next run reads from byte 0 (hashlib's state cannot be saved). A
+finished weights-only file is reused by later runs (after re-hashing it against its sidecar), which is what
+the release workflow caches.
 """
 
 from __future__ import annotations
@@ -38,16 +38,17 @@ import os
 import pickle
 import shutil
 import struct
+import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from release._io import CHUNK_SIZE, first_line, fsync_dir, sha256_file, write_text_atomic
-from release.auth import read_token
+from release._io import first_line, fsync_dir, sha256_file, write_text_atomic
 from release.errors import CheckpointError, FetchError
+from release.fetch.artifact import fetch_artifact
+from release.fetch.source import LocalFile, Source, default_cache_dir, normalize_sha256, open_source
 
 log = logging.getLogger(__name__)
 
@@ -74,16 +75,16 @@ class CheckpointHead:
 
 
 @dataclass(frozen=True)
-class WeightsOnlyResult:
-    """The checkpoint a release reads, and the original it came from."""
+class Fetched:
+    """The fetch step's result: the checkpoint a release reads, and the original it came from."""
 
-    path: Path  # the weights-only file, or the original/fetched whole file after a fallback
+    path: Path  # the weights-only file; after a fallback, the original (local) or its whole download
     sha256: str  # the ORIGINAL checkpoint's SHA-256 (what the pin and the provenance name)
     size: int  # the ORIGINAL checkpoint's size in bytes
     filename: str  # the original's file name, for provenance
-    source: str  # 'stream' | 'cache' | 'fallback'
-    fallback_reason: str | None = None
-    kept_bytes: int = 0  # bytes of the records kept (streamed) — the model's tensors
+    source: Literal["stream", "cache", "fallback"]  # streamed now, reused weights-only file, or whole file
+    fallback_reason: str | None = None  # why the checkpoint could not be streamed (source 'fallback')
+    kept_bytes: int = 0  # bytes of the model's records kept (source 'stream')
 
 
 class StreamFallback(Exception):
@@ -96,8 +97,6 @@ class StreamFallback(Exception):
 
 def weights_only_path(sha256: str, cache_dir: Path | None = None) -> Path:
     """Where the weights-only file of the checkpoint with this SHA-256 lives."""
-    from release.fetch.artifact import default_cache_dir
-
     return (
         (Path(cache_dir) if cache_dir is not None else default_cache_dir())
         / WEIGHTS_ONLY_DIR
@@ -115,7 +114,7 @@ def fetch_weights_only(
     timeout: float = 60,
     progress: bool | None = None,
     fallback_out: Path | None = None,
-) -> WeightsOnlyResult:
+) -> Fetched:
     """Stream the checkpoint at ``uri`` into its weights-only file, checking the whole stream's SHA-256.
 
     Args:
@@ -133,67 +132,45 @@ def fetch_weights_only(
         CheckpointError: ``data.pkl`` is unsafe (a global outside the allow-list: refused, nothing run), a
             model record is compressed or missing.
     """
-    import sys
-
-    from release.fetch import artifact
-
-    expected = artifact._normalize_sha256(sha256)
-    scheme = artifact._scheme_of(uri)
-    display = artifact._display(uri)
+    expected = normalize_sha256(sha256)
+    source = open_source(uri, retries=retries, backoff=backoff, timeout=timeout)
     out = weights_only_path(expected, cache_dir)
     show_progress = sys.stderr.isatty() if progress is None else progress
-    filename = _source_name(uri)
 
     reused = _reuse(out, expected)
     if reused is not None:
-        log.info("using the weights-only file %s of checkpoint %s (sha256 %s)", out, display, expected[:12])
-        return WeightsOnlyResult(out, expected, reused["size"], reused.get("filename", filename), "cache")
-
-    local = artifact._local_path(uri, scheme) if scheme in ("", "file") else None
+        log.info("using the weights-only file %s of %s (sha256 %s)", out, source.display, expected[:12])
+        return Fetched(out, expected, reused["size"], reused.get("filename", source.name), "cache")
+    local = source.path if isinstance(source, LocalFile) else None
     if local is not None and local.is_dir():
-        return _fallback_local(local, expected, display, f"{display} is a folder (a DCP checkpoint)")
-    if local is not None and not local.is_file():
-        raise FetchError(
-            f"{display}: no such file" if not local.exists() else f"{display}: not a regular file"
-        )
+        return _fallback_local(source, expected, f"{source.display} is a folder (a DCP checkpoint)")
     try:
-        with _open_source(uri, scheme, local, display, retries=retries, backoff=backoff, timeout=timeout) as (
-            chunks,
-            meta,
-        ):
-            stream = HashingStream(chunks, display=display, meta=meta, progress=show_progress)
-            try:
-                kept, size = _extract(stream, out, expected=expected, display=display, filename=filename)
-            finally:
-                stream.close()
+        with _stream(source, progress=show_progress) as stream:
+            kept, size = _extract(stream, out, expected=expected, filename=source.name)
     except StreamFallback as exc:
         if local is not None:
-            return _fallback_local(local, expected, display, exc.reason)
-        log.warning("%s cannot be streamed (%s); downloading it whole instead", display, exc.reason)
-        target = fallback_out or (out.parent.parent / "checkpoints" / expected / filename)
-        fetched = artifact.fetch_artifact(
+            return _fallback_local(source, expected, exc.reason)
+        log.warning("%s cannot be streamed (%s); downloading it whole instead", source.display, exc.reason)
+        fetched = fetch_artifact(
             uri,
             sha256=expected,
-            out=target,
+            out=fallback_out or (out.parent.parent / "checkpoints" / expected / source.name),
             cache_dir=cache_dir,
             retries=retries,
             backoff=backoff,
             timeout=timeout,
             progress=show_progress,
         )
-        return WeightsOnlyResult(fetched.path, expected, fetched.size, filename, "fallback", exc.reason)
+        return Fetched(fetched.path, expected, fetched.size, source.name, "fallback", exc.reason)
     log.info(
         "streamed %s (%d bytes, sha256 %s): kept %d bytes of model records in %s",
-        display,
+        source.display,
         size,
         expected[:12],
         kept,
         out,
     )
-    return WeightsOnlyResult(out, expected, size, filename, "stream", None, kept)
-
-
-# --- sources ---------------------------------------------------------------------------------------
+    return Fetched(out, expected, size, source.name, "stream", None, kept)
 
 
 def peek_checkpoint(uri: str, *, timeout: float = 30) -> CheckpointHead:
@@ -202,31 +179,18 @@ def peek_checkpoint(uri: str, *, timeout: float = 30) -> CheckpointHead:
     Over HTTP this is the start of one GET, closed after data.pkl (a few kilobytes). Not streamable: the
     whole file counts as weights (an upper bound), with the reason.
     """
-    from release.fetch import artifact
-
-    scheme = artifact._scheme_of(uri)
-    display = artifact._display(uri)
-    local = artifact._local_path(uri, scheme) if scheme in ("", "file") else None
-    if local is not None and local.is_dir():
-        size = sum(f.stat().st_size for f in local.rglob("*") if f.is_file())
+    source = open_source(uri, retries=2, backoff=0.5, timeout=timeout)
+    if isinstance(source, LocalFile) and source.path.is_dir():
+        size = sum(f.stat().st_size for f in source.path.rglob("*") if f.is_file())
         return CheckpointHead(size, size, size, 4, False, "a DCP folder")
-    if local is not None and not local.is_file():
-        raise FetchError(
-            f"{display}: no such file" if not local.exists() else f"{display}: not a regular file"
-        )
-    with _open_source(uri, scheme, local, display, retries=2, backoff=0.5, timeout=timeout) as (chunks, meta):
-        stream = HashingStream(chunks, display=display, meta=meta, progress=False)
+    with _stream(source, progress=False) as stream:
         try:
-            try:
-                _first_record(stream)
-                obj, _ = _read_pickle(_StreamFile(stream, _MAX_PICKLE), display)
-                model = _weights_object(obj)
-            except StreamFallback as exc:
-                total = meta.get("total")
-                return CheckpointHead(total, total or 0, total or 0, 4, False, exc.reason)
-            total = meta.get("total")
-        finally:
-            stream.close()
+            _first_record(stream)
+            obj, _ = _read_pickle(_StreamFile(stream, _MAX_PICKLE), stream.display)
+            model = _weights_object(obj)
+        except StreamFallback as exc:
+            total = source.size
+            return CheckpointHead(total, total or 0, total or 0, 4, False, exc.reason)
     state = next((model[k] for k in MODEL_KEYS if isinstance(model.get(k), dict)), model)
     weights = reference = 0
     itemsizes: dict[int, int] = {}
@@ -245,117 +209,23 @@ def peek_checkpoint(uri: str, *, timeout: float = 30) -> CheckpointHead:
         itemsize = _itemsize(ref.storage.storage_type)
         itemsizes[itemsize] = itemsizes.get(itemsize, 0) + nbytes
     dtype_bytes = max(itemsizes, key=itemsizes.get) if itemsizes else 4
-    return CheckpointHead(total, weights, reference, dtype_bytes, True)
-
-
-def _source_name(uri: str) -> str:
-    return Path(uri.split("?")[0].rstrip("/").split("@")[0]).name or "checkpoint.pt"
-
-
-@contextlib.contextmanager
-def _open_source(uri, scheme, local, display, *, retries, backoff, timeout):
-    """Yield (an iterator of byte chunks, the total size or None) for the checkpoint's bytes, in order."""
-    if local is not None:
-        try:
-            f = open(local, "rb")  # noqa: SIM115 - closed by the with below
-        except PermissionError as exc:
-            raise FetchError(f"{display}: permission denied ({exc.filename})") from exc
-        with f:
-            yield iter(lambda: f.read(CHUNK_SIZE), b""), {"total": os.fstat(f.fileno()).st_size}
-        return
-    meta: dict[str, int | None] = {"total": None}
-    if scheme in ("http", "https"):
-        yield _http_chunks(uri, {}, display, meta, retries=retries, backoff=backoff, timeout=timeout), meta
-        return
-    if scheme == "hf":
-        from huggingface_hub import hf_hub_url
-        from huggingface_hub.utils import build_hf_headers
-
-        from release.fetch.artifact import parse_hf_uri
-
-        loc = parse_hf_uri(uri)
-        url = hf_hub_url(loc.repo_id, loc.filename, repo_type=loc.repo_type, revision=loc.revision)
-        headers = build_hf_headers(token=read_token() or False)
-        yield (
-            _http_chunks(url, headers, display, meta, retries=retries, backoff=backoff, timeout=timeout),
-            meta,
-        )
-        return
-    from release.fetch.artifact import object_store
-
-    fs, path = object_store(uri, scheme, display)
-    try:
-        f = fs.open(path, "rb")
-    except FileNotFoundError:
-        raise FetchError(f"{display}: not found") from None
-    except Exception as exc:  # each backend raises its own types: one line
-        raise FetchError(f"{display}: {type(exc).__name__}: {first_line(exc)}") from exc
-    with f:
-        yield iter(lambda: f.read(CHUNK_SIZE), b""), {"total": getattr(f, "size", None)}
-
-
-def _http_chunks(
-    url: str, headers: dict, display: str, meta: dict, *, retries: int, backoff: float, timeout: float
-) -> Iterator[bytes]:
-    """The body of ``url`` as chunks, resuming with a Range request where the connection drops.
-
-    Each request is ``artifact.http_get`` (huggingface_hub's client and ``http_stream_backoff``). A body that
-    breaks off is asked for again from the first byte not received (``Range: bytes=<received>-``); the
-    consumer hashes the chunks in order, so the one SHA-256 covers every byte exactly once. Attempts that make
-    no progress are bounded by ``retries``.
-    """
-    from release.fetch.artifact import _TransientError, content_range_start, http_get, int_or_none
-
-    received, failures = 0, 0
-    while True:
-        at_start = received
-        try:
-            request_headers = {**headers, **({"Range": f"bytes={received}-"} if received else {})}
-            with http_get(
-                url,
-                headers=request_headers,
-                display=display,
-                retries=retries,
-                backoff=backoff,
-                timeout=timeout,
-            ) as response:
-                if received and response.status_code != 206:
-                    raise FetchError(
-                        f"{display}: the connection dropped after {received} bytes and the server cannot resume "
-                        f"(HTTP {response.status_code} to a Range request); run again"
-                    )
-                if received and content_range_start(response.headers.get("Content-Range")) != received:
-                    raise FetchError(f"{display}: asked to resume at byte {received}, got another range")
-                length = int_or_none(response.headers.get("Content-Length"))
-                if not received:
-                    meta["total"] = length
-                got = 0
-                for chunk in response.iter_raw():
-                    got += len(chunk)
-                    received += len(chunk)
-                    yield chunk
-                if length is None or got >= length:
-                    return
-                reason = f"connection dropped after {received} bytes"
-        except _TransientError as exc:
-            reason = exc.reason
-        failures = 1 if received > at_start else failures + 1
-        if failures > retries:
-            raise FetchError(f"{display}: giving up after {failures} attempts without progress ({reason})")
-        delay = min(backoff * 2 ** (failures - 1), 30.0)
-        log.warning("%s: %s; resuming at byte %d in %.1f s", display, reason, received, delay)
-        time.sleep(delay)
+    return CheckpointHead(source.size, weights, reference, dtype_bytes, True)
 
 
 # --- the hashing stream ----------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _stream(source: Source, *, progress: bool) -> Iterator[HashingStream]:
+    """The source's bytes from the start as a ``HashingStream``; the request (or file) is closed after."""
+    with contextlib.closing(source.read(0, progress=progress)) as chunks:
+        yield HashingStream(chunks, display=source.display)
+
+
 class HashingStream:
     """Bytes from an iterator of chunks, read exactly, every byte fed to one SHA-256 as it arrives."""
 
-    def __init__(self, chunks: Iterator[bytes], *, display: str, meta: dict, progress: bool):
-        from huggingface_hub.utils import tqdm
-
+    def __init__(self, chunks: Iterator[bytes], *, display: str):
         self._chunks = chunks
         self._buf = bytearray()
         self._pos = 0  # read position inside _buf
@@ -363,15 +233,6 @@ class HashingStream:
         self.offset = 0  # bytes consumed by the reader
         self.received = 0  # bytes pulled from the source (all hashed)
         self.display = display
-        self.meta = meta  # "total": the source's size, once known
-        self._bar = tqdm(
-            total=meta.get("total"),
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            desc=Path(display).name,
-            disable=not progress,
-        )
 
     def _chunk(self) -> bytes | None:
         """The source's next chunk, hashed and counted; None at its end."""
@@ -380,9 +241,6 @@ class HashingStream:
             return None
         self.digest.update(chunk)
         self.received += len(chunk)
-        if self._bar.total is None and self.meta.get("total"):
-            self._bar.total = self.meta["total"]
-        self._bar.update(len(chunk))
         return chunk
 
     def _pull(self) -> bool:
@@ -459,12 +317,6 @@ class HashingStream:
             self.offset += len(self._buf)
             self._buf.clear()
         return self.received
-
-    def close(self) -> None:
-        self._bar.close()
-        close = getattr(self._chunks, "close", None)
-        if close is not None:
-            close()
 
 
 # --- the zip records ----------------------------------------------------------------------------
@@ -752,12 +604,11 @@ def _first_record(stream: HashingStream) -> _Record:
     return first
 
 
-def _extract(
-    stream: HashingStream, out: Path, *, expected: str, display: str, filename: str
-) -> tuple[int, int]:
+def _extract(stream: HashingStream, out: Path, *, expected: str, filename: str) -> tuple[int, int]:
     """Read the whole stream, write the kept records to ``out`` (atomically, only if the hash matches)."""
     import torch
 
+    display = stream.display
     first = _first_record(stream)
     pickle_file = _StreamFile(stream, first.size if first.size is not None else _MAX_PICKLE)
     obj, storages = _read_pickle(pickle_file, display)
@@ -900,17 +751,17 @@ def _reuse(out: Path, expected: str) -> dict | None:
     return None
 
 
-def _fallback_local(path: Path, expected: str, display: str, reason: str) -> WeightsOnlyResult:
+def _fallback_local(source: LocalFile, expected: str, reason: str) -> Fetched:
     """A local checkpoint that cannot be streamed: hashed in place and used as it is (never copied)."""
     from release.checkpoint import checkpoint_digest
 
-    log.warning("%s cannot be streamed (%s); hashing it in place and reading it as it is", display, reason)
+    path = source.path
+    log.warning(
+        "%s cannot be streamed (%s); hashing it in place and reading it as it is", source.display, reason
+    )
     actual = checkpoint_digest(path)
     if actual != expected:
-        raise FetchError(f"SHA-256 mismatch for {display}: expected {expected}, got {actual}")
-    size = (
-        sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-        if path.is_dir()
-        else path.stat().st_size
-    )
-    return WeightsOnlyResult(path, expected, size, path.name, "fallback", reason)
+        raise FetchError(f"SHA-256 mismatch for {source.display}: expected {expected}, got {actual}")
+    files = path.rglob("*") if path.is_dir() else [path]
+    size = sum(f.stat().st_size for f in files if f.is_file())
+    return Fetched(path, expected, size, path.name, "fallback", reason)
