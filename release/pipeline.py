@@ -2,7 +2,7 @@
 
 Each step is the library function its CLI verb calls, with a typed result the next step consumes::
 
-    Fetched -> ConversionResult -> VerificationReport -> Carded -> PublishResult
+    Checkpoint (Fetched) -> ConversionResult -> VerificationReport -> Carded -> PublishResult
 
 Layout of one run (only ``model/`` is uploaded; everything else is evidence for people and CI)::
 
@@ -34,6 +34,7 @@ from release.settings import STEPS, Settings
 if TYPE_CHECKING:
     from release.card.model_card import Carded
     from release.convert.folder import ConversionResult
+    from release.fetch import Fetched
     from release.publish.publisher import PublishResult
     from release.verify.report import VerificationReport
 
@@ -43,14 +44,16 @@ log = logging.getLogger("release")
 
 
 @dataclass(frozen=True)
-class Fetched:
-    """The fetch step's result: the checkpoint convert and verify read, and where it came from."""
+class Checkpoint:
+    """What the fetch step hands to convert and verify."""
 
-    checkpoint: Path  # the weights-only file (or the whole checkpoint, or the demo's)
+    path: Path  # the weights-only file (or the whole checkpoint, or the demo's)
     tokenizer: str | None  # the configured training tokenizer (None: GPT-2's); the demo's own folder
-    sha256: str | None = None  # the original checkpoint's, hashed while fetching; None for the demo
-    original: tuple[str, int] | None = None  # the original's file name and size
-    demo: bool = False
+    fetched: Fetched | None = None  # the original's sha256, name and size; None for the demo
+
+    @property
+    def demo(self) -> bool:
+        return self.fetched is None
 
 
 @dataclass
@@ -69,7 +72,7 @@ class RunResult:
     out_dir: Path
     dry_run: bool
     steps: list[StepRecord] = field(default_factory=list)
-    fetched: Fetched | None = None
+    checkpoint: Checkpoint | None = None
     converted: ConversionResult | None = None
     verified: VerificationReport | None = None
     carded: Carded | None = None
@@ -94,13 +97,13 @@ class RunResult:
         return any(s.status == "failed" for s in self.steps)
 
     def to_dict(self) -> dict:
-        fetched = self.fetched
+        checkpoint = self.checkpoint
         return {
             "version": self.version,
             "dry_run": self.dry_run,
-            "demo": bool(fetched and fetched.demo),
-            "checkpoint": str(fetched.checkpoint) if fetched else None,
-            "tokenizer": fetched.tokenizer if fetched else None,
+            "demo": bool(checkpoint and checkpoint.demo),
+            "checkpoint": str(checkpoint.path) if checkpoint else None,
+            "tokenizer": checkpoint.tokenizer if checkpoint else None,
             "out_dir": str(self.out_dir),
             "model_dir": str(self.model_dir),
             "card_path": str(self.card_path) if self.card_path else None,
@@ -226,10 +229,10 @@ def _fetch(settings: Settings, run: RunResult, say: Callable[[str], None]) -> st
         say(
             "[fetch] no checkpoint configured: building the demo model (a tiny model trained on release/data)"
         )
-        checkpoint, tokenizer = build_demo_checkpoint(run.out_dir / "demo")
-        run.fetched = Fetched(checkpoint=checkpoint, tokenizer=str(tokenizer), demo=True)
-        return f"demo checkpoint {checkpoint}"
-    from release.fetch.weights_only import fetch_weights_only
+        path, tokenizer = build_demo_checkpoint(run.out_dir / "demo")
+        run.checkpoint = Checkpoint(path=path, tokenizer=str(tokenizer))
+        return f"demo checkpoint {path}"
+    from release.fetch import fetch_weights_only
 
     sha = settings.checkpoint_sha256.lower()
     # The weights-only file (content-addressed by the original's sha256) is what convert and verify read; the
@@ -237,12 +240,7 @@ def _fetch(settings: Settings, run: RunResult, say: Callable[[str], None]) -> st
     fetched = fetch_weights_only(settings.checkpoint, sha256=sha)
     if fetched.fallback_reason:
         say(f"[fetch] not streamed ({fetched.fallback_reason}): using the whole checkpoint")
-    run.fetched = Fetched(
-        checkpoint=fetched.path,
-        tokenizer=settings.tokenizer,
-        sha256=fetched.sha256,
-        original=(fetched.filename, fetched.size),
-    )
+    run.checkpoint = Checkpoint(path=fetched.path, tokenizer=settings.tokenizer, fetched=fetched)
     kept = f", kept {fetched.kept_bytes} bytes of model records" if fetched.source == "stream" else ""
     return f"{fetched.path} ({fetched.source}; original {fetched.size} bytes{kept}, sha256 {sha[:12]}…)"
 
@@ -250,16 +248,16 @@ def _fetch(settings: Settings, run: RunResult, say: Callable[[str], None]) -> st
 def _convert(settings: Settings, run: RunResult) -> str:
     from release.convert.folder import convert_checkpoint, parse_size
 
-    fetched = run.fetched
+    checkpoint, fetched = run.checkpoint, run.checkpoint.fetched
     run.converted = converted = convert_checkpoint(
-        fetched.checkpoint,
+        checkpoint.path,
         run.model_dir,
-        tokenizer=fetched.tokenizer,
+        tokenizer=checkpoint.tokenizer,
         dtype=settings.dtype,
         max_shard_size=parse_size(settings.max_shard_size),
         force=False,
-        checkpoint_sha256=fetched.sha256,  # fetch hashed the original's every byte
-        original=fetched.original,
+        checkpoint_sha256=fetched.sha256 if fetched else None,  # fetch hashed the original's every byte
+        original=(fetched.filename, fetched.size) if fetched else None,
     )
     a = converted.architecture
     return (
@@ -271,17 +269,18 @@ def _convert(settings: Settings, run: RunResult) -> str:
 def _verify(settings: Settings, run: RunResult) -> str:
     from release.verify.runner import verify_model
 
-    fetched = run.fetched
+    checkpoint = run.checkpoint
     run.verified = report = verify_model(
         run.model_dir,
-        checkpoint=fetched.checkpoint,
+        checkpoint=checkpoint.path,
         prompts=settings.prompts,
         eval_text=Path(settings.eval_text) if settings.eval_text else None,
         max_new_tokens=settings.max_new_tokens,
         report_path=run.report_path,
         # The configured tokenizer, after the one convert recorded in release.json (the same one here).
-        settings_tokenizer=fetched.tokenizer,
-        checkpoint_sha256=fetched.sha256,  # the original's; the reference is its weights-only file
+        settings_tokenizer=checkpoint.tokenizer,
+        # The original's; the reference is its weights-only file.
+        checkpoint_sha256=checkpoint.fetched.sha256 if checkpoint.fetched else None,
     )
     if not report.passed:
         raise VerificationError(
@@ -308,7 +307,7 @@ def _compat(settings: Settings, run: RunResult) -> str | None:
     report = run.verified
     compat = run_compat_matrix(
         run.model_dir,
-        checkpoint=run.fetched.checkpoint,
+        checkpoint=run.checkpoint.path,
         report=report.to_dict(),
         versions=settings.compat_versions or None,
         snippet_check=card_snippet_check(report.to_dict()),  # the card's code, verbatim, per version
@@ -377,8 +376,8 @@ def _report_to_github(settings: Settings, run: RunResult) -> None:
         "commit": (published.commit or "") if published is not None else "",
         "revision-url": (published.revision_url or "") if published is not None else "",
         "status": "failed" if run.failed else "ok",
-        "checkpoint": str(run.fetched.checkpoint) if run.fetched else "",
-        "tokenizer": (run.fetched.tokenizer or "") if run.fetched else "",
+        "checkpoint": str(run.checkpoint.path) if run.checkpoint else "",
+        "tokenizer": (run.checkpoint.tokenizer or "") if run.checkpoint else "",
     }
     github.write_outputs(outputs)
     from release.card.model_card import render_job_summary
