@@ -386,15 +386,25 @@ class _CountedReads:
 
 
 def test_the_weights_are_read_once_to_hash_and_once_to_upload(hub, publish, release_dir, monkeypatch):  # noqa: F811
+    import huggingface_hub._commit_api
+
     import release.publish.publisher
 
     folder = release_dir("v1")
     # The tiny shards (100 kB) as large files: at 1B every shard goes this way.
     monkeypatch.setattr(release.publish.publisher, "IN_MEMORY_LIMIT", 1000)
     reads = _CountedReads(folder, monkeypatch)
+    real_upload, uploads = huggingface_hub._commit_api._upload_files, []
+
+    def upload_files(*, additions, **kwargs):  # the transfer layer (hf_xet reads every file it is given)
+        uploads.append(sorted(op.path_in_repo for op in additions))
+        return real_upload(additions=additions, **kwargs)
+
+    monkeypatch.setattr(huggingface_hub._commit_api, "_upload_files", upload_files)
     result = publish(folder, "v1.0.0", real_check=False)
 
     assert result.created and len(reads.sizes) == 3
+    assert uploads == [sorted(reads.sizes)]  # staged once; landing copies them from the staged commit
     print(f"\nfull reads of each weights file per release: {reads.passes()}")
     # One pass hashes the folder (and checks SHA256SUMS against it), one uploads it to the staging branch; the
     # landing commit names the same LFS objects and reads nothing.

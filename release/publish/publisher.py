@@ -25,8 +25,9 @@ goes to its own branch ``release/<tag>``. Each is tagged where it lands.
    a ``VerificationError``; a Hub that cannot be reached is a ``HubUnavailableError``. Either way nothing is
    tagged and the target branch was never touched.
 6. Landing: the Hub has no fast-forward, so the target branch gets the same operations in one commit with
-   ``parent_commit=B``; LFS objects already exist, so nothing is re-uploaded. Same parent + same operations
-   = same tree, and that tree is re-read and compared with the folder before anything is tagged. A branch
+   ``parent_commit=B``, its large files copied on the Hub from ``S`` (nothing of the weights is read or sent
+   again). Same parent + same operations = same tree, and that tree is re-read and compared with the folder
+   before anything is tagged. A branch
    that does not exist yet is simply created at ``S``. Either way the target branch only ever receives the
    exact tree that passed step 5.
 7. Tagging: the landed commit is tagged; then the staging branch is deleted (also on every failure), and only
@@ -528,7 +529,7 @@ class _Publisher:
         self._run_check(check, staged, where=f"staged commit {staged[:12]}", untouched=target)
         if target_exists:
             self._say(f"landing: committing to {target} (parent {base[:12]})")
-            final = self._commit(target, base, plan.files, message, description)
+            final = self._commit(target, base, plan.files, message, description, copy_from=staged)
             # Same parent and same operations give the same tree; confirm before anything is tagged.
             self._expect_release_tree(final, where=f"{target} at {final[:12]}")
         else:
@@ -604,9 +605,19 @@ class _Publisher:
             )
 
     def _commit(
-        self, branch: str, parent: str, files: tuple[PlannedFile, ...], message: str, description: str
+        self,
+        branch: str,
+        parent: str,
+        files: tuple[PlannedFile, ...],
+        message: str,
+        description: str,
+        *,
+        copy_from: str | None = None,
     ) -> str:
         """One guarded commit of ``files`` onto ``branch``, which must still be at ``parent``. Returns its sha.
+
+        With ``copy_from`` (the checked staged commit), large files are copied from that commit on the Hub rather
+        than sent again: nothing of the weights is read or uploaded twice.
 
         Not retried blindly: a dropped response may hide a commit that landed, so after each failure the head
         is re-read (see the module docstring).
@@ -616,7 +627,7 @@ class _Publisher:
             try:
                 info = self.api.create_commit(
                     self.repo_id,
-                    self._operations(files),
+                    self._operations(files, copy_from=copy_from),
                     commit_message=message,
                     commit_description=description,
                     revision=branch,
@@ -651,14 +662,15 @@ class _Publisher:
                 backoff(self.policy, exc, attempt, what=what)
         raise AssertionError("unreachable")
 
-    def _operations(self, files: tuple[PlannedFile, ...]) -> list:
+    def _operations(self, files: tuple[PlannedFile, ...], *, copy_from: str | None = None) -> list:
         """Fresh operation objects for one commit attempt (huggingface_hub mutates and refuses to reuse them).
 
         Content is pinned to the hashes the plan was made from, so the staged and the landed commit cannot differ
         even if the folder is touched in between: small files are read once into memory (what is hashed is what
-        is sent); a large file goes by its sha256 (LFS), which is compared before anything is sent.
+        is sent); a large file goes by the sha256 measured when the folder was read (LFS), and on landing is
+        copied from the staged commit that passed the check.
         """
-        from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+        from huggingface_hub import CommitOperationAdd, CommitOperationCopy, CommitOperationDelete
 
         operations: list = []
         for item in files:
@@ -674,6 +686,10 @@ class _Publisher:
                     )
                     if operation.upload_info.sha256.hex() != local.sha256:
                         raise changed
+                elif copy_from is not None:  # the object the post-upload check passed, copied on the Hub
+                    operation = CommitOperationCopy(
+                        src_path_in_repo=item.path, path_in_repo=item.path, src_revision=copy_from
+                    )
                 else:
                     # Hashed once, when the folder was read and SHA256SUMS checked against it: huggingface_hub
                     # is handed that hash instead of reading the weights again. A file rewritten since shows in
