@@ -33,6 +33,7 @@ from typing import TypeVar
 
 from release._io import first_line
 from release.auth import redact
+from release.errors import HubUnavailableError
 
 logger = logging.getLogger("release.publish")
 
@@ -82,13 +83,11 @@ class RetryPolicy:
             HubUnavailableError: ``seconds`` is more than the budget has left (from ``exc``).
         """
         if seconds > self.budget.left:
-            from release.errors import HubUnavailableError
-
             asked = "back-off" if reason == "back-off" else f"the Hub asked to wait: {reason}"
             raise HubUnavailableError(
-                f"{what} failed: retrying needs a wait of {seconds:.0f}s ({asked}), more than the {self.budget.left:.0f}s "
-                f"left of this run's {self.budget.total:.0f}s retry budget; nothing is wrong with the release, "
-                "re-run once the wait is over"
+                f"{what} failed: retrying needs a wait of {seconds:.0f}s ({asked}), more than the "
+                f"{self.budget.left:.0f}s left of this run's {self.budget.total:.0f}s retry budget; nothing is "
+                "wrong with the release, re-run once the wait is over"
             ) from exc
         self.budget.take(seconds)
         self.sleep(seconds)
