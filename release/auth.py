@@ -34,8 +34,16 @@ SECRET_ENV_VARS = (
     "HF_OIDC_ID_TOKEN",
     "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
 )
+# What a secret looks like when its value is not known here. Names stay readable: a variable name
+# (HF_HUB_OFFLINE, HF_OIDC_RESOURCE) is upper case with underscores, a token is "hf_" and a run of letters and
+# digits (about 34), an exchanged one "hf_jwt_..." / "hf_oauth_...", an OIDC id token a JWT ("eyJ..." in three
+# dot-separated base64url parts), a credential the value of an Authorization header or a long bearer token.
 _TOKEN_SHAPES = re.compile(
-    r"(?i)\bhf_[A-Za-z0-9_]{8,}|(\b(?:bearer|authorization:)\s+(?:bearer\s+)?)[^\s'\",;]+"
+    r"\bhf_(?:jwt_|oauth_)[A-Za-z0-9._~+/=-]+"
+    r"|\bhf_[A-Za-z0-9]{30,}"
+    r"|\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"
+    r"|(\b(?i:authorization:)\s*(?i:bearer\s+)?)[^\s'\",;]+"  # a header's value, whatever its length
+    r"|(\b(?i:bearer)\s+)[^\s'\",;]{16,}"  # a bearer token in prose: long, unlike "bearer of"
 )
 REDACTED = "***"
 
@@ -43,13 +51,35 @@ _known_secrets: set[str] = set()  # tokens resolved in this process (e.g. the OI
 
 
 def redact(text: str) -> str:
-    """``text`` with every known secret and every token-shaped substring replaced by ``***``."""
+    """``text`` with every known secret and every token-shaped substring replaced by ``***``.
+
+    Known secrets are the values of :data:`SECRET_ENV_VARS` and the tokens resolved in this process; variable
+    names and ordinary words are left alone, so a message's advice ("unset HF_HUB_OFFLINE") stays readable.
+    """
     secrets = set(_known_secrets)
     secrets.update(value for name in SECRET_ENV_VARS if (value := os.environ.get(name)))
     for secret in sorted((s.strip() for s in secrets), key=len, reverse=True):
         if len(secret) >= 4:  # never blank out single characters of an accidental short value
             text = text.replace(secret, REDACTED)
-    return _TOKEN_SHAPES.sub(lambda m: (m.group(1) or "") + REDACTED, text)
+    return _TOKEN_SHAPES.sub(lambda m: (m.group(1) or m.group(2) or "") + REDACTED, text)
+
+
+def check_oidc_resource(repo_id: str) -> None:
+    """Refuse a trusted-publishing setup whose ``HF_OIDC_RESOURCE`` names another repo than ``repo_id``.
+
+    The Hub scopes an exchanged token to exactly that resource (a model repo is ``OWNER/NAME``), so a mismatch
+    would only show up as a 403 at the first write.
+
+    Raises:
+        CredentialsError: ``HF_OIDC_RESOURCE`` is set and is not ``repo_id``.
+    """
+    resource = os.environ.get("HF_OIDC_RESOURCE", "").strip()
+    if resource and resource != repo_id:
+        raise CredentialsError(
+            f"HF_OIDC_RESOURCE is {resource!r} but this release publishes to {repo_id!r}: a trusted-publishing "
+            f"token only reaches the repo it names; set HF_OIDC_RESOURCE to {repo_id} (the repository variable, "
+            "and a trusted publisher configured on that repo)"
+        )
 
 
 def resolve_token() -> str:

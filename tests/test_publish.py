@@ -333,15 +333,82 @@ def test_cleanup_retries_twice_as_long_and_stays_bounded():
     assert policy.max_wait() < patient.max_wait() <= 9 * 30.0 * 1.25  # about three minutes at most
 
 
-def test_redaction_hides_known_and_token_shaped_secrets(monkeypatch):
-    from release.auth import redact
-
-    monkeypatch.setenv("HF_TOKEN", "s3cr3t-value")
-    text = redact("token s3cr3t-value; Authorization: Bearer abc.def; hf_AbCdEf0123456789 ok")
-    assert text == "token ***; Authorization: Bearer ***; *** ok"
-
-
 # --- publishing ------------------------------------------------------------------------------------
+
+
+class _CountedReads:
+    """Bytes read from each weights file of ``folder`` through ``open`` (hashing and uploading alike)."""
+
+    def __init__(self, folder: Path, monkeypatch: pytest.MonkeyPatch):
+        import builtins
+        import io
+
+        self.bytes: dict[str, int] = {}
+        self.sizes = {p.name: p.stat().st_size for p in folder.glob("*.safetensors")}
+        counted = self.bytes
+        real_open = builtins.open
+
+        class Counting(io.BufferedReader):
+            def _count(self, n: int) -> int:
+                counted[Path(self.name).name] = counted.get(Path(self.name).name, 0) + n
+                return n
+
+            def read(self, size=-1):
+                data = super().read(size)
+                self._count(len(data))
+                return data
+
+            def read1(self, size=-1):
+                data = super().read1(size)
+                self._count(len(data))
+                return data
+
+            def readinto(self, buffer):
+                return self._count(super().readinto(buffer) or 0)
+
+        def counting_open(file, mode="r", *args, **kwargs):
+            path = Path(file) if isinstance(file, (str, Path)) else None
+            if (
+                path is not None
+                and mode == "rb"
+                and path.parent.resolve() == folder.resolve()
+                and (path.suffix == ".safetensors")
+            ):
+                return Counting(io.FileIO(path, "rb"))
+            return real_open(file, mode, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "open", counting_open)
+        monkeypatch.setattr(io, "open", counting_open)  # pathlib's read_bytes
+
+    def passes(self) -> dict[str, float]:
+        """Full reads per weights file: bytes read over its size."""
+        return {name: self.bytes.get(name, 0) / size for name, size in self.sizes.items()}
+
+
+def test_the_weights_are_read_once_to_hash_and_once_to_upload(hub, publish, release_dir, monkeypatch):  # noqa: F811
+    import huggingface_hub._commit_api
+
+    import release.publish.publisher
+
+    folder = release_dir("v1")
+    # The tiny shards (100 kB) as large files: at 1B every shard goes this way.
+    monkeypatch.setattr(release.publish.publisher, "IN_MEMORY_LIMIT", 1000)
+    reads = _CountedReads(folder, monkeypatch)
+    real_upload, uploads = huggingface_hub._commit_api._upload_files, []
+
+    def upload_files(*, additions, **kwargs):  # the transfer layer (hf_xet reads every file it is given)
+        uploads.append(sorted(op.path_in_repo for op in additions))
+        return real_upload(additions=additions, **kwargs)
+
+    monkeypatch.setattr(huggingface_hub._commit_api, "_upload_files", upload_files)
+    result = publish(folder, "v1.0.0", real_check=False)
+
+    assert result.created and len(reads.sizes) == 3
+    assert uploads == [sorted(reads.sizes)]  # staged once; landing copies them from the staged commit
+    print(f"\nfull reads of each weights file per release: {reads.passes()}")
+    # One pass hashes the folder (and checks SHA256SUMS against it), one uploads it to the staging branch; the
+    # landing commit names the same LFS objects and reads nothing.
+    assert reads.passes() == dict.fromkeys(reads.sizes, 2.0)
 
 
 def test_first_release_is_one_checked_commit_on_main_and_a_tag(hub, publish, release_dir):

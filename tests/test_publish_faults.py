@@ -34,7 +34,7 @@ import pytest
 from release.errors import HubUnavailableError, ReleaseError
 from release.publish.retry import RetryPolicy
 from release.versions import STAGING_BRANCH_PREFIX
-from tests.test_publish import REPO, builds, release_dir  # noqa: F401  (fixtures)
+from tests.test_publish import REPO, builds, publish, release_dir  # noqa: F401  (fixtures)
 
 VERSION = "v1.0.0"
 ATTEMPTS = 3  # the retry policy's attempts in these tests (the default is 5)
@@ -263,3 +263,119 @@ def test_a_call_failing_past_its_retries_leaves_a_clean_state_and_a_rerun_comple
     assert all(c.rerun_ok for c in failed), summary
     # a Hub that stays down is a Hub failure with the command to re-run, never a failed verification
     assert all(c.first_error.startswith("HubUnavailableError") for c in failed), summary
+
+
+# --- the transfer layer, rate limits, the retry budget --------------------------------------------------------
+#
+# huggingface_hub moves large files through hf_xet, whose failures are RuntimeError / ConnectionError /
+# TimeoutError, never HTTP errors. The emulator serves LFS (the tests run with HF_HUB_DISABLE_XET=1), so they
+# are raised where hf_xet would raise them: from the upload of the commit's files and from the download of a
+# file by the post-upload check.
+
+CAS_ERROR = (
+    "Data processing error: CAS service error : ReqwestMiddleware Error: Request failed after 5 retries"
+)
+TRANSFER_ERRORS = {
+    "cas": lambda: RuntimeError(CAS_ERROR),
+    "connection": lambda: ConnectionError("Connection reset by peer (os error 104)"),
+    "timeout": lambda: TimeoutError("operation timed out"),
+}
+
+
+class TransferFaults:
+    """Make the transfer layer's upload or download raise ``exc()`` on its next ``times`` calls."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, where: str, exc, times: int):
+        import huggingface_hub._commit_api
+        import huggingface_hub.file_download
+
+        module, name = {
+            "upload": (huggingface_hub._commit_api, "_upload_files"),
+            "download": (huggingface_hub.file_download, "http_get"),
+        }[where]
+        real = getattr(module, name)
+        self.fired = 0
+        self.times = times
+
+        def failing(*args, **kwargs):
+            if self.fired < self.times:
+                self.fired += 1
+                raise exc()
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, failing)
+
+
+@pytest.mark.parametrize("kind", list(TRANSFER_ERRORS))
+@pytest.mark.parametrize("where", ["upload", "download"])
+@pytest.mark.usefixtures("hf_backoff_sleeps")
+def test_transfer_layer_failure_is_retried_like_http(hub, publish, release_dir, monkeypatch, where, kind):  # noqa: F811
+    faults = TransferFaults(monkeypatch, where, TRANSFER_ERRORS[kind], times=1)
+    result = publish(release_dir(), VERSION, real_check=where == "download")
+
+    assert faults.fired == 1 and result.created and len(publish.sleeps) == 1
+    refs = hub.refs(REPO)
+    assert refs.tags[VERSION] == refs.branches["main"] and set(refs.branches) == {"main"}
+
+
+@pytest.mark.parametrize("where", ["upload", "download"])
+@pytest.mark.usefixtures("hf_backoff_sleeps")
+def test_transfer_layer_down_for_good_is_hub_unavailable(hub, publish, release_dir, monkeypatch, where):  # noqa: F811
+    folder = release_dir()
+    faults = TransferFaults(monkeypatch, where, TRANSFER_ERRORS["cas"], times=10**6)
+    with pytest.raises(HubUnavailableError) as failure:
+        publish(folder, VERSION, real_check=where == "download")
+
+    message = str(failure.value)
+    assert "\n" not in message and "CAS service error" in message and "nothing was tagged" in message
+    assert failure.value.rerun.startswith(f"release publish {folder} --repo-id {REPO} --version {VERSION}")
+    assert len(publish.sleeps) == ATTEMPTS - 1 and faults.fired >= ATTEMPTS  # every attempt, no more
+    refs = hub.refs(REPO)
+    assert refs.tags == {} and set(refs.branches) == {"main"}  # nothing tagged, staging removed
+
+    faults.times = 0  # the transfer layer is back
+    assert publish(folder, VERSION, real_check=where == "download").created
+    assert VERSION in hub.refs(REPO).tags
+
+
+@pytest.mark.usefixtures("hf_backoff_sleeps")
+def test_transfer_layer_failure_of_the_data_is_final(hub, publish, release_dir, monkeypatch):  # noqa: F811
+    bad = lambda: RuntimeError("Data processing error: Hash mismatch")  # noqa: E731
+    faults = TransferFaults(monkeypatch, "upload", bad, times=10**6)
+    with pytest.raises(ReleaseError) as failure:
+        publish(release_dir(), VERSION, real_check=False)
+    assert not isinstance(failure.value, HubUnavailableError) and "Hash mismatch" in str(failure.value)
+    assert faults.fired == 1 and publish.sleeps == []
+
+
+RATE_LIMITED = {"RateLimit": '"api";r=0;t=120', "RateLimit-Policy": '"fixed window";"api";q=500;w=300'}
+
+
+def test_rate_limit_and_retry_after_are_waited_out_also_by_the_commit(hub, publish, release_dir):  # noqa: F811
+    hub.inject_fault("GET", r"/refs$", status=429, headers=RATE_LIMITED)
+    hub.inject_fault("POST", r"/commit/release-staging/", status=429, headers={"RateLimit": '"api";r=0;t=45'})
+    hub.inject_fault("POST", r"/tag/", status=503, headers={"Retry-After": "7"})
+    result = publish(release_dir(), VERSION, real_check=False)
+
+    assert result.created
+    assert sorted(publish.sleeps) == [7.0, 45.0, 120.0]  # exactly what the Hub asked for, uncapped
+
+
+def test_a_wait_beyond_the_retry_budget_fails_at_once_in_one_line(hub, hub_token, release_dir):  # noqa: F811
+    from release.publish.publisher import publish_release
+
+    folder = release_dir()
+    sleeps: list[float] = []
+    policy = RetryPolicy(attempts=ATTEMPTS, base_delay=0.0, sleep=sleeps.append, wait_budget=300.0)
+    # The budget is per run: 200 s for one rate limit leaves 100 s, too little for the second one.
+    hub.inject_fault("GET", r"/refs$", status=429, headers={"RateLimit": '"api";r=0;t=200'})
+    hub.inject_fault("POST", r"/commit/", status=429, headers={"RateLimit": '"api";r=0;t=200'})
+    with pytest.raises(HubUnavailableError) as failure:
+        publish_release(folder, repo_id=REPO, version=VERSION, retry=policy, post_upload_check=lambda *_: [])
+
+    message = str(failure.value)
+    assert sleeps == [200.0]
+    assert "\n" not in message and "wait of 200s" in message and "100s left" in message, message
+    assert "rate limit" in message and failure.value.rerun.startswith("release publish ")
+    refs = hub.refs(REPO)
+    assert refs.tags == {} and set(refs.branches) == {"main"}

@@ -56,6 +56,7 @@ CANARY = f"hf_canary{secrets.token_hex(16)}"
 EXPECTED_GRANTS = {
     ("release.yml", "build"): {"contents": "read"},
     ("release.yml", "publish"): {"actions": "read", "contents": "read", "id-token": "write"},
+    ("release.yml", "discard-artifact"): {"actions": "write"},
     ("release.yml", "github-release"): {"contents": "write"},
     ("ci.yml", "lint"): {"contents": "read"},
     ("ci.yml", "test"): {"contents": "read"},
@@ -237,6 +238,11 @@ def test_release_triggers_inputs_and_concurrency():
         Expressions({"vars": {"RELEASE_RUNNER": "big"}}).interpolate(release.jobs["build"]["runs-on"])
         == "big"
     )
+    # The publish job holds 2x the weights on disk and loads them: its runner is a variable too.
+    publish_runner = release.jobs["publish"]["runs-on"]
+    assert publish_runner == "${{ vars.RELEASE_PUBLISH_RUNNER || 'ubuntu-latest' }}"
+    assert Expressions({"vars": {}}).interpolate(publish_runner) == "ubuntu-latest"
+    assert Expressions({"vars": {"RELEASE_PUBLISH_RUNNER": "big"}}).interpolate(publish_runner) == "big"
     # The CI gate comes first, before the job installs anything or touches a credential.
     assert release.jobs["publish"]["steps"][0]["id"] == "ci-gate"
 
@@ -449,8 +455,11 @@ def tag_push(tmp_path_factory, client_env, signing_key) -> WorkflowRun:
 
 def test_tag_push_build_runs_every_step_and_shows_the_reviewer_the_plan(tag_push):
     build = tag_push.jobs["build"]
-    digest = build.outputs["digest"]
-    assert build.outputs == {"version": "v1.0.0", "digest": digest} and re.fullmatch(r"[0-9a-f]{64}", digest)
+    digest, artifact_id = build.outputs["digest"], build.outputs["artifact-id"]
+    assert build.outputs == {"version": "v1.0.0", "digest": digest, "artifact-id": artifact_id}
+    assert re.fullmatch(r"[0-9a-f]{64}", digest)
+    artifact_folder = tag_push.artifacts / str(tag_push.run_id) / "dist-v1.0.0"
+    assert tag_push.github.artifacts == {artifact_id: str(artifact_folder)}  # the id the discard job deletes
     for step in build.steps:
         if step.uses is None and step.id != INSTALL_STEP_ID:
             assert step.local_equivalent is None, f"{step.name} must run as written"
@@ -686,6 +695,55 @@ def test_dispatch_inputs_are_data_never_shell(tmp_path, client_env):
     assert build.status == "failure"
     assert build.step("build").outcome == "failure" and "invalid version" in build.step("build").log
     assert not list(tmp_path.rglob("pwned"))
+
+
+@pytest.mark.parametrize(
+    ("contexts", "days"),
+    [
+        ({"inputs": {}, "vars": {}}, 3),  # a tag push: kept while the approval may take, by default 3 days
+        ({"inputs": {}, "vars": {"RELEASE_ARTIFACT_RETENTION_DAYS": "7"}}, "7"),
+        (
+            {"inputs": {"dry_run": True}, "vars": {"RELEASE_ARTIFACT_RETENTION_DAYS": "7"}},
+            1,
+        ),  # nothing to approve
+    ],
+    ids=["default", "variable", "dry-run"],
+)
+def test_the_weights_artifact_is_kept_only_as_long_as_the_approval_needs(contexts, days):
+    upload = next(s for s in load("release.yml").jobs["build"]["steps"] if s.get("id") == "upload")
+    assert upload["uses"].startswith("actions/upload-artifact@")
+    assert Expressions(contexts).interpolate(upload["with"]["retention-days"]) == days
+
+
+@pytest.mark.parametrize("published", [True, False], ids=["published", "publish-failed"])
+def test_the_artifact_is_deleted_once_published_and_kept_for_a_rerun_otherwise(
+    tmp_path, client_env, published
+):
+    github = FakeGitHub(tmp_path / "github.json", tags=["v1.0.0"])
+    artifact = tmp_path / "artifacts" / "dist-v1.0.0"
+    (artifact / "model").mkdir(parents=True)
+    (artifact / "model" / "model.safetensors").write_bytes(b"weights")
+    other = tmp_path / "artifacts" / "release-notes-v1.0.0"
+    other.mkdir(parents=True)
+    artifact_id, _ = github.add_artifact(artifact), github.add_artifact(other)
+    run = WorkflowRun(
+        load("release.yml"), Event.tag_push("v1.0.0"), root=tmp_path, host_env=client_env, github=github
+    )
+    run.jobs["build"] = JobResult(
+        "build", "success", outputs={"version": "v1.0.0", "artifact-id": artifact_id}
+    )
+    run.jobs["publish"] = JobResult("publish", "success" if published else "failure")
+
+    discard = run.run_job("discard-artifact")
+    if published:
+        assert_succeeded(discard)
+        assert not artifact.exists() and other.is_dir()  # exactly the weights' artifact
+        assert ["api", "--method", "DELETE"] in github.calls
+        assert f"deleted artifact {artifact_id}" in discard.log
+    else:
+        assert discard.status == "skipped" and artifact.is_dir()  # a re-run of publish still needs it
+        assert github.calls == []
+    assert all("HF_TOKEN" not in step.env for step in discard.steps)
 
 
 def test_card_preview_renders_the_comment_against_the_published_card(tag_push, hub, tmp_path, client_env):

@@ -188,11 +188,13 @@ class JobResult:
 
 
 class FakeGitHub:
-    """The GitHub REST state the `gh` calls read and write: tags, releases, commits whose CI passed."""
+    """The GitHub REST state the `gh` calls read and write: tags, releases, commits whose CI passed, artifacts."""
 
     def __init__(self, path: Path, *, tags=(), ci_passed=()) -> None:
         self.path = path
-        path.write_text(json.dumps({"tags": [*tags], "ci_passed": [*ci_passed], "releases": [], "calls": []}))
+        state = {"tags": [*tags], "ci_passed": [*ci_passed], "releases": [], "calls": []}
+        state |= {"artifacts": {}, "next_artifact_id": 7001}
+        path.write_text(json.dumps(state))
 
     @property
     def releases(self) -> list[dict]:
@@ -201,6 +203,21 @@ class FakeGitHub:
     @property
     def calls(self) -> list[list[str]]:
         return json.loads(self.path.read_text())["calls"]
+
+    @property
+    def artifacts(self) -> dict[str, str]:
+        """Artifact id -> its folder, for the artifacts not deleted."""
+        return json.loads(self.path.read_text())["artifacts"]
+
+    def add_artifact(self, folder: Path) -> str:
+        state = json.loads(self.path.read_text())
+        artifact_id = str(state["next_artifact_id"])
+        state["artifacts"][artifact_id], state["next_artifact_id"] = (
+            str(folder),
+            state["next_artifact_id"] + 1,
+        )
+        self.path.write_text(json.dumps(state))
+        return artifact_id
 
 
 _FAKE_GH = """import json, os, sys
@@ -218,6 +235,10 @@ elif a[:2] in (["release", "create"], ["release", "edit"]):
 elif a[:2] == ["release", "upload"]:
     if release is None: error = f"release {a[2]} not found"
     else: release["assets"] = sorted({*release.get("assets", []), *(os.path.basename(f) for f in a[3:] if not f.startswith("-"))})
+elif a[:3] == ["api", "--method", "DELETE"] and a[3].startswith("repos/{repo}/actions/artifacts/"):
+    folder = state["artifacts"].pop(a[3].rsplit("/", 1)[1], None)
+    if folder is None: error = f"gh: Not Found (HTTP 404): {a[3]}"
+    else: import shutil; shutil.rmtree(folder)
 elif a[:2] != ["release", "view"]: error = f"fake gh does not implement: {a}"
 json.dump(state, open(state_path, "w")); sys.exit(error)
 """.replace("{repo}", REPOSITORY)
@@ -339,6 +360,7 @@ class WorkflowRun:
                 raise WorkflowError(f"upload-artifact: no folder {path}, or the name {stored.name} is taken")
             hidden = None if inputs.get("include-hidden-files") else shutil.ignore_patterns(".*")
             shutil.copytree(path, stored, ignore=hidden)
+            step.outputs["artifact-id"] = self.github.add_artifact(stored) if self.github else "0"
         elif action == "actions/download-artifact":
             if not stored.is_dir():
                 raise WorkflowError(f"download-artifact: no artifact {stored.name} in this run")

@@ -41,6 +41,7 @@ class LocalFile:
     size: int
     sha256: str  # what the Hub reports for an LFS file
     git_oid: str  # git blob sha1: what the Hub reports for a regular file
+    mtime_ns: int | None = None  # when it was hashed: a later change shows without hashing it again
 
 
 @dataclass(frozen=True)
@@ -81,13 +82,16 @@ class ReleaseFolder:
 
 def hash_file(path: Path, rel: str) -> LocalFile:
     """Size, sha256 and git blob id (``git hash-object``: sha1 of ``blob <size>\\0`` + content), in one read."""
-    sha256, size = hashlib.sha256(), path.stat().st_size
+    stat = path.stat()
+    sha256, size = hashlib.sha256(), stat.st_size
     sha1 = hashlib.sha1(f"blob {size}\0".encode())
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK_SIZE):
             sha256.update(chunk)
             sha1.update(chunk)
-    return LocalFile(path=rel, size=size, sha256=sha256.hexdigest(), git_oid=sha1.hexdigest())
+    return LocalFile(
+        path=rel, size=size, sha256=sha256.hexdigest(), git_oid=sha1.hexdigest(), mtime_ns=stat.st_mtime_ns
+    )
 
 
 def scan_folder(folder: Path) -> dict[str, LocalFile]:

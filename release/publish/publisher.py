@@ -25,8 +25,9 @@ goes to its own branch ``release/<tag>``. Each is tagged where it lands.
    a ``VerificationError``; a Hub that cannot be reached is a ``HubUnavailableError``. Either way nothing is
    tagged and the target branch was never touched.
 6. Landing: the Hub has no fast-forward, so the target branch gets the same operations in one commit with
-   ``parent_commit=B``; LFS objects already exist, so nothing is re-uploaded. Same parent + same operations
-   = same tree, and that tree is re-read and compared with the folder before anything is tagged. A branch
+   ``parent_commit=B``, its large files copied on the Hub from ``S`` (nothing of the weights is read or sent
+   again). Same parent + same operations = same tree, and that tree is re-read and compared with the folder
+   before anything is tagged. A branch
    that does not exist yet is simply created at ``S``. Either way the target branch only ever receives the
    exact tree that passed step 5.
 7. Tagging: the landed commit is tagged; then the staging branch is deleted (also on every failure), and only
@@ -36,7 +37,9 @@ Guarded: both commits name their parent; if the branch moved (HTTP 412, or a hea
 lost response), the release stops with ``ConcurrentPushError`` and nothing is tagged.
 
 Resilient: every Hub call is retried with exponential back-off and jitter on 5xx/408/429 and dropped
-connections (``release.publish.retry``). A commit is not blindly retried: after a failed attempt the branch head
+connections, and on the same failures of the transfer layer (hf_xet) at the upload and the post-upload
+download; a wait the Hub asks for (``RateLimit`` or ``Retry-After``) is honoured, all within one budget of waiting
+per run (``release.publish.retry``). A commit is not blindly retried: after a failed attempt the branch head
 is re-read; unchanged means retry, moved to exactly our tree means the commit landed and only its response
 was lost, moved otherwise means a concurrent push. When the retries run out, the error is a
 ``HubUnavailableError`` carrying the command to re-run. Re-running after any failure completes the release:
@@ -49,8 +52,10 @@ and in the publish JSON), and every later publish to the repo removes the stagin
 are already tagged.
 
 Pinned content: every commit sends the bytes that were hashed when the folder was checked (small files from
-memory, LFS files by sha256 compared before sending), so a folder touched mid-release cannot put anything but
-the checked tree on the target branch.
+memory; LFS files by the sha256 measured then, each file read once per release for hashing and once for the
+upload, with a size or mtime that changed since refused); the post-upload check hashes what the Hub serves
+against the report, and the landing commit names the same LFS objects, so a folder touched mid-release cannot
+put anything but the checked tree on the target branch.
 
 Dry run: no token, no writes; the plan is computed against the remote if it can be read (anonymously, or
 with a token if one is configured), else against an empty repo with the reason ("offline"). A version conflict
@@ -68,7 +73,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from release._io import attrs_dict
-from release.auth import read_token, redact, resolve_token
+from release.auth import check_oidc_resource, read_token, redact, resolve_token
 from release.errors import (
     ConcurrentPushError,
     CredentialsError,
@@ -91,7 +96,7 @@ from release.publish.plan import (
     read_release_folder,
     tree_matches,
 )
-from release.publish.retry import RetryPolicy, call_with_retry, describe, http_status, is_transient
+from release.publish.retry import RetryPolicy, backoff, call_with_retry, describe, http_status, is_transient
 from release.versions import PRERELEASE_BRANCH_PREFIX, STAGING_BRANCH_PREFIX, Version, parse_version
 
 logger = logging.getLogger("release.publish")
@@ -196,6 +201,7 @@ def publish_release(
 
     Raises:
         UsageError: Bad version or repo id, missing folder or report (before any network call).
+        CredentialsError: ``HF_OIDC_RESOURCE`` names another repo than ``repo_id`` (before any network call).
         PublishError: The folder is not what was verified, no credentials, or a Hub call failed for good.
         HubUnavailableError: The Hub could not be reached even after the retries; ``rerun`` is the command
             that completes the release.
@@ -206,6 +212,7 @@ def publish_release(
     parsed = version if isinstance(version, Version) else parse_version(version)
     _validate_repo_id(repo_id)
     release = read_release_folder(folder, verification)
+    check_oidc_resource(repo_id)
     policy = retry or RetryPolicy()
     if dry_run:
         return _Publisher(repo_id, parsed, release, policy, token=read_token(), echo=echo).dry_run()
@@ -522,7 +529,7 @@ class _Publisher:
         self._run_check(check, staged, where=f"staged commit {staged[:12]}", untouched=target)
         if target_exists:
             self._say(f"landing: committing to {target} (parent {base[:12]})")
-            final = self._commit(target, base, plan.files, message, description)
+            final = self._commit(target, base, plan.files, message, description, copy_from=staged)
             # Same parent and same operations give the same tree; confirm before anything is tagged.
             self._expect_release_tree(final, where=f"{target} at {final[:12]}")
         else:
@@ -598,9 +605,19 @@ class _Publisher:
             )
 
     def _commit(
-        self, branch: str, parent: str, files: tuple[PlannedFile, ...], message: str, description: str
+        self,
+        branch: str,
+        parent: str,
+        files: tuple[PlannedFile, ...],
+        message: str,
+        description: str,
+        *,
+        copy_from: str | None = None,
     ) -> str:
         """One guarded commit of ``files`` onto ``branch``, which must still be at ``parent``. Returns its sha.
+
+        With ``copy_from`` (the checked staged commit), large files are copied from that commit on the Hub rather
+        than sent again: nothing of the weights is read or uploaded twice.
 
         Not retried blindly: a dropped response may hide a commit that landed, so after each failure the head
         is re-read (see the module docstring).
@@ -610,7 +627,7 @@ class _Publisher:
             try:
                 info = self.api.create_commit(
                     self.repo_id,
-                    self._operations(files),
+                    self._operations(files, copy_from=copy_from),
                     commit_message=message,
                     commit_description=description,
                     revision=branch,
@@ -642,32 +659,47 @@ class _Publisher:
                         f"{what} failed after {attempt} attempts: {describe(exc)}; the Hub could not be reached: "
                         f"nothing was tagged and {branch} is unchanged; re-run to complete the release"
                     ) from exc
-                wait = self.policy.delay(attempt)
-                logger.warning("%s failed (%s); retrying in %.1fs", what, describe(exc), wait)
-                self.policy.sleep(wait)
+                backoff(self.policy, exc, attempt, what=what)
         raise AssertionError("unreachable")
 
-    def _operations(self, files: tuple[PlannedFile, ...]) -> list:
+    def _operations(self, files: tuple[PlannedFile, ...], *, copy_from: str | None = None) -> list:
         """Fresh operation objects for one commit attempt (huggingface_hub mutates and refuses to reuse them).
 
         Content is pinned to the hashes the plan was made from, so the staged and the landed commit cannot differ
         even if the folder is touched in between: small files are read once into memory (what is hashed is what
-        is sent); a large file goes by its sha256 (LFS), which is compared before anything is sent.
+        is sent); a large file goes by the sha256 measured when the folder was read (LFS), and on landing is
+        copied from the staged commit that passed the check.
         """
-        from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+        from huggingface_hub import CommitOperationAdd, CommitOperationCopy, CommitOperationDelete
 
         operations: list = []
         for item in files:
             if item.action in ("add", "replace"):
-                local_path = self.release.path / item.path
-                small = self.local[item.path].size <= IN_MEMORY_LIMIT
-                content = local_path.read_bytes() if small else str(local_path)
-                operation = CommitOperationAdd(path_in_repo=item.path, path_or_fileobj=content)
-                if operation.upload_info.sha256.hex() != self.local[item.path].sha256:
-                    raise PublishError(
-                        f"{item.path} changed since the release folder was checked; nothing was tagged. "
-                        "Re-run `release verify` on the finished folder, then publish"
+                local, local_path = self.local[item.path], self.release.path / item.path
+                changed = PublishError(
+                    f"{item.path} changed since the release folder was checked; nothing was tagged. "
+                    "Re-run `release verify` on the finished folder, then publish"
+                )
+                if local.size <= IN_MEMORY_LIMIT:  # hashed from the very bytes that are sent
+                    operation = CommitOperationAdd(
+                        path_in_repo=item.path, path_or_fileobj=local_path.read_bytes()
                     )
+                    if operation.upload_info.sha256.hex() != local.sha256:
+                        raise changed
+                elif copy_from is not None:  # the object the post-upload check passed, copied on the Hub
+                    operation = CommitOperationCopy(
+                        src_path_in_repo=item.path, path_in_repo=item.path, src_revision=copy_from
+                    )
+                else:
+                    # Hashed once, when the folder was read and SHA256SUMS checked against it: huggingface_hub
+                    # is handed that hash instead of reading the weights again. A file rewritten since shows in
+                    # its size or mtime; content swapped without either is caught by the post-upload check,
+                    # which hashes what the Hub serves against the report.
+                    stat = local_path.stat()
+                    if (stat.st_size, stat.st_mtime_ns) != (local.size, local.mtime_ns):
+                        raise changed
+                    operation = CommitOperationAdd(path_in_repo=item.path, path_or_fileobj=str(local_path))
+                    operation.upload_info.sha256 = bytes.fromhex(local.sha256)
                 operations.append(operation)
             elif item.action == "delete":
                 operations.append(CommitOperationDelete(path_in_repo=item.path))
@@ -710,6 +742,8 @@ class _Publisher:
             return True
         except RepositoryNotFoundError:
             pass
+        except ReleaseError:  # a retry budget that ran out: already one line
+            raise
         except Exception as exc:
             raise hub_failure(
                 f"reading {self.repo_id}",
@@ -765,6 +799,8 @@ class _Publisher:
                 what=f"create branch {branch}",
                 policy=self.policy,
             )
+        except ReleaseError:  # a retry budget that ran out: already one line
+            raise
         except Exception as exc:
             # 409 after a retry: our first attempt may have landed. Fine if the branch is where we wanted it.
             if http_status(exc) == 409 and self._refs()[0].get(branch) == commit:
@@ -789,6 +825,8 @@ class _Publisher:
         except RevisionNotFoundError:
             if not missing_ok:
                 raise PublishError(f"branch {branch} of {self.repo_id} does not exist") from None
+        except ReleaseError:  # a retry budget that ran out: already one line
+            raise
         except Exception as exc:
             if http_status(exc) == 404 and missing_ok:
                 return
@@ -808,6 +846,8 @@ class _Publisher:
                 what=f"create tag {tag}",
                 policy=self.policy,
             )
+        except ReleaseError:  # a retry budget that ran out: already one line
+            raise
         except Exception as exc:
             if http_status(exc) == 409:  # a retry after a lost response, or another run of the same release
                 existing = self._refs()[1].get(tag)

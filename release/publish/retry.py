@@ -1,9 +1,17 @@
 """Retry with exponential back-off and jitter for Hub calls that fail transiently.
 
-Transient: HTTP 5xx, 408 and 429 (honouring ``Retry-After``), and transport failures (refused or dropped
-connections, timeouts, a server that closed the socket mid-response). Everything else, 4xx in particular, is
-final and raised at once. ``call_with_retry`` is only for calls that are safe to repeat (reads, ref
-operations whose outcome the caller re-checks); a commit needs more care, see ``release.publish.publisher``.
+Transient: HTTP 5xx, 408 and 429, transport failures (refused or dropped connections, timeouts, a server that
+closed the socket mid-response), and the same failures of the transfer layer (``hf_xet``, through which
+huggingface_hub uploads and downloads large files: it raises ``ConnectionError``, ``TimeoutError`` or a
+``RuntimeError`` such as "CAS service error ... Request failed after 5 retries", never an HTTP error).
+Everything else, 4xx in particular, is final and raised at once. ``call_with_retry`` is only for calls that
+are safe to repeat (reads, ref operations whose outcome the caller re-checks); a commit needs more care, see
+``release.publish.publisher``.
+
+A wait the server asks for (a ``RateLimit: "api";r=0;t=N`` header on a 429, or ``Retry-After``) is honoured in
+full rather than capped, because retrying inside a rate-limit window only burns attempts. Every wait, asked for
+or not, is taken from one budget per policy (``RetryPolicy.wait_budget``, shared by the calls of one publish);
+a wait the budget cannot cover fails at once with one line naming the wait.
 
 The HTTP error types are huggingface_hub's: ``HfHubHTTPError`` for an answer with a status, and for transport
 failures the exceptions of the HTTP client it is built on, which it exports under the stable name
@@ -17,17 +25,30 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from release._io import first_line
 from release.auth import redact
+from release.errors import HubUnavailableError
 
 logger = logging.getLogger("release.publish")
 
 T = TypeVar("T")
+
+
+class WaitBudget:
+    """Seconds of waiting left to the calls that share it (one publish); taken from as each wait starts."""
+
+    def __init__(self, seconds: float):
+        self.total = seconds
+        self.left = seconds
+
+    def take(self, seconds: float) -> None:
+        self.left = max(0.0, self.left - seconds)
 
 
 @dataclass(frozen=True)
@@ -36,27 +57,51 @@ class RetryPolicy:
 
     attempts: int = 5  # total tries, the first one included
     base_delay: float = 2.0  # seconds before the first retry; doubles each time
-    max_delay: float = 30.0  # cap for one wait (also for a server's Retry-After)
+    max_delay: float = 30.0  # cap for one back-off wait (a wait the server asks for is not capped)
     jitter: float = 0.25  # each wait is scaled by a random factor in [1 - jitter, 1 + jitter]
     sleep: Callable[[float], None] = time.sleep  # replaced in tests
+    # Total seconds of waiting for every call sharing this policy: room for one rate-limit window of the Hub
+    # (300 s) and the back-off around it. ``patient()`` copies share it.
+    wait_budget: float = 600.0
+    budget: WaitBudget = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.budget is None:
+            object.__setattr__(self, "budget", WaitBudget(self.wait_budget))
 
     def delay(self, retry_number: int, *, retry_after: float | None = None) -> float:
-        """Seconds to wait before retry ``retry_number`` (1-based)."""
+        """Seconds to wait before retry ``retry_number`` (1-based): the server's wait if it named one."""
         if retry_after is not None:
-            return min(self.max_delay, max(0.0, retry_after))
+            return max(0.0, retry_after)
         delay = min(self.max_delay, self.base_delay * 2 ** (retry_number - 1))
         return delay * random.uniform(1 - self.jitter, 1 + self.jitter)  # jitter, not cryptography
+
+    def wait(self, seconds: float, *, what: str, reason: str, exc: BaseException) -> None:
+        """Sleep ``seconds`` out of the budget, or fail at once if the budget cannot cover them.
+
+        Raises:
+            HubUnavailableError: ``seconds`` is more than the budget has left (from ``exc``).
+        """
+        if seconds > self.budget.left:
+            asked = "back-off" if reason == "back-off" else f"the Hub asked to wait: {reason}"
+            raise HubUnavailableError(
+                f"{what} failed: retrying needs a wait of {seconds:.0f}s ({asked}), more than the "
+                f"{self.budget.left:.0f}s left of this run's {self.budget.total:.0f}s retry budget; nothing is "
+                "wrong with the release, re-run once the wait is over"
+            ) from exc
+        self.budget.take(seconds)
+        self.sleep(seconds)
 
     def patient(self) -> RetryPolicy:
         """Twice the attempts, same waits: for cleanup that must not give up at the first bad minute.
 
-        Still bounded: at most ``(2 * attempts - 1) * max_delay * (1 + jitter)`` seconds of waiting (about
-        three minutes with the defaults).
+        Still bounded: at most ``(2 * attempts - 1) * max_delay * (1 + jitter)`` seconds of back-off (about
+        three minutes with the defaults), and never more than the shared budget has left.
         """
-        return replace(self, attempts=2 * self.attempts)
+        return replace(self, attempts=2 * self.attempts, budget=self.budget)
 
     def max_wait(self) -> float:
-        """The longest this policy can wait in total between its attempts, in seconds."""
+        """The longest this policy's own back-off can wait in total between its attempts, in seconds."""
         return sum(
             min(self.max_delay, self.base_delay * 2 ** (n - 1)) * (1 + self.jitter)
             for n in range(1, self.attempts)
@@ -90,8 +135,41 @@ def http_status(exc: BaseException) -> int | None:
     return status if isinstance(status, int) else None
 
 
+# How the transfer layer words a failure of the network or of the storage service behind it (hf_xet's
+# RuntimeError carries no type of its own): anything else it raises (a hash mismatch, a bad file) is final.
+_TRANSFER_FAILURE = re.compile(
+    r"CAS service error|Reqwest|request failed|connection|network|timed? ?out|temporar|unavailable|"
+    r"too many requests|rate limit|presigned url expired|\b(?:5\d\d|429|408)\b",
+    re.IGNORECASE,
+)
+
+
+def _transfer_cause(exc: BaseException) -> BaseException | None:
+    """The first transient failure of the transfer layer in ``exc``'s chain, if any (none for an HTTP one)."""
+    final = _final_transfer_errors()
+    for e in _causes(exc):
+        if isinstance(e, final):
+            return None
+        if isinstance(e, (ConnectionError, TimeoutError)):
+            return e
+        if type(e) is RuntimeError and _TRANSFER_FAILURE.search(str(e)):
+            return e
+    return None
+
+
+def _final_transfer_errors() -> tuple[type[BaseException], ...]:
+    """hf_xet's own error types, which are final (no credentials, no such object); none without hf_xet."""
+    try:
+        import hf_xet
+    except ImportError:
+        return ()
+    names = ("XetAuthenticationError", "XetObjectNotFoundError")
+    return tuple(t for name in names if isinstance(t := getattr(hf_xet, name, None), type))
+
+
 def is_transient(exc: BaseException) -> bool:
-    """True for failures worth retrying: 5xx, 408, 429 and dropped/refused/timed-out connections."""
+    """True for failures worth retrying: 5xx, 408, 429, dropped/refused/timed-out connections, in HTTP or in
+    the transfer layer."""
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
     from huggingface_hub.utils import httpx
 
@@ -102,24 +180,35 @@ def is_transient(exc: BaseException) -> bool:
         status = http_status(cause)
         return status is not None and (status >= 500 or status in (408, 429))
     # The transport failures huggingface_hub's own http_backoff retries by default.
-    return isinstance(cause, (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError))
+    if isinstance(cause, (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)):
+        return True
+    return cause is None and _transfer_cause(exc) is not None
 
 
-def retry_after_seconds(exc: BaseException) -> float | None:
-    """The server's ``Retry-After`` (seconds form) on a 429/503, if any."""
+def server_wait(exc: BaseException) -> tuple[float, str] | None:
+    """The wait the server asked for, in seconds, and which header said so: ``RateLimit`` (``"api";r=0;t=N``,
+    read by huggingface_hub's own parser) on a 429, else ``Retry-After`` (seconds form)."""
+    from huggingface_hub.utils import parse_ratelimit_headers
+
     response = getattr(_http_cause(exc), "response", None)
-    value = response.headers.get("Retry-After") if response is not None else None
+    if response is None:
+        return None
+    limit = parse_ratelimit_headers(response.headers)
+    if response.status_code == 429 and limit is not None and limit.remaining == 0:
+        return float(limit.reset_in_seconds), f"rate limit on {limit.resource_type!r} requests"
+    value = response.headers.get("Retry-After")
     try:
-        return float(value) if value is not None else None
+        return (float(value), "Retry-After") if value is not None else None
     except ValueError:
         return None
 
 
 def describe(exc: BaseException) -> str:
-    """One redacted line for logs and messages: the error, its HTTP status, and the HTTP cause if wrapped."""
+    """One redacted line for logs and messages: the error, its HTTP status, and the HTTP or transfer cause if
+    wrapped."""
     text = first_line(exc)
-    cause = _http_cause(exc)
-    if cause is not None and cause is not exc:
+    cause = _http_cause(exc) or _transfer_cause(exc)
+    if cause is not None and cause is not exc and first_line(cause) not in text:
         text = f"{text} ({first_line(cause)})"
     status = http_status(exc)
     if status is not None and str(status) not in text:
@@ -136,6 +225,7 @@ def call_with_retry(func: Callable[[], T], *, what: str, policy: RetryPolicy) ->
         policy: Attempts and delays.
 
     Raises:
+        HubUnavailableError: A wait before a retry is more than the policy's budget has left.
         Whatever ``func`` raised last: immediately if not transient, after the last attempt otherwise.
     """
     for attempt in range(1, policy.attempts + 1):
@@ -144,14 +234,25 @@ def call_with_retry(func: Callable[[], T], *, what: str, policy: RetryPolicy) ->
         except Exception as exc:
             if not is_transient(exc) or attempt == policy.attempts:
                 raise
-            wait = policy.delay(attempt, retry_after=retry_after_seconds(exc))
-            logger.warning(
-                "%s failed (%s); retrying in %.1fs (attempt %d of %d)",
-                what,
-                describe(exc),
-                wait,
-                attempt + 1,
-                policy.attempts,
-            )
-            policy.sleep(wait)
+            backoff(policy, exc, attempt, what=what)
     raise AssertionError("unreachable")  # the loop either returns or raises
+
+
+def backoff(policy: RetryPolicy, exc: BaseException, attempt: int, *, what: str) -> None:
+    """Wait before retry ``attempt + 1`` of ``what`` after the transient ``exc``: the server's wait if it named
+    one, else exponential back-off; out of the policy's budget.
+
+    Raises:
+        HubUnavailableError: The wait is more than the budget has left.
+    """
+    asked = server_wait(exc)
+    wait = policy.delay(attempt, retry_after=asked[0] if asked else None)
+    logger.warning(
+        "%s failed (%s); retrying in %.1fs (attempt %d of %d)",
+        what,
+        describe(exc),
+        wait,
+        attempt + 1,
+        policy.attempts,
+    )
+    policy.wait(wait, what=what, reason=asked[1] if asked else "back-off", exc=exc)

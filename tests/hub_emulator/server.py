@@ -91,6 +91,7 @@ class Fault:
     status: int = 503
     drop_connection: bool = False  # close the socket without any response instead of answering `status`
     after_handling: bool = False  # with drop_connection: apply the request first, then lose the response
+    headers: dict[str, str] = field(default_factory=dict)  # sent with `status`, e.g. a 429's RateLimit
     matched: int = 0  # matching requests seen so far
     fired: int = 0  # requests this fault failed so far
 
@@ -319,10 +320,13 @@ class HubEmulator:
         times: int = 1,
         drop_connection: bool = False,
         after_handling: bool = False,
+        headers: Mapping[str, str] | None = None,
     ) -> Fault:
         """Fail matching requests; see `Fault`. Returns the fault so tests can read `matched` / `fired`.
 
-        Example: `hub.inject_fault("POST", r"/commit/main$", status=500)` fails the next commit to main once.
+        Example: `hub.inject_fault("POST", r"/commit/main$", status=500)` fails the next commit to main once;
+        `hub.inject_fault("GET", r"/refs$", status=429, headers={"RateLimit": '"api";r=0;t=60'})` answers the
+        next listing of refs the way the Hub answers a client over its rate limit.
         """
         if after_handling and not drop_connection:
             raise ValueError("after_handling only makes sense with drop_connection=True.")
@@ -334,6 +338,7 @@ class HubEmulator:
             status=status,
             drop_connection=drop_connection,
             after_handling=after_handling,
+            headers=dict(headers or {}),
         )
         with self._lock:
             self._faults.append(fault)
@@ -1045,7 +1050,9 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None and not fault.after_handling:
             if fault.drop_connection:
                 return self._drop(record)
-            response = _error(HubError(fault.status, f"Injected fault: HTTP {fault.status}."))
+            response = _error(
+                HubError(fault.status, f"Injected fault: HTTP {fault.status}.", headers=fault.headers)
+            )
         else:
             response = emulator._dispatch(route, request)
             if fault is not None:
