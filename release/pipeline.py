@@ -343,7 +343,7 @@ def _publish(settings: Settings, run: RunResult, say: Callable[[str], None]) -> 
         version=run.version,
         private=settings.private,
         dry_run=run.dry_run,
-        verification=run.report_path,
+        verification=run.verified,
         echo=lambda line: say(f"  {line}"),
     )
     if published.warnings:

@@ -12,14 +12,16 @@ blob id (``git hash-object``), whichever form the Hub reports for the remote fil
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from release._io import CHUNK_SIZE, attrs_dict
 from release.errors import PublishError, UsageError
+
+if TYPE_CHECKING:
+    from release.verify.report import VerificationReport
 
 KEEP_REMOTE = frozenset({".gitattributes"})  # the Hub's LFS rules: never deleted, never compared
 
@@ -72,7 +74,7 @@ class ReleaseFolder:
 
     path: Path
     files: dict[str, LocalFile]  # sorted by path
-    report: dict
+    report: VerificationReport
 
     @property
     def written_after_verification(self) -> tuple[str, ...]:
@@ -120,35 +122,38 @@ def _expected_sha256(entry: object) -> str | None:
     return None
 
 
-def read_release_folder(folder: str | Path, verification: str | Path | None = None) -> ReleaseFolder:
+def read_release_folder(folder: str | Path, verification=None) -> ReleaseFolder:
     """Check that ``folder`` is complete and is what verification passed on; hash every file.
 
     Args:
         folder: The converted model folder (weights, config, modeling code, tokenizer, card, release.json).
-        verification: ``verification.json``; default ``<folder>/../verification.json``.
+        verification: The ``VerificationReport`` (``release run`` hands it over), or the path of its
+            ``verification.json``; default: the report beside ``folder``.
 
     Raises:
         UsageError: The folder or the report is missing or unreadable.
         PublishError: The report did not pass, or the folder's files differ from the ones it verified
             (each difference is named).
     """
+    from release.verify.report import VerificationReport, read_report, report_path
+
     folder = Path(folder)
     if not folder.is_dir():
         raise UsageError(f"release folder {folder} does not exist or is not a directory")
-    report_path = Path(verification) if verification is not None else folder.parent / "verification.json"
-    if not report_path.is_file():
-        raise UsageError(
-            f"no verification report at {report_path}: run `release verify` first (or pass --verification)"
-        )
-    try:
-        report = json.loads(report_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot read verification report {report_path}: {exc}") from None
-    if not isinstance(report, dict) or report.get("passed") is not True:
-        raise PublishError(f"verification report {report_path} did not pass; refusing to publish")
-    verified = (report.get("model") or {}).get("files") if isinstance(report.get("model"), dict) else None
-    if not isinstance(verified, dict) or not verified:
-        raise PublishError(f"verification report {report_path} has no model.files map of sha256 hashes")
+    if isinstance(verification, VerificationReport):
+        report, source = verification, "the verification report"
+    else:
+        path = Path(verification) if verification is not None else report_path(folder)
+        if not path.is_file():
+            raise UsageError(
+                f"no verification report at {path}: run `release verify` first (or pass --verification)"
+            )
+        report, source = read_report(path), f"verification report {path}"
+    if not report.verified:
+        raise PublishError(f"{source} did not pass; refusing to publish")
+    verified = report.model.files
+    if not verified:
+        raise PublishError(f"{source} has no model.files map of sha256 hashes")
 
     files = scan_folder(folder)
     problems = []
@@ -170,7 +175,7 @@ def read_release_folder(folder: str | Path, verification: str | Path | None = No
     if problems:
         shown = "; ".join(problems[:6]) + (f"; and {len(problems) - 6} more" if len(problems) > 6 else "")
         raise PublishError(
-            f"{folder} is not the folder {report_path.name} verified ({shown}); re-run `release verify`"
+            f"{folder} is not the folder its verification report verified ({shown}); re-run `release verify`"
         )
     if "SHA256SUMS" in files:  # the files are hashed already: no second read
         from release.sign.checksums import check_checksums

@@ -65,6 +65,7 @@ exception is redacted.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shlex
 import tempfile
@@ -177,7 +178,7 @@ def publish_release(
     private: bool | None = None,
     dry_run: bool = False,
     commit_message: str | None = None,
-    verification: str | Path | None = None,
+    verification=None,
     post_upload_check: PostUploadCheck | None = None,
     retry: RetryPolicy | None = None,
     echo: Echo | None = None,
@@ -193,7 +194,8 @@ def publish_release(
             after the tag is in place); None leaves it as it is (a new repo gets the Hub's default).
         dry_run: Compute and return the plan only; needs no token, writes nothing, works offline.
         commit_message: Summary of the release commit (default ``Release <tag>``).
-        verification: ``verification.json``; default ``<folder>/../verification.json``.
+        verification: The ``VerificationReport``, or the path of its ``verification.json``; default: the
+            report beside ``folder``.
         post_upload_check: Replaces the generation check of the uploaded commit (tests); by default the
             commit is downloaded under ``retry`` and checked with ``release.verify.check_generation_against_report``.
         retry: Retry policy for Hub calls.
@@ -228,7 +230,7 @@ def publish_release(
             version=parsed,
             private=private,
             commit_message=commit_message,
-            verification=verification,
+            verification=verification if isinstance(verification, (str, Path)) else None,
         )
         raise
 
@@ -308,11 +310,9 @@ def generation_check(release: ReleaseFolder, policy: RetryPolicy) -> PostUploadC
     """The gate of ``release verify`` repeated on the uploaded commit, from the Hub, with the recorded tokens."""
     # Card files are written after verification: the report cannot vouch for them, but they are uploaded too.
     card_files = release.written_after_verification
-    model = dict(release.report["model"])
-    model["files"] = {
-        path: sha for path, sha in model["files"].items() if not is_written_after_verification(path)
-    }
-    report = {**release.report, "model": model}
+    files = release.report.model.files
+    kept = {path: sha for path, sha in files.items() if not is_written_after_verification(path)}
+    report = dataclasses.replace(release.report, model=dataclasses.replace(release.report.model, files=kept))
 
     def check(repo_id: str, commit: str) -> list[str]:
         from release.verify.runner import ALLOWED_EXTRA_FILES, check_generation_against_report
@@ -325,7 +325,7 @@ def generation_check(release: ReleaseFolder, policy: RetryPolicy) -> PostUploadC
             failures = check_generation_against_report(
                 snapshot, revision=None, report=report, allowed_extra_files=extra
             )
-            return failures or _card_snippet_failures(snapshot, report=report, commit=commit)
+            return failures or _card_snippet_failures(snapshot, report=report.to_dict(), commit=commit)
 
     return check
 
