@@ -137,7 +137,7 @@ def torch_requirement() -> str:
         raise CompatError(
             f"pip finds no wheel of the running torch {version} for the environments"
             + (f": {lines[-1]}" if lines else "")
-            + "; make it installable (pip's find-links or index) or install another torch"
+            + "; tell pip where it came from (PIP_EXTRA_INDEX_URL, e.g. PyTorch's CPU index, or PIP_FIND_LINKS)"
         ) from None
     return f"torch @ {url}"
 
