@@ -1,9 +1,10 @@
-"""The transformers compatibility matrix (issue #9).
+"""The transformers compatibility matrix and its isolated environments.
 
 Unit tests cover the supported range and version list, the gates and their failure lines, the environment cache
-and the report merge. Tests marked ``compat`` install real transformers versions (cached in
-``$RELEASE_CACHE_DIR/compat``, else ``~/.cache/custom-transformer-release/compat``, so only the first run pays for
-the downloads) and load a converted folder there in a child Python that cannot import this repo. They run the
+and the report merge. Tests marked ``compat`` build real environments, one virtual environment per transformers
+version (cached in ``$RELEASE_CACHE_DIR/compat``, else ``~/.cache/custom-transformer-release/compat``, so only the
+first run pays for the downloads), and load a converted folder there in a child that sees that environment's
+packages only and cannot import this repo. They run the
 versions of ``RELEASE_COMPAT_VERSIONS`` (comma-separated), else the oldest and the newest of the default list.
 """
 
@@ -1031,7 +1032,7 @@ def test_a_hub_revision_is_checked_against_its_recorded_tokens_without_a_checkpo
 
 @pytest.mark.compat
 def test_a_recorded_report_catches_a_cache_bug_at_generation_without_a_checkpoint(verified, tmp_path):
-    """The economy of issue #14: no training module at all, and a cache-path bug still fails generation (the
+    """A recorded report alone: no training module at all, and a cache-path bug still fails generation (the
     teacher-forced logits stage passes: one forward needs no cache)."""
     from packaging.version import Version
 
@@ -1062,7 +1063,7 @@ def test_every_package_ships_in_the_wheel():
 
 
 def test_the_cards_code_runs_per_version_in_that_versions_environment(fake_world):
-    """The snippet hook (issue #15's check) gets each version's interpreter and environment; a failure is
+    """The snippet hook (the card's code) gets each version's interpreter and environment; a failure is
     reported as that version's ``snippet`` stage."""
     folder, _ = fake_world
     seen = []

@@ -1,4 +1,4 @@
-"""The card's code as a gate (issue #15): a new user's first minutes with a release, run for real.
+"""The card's code as a gate: a new user's first minutes with a release, run for real.
 
 The card's Python block runs verbatim in a fresh Python with standard input closed, against a converted folder
 (or a Hub revision) laid out as the Hub cache the snippet's repo id and revision resolve to. Tests marked
@@ -36,7 +36,7 @@ PROMPT = "The Fox"
 MAX_NEW_TOKENS = 8
 OLDEST = "4.46.3"  # the oldest supported transformers (pyproject's [tool.release.compat])
 
-# The card's code before issue #15: AutoTokenizer without trust_remote_code.
+# A card's code that calls AutoTokenizer without trust_remote_code.
 TODAYS_SNIPPET = f'''from transformers import AutoModelForCausalLM, AutoTokenizer
 
 repo_id = "{REPO}"
