@@ -241,7 +241,7 @@ class ReferenceOutputs:
     tie_margin: float = 0.0  # teacher-forced argmax may part from a recorded token at a tie this close
 
     def save(self, folder: Path) -> None:
-        """``reference.safetensors`` (tensors, if any) + ``reference.json`` (the rest), what ``CHILD_SCRIPT`` reads."""
+        """``reference.safetensors`` (tensors, if any) + ``reference.json`` (the rest), what ``child.py`` reads."""
         folder.mkdir(parents=True, exist_ok=True)
         if self.logits is not None and self.input_ids is not None:
             from safetensors.torch import save_file
