@@ -327,6 +327,18 @@ def test_environment_must_hold_the_running_torch(tmp_path, fake_installs, monkey
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_environment_that_misses_its_pin_is_not_cached(tmp_path, fake_installs, monkeypatch):
+    def install(target, requirements, *, cache_dir, what):
+        fake_uv([])(
+            target, [r.replace("5.0.0", "5.0.1") for r in requirements], cache_dir=cache_dir, what=what
+        )
+
+    monkeypatch.setattr(environments, "build_environment", install)
+    with pytest.raises(CompatError, match="uv installed transformers 5.0.1, not 5.0.0"):
+        ensure_environment("5.0.0", cache_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_cache_dir_follows_release_cache_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("RELEASE_CACHE_DIR", str(tmp_path))
     assert compat.default_cache_dir() == tmp_path / "compat"
@@ -945,7 +957,7 @@ def test_floors_check_installs_the_pins_and_runs_the_demo(tmp_path, monkeypatch)
     assert Path(cmd[0]).parent.parent.parent == tmp_path  # the floors environment's own interpreter
     assert cmd[1:5] == ["-P", "-m", "release", "run"] and "--dry-run" in cmd  # -P: not the cwd's tree
 
-    with pytest.raises(CompatError, match="uv installed huggingface-hub 2.4.0, not the floor 2.0"):
+    with pytest.raises(CompatError, match="uv installed huggingface-hub 2.4.0, not 2.0"):
         compat_floors.check_floors(
             ["huggingface_hub"], cache_dir=tmp_path / "other", installer=installer("2.4.0"), run=run
         )

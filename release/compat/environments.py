@@ -216,8 +216,13 @@ def ensure_environment(
     built once and cached.
 
     Raises:
-        CompatError: uv failed, or it installed another torch than the running one.
+        CompatError: uv failed, or it installed another version than a ``name==version`` requirement pins, or
+            another torch than the running one. Nothing is cached then.
     """
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+    from packaging.version import Version
+
     wanted_torch = torch_version()
 
     def build(staging: Path) -> dict[str, Any]:
@@ -228,6 +233,13 @@ def ensure_environment(
                 f"the environment for {' '.join(requirements)} got torch {packages.get('torch', 'none')}, "
                 f"not the running {wanted_torch}"
             )
+        got = {canonicalize_name(name): version for name, version in packages.items()}
+        for text in requirements:
+            req = Requirement(text)
+            pins = [s.version for s in req.specifier if s.operator == "=="]
+            name = canonicalize_name(req.name)
+            if pins and (name not in got or Version(got[name]) != Version(pins[0])):
+                raise CompatError(f"uv installed {name} {got.get(name, 'nothing')}, not {pins[0]}")
         return {
             **(stamp_fields or {}),
             "python": sys.version.split()[0],

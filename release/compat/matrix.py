@@ -474,8 +474,6 @@ def ensure_environment(version: str, *, cache_dir: Path | None = None) -> tuple[
         stamp=STAMP,
         stamp_fields={"transformers": version},
     )
-    if env.packages.get("transformers") != version:
-        raise CompatError(f"uv installed transformers {env.packages.get('transformers')}, not {version}")
     return env, reused
 
 
