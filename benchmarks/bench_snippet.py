@@ -35,12 +35,9 @@ def child_run(role: str, args: dict) -> dict:
     folder = Path(args["folder"])
     start = time.perf_counter()
     if role == "baseline":
-        from release.verify.snippet import main_environment_paths
-
-        env = {"PYTHONPATH": ":".join(main_environment_paths()), "PYTHONNOUSERSITE": "1"}
+        # The snippet child's interpreter flags (release.verify.without_repo.child_command), nothing else.
         subprocess.run(
-            [sys.executable, "-S", "-c", "import torch, transformers"],
-            env=env,
+            [sys.executable, "-E", "-P", "-c", "import torch, transformers"],
             check=True,
             stdin=subprocess.DEVNULL,
         )

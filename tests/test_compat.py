@@ -1,9 +1,10 @@
-"""The transformers compatibility matrix (issue #9).
+"""The transformers compatibility matrix and its isolated environments.
 
 Unit tests cover the supported range and version list, the gates and their failure lines, the environment cache
-and the report merge. Tests marked ``compat`` install real transformers versions (cached in
-``$RELEASE_CACHE_DIR/compat``, else ``~/.cache/custom-transformer-release/compat``, so only the first run pays for
-the downloads) and load a converted folder there in a child Python that cannot import this repo. They run the
+and the report merge. Tests marked ``compat`` build real environments, one virtual environment per transformers
+version (cached in ``$RELEASE_CACHE_DIR/compat``, else ``~/.cache/custom-transformer-release/compat``, so only the
+first run pays for the downloads), and load a converted folder there in a child that sees that environment's
+packages only and cannot import this repo. They run the
 versions of ``RELEASE_COMPAT_VERSIONS`` (comma-separated), else the oldest and the newest of the default list.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ import torch
 from click.testing import CliRunner
 
 from release.cli import main
+from release.compat import environments
 from release.compat import matrix as compat
 from release.compat.matrix import (
     ChildOutcome,
@@ -261,48 +264,77 @@ def test_report_dict_and_merge_keep_other_keys(tmp_path):
 # --------------------------------------------------------------------------- the environment cache
 
 
-def fake_pip(calls: list, *, fail: bool = False, with_torch: bool = False):
-    def install(version: str, target: Path) -> None:
-        calls.append(version)
-        info = target / f"transformers-{version}.dist-info"
-        info.mkdir()
-        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: transformers\nVersion: {version}\n")
-        if with_torch:
-            (target / "torch").mkdir()
+def write_dist(site: Path, name: str, version: str) -> None:
+    info = site / f"{name}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+
+
+def fake_uv(calls: list, *, fail: bool = False, torch_version: str | None = None):
+    """``build_environment`` without uv: the dist-info of each pinned requirement (and of torch) in a venv layout."""
+
+    def build(target, requirements, *, cache_dir, what):
+        calls.append(requirements[0].split("==")[-1])
+        site = target / "lib" / "python3.11" / "site-packages"
+        for req in requirements:
+            if req.startswith("torch @ "):
+                write_dist(site, "torch", torch_version or environments.torch_version())
+            else:
+                name, _, version = req.partition("==")
+                write_dist(site, name, version)
         if fail:
-            raise CompatError(f"pip could not install transformers=={version}: boom")
+            raise CompatError(f"uv could not install {what}: boom")
 
-    return install
+    return build
 
 
-def test_environment_is_installed_once_and_reused(tmp_path, monkeypatch):
+@pytest.fixture
+def fake_installs(monkeypatch):
+    """uv and pip stubbed out: environments are dist-info folders; the calls list the versions installed."""
     calls: list[str] = []
-    monkeypatch.setattr(compat, "_pip_install", fake_pip(calls))
-    first = ensure_environment("4.46.3", cache_dir=tmp_path)
-    assert ensure_environment("4.46.3", cache_dir=tmp_path) == first
-    assert calls == ["4.46.3"]
-    stamp = json.loads((first / compat.STAMP).read_text())
-    assert stamp["packages"] == {"transformers": "4.46.3"}
-    assert sorted(p.name for p in tmp_path.iterdir()) == [first.name]  # no staging folder left
+    monkeypatch.setattr(environments, "torch_requirement", lambda: "torch @ file:///wheels/torch.whl")
+    monkeypatch.setattr(environments, "build_environment", fake_uv(calls))
+    return calls
 
 
-def test_interrupted_install_leaves_nothing_and_is_redone(tmp_path, monkeypatch):
-    calls: list[str] = []
-    monkeypatch.setattr(compat, "_pip_install", fake_pip(calls, fail=True))
+def test_environment_is_installed_once_and_reused(tmp_path, fake_installs):
+    first, reused = ensure_environment("4.46.3", cache_dir=tmp_path)
+    assert not reused and ensure_environment("4.46.3", cache_dir=tmp_path) == (first, True)
+    assert fake_installs == ["4.46.3"]
+    stamp = json.loads((first.root / compat.STAMP).read_text())
+    assert stamp["packages"] == {"torch": environments.torch_version(), "transformers": "4.46.3"}
+    assert first.python == first.root / "bin" / "python"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [first.root.name]  # no staging folder left
+
+
+def test_interrupted_install_leaves_nothing_and_is_redone(tmp_path, fake_installs, monkeypatch):
+    monkeypatch.setattr(environments, "build_environment", fake_uv(fake_installs, fail=True))
     with pytest.raises(CompatError, match="boom"):
         ensure_environment("5.0.0", cache_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []
     # A folder without a stamp (e.g. copied by hand) is not trusted either.
     (compat.environment_dir("5.0.0", tmp_path) / "transformers").mkdir(parents=True)
-    monkeypatch.setattr(compat, "_pip_install", fake_pip(calls))
-    env = ensure_environment("5.0.0", cache_dir=tmp_path)
-    assert (env / compat.STAMP).is_file() and not (env / "transformers").exists()
-    assert calls == ["5.0.0", "5.0.0"]
+    monkeypatch.setattr(environments, "build_environment", fake_uv(fake_installs))
+    env, _ = ensure_environment("5.0.0", cache_dir=tmp_path)
+    assert (env.root / compat.STAMP).is_file() and not (env.root / "transformers").exists()
+    assert fake_installs == ["5.0.0", "5.0.0"]
 
 
-def test_environment_must_not_bring_its_own_torch(tmp_path, monkeypatch):
-    monkeypatch.setattr(compat, "_pip_install", fake_pip([], with_torch=True))
-    with pytest.raises(CompatError, match="pulled in torch"):
+def test_environment_must_hold_the_running_torch(tmp_path, fake_installs, monkeypatch):
+    monkeypatch.setattr(environments, "build_environment", fake_uv([], torch_version="2.4.0"))
+    with pytest.raises(CompatError, match="got torch 2.4.0, not the running"):
+        ensure_environment("5.0.0", cache_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_environment_that_misses_its_pin_is_not_cached(tmp_path, fake_installs, monkeypatch):
+    def install(target, requirements, *, cache_dir, what):
+        fake_uv([])(
+            target, [r.replace("5.0.0", "5.0.1") for r in requirements], cache_dir=cache_dir, what=what
+        )
+
+    monkeypatch.setattr(environments, "build_environment", install)
+    with pytest.raises(CompatError, match="uv installed transformers 5.0.1, not 5.0.0"):
         ensure_environment("5.0.0", cache_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []
 
@@ -695,8 +727,8 @@ def fake_child(failing: dict[str, dict] | None = None):
     """A child that answers like the real one: the recorded tokens, except for the versions in ``failing``."""
     failing = failing or {}
 
-    def run(model_dir, reference_dir, env_dir, work_dir):
-        version = json.loads((env_dir / compat.STAMP).read_text())["transformers"]
+    def run(model_dir, reference_dir, env, work_dir):
+        version = env.packages["transformers"]
         ref = json.loads((reference_dir / "reference.json").read_text())
         result = {
             "error": None,
@@ -722,7 +754,8 @@ def fake_world(tmp_path, monkeypatch):
     (folder / "config.json").write_text("{}")
     (folder.parent / "verification.json").write_text(json.dumps(recorded_report()))
     calls: list[str] = []
-    monkeypatch.setattr(compat, "_pip_install", fake_pip(calls))
+    monkeypatch.setattr(environments, "torch_requirement", lambda: "torch @ file:///wheels/torch.whl")
+    monkeypatch.setattr(environments, "build_environment", fake_uv(calls))
     monkeypatch.setattr(compat_index, "fetch_project_page", lambda package, url=None: index_page())
     monkeypatch.setattr(compat, "run_child", fake_child())
     # The card's code needs a real environment, like the child: the fake world has none (tests/test_snippet.py).
@@ -777,23 +810,6 @@ def test_compat_needs_a_recorded_report_or_the_checkpoint(fake_world):
     assert calls == []
     result = CliRunner().invoke(main, ["compat", str(folder), "--all-minors", "--newest"])
     assert result.exit_code == 2 and "choose the versions one way" in result.output
-
-
-def test_environments_share_identical_files_by_hardlinks(tmp_path, monkeypatch):
-    def install(version, target):
-        fake_pip([])(version, target)
-        (target / "numpy").mkdir()
-        (target / "numpy" / "core.so").write_bytes(b"same bytes in every version" * 1000)
-        (target / "own.py").write_text(f"version = {version!r}\n" * 100)
-
-    monkeypatch.setattr(compat, "_pip_install", install)
-    first = ensure_environment("5.0.0", cache_dir=tmp_path)
-    second = ensure_environment("5.1.0", cache_dir=tmp_path)
-    assert (first / "numpy" / "core.so").stat().st_ino == (second / "numpy" / "core.so").stat().st_ino
-    assert (first / "own.py").stat().st_ino != (second / "own.py").stat().st_ino
-    disk = compat.environment_disk(second)
-    shared = (second / "numpy" / "core.so").stat().st_size
-    assert disk.total_bytes - disk.unique_bytes == shared > 0
 
 
 # --------------------------------------------------------------------------- the canary's issue
@@ -911,46 +927,42 @@ def test_floors_are_read_from_pyproject_and_pinned():
         compat_floors.pinned_requirements(["requests"])
 
 
-def test_floors_check_installs_the_pins_and_runs_the_demo(tmp_path):
+def test_floors_check_installs_the_pins_and_runs_the_demo(tmp_path, monkeypatch):
     ran = []
+    monkeypatch.setattr(environments, "torch_requirement", lambda: "torch @ file:///wheels/torch.whl")
 
-    def install(requirements, target):
-        info = target / "huggingface_hub-2.0.0.dist-info"
-        info.mkdir()
-        (info / "METADATA").write_text("Metadata-Version: 2.1\nName: huggingface_hub\nVersion: 2.0.0\n")
+    def installer(hub_version):
+        def install(requirements, target, cache_dir):
+            assert "huggingface_hub==2.0" in requirements and requirements[-1].startswith("torch @ ")
+            site = target / "lib" / "python3.11" / "site-packages"
+            write_dist(site, "huggingface_hub", hub_version)
+            write_dist(site, "torch", environments.torch_version())
+
+        return install
 
     def run(cmd, env, cwd):
         ran.append(cmd)
-        first, second = env["PYTHONPATH"].split(os.pathsep)[:2]
-        assert first.endswith("project") and second.startswith(
-            str(tmp_path)
-        )  # the floors before torch's site
-        if "-c" in cmd:
-            return compat_floors.subprocess.CompletedProcess(cmd, 0, '{"huggingface_hub": "2.0.0"}\n', "")
+        assert env["PYTHONPATH"].endswith("project")  # this tree only: the rest is the environment's
         return compat_floors.subprocess.CompletedProcess(cmd, 0, "", "")
 
     built = []
     project = dict(project_installer=lambda root, target: built.append((root, target.name)))
     result = compat_floors.check_floors(
-        ["huggingface_hub"], cache_dir=tmp_path, installer=install, run=run, **project
+        ["huggingface_hub"], cache_dir=tmp_path, installer=installer("2.0.0"), run=run, **project
     )
     assert built == [(REPO_ROOT, "project")]  # this tree, built fresh
     assert result.passed and result.floors == {"huggingface-hub": "2.0"}
-    assert (
-        ran[1][1:6] == ["-S", "-P", "-m", "release", "run"] and "--dry-run" in ran[1]
-    )  # -P: not the cwd's tree
+    assert result.versions == {"huggingface-hub": "2.0.0", "torch": environments.torch_version()}
+    (cmd,) = ran
+    assert Path(cmd[0]).parent.parent.parent == tmp_path  # the floors environment's own interpreter
+    assert cmd[1:5] == ["-P", "-m", "release", "run"] and "--dry-run" in cmd  # -P: not the cwd's tree
 
-    def wrong(requirements, target):
-        info = target / "huggingface_hub-2.4.0.dist-info"
-        info.mkdir()
-        (info / "METADATA").write_text("Metadata-Version: 2.1\nName: huggingface_hub\nVersion: 2.4.0\n")
-
-    with pytest.raises(CompatError, match="pip installed huggingface-hub 2.4.0, not the floor 2.0"):
+    with pytest.raises(CompatError, match="uv installed huggingface-hub 2.4.0, not 2.0"):
         compat_floors.check_floors(
-            ["huggingface_hub"], cache_dir=tmp_path / "other", installer=wrong, run=run
+            ["huggingface_hub"], cache_dir=tmp_path / "other", installer=installer("2.4.0"), run=run
         )
     with pytest.raises(UsageError, match="the torch floor is 2.4 but this is torch"):
-        compat_floors.check_floors(["torch"], cache_dir=tmp_path, installer=install, run=run, **project)
+        compat_floors.check_floors(["torch"], cache_dir=tmp_path, installer=installer("2.0.0"), run=run)
 
 
 def test_the_floors_job_runs_in_ci_run_for_the_lowest_huggingface_hub():
@@ -1032,7 +1044,7 @@ def test_a_hub_revision_is_checked_against_its_recorded_tokens_without_a_checkpo
 
 @pytest.mark.compat
 def test_a_recorded_report_catches_a_cache_bug_at_generation_without_a_checkpoint(verified, tmp_path):
-    """The economy of issue #14: no training module at all, and a cache-path bug still fails generation (the
+    """A recorded report alone: no training module at all, and a cache-path bug still fails generation (the
     teacher-forced logits stage passes: one forward needs no cache)."""
     from packaging.version import Version
 
@@ -1063,13 +1075,13 @@ def test_every_package_ships_in_the_wheel():
 
 
 def test_the_cards_code_runs_per_version_in_that_versions_environment(fake_world):
-    """The snippet hook (issue #15's check) gets each version's interpreter and environment; a failure is
+    """The snippet hook (the card's code) gets each version's interpreter and environment; a failure is
     reported as that version's ``snippet`` stage."""
     folder, _ = fake_world
     seen = []
 
-    def snippet(version, argv, env, model_dir):
-        seen.append((version, env["PYTHONPATH"].split(os.pathsep)[0], model_dir))
+    def snippet(version, env, model_dir):
+        seen.append((version, env.root, model_dir))
         return "the card's code: line 4: generate() returned other tokens" if version == "5.0.0" else None
 
     report = run_compat_matrix(
@@ -1078,11 +1090,103 @@ def test_the_cards_code_runs_per_version_in_that_versions_environment(fake_world
         versions=["4.46.3", "5.0.0"],
         snippet_check=snippet,
     )
-    assert [(v, Path(p).name.rsplit("-", 1)[0], m) for v, p, m in seen] == [
-        ("4.46.3", "transformers-4.46.3", folder.resolve()),
-        ("5.0.0", "transformers-5.0.0", folder.resolve()),
+    cache = folder.parents[2] / "cache" / "compat"
+    assert seen == [
+        ("4.46.3", compat.environment_dir("4.46.3", cache), folder.resolve()),
+        ("5.0.0", compat.environment_dir("5.0.0", cache), folder.resolve()),
     ]
     assert report.failures == [
         "transformers 5.0.0: snippet: the card's code: line 4: generate() returned other tokens"
     ]
     assert [r.stage for r in report.results] == [None, "snippet"]
+
+
+# --------------------------------------------------------------------------- the child and its environment
+
+
+def test_the_matrix_child_checks_the_real_modeling_code_in_a_given_interpreter(converted, tmp_path):
+    """``child.py`` started by path, as in every version's environment; here in this one (no install needed)."""
+    model_dir, checkpoint = converted
+    reference = compat.reference_outputs(model_dir, checkpoint, prompts=PROMPTS)
+    reference.save(tmp_path / "reference")
+    outcome = compat.run_child(
+        model_dir, tmp_path / "reference", environments.Environment(Path(sys.prefix)), tmp_path
+    )
+    result = judge_child_result("this", outcome, reference)
+    assert result.passed, result.failures
+    assert result.max_abs_diff <= 1e-4 and result.top1_agreement == 1.0 and result.generation_match
+
+
+def test_no_module_level_string_holds_python_code():
+    """Code that runs in a child process lives in a module (linted, importable), never in a string constant."""
+    import ast
+
+    found = []
+    for path in sorted((REPO_ROOT / "release").rglob("*.py")):
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            value = node.value if isinstance(node, (ast.Assign, ast.AnnAssign)) else None
+            if value is None:
+                continue
+            try:
+                text = ast.literal_eval(value) if not isinstance(value, ast.JoinedStr) else None
+            except ValueError:
+                text = None
+            if not isinstance(text, str):
+                parts = [
+                    n.value
+                    for n in ast.walk(value)
+                    if isinstance(n, ast.Constant) and isinstance(n.value, str)
+                ]
+                text = "".join(parts)
+            try:
+                tree = ast.parse(text)
+            except SyntaxError:
+                continue
+            if any(
+                isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.Import, ast.ImportFrom))
+                for n in ast.walk(tree)
+            ):
+                found.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno}")
+    assert found == []
+
+
+@pytest.mark.compat
+def test_a_versions_environment_holds_only_what_its_users_have(tmp_path):
+    """The child sees the environment's own packages: nothing of this interpreter's site-packages (pytest, this
+    repo, the huggingface_hub the main environment resolved), and the torch under test."""
+    import sysconfig
+
+    from packaging.utils import canonicalize_name
+
+    from release.verify.without_repo import child_command
+
+    oldest, newest = selected_versions()[0], selected_versions()[-1]
+    env, _ = ensure_environment(oldest)
+    program = tmp_path / "probe.py"
+    program.write_text(
+        "import importlib.util, json, sys, huggingface_hub, torch, transformers\n"
+        "found = {}\n"
+        "for name in ('pytest', 'click', 'release'):\n"
+        "    try:\n"
+        "        found[name] = importlib.util.find_spec(name) is not None\n"
+        "    except ModuleNotFoundError as exc:\n"
+        "        found[name] = str(exc)\n"
+        "print(json.dumps({'path': sys.path, 'found': found, 'hub': huggingface_hub.__version__,\n"
+        "    'torch': torch.__version__, 'transformers': transformers.__version__}))\n"
+    )
+    proc = compat.subprocess.run(
+        child_command(env.python, program), capture_output=True, text=True, check=True, cwd=REPO_ROOT
+    )
+    seen = json.loads(proc.stdout)
+    parent_sites = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    assert not parent_sites & set(seen["path"]) and str(REPO_ROOT) not in seen["path"]
+    assert seen["found"]["pytest"] is False and "blocked: the release repo" in seen["found"]["release"]
+    packages = {canonicalize_name(k): v for k, v in env.packages.items()}
+    assert seen["hub"] == packages["huggingface-hub"] and seen["transformers"] == oldest
+    assert seen["torch"] == environments.torch_version()
+    # The next environment shares the files uv installed from its cache (torch's above all): hardlinks.
+    other, _ = ensure_environment(newest)
+    init = Path("lib") / f"python3.{sys.version_info.minor}" / "site-packages" / "torch" / "__init__.py"
+    assert (env.root / init).stat().st_ino == (other.root / init).stat().st_ino
+    disk = environments.environment_disk(other.root)
+    assert disk.unique_bytes < disk.total_bytes / 4, disk

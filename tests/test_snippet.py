@@ -1,4 +1,4 @@
-"""The card's code as a gate (issue #15): a new user's first minutes with a release, run for real.
+"""The card's code as a gate: a new user's first minutes with a release, run for real.
 
 The card's Python block runs verbatim in a fresh Python with standard input closed, against a converted folder
 (or a Hub revision) laid out as the Hub cache the snippet's repo id and revision resolve to. Tests marked
@@ -9,9 +9,7 @@ environment; the main environment is transformers 5.x.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -38,7 +36,7 @@ PROMPT = "The Fox"
 MAX_NEW_TOKENS = 8
 OLDEST = "4.46.3"  # the oldest supported transformers (pyproject's [tool.release.compat])
 
-# The card's code before issue #15: AutoTokenizer without trust_remote_code.
+# A card's code that calls AutoTokenizer without trust_remote_code.
 TODAYS_SNIPPET = f'''from transformers import AutoModelForCausalLM, AutoTokenizer
 
 repo_id = "{REPO}"
@@ -61,11 +59,11 @@ def the_cards_snippet() -> str:
     return extract_python_block(usage_snippet(repo_id=REPO, version=VERSION, verification=verification))
 
 
-def oldest_paths() -> list[str]:
-    """Where the matrix's 4.46.3 child imports from: its cached environment, then this environment's torch."""
-    from release.compat.matrix import _torch_search_paths, ensure_environment
+def oldest_environment():
+    """The matrix's 4.46.3 environment (cached): that transformers, its dependencies and this torch only."""
+    from release.compat.matrix import ensure_environment
 
-    return [str(ensure_environment(OLDEST)), *_torch_search_paths()]
+    return ensure_environment(OLDEST)[0]
 
 
 @pytest.fixture
@@ -164,14 +162,16 @@ def test_on_5x_the_prompt_is_the_snippets_to_fix(converted):
 def test_todays_folder_fails_on_4_46_with_token_type_ids(converted):
     fixed, today, expected = converted
     for code in (TODAYS_SNIPPET, the_cards_snippet()):  # the snippet's fix alone does not help on 4.x
-        result = run_card_snippet(code, today, expected=expected, paths=oldest_paths())
+        result = run_card_snippet(code, today, expected=expected, python=oldest_environment().python)
         assert len(result.failures) == 1, result.failures
         assert result.failures[0].startswith(
             "card snippet line 10 (`output = model.generate(**inputs, max_new_tokens=8, do_sample=False)`): "
             "ValueError: The following `model_kwargs` are not used by the model: ['token_type_ids']"
         )
     # Today's card on the fixed folder: 4.x does not read config.json in AutoTokenizer, so no prompt there.
-    assert run_card_snippet(TODAYS_SNIPPET, fixed, expected=expected, paths=oldest_paths()).passed
+    assert run_card_snippet(
+        TODAYS_SNIPPET, fixed, expected=expected, python=oldest_environment().python
+    ).passed
 
 
 def test_the_fixed_folder_and_card_run_silently_with_the_verified_tokens(converted):
@@ -185,7 +185,9 @@ def test_the_fixed_folder_and_card_run_silently_with_the_verified_tokens(convert
 @pytest.mark.compat
 def test_the_fixed_folder_and_card_pass_on_4_46(converted):
     fixed, _, expected = converted
-    result = run_card_snippet(the_cards_snippet(), fixed, expected=expected, paths=oldest_paths())
+    result = run_card_snippet(
+        the_cards_snippet(), fixed, expected=expected, python=oldest_environment().python
+    )
     assert result.passed, result.failures
     assert result.new_ids == expected.new_ids
 
@@ -198,9 +200,9 @@ def test_the_matrix_runs_the_card_per_version(converted):
     write_card(fixed, the_cards_snippet())
     write_card(today, the_cards_snippet())
     check = card_snippet_check(report_for(expected))
-    env = {"PYTHONPATH": os.pathsep.join(oldest_paths())}
-    assert check(OLDEST, [sys.executable, "-S"], env, fixed) is None
-    problem = check(OLDEST, [sys.executable, "-S"], env, today)
+    env = oldest_environment()
+    assert check(OLDEST, env, fixed) is None
+    problem = check(OLDEST, env, today)
     assert problem is not None and "token_type_ids" in problem
 
 
@@ -248,7 +250,7 @@ def test_a_card_that_imports_this_repo_fails_even_where_it_is_installed(converte
             "from transformers import", "import modeling\nfrom transformers import", 1
         ),
     )
-    result = check_card_snippet(fixed, report=report_for(expected), paths=[str(Path.cwd()), *sys.path])
+    result = check_card_snippet(fixed, report=report_for(expected))  # this environment: the repo is installed
     assert len(result.failures) == 1
     assert "ModuleNotFoundError: No module named 'modeling' (blocked: the release repo" in result.failures[0]
 

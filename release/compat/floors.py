@@ -1,38 +1,42 @@
 """Declared dependency floors made true: install the lowest declared versions and run the pipeline on the demo.
 
 ``[project].dependencies`` says ``huggingface_hub>=X`` and ``torch>=Y``; a floor nobody installs is a guess.
-``check_floors`` pins the named dependencies to their floors, installs the project's other dependencies as pip
-resolves them around those pins into an isolated folder (``pip install --target``, cached like the matrix's
-environments), and runs ``release run --dry-run --stop-after card`` on the built-in demo in a child
-``python -S`` that sees that folder, this source tree (installed without dependencies into a temporary folder)
-and the running torch only.
+``check_floors`` pins the named dependencies to their floors, installs the project's other dependencies as uv
+resolves them around those pins, with the running torch, into a virtual environment (``release.compat.
+environments``, cached like the matrix's), and runs ``release run --dry-run --stop-after card`` on the built-in
+demo with that environment's interpreter and this source tree (installed without dependencies into a temporary
+folder on ``PYTHONPATH``) only.
 
-torch is never installed here (a bare ``torch`` from the index is a multi-GB CUDA build): the floor of torch
-is checked by running this with that torch installed (CI's floors job installs it from the CPU index), and
-``check_floors`` refuses a torch floor that is not the running torch.
+The environment's torch is always the running one (a bare ``torch`` from the index is a multi-GB CUDA build):
+the floor of torch is checked by running this with that torch installed (CI's floors job installs it from the
+CPU index), and ``check_floors`` refuses a torch floor that is not the running torch.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
-from release.errors import CompatError, SettingsError, UsageError
+from release.compat.environments import (
+    Environment,
+    Installer,
+    default_cache_dir,
+    ensure_environment,
+    python_tag,
+    run_uv,
+    torch_version,
+)
+from release.errors import SettingsError, UsageError
 from release.settings import PROJECT, project_pyproject, read_toml
+from release.verify.snippet import child_environment
 
 STAMP = ".floors-environment.json"
-PIP_TIMEOUT = 1800.0
 RUN_TIMEOUT = 1800.0
-
-Installer = Callable[[Sequence[str], Path], None]
 
 
 def _requirements(pyproject: Path | None = None) -> list[str]:
@@ -133,49 +137,32 @@ class FloorsResult:
         )
 
 
-def _pip_install(requirements: Sequence[str], target: Path) -> None:
-    from release.compat.matrix import pip_install_target
-
-    pip_install_target(requirements, target, what=" ".join(requirements))
-
-
-def _pip_install_project(source_root: Path, target: Path) -> None:
-    """This project, built from ``source_root`` (so not wheels-only), without its dependencies."""
-    from release.compat.matrix import pip_install_target
-
-    pip_install_target(["--no-deps", str(source_root)], target, what=str(source_root), wheels_only=False)
+def _install_project(source_root: Path, target: Path) -> None:
+    """This project, built from ``source_root`` (so not wheels-only), without its dependencies, into ``target``."""
+    run_uv(
+        ["pip", "install", "--no-deps", "--target", str(target), str(source_root)],
+        what=f"{PROJECT} from {source_root}",
+        cache_dir=default_cache_dir(),
+    )
 
 
 def floors_environment(
-    requirements: Sequence[str], *, cache_dir: Path, installer: Installer = _pip_install
-) -> tuple[Path, bool]:
-    """(folder, reused) holding ``requirements`` (no torch); cached by the requirement list and Python.
+    requirements: Sequence[str], *, cache_dir: Path, installer: Installer | None = None
+) -> tuple[Environment, bool]:
+    """(environment, reused) holding ``requirements`` and the running torch; cached by the requirement list,
+    the Python and the torch.
 
     Raises:
-        CompatError: pip failed or pulled in torch.
+        CompatError: uv failed, missed a pin or installed another torch.
     """
     import hashlib
 
-    from release.compat.matrix import install_once
-
-    key = hashlib.sha256("\n".join([sys.version.split()[0], *requirements]).encode()).hexdigest()[:16]
-    target = Path(cache_dir) / f"floors-{key}-py{sys.version_info.major}{sys.version_info.minor}"
-
-    def build(staging: Path) -> dict:
-        installer(list(requirements), staging)
-        if (staging / "torch").exists():
-            raise CompatError("installing the floors pulled in torch; they reuse the running torch")
-        return {"python": sys.version.split()[0], "requirements": list(requirements)}
-
-    return target, install_once(target, build, stamp=STAMP)
-
-
-def _installed(env_dir: Path) -> dict[str, str]:
-    from packaging.utils import canonicalize_name
-
-    return {
-        canonicalize_name(d.metadata["Name"]): d.version for d in metadata.distributions(path=[str(env_dir)])
-    }
+    key = hashlib.sha256(
+        "\n".join([sys.version.split()[0], torch_version(), *requirements]).encode()
+    ).hexdigest()[:16]
+    target = Path(cache_dir) / f"floors-{key}-{python_tag()}"
+    options = {"installer": installer} if installer is not None else {}
+    return ensure_environment(target, requirements, cache_dir=Path(cache_dir), stamp=STAMP, **options)
 
 
 def check_floors(
@@ -183,7 +170,7 @@ def check_floors(
     *,
     cache_dir: Path | None = None,
     pyproject: Path | None = None,
-    installer: Installer = _pip_install,
+    installer: Installer | None = None,
     project_installer: Callable[[Path, Path], None] | None = None,
     run: Callable[[list[str], dict[str, str], Path], subprocess.CompletedProcess] | None = None,
 ) -> FloorsResult:
@@ -191,11 +178,9 @@ def check_floors(
 
     Raises:
         UsageError: A name without a declared floor, or a torch floor that is not the running torch.
-        CompatError: The environment cannot be installed, or pip did not honour a pin.
+        CompatError: The environment cannot be installed, or uv did not honour a pin.
     """
     from packaging.utils import canonicalize_name
-
-    from release.compat.matrix import _torch_search_paths, default_cache_dir
 
     names = sorted({canonicalize_name(n) for n in lowest})
     if not names:
@@ -205,9 +190,7 @@ def check_floors(
     floors = declared_floors(pyproject)
     pins = {n: floors[n] for n in names if n in floors}
     if "torch" in names and "torch" in floors:
-        import torch
-
-        running = torch.__version__.split("+")[0]
+        running = torch_version().split("+")[0]
         if _version(running) != _version(floors["torch"]):
             raise UsageError(
                 f"the torch floor is {floors['torch']} but this is torch {running}; install torch=={floors['torch']} "
@@ -216,45 +199,26 @@ def check_floors(
     requirements = pinned_requirements(names, pyproject)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     start = time.monotonic()
-    env_dir, _ = floors_environment(requirements, cache_dir=cache, installer=installer)
+    environment, _ = floors_environment(requirements, cache_dir=cache, installer=installer)
     installed_at = time.monotonic()
-    got = _installed(env_dir)
-    for name, version in pins.items():
-        if name == "torch":
-            continue
-        if name not in got or _version(got[name]) != _version(version):
-            raise CompatError(f"pip installed {name} {got.get(name, 'nothing')}, not the floor {version}")
+    got = {canonicalize_name(name): version for name, version in environment.packages.items()}
     source_root = Path(__file__).resolve().parents[2]
-    project_installer = project_installer or _pip_install_project
+    project_installer = project_installer or _install_project
     with tempfile.TemporaryDirectory(prefix="release-floors-") as tmp:
         work = Path(tmp)
         # This source tree as pip installs it (templates/ becomes release/templates), without dependencies:
-        # the code under test, built fresh each time; its dependencies are the cached floors environment.
+        # the code under test, built fresh each time, on PYTHONPATH; the rest is the floors environment's.
         project = work / "project"
         project_installer(source_root, project)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "HF_", "RELEASE_"))}
-        env.update(
-            PYTHONPATH=os.pathsep.join([str(project), str(env_dir), *_torch_search_paths()]),
-            PYTHONNOUSERSITE="1",
-            HF_HOME=str(work / "hf"),
-            HF_HUB_OFFLINE="1",
-            HF_HUB_DISABLE_TELEMETRY="1",
-        )
-        probe = "import json,sys,importlib.metadata as m;print(json.dumps({n: m.version(n) for n in sys.argv[1:]}))"
-        cmd_versions = [sys.executable, "-S", "-c", probe, "huggingface_hub", "transformers", "torch", *names]
-        cmd_run = [
-            sys.executable, "-S", "-P", "-m", "release", "run", "--dry-run", "--stop-after", "card",
-            "--version", "v0.0.0-floors", "--dist-dir", str(work / "dist"),
-        ]  # fmt: skip
-        runner = run or _run
-        probe_proc = runner(cmd_versions, env, work)
-        try:
-            versions = json.loads(probe_proc.stdout.strip().splitlines()[-1])
-        except (json.JSONDecodeError, IndexError):
-            versions = {}
+        env = child_environment(work / "hf", {"PYTHONPATH": str(project)})
+        env = {k: v for k, v in env.items() if not k.startswith("RELEASE_")}
         # In the source tree, so its [tool.release] settings apply; -P keeps the cwd off sys.path, so the
         # installed copy (with release/templates) is imported, not the tree's.
-        proc = runner(cmd_run, env, source_root)
+        cmd_run = [
+            str(environment.python), "-P", "-m", "release", "run", "--dry-run", "--stop-after", "card",
+            "--version", "v0.0.0-floors", "--dist-dir", str(work / "dist"),
+        ]  # fmt: skip
+        proc = (run or _run)(cmd_run, env, source_root)
     done = time.monotonic()
     if proc.returncode == 0:
         detail = "the demo pipeline ran fetch -> convert -> verify -> card"
@@ -266,7 +230,9 @@ def check_floors(
         )
     return FloorsResult(
         floors=pins,
-        versions={canonicalize_name(k): v for k, v in versions.items()},
+        versions={
+            n: got[n] for n in sorted({"huggingface-hub", "transformers", "torch", *names}) if n in got
+        },
         passed=proc.returncode == 0,
         detail=detail,
         install_seconds=installed_at - start,

@@ -5,22 +5,17 @@ loading). ``run_compat_matrix`` checks the folder on each version of a list, eac
 
 1. The reference. With a passing ``verification.json`` (the normal case, and the only one for a published Hub
    revision) its recorded tokens are the reference: verify proved them against the training module, so the
-   training module never decodes again (issue #14's economy). With the training checkpoint the training module
-   adds one forward: logits on fixed seeded token ids. Without a report, the checkpoint's module also decodes
-   the prompts greedily (the old path, kept for a folder nobody verified).
-2. For each version, ``ensure_environment`` installs ``transformers==X`` with its own dependencies (huggingface_hub,
-   tokenizers, ...) into ``<cache>/transformers-X-pyNN`` with ``pip install --target``. transformers does not
-   depend on torch, so torch is not installed there: the child reuses the running interpreter's torch. One pip
-   cache serves every version, and a file identical to one of another environment is hardlinked to it
-   (``_share_files``), so the wheels that many versions share (numpy, tokenizers, regex...) cost their disk
-   once. A finished environment holds a stamp file written before the folder is renamed into place, so an
-   interrupted install is simply redone and two concurrent runs cannot see a half-installed one.
-3. A child ``python -S`` runs ``CHILD_SCRIPT`` (stdlib, torch, transformers and safetensors only) with
-   ``PYTHONPATH=<environment>:<torch's site-packages>``: ``-S`` skips ``.pth`` files, so this repo's editable
-   install is invisible, and the child also blocks ``release``/``modeling`` imports in case of a regular install.
-   HF_HOME and the remote-code module cache are fresh temporary folders; the child works offline.
-   The child loads the folder with ``trust_remote_code=True`` (model and tokenizer) and reports figures as JSON;
-   the gates are applied here (``judge_child_result``).
+   training module never decodes again. With the training checkpoint the training module adds one forward:
+   logits on fixed seeded token ids. Without a report, the checkpoint's module also decodes the prompts greedily
+   (a folder nobody verified).
+2. For each version, ``ensure_environment`` builds a virtual environment holding ``transformers==X``, the
+   dependencies it resolves (huggingface_hub, tokenizers, ... as a user of that version gets them) and the
+   running torch, and nothing else (``release.compat.environments``: uv, one hardlinked cache for all).
+3. The child, ``child.py`` started by path in that environment's interpreter through
+   ``release.verify.without_repo`` (stdlib, torch, transformers and safetensors only; this repo's packages
+   refused), sees nothing of this interpreter's site-packages. HF_HOME and the remote-code module cache are fresh
+   temporary folders; the child works offline. It loads the folder with ``trust_remote_code=True`` (model and
+   tokenizer) and reports figures as JSON; the gates are applied here (``judge_child_result``).
 
 Stages and gates (the first failing stage names the result; every failed gate is one line naming the version):
 
@@ -28,13 +23,14 @@ Stages and gates (the first failing stage names the result; every failed gate is
   (``torch_dtype="auto"``, ``dtype="auto"`` from 4.56), and the tokenizer encodes the prompts as recorded.
 - ``logits``: teacher forcing on the recorded tokens (one forward over prompt + continuation: every argmax must
   be the next recorded token, up to the dtype's tie margin; the first differing step is named), and, with the
-  checkpoint, the #4 float32 gates on the training module's logits (max |diff| <= 1e-4, 100% top-1). For those
+  checkpoint, the float32 gates on the training module's logits (max |diff| <= 1e-4, 100% top-1). For those
   the model is upcast to float32 and the reference is computed with the training module's weights rounded to
   the folder's dtype: precision loss is ``verify``'s subject, the matrix asks "the same computation?".
 - ``generation``: ``generate(do_sample=False, max_new_tokens=N, attention_mask=...)`` gives the reference tokens
   for each prompt alone and for all prompts in one left-padded batch. With a recorded report the model runs in
   its own dtype, as verify ran it.
-- ``snippet``: the card's usage code, run per version (``SnippetCheck``; issue #15's ``release.verify.snippet``).
+- ``snippet``: the card's usage code, run per version in the same environment (``SnippetCheck``,
+  ``release.verify.snippet``).
 
 The versions come from ``[tool.release.compat] transformers`` in pyproject.toml (or the package index, see
 ``release.compat.index``) and must satisfy the supported range, the ``transformers`` requirement of
@@ -47,11 +43,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
-import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -61,9 +54,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from release._io import attrs_dict
+from release.compat.child import RESULT_MARK, STAGE_MARK
+from release.compat.environments import (
+    Environment,
+    default_cache_dir,
+    environment_disk,
+    python_tag,
+    torch_version,
+)
+from release.compat.environments import ensure_environment as ensure_environment_at
 from release.errors import CompatError, SettingsError, UsageError
 from release.settings import PROJECT, project_pyproject, read_toml
-from release.verify.hygiene import BLOCK_REPO_PRELUDE
+from release.verify.snippet import child_environment
+from release.verify.without_repo import child_command
 
 if TYPE_CHECKING:
     import torch
@@ -76,10 +79,7 @@ DEFAULT_PROMPTS = ("The Fox", "A Lion lay asleep in the forest, when", "Once upo
 DEFAULT_MAX_NEW_TOKENS = 8
 PARITY_SHAPE = (2, 16)  # (batch, tokens) of the seeded random input the logits are compared on
 PARITY_SEED = 0
-RESULT_MARK = "COMPAT_RESULT "
-STAGE_MARK = "COMPAT_STAGE "
 CHILD_TIMEOUT = 900.0  # seconds for one version's load + checks
-PIP_TIMEOUT = 1800.0
 
 _EXACT_VERSION = re.compile(r"^\d+\.\d+\.\d+$")
 _EXACT_OR_PRE = re.compile(r"^\d+\.\d+\.\d+((a|b|rc)\d+)?(\.dev\d+)?$")
@@ -241,7 +241,7 @@ class ReferenceOutputs:
     tie_margin: float = 0.0  # teacher-forced argmax may part from a recorded token at a tie this close
 
     def save(self, folder: Path) -> None:
-        """``reference.safetensors`` (tensors, if any) + ``reference.json`` (the rest), what ``CHILD_SCRIPT`` reads."""
+        """``reference.safetensors`` (tensors, if any) + ``reference.json`` (the rest), what ``child.py`` reads."""
         folder.mkdir(parents=True, exist_ok=True)
         if self.logits is not None and self.input_ids is not None:
             from safetensors.torch import save_file
@@ -454,335 +454,38 @@ def reference_outputs(
 # --------------------------------------------------------------------------- isolated environments
 
 
-def default_cache_dir() -> Path:
-    """``$RELEASE_CACHE_DIR/compat``, else ``~/.cache/custom-transformer-release/compat``."""
-    configured = os.environ.get("RELEASE_CACHE_DIR")
-    base = Path(configured).expanduser() if configured else Path.home() / ".cache" / PROJECT
-    return base / "compat"
-
-
 def environment_dir(version: str, cache_dir: Path) -> Path:
-    # Wheels (tokenizers, safetensors, numpy...) are built per Python version, so the key includes it.
-    return Path(cache_dir) / f"transformers-{version}-py{sys.version_info.major}{sys.version_info.minor}"
+    """``<cache>/transformers-X-py311-torch-2.13.0+cpu``: the environment holds that transformers and that torch."""
+    return Path(cache_dir) / f"transformers-{version}-{python_tag()}-torch-{torch_version()}"
 
 
-def pip_install_target(args: Sequence[str], target: Path, *, what: str, wheels_only: bool = True) -> None:
-    """``pip install --target target *args`` with the running pip; one line naming ``what`` on failure.
-
-    Raises:
-        CompatError: pip failed or timed out.
-    """
-    cmd = [
-        sys.executable, "-m", "pip", "install", "--target", str(target), "--no-input",
-        "--disable-pip-version-check", "--no-warn-script-location", "--quiet",
-        *(["--only-binary", ":all:"] if wheels_only else []), *args,
-    ]  # fmt: skip
-    try:
-        proc = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT, stdin=subprocess.DEVNULL
-        )
-    except subprocess.TimeoutExpired:
-        raise CompatError(f"pip did not install {what} within {PIP_TIMEOUT:.0f}s") from None
-    if proc.returncode != 0:
-        lines = [
-            ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("WARNING: Location")
-        ]
-        tail = " | ".join(lines[-3:]) or f"exit code {proc.returncode}"
-        raise CompatError(f"pip could not install {what}: {tail}")
-
-
-def _pip_install(version: str, target: Path) -> None:
-    """transformers and its dependency closure, wheels only, nothing from this env."""
-    pip_install_target([f"transformers=={version}"], target, what=f"transformers=={version}")
-
-
-def install_once(target: Path, build: Callable[[Path], dict[str, Any]], *, stamp: str = STAMP) -> bool:
-    """Fill ``target`` once: ``build(staging)`` installs into a fresh folder and returns the stamp's content;
-    the stamp is written last and the folder renamed into place. True when ``target`` was already complete.
-
-    An interrupted build leaves nothing (it is redone next time); two concurrent runs cannot see half of one.
-    """
-    if (target / stamp).is_file():
-        return True
-    if target.exists():  # never produced by the rename below; a leftover of an older layout or a manual copy
-        shutil.rmtree(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        content = build(staging)
-        (staging / stamp).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        try:
-            os.rename(staging, target)
-        except OSError:
-            if not (target / stamp).is_file():  # not a concurrent run that finished first
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return False
-
-
-def ensure_environment(version: str, *, cache_dir: Path | None = None) -> Path:
-    """The folder holding ``transformers==version`` and its dependencies (not torch), installed once and cached.
+def ensure_environment(version: str, *, cache_dir: Path | None = None) -> tuple[Environment, bool]:
+    """(environment, reused): a virtual environment with ``transformers==version``, the dependencies it resolves
+    (huggingface_hub, tokenizers, ... as a user of that version gets them) and the running torch; cached.
 
     Raises:
-        CompatError: pip failed, or the install pulled in torch (it must come from the running environment).
+        CompatError: uv failed, or it installed another transformers or torch.
     """
-    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    target = environment_dir(version, cache_dir)
-
-    def build(staging: Path) -> dict[str, Any]:
-        _pip_install(version, staging)
-        if (staging / "torch").exists():
-            raise CompatError(
-                f"installing transformers=={version} pulled in torch; the matrix reuses the running torch"
-            )
-        packages = {d.metadata["Name"]: d.version for d in metadata.distributions(path=[str(staging)])}
-        if packages.get("transformers") != version:
-            raise CompatError(f"pip installed transformers {packages.get('transformers')}, not {version}")
-        _share_files(staging, cache_dir)
-        return {
-            "transformers": version,
-            "python": sys.version.split()[0],
-            "packages": dict(sorted(packages.items())),
-        }
-
-    install_once(target, build)
-    return target
-
-
-def _share_files(staging: Path, cache_dir: Path) -> None:
-    """Hardlink each file of ``staging`` to an identical one of a finished environment (numpy, tokenizers,
-    regex... are the same wheel in many versions' closures): one copy on disk however many versions need it.
-
-    Same relative path, same size and the same bytes (``filecmp``), else the file stays a copy. A no-op
-    where hardlinks are not possible (another filesystem); pip's own wheel cache is shared across versions as
-    it is (one ``~/.cache/pip``), so nothing is downloaded twice either.
-    """
-    import filecmp
-
-    others = [d for d in sorted(cache_dir.glob("transformers-*")) if (d / STAMP).is_file() and d != staging]
-    if not others:
-        return
-    for path in sorted(staging.rglob("*")):
-        if not path.is_file() or path.is_symlink():
-            continue
-        rel = path.relative_to(staging)
-        size = path.stat().st_size
-        for other in others:
-            twin = other / rel
-            try:
-                if twin.is_symlink() or not twin.is_file() or twin.stat().st_size != size:
-                    continue
-                if not filecmp.cmp(twin, path, shallow=False):
-                    continue
-                tmp = path.with_name(path.name + ".link-tmp")
-                os.link(twin, tmp)
-                os.replace(tmp, path)
-            except OSError:
-                continue
-            break
-
-
-@dataclass(frozen=True)
-class EnvironmentDisk:
-    """An environment's size: every file (``total_bytes``) and the files no other environment shares."""
-
-    total_bytes: int
-    unique_bytes: int
-
-
-def environment_disk(env_dir: Path) -> EnvironmentDisk:
-    """What ``env_dir`` costs on disk; files hardlinked with another environment count in ``total`` only."""
-    total = unique = 0
-    for path in Path(env_dir).rglob("*"):
-        if path.is_file() and not path.is_symlink():
-            st = path.stat()
-            total += st.st_size
-            if st.st_nlink == 1:
-                unique += st.st_size
-    return EnvironmentDisk(total_bytes=total, unique_bytes=unique)
-
-
-def _torch_search_paths() -> list[str]:
-    """The site-packages folders the child takes torch (and torch's own dependencies) from."""
-    import importlib.util
-    import sysconfig
-
-    spec = importlib.util.find_spec("torch")
-    if spec is None or not spec.submodule_search_locations:
-        raise CompatError("torch is not installed in this environment; the matrix reuses it")
-    torch_parent = str(Path(next(iter(spec.submodule_search_locations))).parent)
-    paths = sysconfig.get_paths()
-    return list(dict.fromkeys([torch_parent, paths["purelib"], paths["platlib"]]))
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    env, reused = ensure_environment_at(
+        environment_dir(version, cache),
+        [f"transformers=={version}"],
+        cache_dir=cache,
+        stamp=STAMP,
+        stamp_fields={"transformers": version},
+    )
+    return env, reused
 
 
 # --------------------------------------------------------------------------- the child
 
 
-CHILD_SCRIPT = (
-    r'''
-"""One cell of the compatibility matrix, run inside an isolated transformers environment.
-
-Usage: python -S compat_check.py MODEL_DIR REFERENCE_DIR. Imports only the stdlib, torch, transformers, safetensors.
-Prints "COMPAT_STAGE <stage>" as each stage starts and one "COMPAT_RESULT <json>" line at the end.
-"""
-import importlib.abc
-import json
-import sys
-import traceback
-from pathlib import Path
-
-
-
-'''
-    + BLOCK_REPO_PRELUDE
-    + r"""
-
-
-def last_line(exc):
-    lines = "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()
-    return lines[-1] if lines else type(exc).__name__
-
-
-def stage(name):
-    print("COMPAT_STAGE " + name, flush=True)
-
-
-def main(model_dir, ref_dir):
-    result = {"error": None, "error_stage": None}
-
-    def finish():
-        print("COMPAT_RESULT " + json.dumps(result), flush=True)
-
-    stage("load")
-    try:
-        import torch
-        import transformers
-        from safetensors.torch import load_file
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-    except Exception as exc:
-        result.update(error=f"import: {last_line(exc)}", error_stage="load")
-        return finish()
-    result["versions"] = {"transformers": transformers.__version__, "torch": torch.__version__}
-    for name in ("huggingface_hub", "tokenizers", "safetensors"):
-        result["versions"][name] = getattr(sys.modules.get(name) or __import__(name), "__version__", "?")
-    ref = json.loads((ref_dir / "reference.json").read_text(encoding="utf-8"))
-    tensor_file = ref_dir / "reference.safetensors"
-    tensors = load_file(str(tensor_file)) if tensor_file.is_file() else None
-    major_minor = tuple(int(p) for p in transformers.__version__.split(".")[:2])
-    dtype_arg = "dtype" if major_minor >= (4, 56) else "torch_dtype"  # renamed in 4.56
-    try:
-        model, info = AutoModelForCausalLM.from_pretrained(
-            model_dir, trust_remote_code=True, output_loading_info=True, **{dtype_arg: "auto"}
-        )
-        bad = {k: sorted(v) for k, v in info.items() if v}
-        if bad:
-            raise RuntimeError("weights did not load cleanly: " + json.dumps(bad)[:500])
-        dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters()})
-        if dtypes != [ref["dtype"]]:
-            raise RuntimeError(f"{dtype_arg}='auto' loaded the weights as {dtypes}, the folder declares {ref['dtype']}")
-        model = model.eval()
-        if ref["upcast"]:
-            model = model.float()
-    except Exception as exc:
-        result.update(error=f"model: {last_line(exc)}", error_stage="load")
-        return finish()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
-        result["tokenizer_ids"] = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in ref["prompt_texts"]]
-    except Exception as exc:  # recorded; the model's stages still run
-        result["tokenizer_error"] = f"tokenizer: {last_line(exc)}"
-
-    stage("logits")
-    try:
-        # Teacher forcing: one forward over prompt + recorded continuation. Causal attention makes position t's
-        # logits depend on tokens <= t only, so greedy decoding gives the recorded tokens iff every argmax
-        # here is the next recorded token; "gap" is how far the recorded token's logit is below the maximum.
-        forced = []
-        with torch.no_grad():
-            for ids, new in zip(ref["prompt_ids"], ref["greedy_ids"]):
-                if not new:
-                    forced.append({"argmax": [], "gap": []})
-                    continue
-                seq = torch.tensor([ids + new[:-1]], dtype=torch.long)
-                logits = model(input_ids=seq).logits[0, len(ids) - 1:].float()
-                want = torch.tensor(new, dtype=torch.long)
-                gap = logits.max(-1).values - logits.gather(-1, want[:, None])[:, 0]
-                forced.append({"argmax": logits.argmax(-1).tolist(), "gap": gap.tolist()})
-        result["teacher_forced"] = forced
-    except Exception as exc:
-        result.update(error=last_line(exc), error_stage="logits")
-        return finish()
-
-    stage("generation")
-    try:
-        pad = model.generation_config.pad_token_id
-        if pad is None:
-            pad = model.generation_config.eos_token_id
-        if isinstance(pad, list):
-            pad = pad[0]
-        pad = 0 if pad is None else int(pad)
-        settings = dict(do_sample=False, max_new_tokens=ref["max_new_tokens"], pad_token_id=pad)
-        alone = []
-        with torch.no_grad():
-            for ids in ref["prompt_ids"]:
-                prompt = torch.tensor([ids], dtype=torch.long)
-                out = model.generate(prompt, attention_mask=torch.ones_like(prompt), **settings)
-                alone.append(out[0, prompt.shape[1]:].tolist())
-            width = max(len(ids) for ids in ref["prompt_ids"])
-            batch = torch.tensor([[pad] * (width - len(ids)) + ids for ids in ref["prompt_ids"]], dtype=torch.long)
-            mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in ref["prompt_ids"]])
-            out = model.generate(batch, attention_mask=mask, **settings)
-        result["generated"] = alone
-        result["generated_batch"] = out[:, width:].tolist()
-        result["pad_token_id"] = pad
-    except Exception as exc:  # the logits below are still compared: they tell a cache bug from a model bug
-        result.update(error=last_line(exc), error_stage="generation")
-
-    if tensors is not None:  # the training module's logits (needs the checkpoint): last, it upcasts in place
-        stage("logits")
-        try:
-            model = model.float()
-            with torch.no_grad():
-                logits = model(input_ids=tensors["input_ids"]).logits.float()
-            reference = tensors["logits"]
-            if logits.shape != reference.shape:
-                raise RuntimeError(f"logits have shape {tuple(logits.shape)}, the reference {tuple(reference.shape)}")
-            result["max_abs_diff"] = float((logits - reference).abs().max())
-            result["top1_agreement"] = float((logits.argmax(-1) == reference.argmax(-1)).double().mean())
-        except Exception as exc:
-            if not result["error"]:
-                result.update(error=last_line(exc), error_stage="logits")
-    return finish()
-
-
-if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
-"""
-)
+CHILD = Path(__file__).with_name("child.py")  # started by path: the environment does not have this project
 
 
 def _last_line(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}".strip()
     return text.splitlines()[-1] if text else type(exc).__name__
-
-
-def _child_env(env_dir: Path, hf_home: Path) -> dict[str, str]:
-    drop = ("PYTHON", "HF_", "HUGGINGFACE_", "TRANSFORMERS_")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
-    env.update(
-        PYTHONPATH=os.pathsep.join([str(env_dir), *_torch_search_paths()]),
-        PYTHONNOUSERSITE="1",
-        HF_HOME=str(hf_home),
-        HF_MODULES_CACHE=str(hf_home / "modules"),
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        HF_HUB_DISABLE_PROGRESS_BARS="1",
-        HF_HUB_DISABLE_TELEMETRY="1",
-        TRANSFORMERS_VERBOSITY="error",
-        TOKENIZERS_PARALLELISM="false",
-    )
-    return env
 
 
 @dataclass
@@ -795,18 +498,15 @@ class ChildOutcome:
     stderr: str
 
 
-def run_child(model_dir: Path, reference_dir: Path, env_dir: Path, work_dir: Path) -> ChildOutcome:
-    """Run ``CHILD_SCRIPT`` with ``python -S`` in ``env_dir`` + torch, a fresh HF_HOME below ``work_dir``."""
-    script = work_dir / "compat_check.py"
-    if not script.is_file():
-        script.write_text(CHILD_SCRIPT, encoding="utf-8")
+def run_child(model_dir: Path, reference_dir: Path, env: Environment, work_dir: Path) -> ChildOutcome:
+    """Run ``child.py`` in ``env``'s interpreter, this repo refused, a fresh HF_HOME below ``work_dir``, offline."""
     hf_home = Path(tempfile.mkdtemp(prefix="hf-", dir=work_dir))
-    cmd = [sys.executable, "-S", str(script), str(Path(model_dir).resolve()), str(reference_dir.resolve())]
+    cmd = child_command(env.python, CHILD, Path(model_dir).resolve(), reference_dir.resolve())
     try:
         proc = subprocess.run(
             cmd,
             cwd=work_dir,
-            env=_child_env(env_dir, hf_home),
+            env=child_environment(hf_home, {"TRANSFORMERS_VERBOSITY": "error"}),
             capture_output=True,
             text=True,
             timeout=CHILD_TIMEOUT,
@@ -1069,10 +769,9 @@ class CompatReport:
         }
 
 
-# A hook for the card's usage code (issue #15's release/verify/snippet.py): called per version with that
-# version's interpreter command and environment variables and the model folder; returns a failure line or
-# None. Until that module lands, nothing is passed and the "snippet" stage does not run.
-SnippetCheck = Callable[[str, Sequence[str], dict[str, str], Path], "str | None"]
+# The card's usage code per version (release.compat.run.card_snippet_check): called with the version, its
+# environment and the model folder; returns a failure line or None.
+SnippetCheck = Callable[[str, Environment, Path], "str | None"]
 
 
 def run_compat_matrix(
@@ -1137,20 +836,16 @@ def run_compat_matrix(
         reference.save(work / "reference")
         for version in versions:
             start = time.monotonic()
-            cached = (environment_dir(version, cache) / STAMP).is_file()
-            env_dir = ensure_environment(version, cache_dir=cache)
+            env, cached = ensure_environment(version, cache_dir=cache)
             installed = time.monotonic()
-            outcome = run_child(model_dir, work / "reference", env_dir, work)
+            outcome = run_child(model_dir, work / "reference", env, work)
             if snippet_check is not None and outcome.result is not None and not outcome.result.get("error"):
-                hf_home = Path(tempfile.mkdtemp(prefix="hf-snippet-", dir=work))
-                problem = snippet_check(
-                    version, [sys.executable, "-S"], _child_env(env_dir, hf_home), model_dir.resolve()
-                )
+                problem = snippet_check(version, env, model_dir.resolve())
                 if problem:
                     outcome.result["snippet_error"] = problem
             result = judge_child_result(version, outcome, reference, gates)
             done = time.monotonic()
-            disk = environment_disk(env_dir)
+            disk = environment_disk(env.root)
             result.seconds = done - start
             result.install_seconds = 0.0 if cached else installed - start
             result.check_seconds = done - installed

@@ -12,12 +12,12 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from release.compat.environments import Environment
 from release.compat.matrix import (
     CompatReport,
     SnippetCheck,
@@ -65,19 +65,19 @@ def select_versions(
 
 
 def card_snippet_check(report: dict[str, Any] | None) -> SnippetCheck | None:
-    """The ``snippet`` stage: the card's usage code run verbatim on each version (issue #15's
-    ``release.verify.snippet.check_card_snippet``), expected to reproduce ``report``'s greedy tokens.
+    """The ``snippet`` stage: the card's usage code run verbatim in each version's environment
+    (``release.verify.snippet.check_card_snippet``), expected to reproduce ``report``'s greedy tokens.
     """
     from release.errors import ReleaseError
     from release.verify.snippet import card_has_code, check_card_snippet
 
-    def check(version: str, argv: Sequence[str], env: dict[str, str], model_dir: Path) -> str | None:
+    def check(version: str, env: Environment, model_dir: Path) -> str | None:
         if not card_has_code(model_dir):
             return (
                 None  # a card of the user's own template with no code: nothing to run verbatim (as publish)
             )
         try:
-            result = check_card_snippet(model_dir, report=report, paths=env["PYTHONPATH"].split(os.pathsep))
+            result = check_card_snippet(model_dir, report=report, python=env.python)
         except ReleaseError as exc:
             return f"the card's code: {exc}"
         return None if result.passed else "the card's code: " + "; ".join(result.failures)

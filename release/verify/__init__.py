@@ -6,9 +6,9 @@
   ``Gates`` thresholds, the ``GATES`` registry of names and titles, ``read_report``).
 - ``checks``: the numerical comparisons (teacher-forced greedy check included); ``loading``: loading the
   candidate exactly as users do; ``hygiene``: the remote-code files' own checks
-  (and ``BLOCK_REPO_PRELUDE``, the same rule inside the child processes).
-- ``snippet``: the card's code run verbatim in a fresh process (``card_snippet_gate`` for verify,
-  ``check_card_snippet`` with ``python``/``paths`` per transformers environment, ``check_card_snippet_on_hub``
+  (``without_repo``: the same rule inside the child processes, which start through it).
+- ``snippet``: the card's code run verbatim in a fresh process (``snippet_child``; ``card_snippet_gate`` for verify,
+  ``check_card_snippet`` with each transformers environment's ``python``, ``check_card_snippet_on_hub``
   for a Hub revision).
 """
 

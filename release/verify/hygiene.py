@@ -7,8 +7,8 @@
   exist on the machine that converted the model and nowhere else, so such a file passes here and breaks for
   users.
 
-``BLOCK_REPO_PRELUDE`` is the same rule at run time: the compat matrix's and the card snippet's child scripts run
-under it, so an import of this repo fails there even where the repo is installed.
+``without_repo.py`` is the same rule at run time: the compat matrix's and the card snippet's children run
+through it, so an import of this repo fails there even where the repo is installed.
 """
 
 from __future__ import annotations
@@ -21,23 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from release._io import attrs_dict
+from release.verify.without_repo import THIS_REPO_PACKAGES
 
 ALLOWED_THIRD_PARTY = ("torch", "transformers")
-THIS_REPO_PACKAGES = ("release", "modeling", "tests")
-
-# The same rule at run time, for the child processes that run uploaded code (a compat matrix cell) or a card's
-# snippet: spliced into their scripts (after their own `import importlib.abc` and `import sys`), it refuses this
-# repo's packages even where they are installed.
-BLOCK_REPO_PRELUDE = f"""
-class _BlockRepo(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {THIS_REPO_PACKAGES!r}:
-            raise ModuleNotFoundError(f"No module named {{name!r}} (blocked: the release repo is not importable here)")
-        return None
-
-
-sys.meta_path.insert(0, _BlockRepo())
-"""
 
 
 @dataclass

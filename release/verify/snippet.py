@@ -4,17 +4,18 @@ A user copies the card's snippet into a script or a notebook. It must load the r
 ("Do you wish to run the custom code? [y/N]"), without transformers warning about model types or unused kwargs,
 and generate exactly the greedy tokens the verification recorded. ``run_card_snippet`` checks that:
 
-- The snippet is executed unchanged in a fresh Python (``-S``, cwd a temporary folder, so neither this repo's
-  packages nor its editable install are importable) with standard input closed (``/dev/null``; ``input()`` is
-  observed: it records what was asked and raises ``EOFError``, as closed standard input does).
+- The snippet is executed unchanged by ``snippet_child.py`` in a fresh Python (``-E -P``, cwd a temporary folder,
+  this repo's packages refused by ``without_repo.py`` even where they are installed) with standard input closed
+  (``/dev/null``; ``input()`` is observed: it records what was asked and raises ``EOFError``, as closed standard
+  input does).
 - The repo id and revision the snippet names resolve, offline, to the files under test: the child's Hub cache
   (``HF_HUB_CACHE``, fresh) holds ``models--<owner>--<name>/snapshots/<commit>`` linking to the folder's files and
   ``refs/<revision>`` naming that commit, the layout ``huggingface_hub`` writes itself. The code does not have to
   be edited to point at a folder, and a revision that is not tagged yet (publish's check runs before the tag is
   created) resolves to exactly the staged commit's files.
-- Any interpreter and transformers environment can run it (``python`` and ``paths``), so the compatibility
-  matrix runs the same check per transformers version; the child script imports only the standard library
-  before it runs the snippet.
+- Any interpreter can run it (``python``: this one for ``release verify``, each transformers version's
+  environment for the compatibility matrix); the child imports only the standard library before it runs the
+  snippet, and sees that interpreter's packages only.
 
 A failure is one line naming the snippet's line: ``card snippet line 6 (`tokenizer = ...`): ValueError: ...``.
 """
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from release.errors import VerificationError
-from release.verify.hygiene import BLOCK_REPO_PRELUDE
+from release.verify.without_repo import child_command
 
 if TYPE_CHECKING:
     from release.verify.report import GateResult
@@ -58,84 +59,7 @@ _FENCE = re.compile(
     r"^(?P<fence>`{3,}|~{3,})[ \t]*(?P<lang>[\w+-]*)[^\n]*\n(?P<body>.*?)^(?P=fence)[ \t]*$", re.M | re.S
 )
 
-CHILD_SCRIPT = (
-    r'''
-"""Run a model card's snippet verbatim; write what happened to a JSON file. Standard library only.
-
-Usage: python -S card_snippet_check.py SNIPPET.py RESULT.json
-"""
-import builtins
-import importlib.abc
-import json
-import logging
-import sys
-import traceback
-import warnings
-
-SNIPPET, RESULT = sys.argv[1], sys.argv[2]
-result = {"error": None, "error_line": None, "prompts": [], "warnings": [], "input_ids": None, "new_ids": None}
-
-
-'''
-    + BLOCK_REPO_PRELUDE
-    + r"""
-
-
-def snippet_line(frames):
-    lines = [f.lineno for f in frames if f.filename == SNIPPET]
-    return lines[-1] if lines else None
-
-
-def closed_input(prompt=""):
-    # What input() does when standard input is closed (write the prompt, raise EOFError), recorded.
-    result["prompts"].append({"text": str(prompt), "line": snippet_line(traceback.extract_stack())})
-    sys.stdout.write(str(prompt))
-    sys.stdout.flush()
-    raise EOFError("EOF when reading a line (standard input is closed)")
-
-
-builtins.input = closed_input
-
-
-class _Record(logging.Handler):
-    def emit(self, record):
-        if record.levelno >= logging.WARNING:
-            line = snippet_line(traceback.extract_stack())
-            result["warnings"].append({"text": record.getMessage(), "line": line, "source": record.name})
-
-
-logging.getLogger("transformers").addHandler(_Record(logging.WARNING))
-_show = warnings.showwarning
-
-
-def _showwarning(message, category, filename, lineno, file=None, line=None):
-    where = snippet_line(traceback.extract_stack())
-    result["warnings"].append({"text": f"{category.__name__}: {message}", "line": where, "source": "warnings"})
-    _show(message, category, filename, lineno, file, line)
-
-
-warnings.showwarning = _showwarning
-with open(SNIPPET, encoding="utf-8") as f:
-    source = f.read()
-namespace = {"__name__": "__main__", "__file__": SNIPPET}
-try:
-    exec(compile(source, SNIPPET, "exec"), namespace)
-except BaseException as exc:
-    text = str(exc).strip().splitlines()
-    result["error"] = type(exc).__name__ + (": " + text[0] if text else "")
-    result["error_line"] = snippet_line(traceback.extract_tb(exc.__traceback__))
-try:
-    inputs, output = namespace.get("inputs"), namespace.get("output")
-    if inputs is not None and output is not None:
-        prompt = [int(t) for t in inputs["input_ids"][0].tolist()]
-        result["input_ids"] = prompt
-        result["new_ids"] = [int(t) for t in output[0].tolist()][len(prompt):]
-except Exception as exc:
-    result["read_error"] = f"{type(exc).__name__}: {exc}"
-with open(RESULT, "w", encoding="utf-8") as f:
-    json.dump(result, f)
-"""
-)
+CHILD = Path(__file__).with_name("snippet_child.py")  # started by path: the interpreter may lack this project
 
 
 @dataclass(frozen=True)
@@ -305,27 +229,12 @@ def stage_hub_cache(
             (repo / "refs" / ref).write_text(pinned, encoding="utf-8")
 
 
-def main_environment_paths() -> list[str]:
-    """Where this process imports from, so the child finds the same torch and transformers by default.
-
-    ``sys.path`` rather than the interpreter's site-packages: an isolated environment (the dependency floors
-    check runs ``python -S`` with a ``PYTHONPATH``) has its packages elsewhere. This project's own source tree
-    is left out: the card's code must not find ``release`` or ``modeling``.
-    """
-    return [
-        entry
-        for entry in dict.fromkeys(sys.path)
-        if entry and Path(entry).is_dir() and not (Path(entry) / "release" / "__init__.py").is_file()
-    ]
-
-
 def run_card_snippet(
     code: str,
     folder: Path,
     *,
     expected: ExpectedRun | None,
-    python: str | None = None,
-    paths: Sequence[str] | None = None,
+    python: str | Path | None = None,
     env: Mapping[str, str] | None = None,
     commit: str | None = None,
     timeout: float = SNIPPET_TIMEOUT,
@@ -336,9 +245,9 @@ def run_card_snippet(
         code: The card's Python block (``extract_python_block``), unchanged.
         folder: The files every repo id/revision the snippet names resolves to (a model folder or a snapshot).
         expected: The verified greedy run of the snippet's prompt; None skips the token comparison.
-        python: The interpreter (default: this one). It runs with ``-S``; ``paths`` go on ``PYTHONPATH``.
-        paths: Where the child imports torch/transformers from (default: this environment's site-packages;
-            the compatibility matrix passes ``[its transformers environment, torch's site-packages]``).
+        python: The interpreter, with the torch and transformers under test (default: this one; the
+            compatibility matrix passes each version's environment's). It sees its own packages only
+            (``without_repo.child_command``), and never this repo's.
         env: Extra environment variables for the child (never printed).
         commit: The snapshot's commit id (a Hub revision's real commit); default one derived from the files.
 
@@ -352,17 +261,12 @@ def run_card_snippet(
     lines = code.splitlines()
     with tempfile.TemporaryDirectory(prefix="release-card-snippet-") as tmp:
         work = Path(tmp)
-        script, snippet, result_path = (
-            work / "card_snippet_check.py",
-            work / "card_snippet.py",
-            work / "result.json",
-        )
-        script.write_text(CHILD_SCRIPT, encoding="utf-8")
+        snippet, result_path = work / "card_snippet.py", work / "result.json"
         snippet.write_text(code, encoding="utf-8")
         hf_home = work / "hf"
         stage_hub_cache(Path(folder), hf_home / "hub", targets, commit=commit)
-        child_env = _child_env(hf_home, list(paths) if paths is not None else main_environment_paths(), env)
-        cmd = [python or sys.executable, "-S", str(script), str(snippet), str(result_path)]
+        child_env = child_environment(hf_home, env)
+        cmd = child_command(python or sys.executable, CHILD, snippet, result_path)
         try:
             proc = subprocess.run(
                 cmd,
@@ -450,12 +354,12 @@ def _same_greedy_run(got: list[int], want: list[int]) -> bool:
     return got[:n] == want[:n] and (len(got) == len(want) or n > 0)
 
 
-def _child_env(hf_home: Path, paths: list[str], extra: Mapping[str, str] | None) -> dict[str, str]:
+def child_environment(hf_home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The variables of a child that runs model code: this process's, less every Python, Hub and transformers
+    setting (a token included), with a fresh, offline Hub cache at ``hf_home``; then ``extra``."""
     drop = ("PYTHON", "HF_", "HUGGINGFACE_", "TRANSFORMERS_")
     env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
     env.update(
-        PYTHONPATH=os.pathsep.join(paths),
-        PYTHONNOUSERSITE="1",
         HF_HOME=str(hf_home),
         HF_HUB_CACHE=str(hf_home / "hub"),
         HF_MODULES_CACHE=str(hf_home / "modules"),
@@ -509,8 +413,7 @@ def check_card_snippet(
     report: Mapping[str, Any] | None,
     repo_id: str | None = None,
     version: str | None = None,
-    python: str | None = None,
-    paths: Sequence[str] | None = None,
+    python: str | Path | None = None,
     env: Mapping[str, str] | None = None,
     commit: str | None = None,
 ) -> SnippetResult:
@@ -528,9 +431,7 @@ def check_card_snippet(
         raise VerificationError(
             f"the card's prompt {shown} is not among the verified generation cases; re-render the card"
         )
-    return run_card_snippet(
-        code, folder, expected=expected, python=python, paths=paths, env=env, commit=commit
-    )
+    return run_card_snippet(code, folder, expected=expected, python=python, env=env, commit=commit)
 
 
 def check_card_snippet_on_hub(
@@ -538,8 +439,7 @@ def check_card_snippet_on_hub(
     *,
     revision: str,
     report: Mapping[str, Any],
-    python: str | None = None,
-    paths: Sequence[str] | None = None,
+    python: str | Path | None = None,
 ) -> SnippetResult:
     """Publish's post-upload check: download ``repo_id@revision`` (a commit) fresh and run its card's snippet.
 
@@ -551,9 +451,7 @@ def check_card_snippet_on_hub(
     from release.verify.loading import candidate_source
 
     with candidate_source(repo_id, revision) as source:
-        return check_card_snippet(
-            source.folder, report=report, python=python, paths=paths, commit=source.commit
-        )
+        return check_card_snippet(source.folder, report=report, python=python, commit=source.commit)
 
 
 def card_snippet_gate(
