@@ -31,7 +31,6 @@ from release.compat.matrix import (
     default_versions,
     ensure_environment,
     judge_child_result,
-    merge_into_report,
     parse_versions,
     run_compat_matrix,
     supported_range,
@@ -230,17 +229,24 @@ def test_judge_reports_a_dead_child_at_its_last_stage():
     ]
 
 
-def test_report_dict_and_merge_keep_other_keys(tmp_path):
+def test_the_table_becomes_the_reports_compat_section(tmp_path):
+    import dataclasses
+
+    from release.errors import ReportError
+    from release.verify.report import VerificationReport, read_report
+    from tests.test_card import VERIFICATION
+
     ok = judge_child_result("4.46.3", child_result(), fake_reference())
     bad = judge_child_result("5.0.0", child_result(generated=[[1, 2, 9, 4], [4, 3, 7]]), fake_reference())
     report = CompatReport(range=">=4.46,<6", results=[ok, bad])
     assert not report.passed and report.tested_versions == ["4.46.3"]
     path = tmp_path / "verification.json"
-    path.write_text(json.dumps({"schema_version": 1, "passed": True, "compat": {"stale": 1}}))
-    merge_into_report(path, report)
+    path.write_text(json.dumps({**VERIFICATION, "compat": {"range": "stale", "versions": []}}))
+    read_report(path).with_compat(report.to_dict()).write(path)
     text = path.read_text()
     data = json.loads(text)
-    assert data["schema_version"] == 1 and data["passed"] is True
+    before = dataclasses.replace(VerificationReport.from_dict(VERIFICATION), compat=None)
+    assert dataclasses.replace(read_report(path), compat=None) == before  # every other section kept
     assert data["compat"]["range"] == ">=4.46,<6" and data["compat"]["passed"] is False
     assert data["compat"]["statement"] == "tested on transformers 4.46: 1 version"
     assert [v["transformers"] for v in data["compat"]["versions"]] == ["4.46.3", "5.0.0"]
@@ -255,10 +261,11 @@ def test_report_dict_and_merge_keep_other_keys(tmp_path):
         "environment": None,
         "cost": {"install_seconds": 0.0, "check_seconds": 0.0, "disk_mb": 0.0, "unique_disk_mb": 0.0},
     }
-    assert text == json.dumps(data, indent=2, sort_keys=True) + "\n"
+    typed = read_report(path).compat
+    assert not typed.passed and [v.transformers for v in typed.versions if v.passed] == ["4.46.3"]
     path.write_text("[1, 2]")
-    with pytest.raises(CompatError, match="does not hold a JSON object"):
-        merge_into_report(path, report)
+    with pytest.raises(ReportError, match="must be a JSON object"):
+        read_report(path)
 
 
 # --------------------------------------------------------------------------- the environment cache
@@ -432,15 +439,14 @@ def test_a_cache_only_argument_is_caught_where_generate_passes_past_key_values(c
     assert source.count(BUGGY_LINE) == 1, "the modeling code changed: update the injected bug"
     modeling.write_text(source.replace(BUGGY_LINE, "cache=cache,"), encoding="utf-8")
 
-    report_path = tmp_path / "verification.json"
-    report_path.write_text(json.dumps({"schema_version": 1, "passed": True}))
-    args = ["compat", str(buggy), "--checkpoint", str(checkpoint), "--report", str(report_path)]
+    args = ["compat", str(buggy), "--checkpoint", str(checkpoint)]  # no report: the table stands alone
     result = CliRunner().invoke(main, [*args, "--versions", ",".join(versions)])
 
     assert result.exit_code == 1, result.output
     assert f"Error: {len(old)} of {len(versions)} transformers versions failed" in result.output
-    data = json.loads(report_path.read_text())
-    assert data["schema_version"] == 1 and data["compat"]["passed"] is False
+    assert not (tmp_path / "verification.json").exists()
+    data = json.loads((tmp_path / "compat.json").read_text())
+    assert data["compat"]["passed"] is False
     for entry in data["compat"]["versions"]:
         version = entry["transformers"]
         assert (

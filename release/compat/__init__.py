@@ -9,7 +9,6 @@ revision and keeps its one issue; floors.py proves the dependency floors in an e
 from release.compat.matrix import (
     CompatReport,
     VersionResult,
-    merge_into_report,
     parse_versions,
     reference_from_report,
     run_compat_matrix,
@@ -20,7 +19,6 @@ __all__ = [
     "CompatReport",
     "CompatRun",
     "VersionResult",
-    "merge_into_report",
     "parse_versions",
     "reference_from_report",
     "run_compat",

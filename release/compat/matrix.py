@@ -35,7 +35,7 @@ Stages and gates (the first failing stage names the result; every failed gate is
 The versions come from ``[tool.release.compat] transformers`` in pyproject.toml (or the package index, see
 ``release.compat.index``) and must satisfy the supported range, the ``transformers`` requirement of
 ``[project].dependencies``: declared once and read by the code, CI and the card (``supported_range``). Results go
-into ``verification.json`` under ``"compat"`` (``merge_into_report``): one row per version with its stage, figures,
+into the report's ``compat`` section (``VerificationReport.with_compat``): one row per version with its stage, figures,
 library versions and cost (time and disk), and the card's compact ``statement``.
 """
 
@@ -304,21 +304,6 @@ def reference_from_report(report: dict[str, Any], *, source: str = "verification
         source=source,
         tie_margin=margin,
     )
-
-
-def read_report_file(path: Path) -> dict[str, Any]:
-    """``verification.json`` as data.
-
-    Raises:
-        CompatError: It cannot be read or is not a JSON object.
-    """
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CompatError(f"cannot read the verification report {path}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise CompatError(f"{path} does not hold a JSON object")
-    return data
 
 
 def _folder_config(model_dir: Path) -> dict[str, Any]:
@@ -854,28 +839,6 @@ def run_compat_matrix(
             if on_result is not None:
                 on_result(result)
     return CompatReport(range=range_spec, results=results, reference=reference.source)
-
-
-def merge_into_report(path: Path, report: CompatReport) -> Path:
-    """Merge ``report`` into ``path`` (``verification.json``) under ``"compat"``, keeping its other keys. Atomic.
-
-    Raises:
-        CompatError: ``path`` exists but is not a JSON object.
-    """
-    from release._io import write_text_atomic
-
-    path = Path(path)
-    data: dict[str, Any] = {}
-    if path.exists():
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise CompatError(f"cannot merge into {path}: {exc}") from exc
-        if not isinstance(data, dict):
-            raise CompatError(f"cannot merge into {path}: it does not hold a JSON object")
-    data["compat"] = report.to_dict()
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
-    return path
 
 
 # --------------------------------------------------------------------------- the card's code per version

@@ -6,7 +6,8 @@
 - Reference: the recorded tokens of ``verification.json`` whenever it is there and passed (no greedy decoding by
   the training module: verify already proved those tokens), plus the training module's logits when the
   checkpoint is given. A Hub revision needs its recorded report and no checkpoint.
-- The table goes into ``verification.json`` under ``"compat"`` (a folder), or to ``out`` (a Hub revision).
+- The table becomes the report's ``compat`` section (a folder: ``release.verify.report`` writes it), or is written
+  alone to ``out`` (a Hub revision, or a folder with no report).
 """
 
 from __future__ import annotations
@@ -23,8 +24,6 @@ from release.compat.matrix import (
     SnippetCheck,
     VersionResult,
     check_versions,
-    merge_into_report,
-    read_report_file,
     run_compat_matrix,
     supported_range,
 )
@@ -120,17 +119,23 @@ def run_compat(
 
     path = Path(model)
     if path.exists():
+        from release.verify.report import read_report, report_path
+
         if revision is not None:
             raise UsageError("--revision applies to a Hub repo id, not to a local folder")
-        report_path = Path(report) if report is not None else path.parent / "verification.json"
-        recorded = _passing_report(report_path) if report_path.is_file() else None
+        report_file = Path(report) if report is not None else report_path(path)
+        recorded = _passing_report(report_file) if report_file.is_file() else None
         if recorded is None and checkpoint is None:
             raise UsageError(
-                f"no passing verification report at {report_path} and no --checkpoint: run `release verify` "
+                f"no passing verification report at {report_file} and no --checkpoint: run `release verify` "
                 "first, or pass the training checkpoint"
             )
         result = run_compat_matrix(path, checkpoint=checkpoint, canary=canary, **options(recorded))
-        return CompatRun(result, None, merge_into_report(out or report_path, result))
+        if not report_file.is_file():  # nothing to add the table to: it stands alone, as for a Hub revision
+            target = out or report_file.with_name("compat.json")
+            return CompatRun(result, None, _write_compat(target, result, repo_id=None, revision=None))
+        written = read_report(report_file).with_compat(result.to_dict()).write(out or report_file)
+        return CompatRun(result, None, written)
 
     from release.compat.canary import check_hub_revision, newest_release_tag
 
@@ -155,14 +160,14 @@ def run_compat(
 
 def _passing_report(path: Path) -> dict[str, Any] | None:
     """The report if it passed and recorded generation cases (their tokens are the reference), else None."""
-    data = read_report_file(path)
-    generation = data.get("generation")
-    if data.get("passed") is not True or not isinstance(generation, dict) or not generation.get("cases"):
-        return None
-    return data
+    from release.verify.report import read_report
+
+    report = read_report(path)
+    return report.to_dict() if report.verified and report.generation.cases else None
 
 
-def _write_compat(path: Path, report: CompatReport, *, repo_id: str, revision: str) -> Path:
+def _write_compat(path: Path, report: CompatReport, *, repo_id: str | None, revision: str | None) -> Path:
+    """The table alone, with what it checked: a Hub revision (the canary's input), or a folder with no report."""
     from release._io import write_text_atomic
 
     data = {"repo_id": repo_id, "revision": revision, "compat": report.to_dict()}
