@@ -100,8 +100,8 @@ def good(release):
         seen["reference_loads"] += 1
         return real_load_reference(path)
 
-    def load_candidate(source):
-        model, tokenizer = real_load_candidate(source)
+    def load_candidate(source, device=None):
+        model, tokenizer = real_load_candidate(source, device)
         seen["candidate"] = weakref.ref(model)
         seen["candidate_loads"] += 1
         return model, tokenizer
