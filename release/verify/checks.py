@@ -673,6 +673,59 @@ def candidate_greedy(
     return run
 
 
+@torch.no_grad()
+def candidate_padded_batch(
+    model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, pad_token_id: int | None, eos: set[int]
+) -> tuple[bool, list[list[int]]]:
+    """Greedy ``generate()`` of every prompt in one left-padded batch: whether any row was padded, and each
+    row's continuation up to its first eos (to compare with the prompts one by one)."""
+    saved = (tokenizer.padding_side, tokenizer.pad_token)
+    try:
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        enc = tokenizer(list(prompts), return_tensors="pt", padding=True)
+    finally:
+        tokenizer.padding_side, tokenizer.pad_token = saved
+    out = model.generate(
+        **enc.to(input_device(model)),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        pad_token_id=pad_token_id,
+    )
+    width = enc["input_ids"].shape[1]
+    rows = [trim_at_eos(row, eos) for row in out[:, width:].tolist()]
+    return bool((enc["attention_mask"] == 0).any()), rows
+
+
+@torch.no_grad()
+def candidate_sampling(
+    model,
+    input_ids: list[int],
+    *,
+    seed: int,
+    temperature: float,
+    top_k: int,
+    max_new_tokens: int,
+    pad_token_id,
+) -> list[int]:
+    """Seeded ``generate(do_sample=True)`` of one prompt (the global RNG is left as it was); the new tokens."""
+    ids = torch.tensor([input_ids], device=input_device(model))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=True,
+            temperature=temperature,
+            top_k=top_k,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=pad_token_id,
+        )
+    return out[0, ids.shape[1] :].tolist()
+
+
 @dataclass
 class Divergence:
     """How ``actual`` compares with ``expected`` (a greedy run with its step logits)."""

@@ -230,7 +230,7 @@ def verify_model(
             reference = _reference_half(plan, candidate, used_gates)
             return_freed_memory()
             if reference.parity is not None and not parity_within(reference.parity, used_gates):
-                reference = _timed(plan, "locate", _locate, plan, reference, used_gates)
+                reference = _locate(plan, reference, used_gates)
         snippet_gate = None
         if card_snippet and candidate.load_error is None:
             t = time.perf_counter()
@@ -380,10 +380,11 @@ class ReferenceFigures:
     shared_masks: int = 0
 
 
-def _timed(plan: _Plan, name: str, func, *args, **kwargs):
+@contextlib.contextmanager
+def _timing(plan: _Plan, name: str):
     t = time.perf_counter()
     try:
-        return func(*args, **kwargs)
+        yield
     finally:
         plan.timings[name] = plan.timings.get(name, 0.0) + time.perf_counter() - t
 
@@ -399,10 +400,12 @@ def _gates_for(requested: Gates | Mapping[str, Any] | None, dtype: str | None) -
 def _load_candidate(plan: _Plan):
     from release.verify import loading
 
-    return _timed(plan, "candidate_load", loading.load_candidate, plan.source, plan.device)
+    with _timing(plan, "candidate_load"):
+        return loading.load_candidate(plan.source, plan.device)
 
 
 def _candidate_half(plan: _Plan) -> CandidateFigures:
+    from release.verify import checks
     from release.verify.loading import fresh_remote_code_modules
 
     with fresh_remote_code_modules():
@@ -411,17 +414,36 @@ def _candidate_half(plan: _Plan) -> CandidateFigures:
         if found.error is not None:
             return CandidateFigures(load_error=found.error)
         try:
-            parity_error = _timed(plan, "candidate_parity", _candidate_parity, plan, model)
-            nll, perplexity_error = _timed(
-                plan, "candidate_perplexity", _candidate_perplexity, plan, model, tokenizer
-            )
-            generation = _timed(plan, "candidate_generation", _candidate_generation, plan, model, tokenizer)
+            with _timing(plan, "candidate_parity"), _Finding("forward on the parity inputs") as parity:
+                checks.candidate_logits(
+                    model,
+                    plan.inputs,
+                    plan.spill,
+                    budget=plan.budget,
+                    vocab_size=plan.vocab_size,
+                    width=plan.width,
+                )
+            nll = None
+            with _timing(plan, "candidate_perplexity"), _Finding("scoring the text") as scoring:
+                ids = checks.perplexity_ids(
+                    _encode(tokenizer, plan.text), window=plan.window, tokens=plan.perplexity_tokens
+                )
+                nll = checks.perplexity_nll(
+                    _logits_of(model, candidate=True),
+                    ids,
+                    window=plan.window,
+                    vocab_size=plan.vocab_size,
+                    budget=plan.budget,
+                    device=checks.input_device(model),
+                )
+            with _timing(plan, "candidate_generation"):
+                generation = _candidate_generation(plan, model, tokenizer)
             return CandidateFigures(
                 dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
                 model_class=f"{type(model).__module__}.{type(model).__name__}",
-                parity_error=parity_error,
-                nll=nll,
-                perplexity_error=perplexity_error,
+                parity_error=parity.error,
+                nll=None if scoring.error else nll,
+                perplexity_error=scoring.error,
                 **generation,
             )
         finally:
@@ -433,48 +455,44 @@ def _reference_half(plan: _Plan, candidate: CandidateFigures, gates: Gates) -> R
     from release.checkpoint import load_reference_model
     from release.verify import checks
 
-    t = time.perf_counter()
-    model, ckpt = load_reference_model(plan.checkpoint)
-    try:
+    with _timing(plan, "reference_load"):
+        model, ckpt = load_reference_model(plan.checkpoint)
         shared_masks = checks.share_causal_masks(model, ckpt, device=plan.device.name)
         model = plan.device.place(model)
-        plan.timings["reference_load"] = time.perf_counter() - t
+    try:
         parity, parity_error = None, None
         if candidate.parity_error is None:
-            with _Finding("the reference's forward on the parity inputs") as found:
-                parity = _timed(
-                    plan,
-                    "reference_parity",
-                    checks.compare_logits,
+            with _timing(plan, "reference_parity"):
+                with _Finding("the reference's forward on the parity inputs") as found:
+                    parity = checks.compare_logits(model, plan.inputs, plan.spill, budget=plan.budget)
+            parity_error = found.error
+        with _timing(plan, "reference_perplexity"):
+            nll = checks.perplexity_nll(
+                _logits_of(model, candidate=False),
+                plan.eval_ids,
+                window=plan.window,
+                vocab_size=plan.vocab_size,
+                budget=plan.budget,
+                device=checks.input_device(model),
+            )
+        with _timing(plan, "reference_greedy"):
+            verdicts = tuple(
+                None
+                if case.run is None
+                else checks.teacher_forced_greedy(
                     model,
-                    plan.inputs,
-                    plan.spill,
+                    ref_ids,
+                    case.run.ids,
+                    max_new_tokens=plan.max_new_tokens,
+                    eos_token_id=plan.eos_token_id,
+                    tie_margin=gates.greedy_tie_margin,
                     budget=plan.budget,
                 )
-            parity_error = found.error
-        device = checks.input_device(model)
-        nll = _timed(
-            plan,
-            "reference_perplexity",
-            checks.perplexity_nll,
-            _outputs_first(model),
-            plan.eval_ids,
-            window=plan.window,
-            vocab_size=plan.vocab_size,
-            budget=plan.budget,
-            device=device,
-        )
-        verdicts = _timed(plan, "reference_greedy", _reference_greedy, plan, model, candidate, gates)
-        if parity is not None and not parity_within(parity, gates):
-            _timed(
-                plan,
-                "reference_hidden_states",
-                checks.spill_reference_hidden_states,
-                model,
-                plan.inputs,
-                plan.spill,
-                budget=plan.budget,
+                for case, ref_ids in zip(candidate.cases, plan.ref_prompt_ids, strict=True)
             )
+        if parity is not None and not parity_within(parity, gates):
+            with _timing(plan, "reference_hidden_states"):
+                checks.spill_reference_hidden_states(model, plan.inputs, plan.spill, budget=plan.budget)
         return ReferenceFigures(
             nll=nll, parity=parity, parity_error=parity_error, checks=verdicts, shared_masks=shared_masks
         )
@@ -484,8 +502,10 @@ def _reference_half(plan: _Plan, candidate: CandidateFigures, gates: Gates) -> R
         del ckpt
 
 
-def _outputs_first(model):
-    """The training module's logits (its forward returns ``(logits, loss)``)."""
+def _logits_of(model, *, candidate: bool):
+    """Logits as each side is called: the candidate as users call it, the training module's ``(logits, loss)``."""
+    if candidate:
+        return lambda x: model(input_ids=x, use_cache=False).logits
     return lambda x: model(x)[0]
 
 
@@ -495,7 +515,7 @@ def _locate(plan: _Plan, reference: ReferenceFigures, gates: Gates) -> Reference
     from release.verify.loading import fresh_remote_code_modules
 
     located = dataclasses.replace(reference.parity, located=True)
-    with fresh_remote_code_modules():
+    with _timing(plan, "locate"), fresh_remote_code_modules():
         try:
             model, _tokenizer = _load_candidate(plan)
             try:
@@ -515,35 +535,6 @@ def _locate(plan: _Plan, reference: ReferenceFigures, gates: Gates) -> Reference
         except Exception:  # it loaded and ran once already; locating is a refinement of a failure
             log.debug("locating the divergence failed", exc_info=True)
     return dataclasses.replace(reference, parity=located)
-
-
-def _candidate_parity(plan: _Plan, model) -> str | None:
-    from release.verify import checks
-
-    with _Finding("forward on the parity inputs") as found:
-        checks.candidate_logits(
-            model, plan.inputs, plan.spill, budget=plan.budget, vocab_size=plan.vocab_size, width=plan.width
-        )
-    return found.error
-
-
-def _candidate_perplexity(plan: _Plan, model, tokenizer) -> tuple[tuple[float, int] | None, str | None]:
-    from release.verify import checks
-
-    nll = None
-    with _Finding("scoring the text") as found:
-        ids = checks.perplexity_ids(
-            _encode(tokenizer, plan.text), window=plan.window, tokens=plan.perplexity_tokens
-        )
-        nll = checks.perplexity_nll(
-            lambda x: model(input_ids=x, use_cache=False).logits,
-            ids,
-            window=plan.window,
-            vocab_size=plan.vocab_size,
-            budget=plan.budget,
-            device=checks.input_device(model),
-        )
-    return (None, found.error) if found.error else (nll, None)
 
 
 def _candidate_generation(plan: _Plan, model, tokenizer) -> dict[str, Any]:
@@ -573,60 +564,33 @@ def _greedy(plan: _Plan, model, tokenizer, prompt: str, pad) -> CandidateCase:
 
 
 def _padded_batch(plan: _Plan, model, tokenizer, pad, eos, cases) -> dict[str, Any]:
-    import torch
-
     from release.verify import checks
 
     info: dict[str, Any] = {"prompts": len(plan.prompts)}
-    saved = (tokenizer.padding_side, tokenizer.pad_token)
-    try:
+    with _Finding("generate() on the padded batch") as found:
         if any(c.run is None for c in cases):
             raise RuntimeError("single-prompt generation failed, nothing to compare with")
-        tokenizer.padding_side = "left"
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        enc = tokenizer(list(plan.prompts), return_tensors="pt", padding=True)
-        info["padded"] = bool((enc["attention_mask"] == 0).any())
-        with torch.no_grad():
-            out = model.generate(
-                **enc.to(checks.input_device(model)),
-                max_new_tokens=plan.max_new_tokens,
-                do_sample=False,
-                num_beams=1,
-                pad_token_id=pad,
-            )
-        width = enc["input_ids"].shape[1]
-        rows = tuple(checks.trim_at_eos(row, eos) for row in out[:, width:].tolist())
-        return {"padded_batch": info, "padded_rows": rows}
-    except Exception as exc:
-        log.debug("padded batch failed", exc_info=True)
-        return {"padded_batch": info, "padded_error": f"generate() on the padded batch {_exc(exc)}"}
-    finally:
-        tokenizer.padding_side, tokenizer.pad_token = saved
+        info["padded"], rows = checks.candidate_padded_batch(
+            model, tokenizer, plan.prompts, max_new_tokens=plan.max_new_tokens, pad_token_id=pad, eos=eos
+        )
+        return {"padded_batch": info, "padded_rows": tuple(rows)}
+    return {"padded_batch": info, "padded_error": found.error}
 
 
 def _sampling(plan: _Plan, model, tokenizer, pad, eos) -> dict[str, Any]:
-    import torch
-
     from release.verify import checks
 
     prompt = plan.prompts[0]
     info: dict[str, Any] = {**SAMPLING, "prompt": prompt, "tokens": 0, "stopped": None, "text": ""}
     problem = None
     with _Finding("generate(do_sample=True)") as found:
-        ids = torch.tensor([_encode(tokenizer, prompt)], device=checks.input_device(model))
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
-            torch.manual_seed(SAMPLING["seed"])
-            out = model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                do_sample=True,
-                temperature=SAMPLING["temperature"],
-                top_k=SAMPLING["top_k"],
-                max_new_tokens=plan.max_new_tokens,
-                pad_token_id=pad,
-            )
-        cont = out[0, ids.shape[1] :].tolist()
+        cont = checks.candidate_sampling(
+            model,
+            _encode(tokenizer, prompt),
+            **SAMPLING,
+            max_new_tokens=plan.max_new_tokens,
+            pad_token_id=pad,
+        )
         info.update(tokens=len(cont), text=tokenizer.decode(cont, skip_special_tokens=True))
         first_eos = next((i for i, tok in enumerate(cont) if tok in eos), None)
         if first_eos is not None:
@@ -653,25 +617,6 @@ def _pipeline(plan: _Plan, model, tokenizer, first: CandidateCase) -> dict[str, 
         if first.run is not None and got != first.text:
             problem = f"pipeline text {got[:60]!r} differs from generate()'s {first.text[:60]!r}"
     return {"pipeline": info, "pipeline_problem": found.error or problem}
-
-
-def _reference_greedy(plan: _Plan, model, candidate: CandidateFigures, gates: Gates) -> tuple:
-    from release.verify import checks
-
-    return tuple(
-        None
-        if case.run is None
-        else checks.teacher_forced_greedy(
-            model,
-            ref_ids,
-            case.run.ids,
-            max_new_tokens=plan.max_new_tokens,
-            eos_token_id=plan.eos_token_id,
-            tie_margin=gates.greedy_tie_margin,
-            budget=plan.budget,
-        )
-        for case, ref_ids in zip(candidate.cases, plan.ref_prompt_ids, strict=True)
-    )
 
 
 # --------------------------------------------------------------------------- figures -> gates and sections
