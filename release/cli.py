@@ -542,6 +542,12 @@ def run(version, dry_run, stop_after, **options):
     metavar="NAME=VALUE",
     help="Override a threshold of the dtype's defaults, e.g. max_abs_diff=2e-4 or max_kl_divergence=off.",
 )
+@click.option(
+    "--device",
+    default=None,
+    metavar="auto|cpu|cuda|cuda:N",
+    help="Where both models run (default: settings, cpu). A model too large for one GPU is spread by accelerate.",
+)
 @reports_errors
 def verify(
     model_dir,
@@ -555,6 +561,7 @@ def verify(
     max_new_tokens,
     perplexity_tokens,
     gate_overrides,
+    device,
 ):
     """Check that a converted model DIR (or --repo-id at --revision) behaves like the training CHECKPOINT.
 
@@ -589,6 +596,7 @@ def verify(
             "prompts": list(prompts) or None,
             "eval_text": str(eval_text) if eval_text else None,
             "max_new_tokens": max_new_tokens,
+            "device": device,
         }
     )
     model = repo_id if repo_id is not None else model_dir
@@ -604,6 +612,7 @@ def verify(
         report_path=report_path,
         tokenizer=tokenizer,
         settings_tokenizer=settings.tokenizer,
+        device=settings.device,
         **({"perplexity_tokens": perplexity_tokens} if perplexity_tokens is not None else {}),
     )
     summary = report.markdown()
