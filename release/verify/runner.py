@@ -7,7 +7,8 @@ remote-code hygiene, and the card's code run verbatim in a fresh process (``rele
 needs: the candidate runs first (its parity logits spilled to disk, its perplexity, every generation), then
 the reference compares its logits, scores the same tokens and checks the candidate's greedy continuations by
 teacher forcing (one forward per prompt); per-layer hidden states are computed only when parity failed. The
-result is a ``VerificationReport`` (``verification.json`` + a Markdown summary).
+result is a ``VerificationReport`` (``verification.json`` + a Markdown summary). Both halves run on one device
+(``device``: the CPU by default, a GPU, or layers spread by accelerate), which the report names.
 
 ``check_generation_against_report`` repeats the generation check on a published revision without the
 checkpoint (the expected tokens are in the report): the gate that runs after an upload and before a tag is
