@@ -770,6 +770,27 @@ def test_prompt_and_max_new_tokens_must_fit_the_context(release):
         verify_model(release.model_dir, **release.fast(max_new_tokens=64))
 
 
+def test_parity_gates_judge_what_was_measured_against_the_gates_turned_on():
+    """The one place logits figures meet thresholds (compat measures only max abs diff and top-1)."""
+    from release.verify.report import Gates, LogitFigures, parity_gates, parity_within
+
+    compat = LogitFigures(max_abs_diff=2e-4, top1_agreement=1.0)
+    [max_abs, top1] = parity_gates(compat, Gates(), where=" (first divergent layer: 1)")
+    assert (max_abs.name, max_abs.passed, max_abs.threshold) == ("parity.max_abs_diff", False, 1e-4)
+    assert max_abs.line == "parity: max abs diff 2.0e-04 > 1e-04 (first divergent layer: 1)"
+    assert top1.passed and top1.detail == "top-1 agreement 100.00% >= 100.00%"
+    assert not parity_within(compat, Gates()) and parity_within(
+        compat, Gates().with_overrides({"max_abs_diff": "3e-4"})
+    )
+    half = parity_gates(LogitFigures(0.5, 0.01, 0.97, 1e-3), Gates.for_dtype("bfloat16"))
+    assert [(g.name, g.passed) for g in half] == [
+        ("parity.mean_abs_diff", True),
+        ("parity.top1_agreement", True),
+        ("parity.kl_divergence", True),
+    ]
+    assert not parity_gates(LogitFigures(max_abs_diff=float("nan")), Gates())[0].passed
+
+
 def test_gates_per_dtype_and_overrides():
     from release.errors import UsageError
     from release.verify.runner import Gates
