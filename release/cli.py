@@ -434,6 +434,14 @@ def notes(model_dir, published, out):
     click.echo(f"Wrote {out}")
 
 
+device_option = click.option(
+    "--device",
+    default=None,
+    metavar="auto|cpu|cuda|cuda:N",
+    help="Where verify runs both models (default: settings, cpu); accelerate spreads one too large for a GPU.",
+)
+
+
 @main.command("run")
 @version_option(required=False, help="vX.Y.Z[-pre]; default: the tag on a GitHub tag push.")
 @dry_run_option("Run every step; publishing only prints its plan.")
@@ -450,6 +458,7 @@ def notes(model_dir, published, out):
     "--compat/--no-compat", "run_compat", default=None, help="Also run the transformers compatibility matrix."
 )
 @private_option("Visibility of a newly created repo.")
+@device_option
 @click.option(
     "--stop-after",
     type=click.Choice(["fetch", "convert", "verify", "compat", "card"]),
@@ -542,12 +551,7 @@ def run(version, dry_run, stop_after, **options):
     metavar="NAME=VALUE",
     help="Override a threshold of the dtype's defaults, e.g. max_abs_diff=2e-4 or max_kl_divergence=off.",
 )
-@click.option(
-    "--device",
-    default=None,
-    metavar="auto|cpu|cuda|cuda:N",
-    help="Where both models run (default: settings, cpu). A model too large for one GPU is spread by accelerate.",
-)
+@device_option
 @reports_errors
 def verify(
     model_dir,
