@@ -149,7 +149,7 @@ def device_line(device: str, *, weights_bytes: int, gpus=None) -> str:
     memory = (gpus or loading.cuda_memory)()
     placement = loading.resolve_device(device, weights_bytes=weights_bytes, gpus=lambda: memory)
     if placement.name == "cpu":
-        return f"device {device}: {'cpu' if device == 'cpu' else 'no GPU is visible, verify runs on the CPU'}"
+        return f"device {device}: {'' if device == 'cpu' else 'no GPU is visible, '}verify runs on the CPU"
     needs = loading.DEVICE_MEMORY_SHARE * weights_bytes
     free = memory[int(placement.name.split(":")[1])][0]
     line = f"device {placement.name}: {free / GB:.1f} GB free, verify needs {needs / GB:.1f} GB"
