@@ -442,6 +442,14 @@ def notes(model_dir, published, out):
     click.echo(f"Wrote {out}")
 
 
+device_option = click.option(
+    "--device",
+    default=None,
+    metavar="auto|cpu|cuda|cuda:N",
+    help="Where verify runs both models (default: settings, cpu); accelerate spreads one too large for a GPU.",
+)
+
+
 @main.command("run")
 @version_option(required=False, help="vX.Y.Z[-pre]; default: the tag on a GitHub tag push.")
 @dry_run_option("Run every step; publishing only prints its plan.")
@@ -458,6 +466,7 @@ def notes(model_dir, published, out):
     "--compat/--no-compat", "run_compat", default=None, help="Also run the transformers compatibility matrix."
 )
 @private_option("Visibility of a newly created repo.")
+@device_option
 @click.option(
     "--stop-after",
     type=click.Choice(STEPS[:-1]),
@@ -550,6 +559,7 @@ def run(version, dry_run, stop_after, **options):
     metavar="NAME=VALUE",
     help="Override a threshold of the dtype's defaults, e.g. max_abs_diff=2e-4 or max_kl_divergence=off.",
 )
+@device_option
 @reports_errors
 def verify(
     model_dir,
@@ -563,6 +573,7 @@ def verify(
     max_new_tokens,
     perplexity_tokens,
     gate_overrides,
+    device,
 ):
     """Check that a converted model DIR (or --repo-id at --revision) behaves like the training CHECKPOINT.
 
@@ -597,6 +608,7 @@ def verify(
             "prompts": list(prompts) or None,
             "eval_text": str(eval_text) if eval_text else None,
             "max_new_tokens": max_new_tokens,
+            "device": device,
         }
     )
     model = repo_id if repo_id is not None else model_dir
@@ -612,6 +624,7 @@ def verify(
         report_path=report_path,
         tokenizer=tokenizer,
         settings_tokenizer=settings.tokenizer,
+        device=settings.device,
         **({"perplexity_tokens": perplexity_tokens} if perplexity_tokens is not None else {}),
     )
     summary = report.markdown()

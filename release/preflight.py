@@ -135,12 +135,40 @@ def check_resources(needs: Needs, *, work_dirs: list[Path]) -> None:
         )
 
 
+def device_line(device: str, *, weights_bytes: int, gpus=None) -> str:
+    """Where verify will run the models for ``device`` (``release.verify.loading.resolve_device``), in one line:
+    the GPU's free memory against what one float32 model needs, and what happens when it is short.
+
+    ``gpus``: ``(free, total)`` bytes per GPU (default: ``release.verify.loading.cuda_memory``).
+
+    Raises:
+        UsageError: ``device`` names a GPU that is not there, or accelerate is missing.
+    """
+    from release.verify import loading
+
+    memory = (gpus or loading.cuda_memory)()
+    placement = loading.resolve_device(device, weights_bytes=weights_bytes, gpus=lambda: memory)
+    if placement.name == "cpu":
+        return f"device {device}: {'' if device == 'cpu' else 'no GPU is visible, '}verify runs on the CPU"
+    needs = loading.DEVICE_MEMORY_SHARE * weights_bytes
+    free = memory[int(placement.name.split(":")[1])][0]
+    line = f"device {placement.name}: {free / GB:.1f} GB free, verify needs {needs / GB:.1f} GB"
+    if not placement.spread:
+        return line + ": ok"
+    gpu_count = sum(1 for key in placement.max_memory if key != "cpu")
+    return (
+        f"{line}: short, so accelerate spreads each model over {gpu_count} GPU(s) and the CPU (slower); a GPU "
+        "with more free memory keeps it on one"
+    )
+
+
 def preflight(settings, *, stop_after: str | None, pyproject_dir: Path | None) -> list[str]:
     """Check everything ``release run`` will need before it starts; return what was checked, one line each.
 
     Raises:
         SettingsError: a setting a later step needs is missing or invalid (the card's included).
         ResourceError: free disk or memory fall short of what this checkpoint needs.
+        UsageError: the configured device names a GPU that is not there.
         FetchError: the checkpoint's source cannot be reached.
     """
     from release.errors import SettingsError
@@ -174,4 +202,7 @@ def preflight(settings, *, stop_after: str | None, pyproject_dir: Path | None) -
         f"checkpoint: {size}, weights {head.weights_bytes / GB:.2f} GB ({streamed}); needs disk "
         f"{needs.disk / GB:.1f} GB ({needs.detail}), memory {needs.memory / GB:.1f} GB: ok"
     )
+    if last >= STEPS.index("verify"):
+        params = head.weights_bytes // max(head.dtype_bytes, 1)
+        lines.append(device_line(settings.device, weights_bytes=4 * params))
     return lines

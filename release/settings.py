@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -41,6 +42,7 @@ class Settings:
     private: bool = False
     dist_dir: str = "dist"
     run_compat: bool = False  # run the transformers compatibility matrix as part of `release run`
+    device: str = "cpu"  # where verify runs the models: auto, cpu, cuda, cuda:N
     card: Mapping[str, Any] = field(default_factory=dict)  # [tool.release.card]
     compat_versions: tuple[str, ...] = ()  # [tool.release.compat] transformers
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)  # field -> where it came from
@@ -156,12 +158,16 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
     value = value.strip()
     if name == "dtype" and value not in DTYPES:
         raise SettingsError(f"{where} must be one of {', '.join(DTYPES)}, got {value!r}")
+    if name == "device" and not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value.lower()):
+        raise SettingsError(f"{where} must be auto, cpu, cuda or cuda:N, got {value!r}")
     if (
         name == "checkpoint_sha256"
         and value
         and not (len(value) == 64 and all(c in "0123456789abcdef" for c in value.lower()))
     ):
         raise SettingsError(f"{where} must be 64 hexadecimal characters")
+    if name == "device":
+        return value.lower()
     return value or None if name not in ("dtype", "max_shard_size", "dist_dir") else value
 
 

@@ -110,3 +110,34 @@ def test_needs_follow_the_checkpoint_and_the_release_dtype(project: Path) -> Non
 def test_free_disk_of_a_folder_not_yet_made_is_its_parents(tmp_path: Path) -> None:
     assert preflight.free_disk_bytes(tmp_path / "a" / "b") == preflight.free_disk_bytes(tmp_path)
     assert os.path.exists(tmp_path) and not (tmp_path / "a").exists()
+
+
+def test_preflight_names_the_device_and_says_when_its_memory_is_short(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+    import types
+
+    from release.errors import UsageError
+    from release.settings import load_settings
+    from release.verify import loading
+
+    gb = 10**9
+    ckpt = project / "src" / "best_model.pt"
+    settings = load_settings(
+        overrides={"checkpoint": str(ckpt), "checkpoint_sha256": sha256_file(ckpt), "device": "cuda"}, env={}
+    )
+    lines = preflight.preflight(settings, stop_after="fetch", pyproject_dir=project)
+    assert not any(line.startswith("device") for line in lines)  # verify does not run
+    monkeypatch.setattr(loading, "cuda_memory", lambda: [])
+    with pytest.raises(UsageError, match="no CUDA device is visible"):
+        preflight.preflight(settings, stop_after="verify", pyproject_dir=project)
+    monkeypatch.setitem(sys.modules, "accelerate", types.ModuleType("accelerate"))
+    monkeypatch.setattr(loading, "cuda_memory", lambda: [(40 * gb, 80 * gb)])
+    assert preflight.preflight(settings, stop_after="verify", pyproject_dir=project)[-1].endswith(": ok")
+    short = preflight.device_line("cuda", weights_bytes=10 * gb, gpus=lambda: [(4 * gb, 8 * gb)])
+    assert short == (
+        "device cuda:0: 4.0 GB free, verify needs 12.0 GB: short, so accelerate spreads each model over 1 GPU(s) "
+        "and the CPU (slower); a GPU with more free memory keeps it on one"
+    )
+    assert preflight.device_line("auto", weights_bytes=gb, gpus=lambda: []).startswith("device auto: no GPU")

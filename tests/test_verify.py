@@ -100,8 +100,8 @@ def good(release):
         seen["reference_loads"] += 1
         return real_load_reference(path)
 
-    def load_candidate(source):
-        model, tokenizer = real_load_candidate(source)
+    def load_candidate(source, device=None):
+        model, tokenizer = real_load_candidate(source, device)
         seen["candidate"] = weakref.ref(model)
         seen["candidate_loads"] += 1
         return model, tokenizer
@@ -579,11 +579,13 @@ def test_cli_verify_passes_writes_reports_beside_the_model_folder_and_the_step_s
     release, tmp_path, cli
 ):
     folder = release.copy(tmp_path / "dist" / "v1.0.0" / "model")
-    result = cli("verify", folder, *fast_options(release), "--perplexity-tokens", 300)
+    result = cli("verify", folder, *fast_options(release), "--perplexity-tokens", 300, "--device", "cpu")
     assert result.exit_code == 0, result.output
     report = tmp_path / "dist" / "v1.0.0" / "verification.json"
     data = json.loads(report.read_text())
     assert data["passed"] is True
+    assert data["model"]["device"] == "cpu" and data["model"]["dtype"] == "float32"
+    assert "float32 on cpu" in (tmp_path / "dist" / "v1.0.0" / "verification.md").read_text()
     assert data["perplexity"]["tokens"] == data["settings"]["perplexity_tokens"] == 300
     assert (tmp_path / "dist" / "v1.0.0" / "verification.md").is_file()
     assert "## Verification passed" in result.stdout
@@ -615,6 +617,65 @@ def test_cli_verify_usage_errors(release, tmp_path, cli):
     )
     result = cli("verify", release.model_dir, "--checkpoint", release.checkpoint, "--gate", "bogus=1")
     assert result.exit_code == 2 and "unknown gate 'bogus'" in result.stderr
+    result = cli("verify", release.model_dir, "--checkpoint", release.checkpoint, "--device", "tpu")
+    assert (
+        result.exit_code == 2
+        and "device (from option) must be auto, cpu, cuda or cuda:N, got 'tpu'" in result.stderr
+    )
+
+
+def test_a_gpu_device_without_a_gpu_is_one_line_before_any_model_loads(release, cli, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("RELEASE_DEVICE", "cuda")
+    result = cli("verify", release.model_dir, *fast_options(release))
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "Error: device 'cuda': no CUDA device is visible here; use --device cpu or auto"
+    )
+
+
+def test_devices_resolve_against_the_gpus_free_memory(monkeypatch):
+    """``resolve_device`` with a fake ``gpus`` (the one function that asks CUDA): where each spec lands."""
+    import types
+
+    from release.errors import UsageError
+    from release.verify.loading import DEVICE_MEMORY_SHARE, Device, resolve_device
+
+    gb = 10**9
+    none, one, two = (
+        (lambda: []),
+        (lambda: [(16 * gb, 24 * gb)]),
+        (lambda: [(16 * gb, 24 * gb), (8 * gb, 24 * gb)]),
+    )
+    assert resolve_device("cpu", weights_bytes=gb, gpus=one) == Device("cpu")
+    assert resolve_device("auto", weights_bytes=gb, gpus=none) == Device("cpu")
+    with pytest.raises(UsageError, match="unknown device 'gpu'"):
+        resolve_device("gpu", weights_bytes=gb, gpus=one)
+    with pytest.raises(UsageError, match="no CUDA device is visible"):
+        resolve_device("cuda:0", weights_bytes=gb, gpus=none)
+    monkeypatch.setitem(sys.modules, "accelerate", None)  # not installed
+    with pytest.raises(UsageError, match="needs accelerate.*pip install accelerate"):
+        resolve_device("cuda", weights_bytes=gb, gpus=one)
+    monkeypatch.setitem(sys.modules, "accelerate", types.ModuleType("accelerate"))
+    assert resolve_device("auto", weights_bytes=gb, gpus=two) == Device("cuda:0")
+    assert resolve_device("CUDA:1", weights_bytes=gb, gpus=two) == Device("cuda:1")
+    with pytest.raises(UsageError, match=r"there are 2 CUDA devices \(cuda:0 to cuda:1\)"):
+        resolve_device("cuda:2", weights_bytes=gb, gpus=two)
+    # 20 GB of weights fit no single GPU: accelerate spreads them over every GPU (or GPU 1 only), then the CPU.
+    spread = resolve_device("cuda", weights_bytes=20 * gb, gpus=two)
+    assert spread.spread and spread.describe() == "cuda (device_map=auto)"
+    assert spread.max_memory == {
+        0: int(16 * gb / DEVICE_MEMORY_SHARE),
+        1: int(8 * gb / DEVICE_MEMORY_SHARE),
+        "cpu": 20 * gb,
+    }
+    assert spread.from_pretrained_kwargs() == {"device_map": "auto", "max_memory": spread.max_memory}
+    only = resolve_device("cuda:1", weights_bytes=20 * gb, gpus=two)
+    assert only.spread and set(only.max_memory) == {1, "cpu"}
+    assert Device("cuda:0").from_pretrained_kwargs() == {"device_map": "cuda:0"}
+    assert Device().from_pretrained_kwargs() == {} and Device().describe() == "cpu"
 
 
 def test_cli_generate_and_generate_text_agree_with_the_verified_continuation(release, good, cli):
@@ -707,6 +768,27 @@ def test_prompt_and_max_new_tokens_must_fit_the_context(release):
 
     with pytest.raises(UsageError, match=r"context of 64 tokens: lower --max-new-tokens to \d+ or less"):
         verify_model(release.model_dir, **release.fast(max_new_tokens=64))
+
+
+def test_parity_gates_judge_what_was_measured_against_the_gates_turned_on():
+    """The one place logits figures meet thresholds (compat measures only max abs diff and top-1)."""
+    from release.verify.report import Gates, LogitFigures, parity_gates, parity_within
+
+    compat = LogitFigures(max_abs_diff=2e-4, top1_agreement=1.0)
+    [max_abs, top1] = parity_gates(compat, Gates(), where=" (first divergent layer: 1)")
+    assert (max_abs.name, max_abs.passed, max_abs.threshold) == ("parity.max_abs_diff", False, 1e-4)
+    assert max_abs.line == "parity: max abs diff 2.0e-04 > 1e-04 (first divergent layer: 1)"
+    assert top1.passed and top1.detail == "top-1 agreement 100.00% >= 100.00%"
+    assert not parity_within(compat, Gates()) and parity_within(
+        compat, Gates().with_overrides({"max_abs_diff": "3e-4"})
+    )
+    half = parity_gates(LogitFigures(0.5, 0.01, 0.97, 1e-3), Gates.for_dtype("bfloat16"))
+    assert [(g.name, g.passed) for g in half] == [
+        ("parity.mean_abs_diff", True),
+        ("parity.top1_agreement", True),
+        ("parity.kl_divergence", True),
+    ]
+    assert not parity_gates(LogitFigures(max_abs_diff=float("nan")), Gates())[0].passed
 
 
 def test_gates_per_dtype_and_overrides():

@@ -29,6 +29,7 @@ sliding window for comparing two implementations of one model, and much cheaper.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -72,7 +73,7 @@ class Spill:
 
     def append(self, key: str, tensor: torch.Tensor) -> None:
         """Append ``tensor`` along dim 0 (all appends of a key share the trailing shape)."""
-        data = tensor.detach().to(torch.float32).contiguous().numpy()
+        data = tensor.detach().to("cpu", torch.float32).contiguous().numpy()
         shape = self._shapes.setdefault(key, [0, *tensor.shape[1:]])
         if list(tensor.shape[1:]) != shape[1:]:
             raise ValueError(f"spill {key}: shape {tuple(tensor.shape)} does not continue {shape}")
@@ -166,22 +167,26 @@ def position_chunks(length: int, positions_per_chunk: int) -> list[tuple[int, in
     return [(s, min(s + step, length)) for s in range(0, length, step)]
 
 
-def share_causal_masks(model, ckpt) -> int:
+def share_causal_masks(model, ckpt, *, device: torch.device | str = "cpu") -> int:
     """Make the reference's per-head ``tril`` buffers one shared tensor, where they are the standard mask.
 
     The training module keeps a (block_size, block_size) float mask per head, read from the checkpoint: at a
     1024-token context that is 4 MiB per head, 268 MB for 8 layers of 8 heads, most of a small model's weights
     again, and every full-context forward pages all of it in. Each buffer is compared with ``tril(ones)`` and
     its file pages are dropped again (``ckpt.release``) before the next is read; only buffers equal to it are
-    replaced, so the module computes exactly what it computed before. Returns how many were shared.
+    replaced, so the module computes exactly what it computed before. The shared mask is made on ``device``,
+    where moving the module then leaves it one tensor. Returns how many were shared.
     """
     size = model.config.block_size
-    shared = torch.tril(torch.ones(size, size))
+    standard = torch.tril(torch.ones(size, size))
+    shared = standard.to(device)
     count = 0
     for block in model.blocks:
         for head in block.self_attention.heads:
             mask = head.tril
-            same = mask.shape == shared.shape and mask.dtype == shared.dtype and torch.equal(mask, shared)
+            same = (
+                mask.shape == standard.shape and mask.dtype == standard.dtype and torch.equal(mask, standard)
+            )
             ckpt.release(mask)
             if same:
                 head.tril = shared
@@ -304,13 +309,14 @@ def candidate_logits(
     its output layer is still checked on the inputs whose logits fit (the short ones and the prompts).
     """
     head = model.get_output_embeddings()
+    device = input_device(model)
     positions = 0
     with _lm_head_on_last_position(head) as state:
         for inp in inputs:
             B, T = inp.ids.shape
             rows = rows_per_forward(B, T, width=width, n_layer=0, budget=budget)
             for r0 in range(0, B, rows):
-                ids = inp.ids[r0 : r0 + rows]
+                ids = inp.ids[r0 : r0 + rows].to(device)
                 b = ids.shape[0]
                 fits = b * T * vocab_size * 4 <= budget
                 state["cut"] = not fits
@@ -340,8 +346,11 @@ def candidate_logits(
 # --------------------------------------------------------------------------- reference side: parity
 
 
-@dataclass
+@dataclass(frozen=True)
 class ParityFigures:
+    """The reference's logits against the candidate's spilled ones (a ``report.LogitFigures``), and, where
+    ``locate_divergence`` ran (``located``), each hidden state's difference."""
+
     max_abs_diff: float = 0.0
     mean_abs_diff: float = 0.0
     top1_agreement: float = 1.0
@@ -350,6 +359,7 @@ class ParityFigures:
     per_layer_max_abs_diff: list[float] | None = None
     per_layer_rel_diff: list[float] | None = None
     first_divergent_hidden: int | None = None  # index into the hidden states (0 = embeddings)
+    located: bool = False
 
     def location(self) -> str | None:
         """Where the first divergence is, in words; None without per-layer figures."""
@@ -374,6 +384,7 @@ def compare_logits(model, inputs: Sequence[ParityInput], spill: Spill, *, budget
     cfg = model.config
     V = cfg.vocab_size
     chunk = max(1, CHUNK_BYTES // (V * 8))
+    device = input_device(model)
     max_abs, sum_abs, n_el, agree, kl_sum, positions = 0.0, 0.0, 0, 0, 0.0, 0
     with _lm_head_on_last_position(model.lm_head) as state:
         for inp in inputs:
@@ -381,7 +392,7 @@ def compare_logits(model, inputs: Sequence[ParityInput], spill: Spill, *, budget
             rows = rows_per_forward(B, T, width=cfg.n_embd, n_layer=0, budget=budget)
             for r0 in range(0, B, rows):
                 ids = inp.ids[r0 : r0 + rows]
-                model(ids)
+                model(ids.to(device))
                 normed = state.pop("normed")
                 for s, e, logits in _chunked_logits(
                     model.lm_head, normed, state, budget=budget, vocab_size=V
@@ -390,7 +401,7 @@ def compare_logits(model, inputs: Sequence[ParityInput], spill: Spill, *, budget
                         for i in range(0, e - s, chunk):
                             ref = logits[row, i : i + chunk].double()
                             key = f"{inp.key}.r{r0 + row}.logits"
-                            cand = spill.rows(key, s + i, s + i + ref.shape[0]).double()
+                            cand = spill.rows(key, s + i, s + i + ref.shape[0]).to(ref.device).double()
                             diff = (cand - ref).abs_()
                             max_abs = _max(max_abs, float(diff.max()))
                             sum_abs += float(diff.sum())
@@ -421,6 +432,7 @@ def spill_reference_hidden_states(model, inputs: Sequence[ParityInput], spill: S
     last position. Returns the number of hidden states per input.
     """
     cfg = model.config
+    device = input_device(model)
     state: dict[str, Any] = {}
 
     def spill_hidden(layer: int, h: torch.Tensor) -> None:
@@ -442,7 +454,7 @@ def spill_reference_hidden_states(model, inputs: Sequence[ParityInput], spill: S
                 rows = rows_per_forward(B, T, width=cfg.n_embd, n_layer=cfg.n_layer, budget=budget)
                 for r0 in range(0, B, rows):
                     state.update(key=inp.key, r0=r0)
-                    model(inp.ids[r0 : r0 + rows])
+                    model(inp.ids[r0 : r0 + rows].to(device))
                     last.pop("normed", None)
                     trim_heap()
     finally:
@@ -480,7 +492,7 @@ def teacher_forced_greedy(
     """
     cont = [int(t) for t in continuation]
     P = len(prompt_ids)
-    seq = torch.tensor([[*prompt_ids, *cont]])
+    seq = torch.tensor([[*prompt_ids, *cont]], device=input_device(model))
     picks, margins = [], []  # per step: the reference's argmax, and logit(argmax) - logit(cont[i])
     with _lm_head_on_last_position(model.lm_head) as state:
         model(seq)
@@ -526,8 +538,10 @@ def perplexity_nll(
     window: int,
     vocab_size: int,
     budget: int,
+    device: torch.device | str = "cpu",
 ) -> tuple[float, int]:
-    """Summed next-token negative log-likelihood over ``eval_windows`` and the number of predicted tokens."""
+    """Summed next-token negative log-likelihood over ``eval_windows`` and the number of predicted tokens
+    (the windows' ids made on ``device``, where ``logits_of``'s model takes its inputs)."""
     windows = eval_windows(ids, window)
     full = [w for w in windows if len(w) == window]
     per_batch = max(1, budget // (window * vocab_size * 4))
@@ -537,13 +551,14 @@ def perplexity_nll(
     total, count = 0.0, 0
     with torch.no_grad():
         for batch in batches:
-            x = torch.tensor(batch)
+            x = torch.tensor(batch, device=device)
             logits = logits_of(x)  # (b, T, V)
             for row in range(x.shape[0]):
                 for i in range(0, x.shape[1] - 1, chunk):
                     stop = min(i + chunk, x.shape[1] - 1)
                     part = logits[row, i:stop].double()  # predicts tokens i+1 .. stop
-                    total += F.cross_entropy(part, x[row, i + 1 : stop + 1], reduction="sum").item()
+                    target = x[row, i + 1 : stop + 1].to(part.device)
+                    total += F.cross_entropy(part, target, reduction="sum").item()
                     count += stop - i
             del logits
             trim_heap()
@@ -561,36 +576,46 @@ def locate_divergence(
     width: int,
     hidden_rel_tol: float,
     budget: int,
-) -> None:
-    """Fill in ``figures``' per-layer hidden-state differences and the first hidden state that diverges.
+) -> ParityFigures:
+    """``figures`` with the per-layer hidden-state differences and the first hidden state that diverges.
 
     Run only when the logits disagree, on a candidate loaded again after ``spill_reference_hidden_states``:
     a pass with ``output_hidden_states=True`` (and one position of logits), so a passing verification never
     computes, spills or holds every layer's activations.
     """
     n = n_hidden
+    device = input_device(model)
     layer_diff, layer_ref = [0.0] * n, [0.0] * n
     for inp in inputs:
         B, T = inp.ids.shape
         rows = rows_per_forward(B, T, width=width, n_layer=n - 1, budget=budget)
         for r0 in range(0, B, rows):
-            ids = inp.ids[r0 : r0 + rows]
+            ids = inp.ids[r0 : r0 + rows].to(device)
             out = model(input_ids=ids, use_cache=False, output_hidden_states=True, logits_to_keep=1)
             hidden = out.hidden_states
             if hidden is None or len(hidden) != n:
-                return  # the candidate does not report one hidden state per layer: nothing to locate with
+                # The candidate does not report one hidden state per layer: nothing to locate with.
+                return dataclasses.replace(figures, located=True)
             for layer, h in enumerate(hidden):
                 for row in range(ids.shape[0]):
-                    ref_h = spill.rows(f"{inp.key}.r{r0 + row}.h{layer}", 0, T).double()
+                    ref_h = spill.rows(f"{inp.key}.r{r0 + row}.h{layer}", 0, T).to(h.device).double()
                     layer_diff[layer] = _max(layer_diff[layer], float((h[row].double() - ref_h).abs().max()))
                     layer_ref[layer] = max(layer_ref[layer], float(ref_h.abs().max()))
             del out, hidden
             trim_heap()
-    figures.per_layer_max_abs_diff = layer_diff
-    figures.per_layer_rel_diff = [d / r if r > 0 else d for d, r in zip(layer_diff, layer_ref, strict=True)]
-    figures.first_divergent_hidden = next(
-        (i for i, rel in enumerate(figures.per_layer_rel_diff) if not rel <= hidden_rel_tol), None
+    rel_diff = [d / r if r > 0 else d for d, r in zip(layer_diff, layer_ref, strict=True)]
+    return dataclasses.replace(
+        figures,
+        per_layer_max_abs_diff=layer_diff,
+        per_layer_rel_diff=rel_diff,
+        first_divergent_hidden=next((i for i, rel in enumerate(rel_diff) if not rel <= hidden_rel_tol), None),
+        located=True,
     )
+
+
+def input_device(model) -> torch.device:
+    """Where a model's inputs go: its first parameter's device (accelerate's hooks move them on from there)."""
+    return next(model.parameters()).device
 
 
 def _max(a: float, b: float) -> float:
@@ -629,7 +654,7 @@ def candidate_greedy(
     model, input_ids: list[int], *, max_new_tokens: int, pad_token_id: int | None
 ) -> GreedyRun:
     """``generate()`` with its cache, greedy, one prompt; also the TOPK logits of each step."""
-    x = torch.tensor([input_ids])
+    x = torch.tensor([input_ids], device=input_device(model))
     out = model.generate(
         input_ids=x,
         attention_mask=torch.ones_like(x),
@@ -646,6 +671,59 @@ def candidate_greedy(
         top = step_logits.topk(min(TOPK, step_logits.shape[-1]), dim=-1)
         run.top_values, run.top_ids = top.values.tolist(), top.indices.tolist()
     return run
+
+
+@torch.no_grad()
+def candidate_padded_batch(
+    model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, pad_token_id: int | None, eos: set[int]
+) -> tuple[bool, list[list[int]]]:
+    """Greedy ``generate()`` of every prompt in one left-padded batch: whether any row was padded, and each
+    row's continuation up to its first eos (to compare with the prompts one by one)."""
+    saved = (tokenizer.padding_side, tokenizer.pad_token)
+    try:
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        enc = tokenizer(list(prompts), return_tensors="pt", padding=True)
+    finally:
+        tokenizer.padding_side, tokenizer.pad_token = saved
+    out = model.generate(
+        **enc.to(input_device(model)),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        pad_token_id=pad_token_id,
+    )
+    width = enc["input_ids"].shape[1]
+    rows = [trim_at_eos(row, eos) for row in out[:, width:].tolist()]
+    return bool((enc["attention_mask"] == 0).any()), rows
+
+
+@torch.no_grad()
+def candidate_sampling(
+    model,
+    input_ids: list[int],
+    *,
+    seed: int,
+    temperature: float,
+    top_k: int,
+    max_new_tokens: int,
+    pad_token_id,
+) -> list[int]:
+    """Seeded ``generate(do_sample=True)`` of one prompt (the global RNG is left as it was); the new tokens."""
+    ids = torch.tensor([input_ids], device=input_device(model))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=True,
+            temperature=temperature,
+            top_k=top_k,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=pad_token_id,
+        )
+    return out[0, ids.shape[1] :].tolist()
 
 
 @dataclass

@@ -28,7 +28,7 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,8 +177,9 @@ def folder_file_hashes(folder: Path) -> dict[str, str]:
     }
 
 
-def load_candidate(source: CandidateSource):
-    """``AutoModelForCausalLM`` and ``AutoTokenizer`` with ``trust_remote_code=True``, nothing else changed.
+def load_candidate(source: CandidateSource, device: Device | None = None):
+    """``AutoModelForCausalLM`` and ``AutoTokenizer`` with ``trust_remote_code=True``, nothing else changed
+    but where the weights go (``device``; default the CPU, as a plain ``from_pretrained``).
 
     Call inside ``fresh_remote_code_modules``. Progress bars are off while loading (the CI log stays
     readable).
@@ -187,16 +188,119 @@ def load_candidate(source: CandidateSource):
     from transformers.utils import logging as hf_logging
 
     kwargs = source.from_pretrained_kwargs()
+    model_kwargs = device.from_pretrained_kwargs() if device is not None else {}
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        model = AutoModelForCausalLM.from_pretrained(source.load_id, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source.load_id, **kwargs, **model_kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source.load_id, **kwargs)
     finally:
         if bars:
             hf_logging.enable_progress_bar()
     model.eval()
     return model, tokenizer
+
+
+# --------------------------------------------------------------------------- devices
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
+# What one model needs on its device, over its float32 weights: activations within the logits budget (1/16 of
+# the weights) and CUDA's own context and allocator slack.
+DEVICE_MEMORY_SHARE = 1.2
+_CUDA = re.compile(r"^cuda(?::(\d+))?$")
+
+
+@dataclass(frozen=True)
+class Device:
+    """Where verify runs both models: one torch device, or accelerate's placement over several.
+
+    ``spread``: the model does not fit ``name``'s free memory, so accelerate places its layers over the
+    devices ``max_memory`` allows (the GPUs, then the CPU): ``device_map="auto"`` for the candidate, and
+    ``infer_auto_device_map`` + ``dispatch_model`` for the training module.
+    """
+
+    name: str = "cpu"  # "cpu" or "cuda:N"
+    spread: bool = False
+    max_memory: dict[int | str, int] | None = None  # with ``spread``: bytes per GPU index, and "cpu"
+
+    def describe(self) -> str:
+        return f"{self.name.split(':')[0]} (device_map=auto)" if self.spread else self.name
+
+    def from_pretrained_kwargs(self) -> dict[str, Any]:
+        if self.name == "cpu":
+            return {}
+        if self.spread:
+            return {"device_map": "auto", "max_memory": self.max_memory}
+        return {"device_map": self.name}
+
+    def place(self, module):
+        """Move the training module (built on the CPU, with ``blocks``) here; returns the placed module."""
+        if self.name == "cpu":
+            return module
+        if not self.spread:
+            return module.to(self.name)
+        from accelerate import dispatch_model, infer_auto_device_map
+
+        # A block's attention and feed-forward stay together: accelerate splits the model between blocks only.
+        device_map = infer_auto_device_map(
+            module, max_memory=self.max_memory, no_split_module_classes=[type(module.blocks[0]).__name__]
+        )
+        return dispatch_model(module, device_map=device_map)
+
+
+def cuda_memory() -> list[tuple[int, int]]:
+    """``(free, total)`` bytes of each visible CUDA device; empty without one. The only place verify asks a
+    GPU anything, so that ``resolve_device`` runs on any machine with another ``gpus``."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    return [torch.cuda.mem_get_info(i) for i in range(torch.cuda.device_count())]
+
+
+def resolve_device(
+    spec: str, *, weights_bytes: int, gpus: Callable[[], list[tuple[int, int]]] = cuda_memory
+) -> Device:
+    """The ``Device`` for ``--device`` ``spec``: ``auto`` (the first GPU if there is one, else the CPU), ``cpu``,
+    ``cuda`` (the first GPU) or ``cuda:N``.
+
+    A model whose float32 weights (``weights_bytes``, times ``DEVICE_MEMORY_SHARE``) do not fit the chosen GPU's
+    free memory is spread: over every GPU for ``auto`` and ``cuda``, over GPU N for ``cuda:N``, and the CPU
+    after them.
+
+    Raises:
+        UsageError: An unknown spec, ``cuda`` without a visible GPU, ``cuda:N`` beyond the GPUs there are, or a
+            GPU without ``accelerate`` installed.
+    """
+    text = str(spec).strip().lower()
+    if text == "cpu":
+        return Device()
+    match = _CUDA.match(text)
+    if text != "auto" and match is None:
+        raise UsageError(f"unknown device {spec!r}; use one of {', '.join(DEVICE_CHOICES)}")
+    memory = gpus()
+    if not memory:
+        if text == "auto":
+            return Device()
+        raise UsageError(f"device {spec!r}: no CUDA device is visible here; use --device cpu or auto")
+    index = int(match.group(1)) if match and match.group(1) is not None else 0
+    if index >= len(memory):
+        raise UsageError(
+            f"device {spec!r}: there are {len(memory)} CUDA devices (cuda:0 to cuda:{len(memory) - 1})"
+        )
+    try:
+        import accelerate  # noqa: F401  (transformers' device_map and the training module's dispatch)
+    except ImportError:
+        raise UsageError(
+            f"device {spec!r} needs accelerate to place the models: pip install accelerate"
+        ) from None
+    needs = int(DEVICE_MEMORY_SHARE * weights_bytes)
+    if needs <= memory[index][0]:
+        return Device(f"cuda:{index}")
+    gpus_used = range(len(memory)) if match is None or match.group(1) is None else [index]
+    budget: dict[int | str, int] = {i: int(memory[i][0] / DEVICE_MEMORY_SHARE) for i in gpus_used}
+    budget["cpu"] = weights_bytes  # whatever the GPUs cannot hold
+    return Device(f"cuda:{index}", spread=True, max_memory=budget)
 
 
 def library_versions() -> dict[str, str]:

@@ -182,6 +182,80 @@ def gate_title(name: str) -> str:
     return spec.title if spec else name
 
 
+# --------------------------------------------------------------------------- judging figures against Gates
+
+# The logits gates: (figure, gate name, label, ``Gates`` field, higher is better, value format).
+_LOGIT_GATES = (
+    ("max_abs_diff", "parity.max_abs_diff", "max abs diff", "max_abs_diff", False, "{:.1e}"),
+    ("mean_abs_diff", "parity.mean_abs_diff", "mean abs diff", "mean_abs_diff", False, "{:.1e}"),
+    ("top1_agreement", "parity.top1_agreement", "top-1 agreement", "min_top1_agreement", True, "{:.2%}"),
+    ("kl_divergence", "parity.kl_divergence", "KL divergence", "max_kl_divergence", False, "{:.1e}"),
+)
+
+
+@dataclass(frozen=True)
+class LogitFigures:
+    """Logits of a candidate against the reference's: what the parity gates judge (None: not measured)."""
+
+    max_abs_diff: float | None = None
+    mean_abs_diff: float | None = None
+    top1_agreement: float | None = None
+    kl_divergence: float | None = None
+
+
+def parity_gates(figures: LogitFigures, gates: Gates, *, where: str = "") -> list[GateResult]:
+    """One ``GateResult`` per logits gate that ``gates`` turns on and ``figures`` measured, in ``GATES``' order.
+
+    ``where`` (e.g. `` (first divergent layer: 2)``) ends the detail of a failed gate. A NaN fails every gate.
+    The one place logits figures meet their thresholds: ``release verify`` and ``release compat`` both call it.
+    """
+    results = []
+    for key, name, label, threshold_field, at_least, fmt in _LOGIT_GATES:
+        value, threshold = getattr(figures, key), getattr(gates, threshold_field)
+        if threshold is None or value is None:
+            continue
+        ok = value >= threshold if at_least else value <= threshold
+        op = (">=" if ok else "<") if at_least else ("<=" if ok else ">")
+        shown_threshold = fmt.format(threshold) if at_least else sci(threshold)
+        detail = f"{label} {fmt.format(value)} {op} {shown_threshold}" + ("" if ok else where)
+        results.append(GateResult(name, ok, value, threshold, detail))
+    return results
+
+
+def parity_within(figures: LogitFigures, gates: Gates) -> bool:
+    """Whether every logits gate passes (then no layer is looked for)."""
+    return all(g.passed for g in parity_gates(figures, gates))
+
+
+def perplexity_gate(
+    reference: float, candidate: float, gates: Gates, *, tokens: int, candidate_tokens: int, where: str = ""
+) -> GateResult | None:
+    """The perplexity gate on the two models' perplexities of one text; None when ``gates`` turn it off."""
+    threshold = gates.max_perplexity_rel_diff
+    if threshold is None:
+        return None
+    rel = perplexity_relative_diff(reference, candidate)
+    ok = rel <= threshold
+    detail = (
+        f"relative diff {rel:.1e} {'<=' if ok else '>'} {sci(threshold)} "
+        f"(reference {reference:.4g}, candidate {candidate:.4g}"
+        + ("" if candidate_tokens == tokens else f"; {candidate_tokens} vs {tokens} tokens")
+        + ")"
+    )
+    return GateResult("perplexity", ok, rel, threshold, detail + ("" if ok else where))
+
+
+def perplexity_relative_diff(reference: float, candidate: float) -> float:
+    """|candidate - reference| / reference; NaN where the reference's perplexity is not positive."""
+    return abs(candidate - reference) / reference if reference > 0 else float("nan")
+
+
+def sci(value: float) -> str:
+    """A threshold as written: 1e-04, 1.5e-03."""
+    short = f"{value:.0e}"
+    return short if float(short) == value else f"{value:.1e}"
+
+
 # --------------------------------------------------------------------------- reading typed sections
 
 _NUMBER = (int, float)
@@ -322,6 +396,9 @@ class ModelSection(_Section):
 
     source: str = _spec((str,))  # "folder" | "hub"
     dtype: str | None = _spec((str,), nullable=True)  # None when the candidate did not load
+    # Where both models computed the evidence: "cpu", "cuda:0", or "cuda (device_map=auto)" where accelerate
+    # spread their layers over the GPUs (and the CPU).
+    device: str | None = _optional((str,))
     model_class: str | None = _spec((str,), key="class", nullable=True, default=None)
     files: dict[str, str] = _spec((dict,), default_factory=dict)  # relative path -> sha256
     path: str | None = _optional((str,))  # a folder

@@ -7,7 +7,8 @@ remote-code hygiene, and the card's code run verbatim in a fresh process (``rele
 needs: the candidate runs first (its parity logits spilled to disk, its perplexity, every generation), then
 the reference compares its logits, scores the same tokens and checks the candidate's greedy continuations by
 teacher forcing (one forward per prompt); per-layer hidden states are computed only when parity failed. The
-result is a ``VerificationReport`` (``verification.json`` + a Markdown summary).
+result is a ``VerificationReport`` (``verification.json`` + a Markdown summary). Both halves run on one device
+(``device``: the CPU by default, a GPU, or layers spread by accelerate), which the report names.
 
 ``check_generation_against_report`` repeats the generation check on a published revision without the
 checkpoint (the expected tokens are in the report): the gate that runs after an upload and before a tag is
@@ -25,6 +26,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,10 @@ from release.verify.report import (
     ParitySection,
     PerplexitySection,
     VerificationReport,
+    parity_gates,
+    parity_within,
+    perplexity_gate,
+    perplexity_relative_diff,
     read_report,
 )
 from release.verify.snippet import card_snippet_gate
@@ -90,6 +96,7 @@ def verify_model(
     settings_tokenizer: str | None = None,
     card_snippet: bool = True,
     checkpoint_sha256: str | None = None,
+    device: str = "cpu",
 ) -> VerificationReport:
     """Check a converted model against the training checkpoint it came from; never raises for a failed gate.
 
@@ -117,13 +124,16 @@ def verify_model(
             ``card_snippet`` gate.
         checkpoint_sha256: The SHA-256 the report names, when the caller has it: ``release run`` passes the
             original checkpoint's, of which ``checkpoint`` is the weights-only file. None: hash ``checkpoint``.
+        device: Where both models run: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``
+            (``release.verify.loading.resolve_device``). The candidate keeps the dtype it loads as (its gates are
+            that dtype's); the training module computes in float32. The report's ``model.device`` names it.
 
     Returns:
         The report; ``report.passed`` tells whether every gate passed, ``report.failures`` which did not.
 
     Raises:
         UsageError: Bad prompts, a prompt that does not fit the context with ``max_new_tokens``, a missing
-            text, ``perplexity_tokens`` below 1.
+            text, ``perplexity_tokens`` below 1, an unknown or absent device.
         CheckpointError, ConversionError: The checkpoint cannot serve as the reference (found before either
             model is loaded).
         TokenizerError: The training tokenizer cannot be loaded.
@@ -137,9 +147,10 @@ def verify_model(
         make_parity_inputs,
         perplexity_ids,
         perplexity_window,
+        return_freed_memory,
     )
     from release.verify.hygiene import check_remote_code_hygiene
-    from release.verify.loading import candidate_source, folder_file_hashes, library_versions
+    from release.verify.loading import candidate_source, folder_file_hashes, library_versions, resolve_device
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -180,6 +191,7 @@ def verify_model(
         }
         ckpt.close()
         del ckpt
+        placement = resolve_device(device, weights_bytes=weights_bytes)
         training = resolve_training_tokenizer(
             source.folder, explicit=tokenizer, configured=settings_tokenizer
         )
@@ -191,20 +203,18 @@ def verify_model(
         window = perplexity_window(block_size, vocab_size, budget)
         ref_prompt_ids = [_encode(ref_tokenizer, p) for p in prompts]
         _check_fits(prompts, ref_prompt_ids, max_new_tokens, block_size)
-        eval_ids = perplexity_ids(_encode(ref_tokenizer, text), window=window, tokens=perplexity_tokens)
-        spill = stack.enter_context(_spill())
-        run = _Verification(
+        plan = _Plan(
             source=source,
             checkpoint=Path(checkpoint),
-            spill=spill,
-            requested_gates=gates,
-            prompts=prompts,
-            ref_prompt_ids=ref_prompt_ids,
+            device=placement,
+            spill=stack.enter_context(_spill()),
+            prompts=tuple(prompts),
+            ref_prompt_ids=tuple(ref_prompt_ids),
             eos_token_id=ref_tokenizer.eos_token_id,
             text=text,
-            eval_ids=eval_ids,
+            eval_ids=perplexity_ids(_encode(ref_tokenizer, text), window=window, tokens=perplexity_tokens),
             perplexity_tokens=perplexity_tokens,
-            inputs=make_parity_inputs(vocab_size, block_size, prompts, ref_prompt_ids),
+            inputs=tuple(make_parity_inputs(vocab_size, block_size, prompts, ref_prompt_ids)),
             n_hidden=ref_config.n_layer + 1,
             width=ref_config.n_embd,
             vocab_size=vocab_size,
@@ -213,25 +223,43 @@ def verify_model(
             window=window,
             timings=timings,
         )
-        run.run()
+        candidate = _candidate_half(plan)
+        used_gates = _gates_for(gates, candidate.dtype)
+        reference = None
+        if candidate.load_error is None:
+            return_freed_memory()
+            reference = _reference_half(plan, candidate, used_gates)
+            return_freed_memory()
+            if reference.parity is not None and not parity_within(reference.parity, used_gates):
+                reference = _locate(plan, reference, used_gates)
         snippet_gate = None
-        if card_snippet and run.load_error is None:
+        if card_snippet and candidate.load_error is None:
             t = time.perf_counter()
             snippet_gate = card_snippet_gate(
                 source.folder,
-                generation={"max_new_tokens": max_new_tokens, "cases": run.generation["cases"]},
+                generation={
+                    "max_new_tokens": max_new_tokens,
+                    "cases": _case_dicts(plan, candidate, reference),
+                },
                 commit=source.commit,
             )
             timings["card_snippet"] = time.perf_counter() - t
 
-    used_gates = run.used_gates if isinstance(run.used_gates, Gates) else Gates()
-    model_info = {**source.describe(), "dtype": run.dtype, "class": run.model_class, "files": files}
     report = VerificationReport(
-        model=ModelSection.from_dict(model_info, "model"),
+        model=ModelSection.from_dict(
+            {
+                **source.describe(),
+                "dtype": candidate.dtype,
+                "class": candidate.model_class,
+                "device": placement.describe(),
+                "files": files,
+            },
+            "model",
+        ),
         checkpoint=CheckpointSection.from_dict(checkpoint_info, "checkpoint"),
         gates=[
             _hygiene_gate(hygiene.problems),
-            *run.gate_results(),
+            *gate_results(plan, candidate, reference, used_gates),
             *([snippet_gate] if snippet_gate else []),
         ],
         settings={
@@ -244,27 +272,22 @@ def verify_model(
             "eval_text": str(text_path),
             "sampling": dict(SAMPLING),
             "logits_budget_bytes": budget,
-            "shared_causal_masks": run.shared_masks,
+            "shared_causal_masks": reference.shared_masks if reference else 0,
             "greedy_check": GREEDY_CHECK,
         },
-        parity=ParitySection.from_dict(
-            {**run.parity, "inputs": [i.describe() for i in run.inputs]}, "parity"
-        ),
+        parity=_parity_section(plan, reference),
         perplexity=PerplexitySection.from_dict(
             {
                 "text": text_path.name,
                 "text_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
                 "requested_tokens": perplexity_tokens,
-                **run.perplexity,
+                **_perplexity_figures(candidate, reference),
                 "window": window,
                 "method": f"non-overlapping windows of {window} tokens; a window's first token is not scored",
             },
             "perplexity",
         ),
-        generation=GenerationSection.from_dict(
-            {"max_new_tokens": max_new_tokens, "eos_token_id": run.eos_token_id, **run.generation},
-            "generation",
-        ),
+        generation=_generation_section(plan, candidate, reference, used_gates),
         hygiene=hygiene.to_dict(),
         versions=library_versions(),
         timings=timings,
@@ -281,555 +304,538 @@ GREEDY_CHECK = (
 )
 
 
-class _Verification:
-    """The two halves of ``verify_model``, one model resident at a time, and the gates they lead to.
+# --------------------------------------------------------------------------- the two halves
+#
+# One model resident at a time. 1. The candidate, loaded fresh as users load it: its parity logits (spilled),
+# its perplexity, greedy decoding of every prompt, the padded batch, seeded sampling and the pipeline
+# (``CandidateFigures``). 2. It is freed; the reference is loaded: parity against the spilled logits, its
+# perplexity on the same number of tokens, the candidate's greedy continuations checked by teacher forcing
+# (``ReferenceFigures``). 3. Only when parity failed: the reference's hidden states are spilled, the reference
+# is freed and the candidate loaded again to find the first layer whose hidden state diverges (``_locate``).
+# ``gate_results`` then turns the figures into gates.
 
-    1. The candidate, loaded fresh as users load it: its parity logits (spilled), its perplexity, greedy
-       decoding of every prompt, the padded batch, seeded sampling and the pipeline.
-    2. It is freed; the reference is loaded: parity against the spilled logits, its perplexity on the same
-       number of tokens, and the candidate's greedy continuations checked by teacher forcing.
-    3. Only when parity failed: the reference's hidden states are spilled, the reference is freed and the
-       candidate loaded again to find the first layer whose hidden state diverges.
-    """
 
-    def __init__(
-        self,
-        *,
-        source,
-        checkpoint: Path,
-        spill,
-        requested_gates,
-        prompts: list[str],
-        ref_prompt_ids: list[list[int]],
-        eos_token_id: int | None,
-        text: str,
-        eval_ids: list[int],
-        perplexity_tokens: int,
-        inputs,
-        n_hidden: int,
-        width: int,
-        vocab_size: int,
-        max_new_tokens: int,
-        budget: int,
-        window: int,
-        timings: dict[str, float],
-    ):
-        self.source = source
-        self.checkpoint = checkpoint
-        self.spill = spill
-        self.requested_gates = requested_gates
-        self.prompts = prompts
-        self.ref_prompt_ids = ref_prompt_ids
-        self.eos_token_id = eos_token_id
-        self.text = text
-        self.eval_ids = eval_ids
-        self.perplexity_tokens = perplexity_tokens
-        self.inputs = inputs
-        self.n_hidden = n_hidden
-        self.width = width
-        self.vocab_size = vocab_size
-        self.max_new_tokens = max_new_tokens
-        self.budget = budget
-        self.window = window
-        self.timings = timings
-        self.used_gates: Gates | None = requested_gates if isinstance(requested_gates, Gates) else None
-        self.shared_masks = 0
-        self.dtype: str | None = None
-        self.model_class: str | None = None
-        # What each half found: an error (one line) where a step raised, else its figures.
-        self.load_error: str | None = None
-        self.parity_error: str | None = None  # the candidate's or the reference's forward raised
-        self.figures = None  # ParityFigures, once the reference compared
-        self.candidate_nll: tuple[float, int] | None = None
-        self.perplexity_error: str | None = None
-        self.reference_nll: tuple[float, int] | None = None
-        self.runs: list = []  # per prompt: the candidate's GreedyRun, or None where generate() raised
-        self.generate_errors: list[str | None] = []
-        self.candidate_input_ids: list[list[int]] = []
-        self.checks: list = []  # per prompt: the reference's TeacherForced verdict, or None
-        self.padded_problems: list[str] = []
-        self.sampling_problem: str | None = None
-        self.pipeline_problem: str | None = None
-        self.parity: dict[str, Any] = {
-            "max_abs_diff": None,
-            "mean_abs_diff": None,
-            "top1_agreement": None,
-            "kl_divergence": None,
-            "positions": None,
-            "first_divergent_layer": None,
-            "divergence_location": None,
-            "per_layer_max_abs_diff": None,
-            "per_layer_relative_diff": None,
-        }
-        self.perplexity: dict[str, Any] = {
-            "tokens": None,
-            "reference": None,
-            "candidate": None,
-            "candidate_tokens": None,
-            "relative_diff": None,
-        }
-        self.generation: dict[str, Any] = {
-            "cases": [],
-            "padded_batch_match": False,
-            "sampling": None,
-            "pipeline_ok": False,
-        }
+@dataclass(frozen=True)
+class _Plan:
+    """What both halves run on, fixed before either model is loaded."""
 
-    # ---- orchestration
+    source: Any  # loading.CandidateSource
+    checkpoint: Path
+    device: Any  # loading.Device
+    spill: Any  # checks.Spill
+    prompts: tuple[str, ...]
+    ref_prompt_ids: tuple[list[int], ...]  # the prompts, tokenized by the training tokenizer
+    eos_token_id: int | None
+    text: str
+    eval_ids: list[int]  # the text's tokens the reference scores
+    perplexity_tokens: int
+    inputs: tuple  # checks.ParityInput
+    n_hidden: int
+    width: int
+    vocab_size: int
+    max_new_tokens: int
+    budget: int
+    window: int
+    timings: dict[str, float] = field(compare=False)  # filled in by both halves
 
-    def run(self) -> None:
-        if not self._candidate():
-            return
-        from release.verify.checks import return_freed_memory
 
-        return_freed_memory()
-        self._reference()
-        return_freed_memory()
-        if self._parity_failed():
-            self._timed("locate", self._locate)
+@dataclass(frozen=True)
+class CandidateCase:
+    """One prompt's greedy continuation by the candidate."""
 
-    def _timed(self, name, func, *args, **kwargs) -> None:
-        t = time.perf_counter()
-        func(*args, **kwargs)
-        self.timings[name] = time.perf_counter() - t
+    prompt: str
+    input_ids: list[int]  # the prompt, tokenized by the shipped tokenizer ([] where that raised)
+    run: Any = None  # checks.GreedyRun; None where generate() raised
+    error: str | None = None
+    text: str = ""
 
-    def _load_candidate(self):
-        from release.verify.loading import load_candidate
 
-        t = time.perf_counter()
-        try:
-            return load_candidate(self.source)
-        finally:
-            self.timings["candidate_load"] = self.timings.get("candidate_load", 0.0) + time.perf_counter() - t
+@dataclass(frozen=True)
+class CandidateFigures:
+    """What the candidate computed. With ``load_error`` nothing else was measured."""
 
-    def _candidate(self) -> bool:
-        from release.verify.loading import fresh_remote_code_modules
+    load_error: str | None = None
+    dtype: str | None = None
+    model_class: str | None = None
+    parity_error: str | None = None  # its forward on the parity inputs raised
+    nll: tuple[float, int] | None = None  # summed NLL of the text, and its scored tokens
+    perplexity_error: str | None = None
+    cases: tuple[CandidateCase, ...] = ()
+    padded_batch: dict[str, Any] = field(default_factory=dict)  # how many prompts, whether any was padded
+    padded_rows: tuple[list[int], ...] = ()  # each prompt's continuation in the padded batch, to its eos
+    padded_error: str | None = None
+    sampling: dict[str, Any] | None = None
+    sampling_problem: str | None = None
+    pipeline: dict[str, Any] | None = None
+    pipeline_problem: str | None = None
 
-        with fresh_remote_code_modules():
-            with _Finding("from_pretrained(trust_remote_code=True)") as found:
-                model, tokenizer = self._load_candidate()
-            if found.error is not None:
-                self.load_error = found.error
-                return False
-            self.dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-            self.model_class = f"{type(model).__module__}.{type(model).__name__}"
-            if self.used_gates is None:
-                self.used_gates = Gates.for_dtype(self.dtype).with_overrides(dict(self.requested_gates or {}))
-            try:
-                self._timed("candidate_parity", self._candidate_parity, model)
-                self._timed("candidate_perplexity", self._candidate_perplexity, model, tokenizer)
-                self._timed("candidate_generation", self._candidate_generation, model, tokenizer)
-            finally:
-                del model, tokenizer
-                gc.collect()
-        return True
 
-    def _reference(self) -> None:
-        from release.checkpoint import load_reference_model
-        from release.verify.checks import share_causal_masks
+@dataclass(frozen=True)
+class ReferenceFigures:
+    """What the training module computed against the candidate's figures."""
 
-        t = time.perf_counter()
-        model, ckpt = load_reference_model(self.checkpoint)
-        try:
-            self.shared_masks = share_causal_masks(model, ckpt)
-            self.timings["reference_load"] = time.perf_counter() - t
-            self._timed("reference_parity", self._reference_parity, model)
-            self._timed("reference_perplexity", self._reference_perplexity, model)
-            self._timed("reference_greedy", self._reference_greedy, model)
-            if self._parity_failed():
-                from release.verify.checks import spill_reference_hidden_states
+    nll: tuple[float, int]
+    parity: Any = None  # checks.ParityFigures; None where either model's forward raised
+    parity_error: str | None = None  # the reference's forward raised
+    checks: tuple = ()  # per prompt: checks.TeacherForced, or None where the candidate's generate() raised
+    shared_masks: int = 0
 
-                self._timed(
-                    "reference_hidden_states",
-                    spill_reference_hidden_states,
-                    model,
-                    self.inputs,
-                    self.spill,
-                    budget=self.budget,
-                )
-        finally:
-            del model
-            ckpt.close()
-            del ckpt
 
-    def _parity_failed(self) -> bool:
-        return self.figures is not None and not _parity_within(self.figures, self.used_gates)
+@contextlib.contextmanager
+def _timing(plan: _Plan, name: str):
+    t = time.perf_counter()
+    try:
+        yield
+    finally:
+        plan.timings[name] = plan.timings.get(name, 0.0) + time.perf_counter() - t
 
-    # ---- parity
 
-    def _candidate_parity(self, model) -> None:
-        from release.verify.checks import candidate_logits
+def _gates_for(requested: Gates | Mapping[str, Any] | None, dtype: str | None) -> Gates:
+    if isinstance(requested, Gates):
+        return requested
+    if dtype is None:  # nothing loaded, nothing judged against thresholds
+        return Gates()
+    return Gates.for_dtype(dtype).with_overrides(dict(requested or {}))
 
-        with _Finding("forward on the parity inputs") as found:
-            candidate_logits(
-                model,
-                self.inputs,
-                self.spill,
-                budget=self.budget,
-                vocab_size=self.vocab_size,
-                width=self.width,
-            )
-        self.parity_error = found.error
 
-    def _reference_parity(self, model) -> None:
-        from release.verify.checks import compare_logits
+def _load_candidate(plan: _Plan):
+    from release.verify import loading
 
-        if self.parity_error is not None:
-            return
-        with _Finding("the reference's forward on the parity inputs") as found:
-            fig = compare_logits(model, self.inputs, self.spill, budget=self.budget)
+    with _timing(plan, "candidate_load"):
+        return loading.load_candidate(plan.source, plan.device)
+
+
+def _candidate_half(plan: _Plan) -> CandidateFigures:
+    from release.verify import checks
+    from release.verify.loading import fresh_remote_code_modules
+
+    with fresh_remote_code_modules():
+        with _Finding("from_pretrained(trust_remote_code=True)") as found:
+            model, tokenizer = _load_candidate(plan)
         if found.error is not None:
-            self.parity_error = found.error
-            return
-        self.figures = fig
-        self.parity.update(
-            max_abs_diff=fig.max_abs_diff,
-            mean_abs_diff=fig.mean_abs_diff,
-            top1_agreement=fig.top1_agreement,
-            kl_divergence=fig.kl_divergence,
-            positions=fig.positions,
+            return CandidateFigures(load_error=found.error)
+        try:
+            with _timing(plan, "candidate_parity"), _Finding("forward on the parity inputs") as parity:
+                checks.candidate_logits(
+                    model,
+                    plan.inputs,
+                    plan.spill,
+                    budget=plan.budget,
+                    vocab_size=plan.vocab_size,
+                    width=plan.width,
+                )
+            nll = None
+            with _timing(plan, "candidate_perplexity"), _Finding("scoring the text") as scoring:
+                ids = checks.perplexity_ids(
+                    _encode(tokenizer, plan.text), window=plan.window, tokens=plan.perplexity_tokens
+                )
+                nll = checks.perplexity_nll(
+                    _logits_of(model, candidate=True),
+                    ids,
+                    window=plan.window,
+                    vocab_size=plan.vocab_size,
+                    budget=plan.budget,
+                    device=checks.input_device(model),
+                )
+            with _timing(plan, "candidate_generation"):
+                generation = _candidate_generation(plan, model, tokenizer)
+            return CandidateFigures(
+                dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+                model_class=f"{type(model).__module__}.{type(model).__name__}",
+                parity_error=parity.error,
+                nll=None if scoring.error else nll,
+                perplexity_error=scoring.error,
+                **generation,
+            )
+        finally:
+            del model, tokenizer
+            gc.collect()
+
+
+def _reference_half(plan: _Plan, candidate: CandidateFigures, gates: Gates) -> ReferenceFigures:
+    from release.checkpoint import load_reference_model
+    from release.verify import checks
+
+    with _timing(plan, "reference_load"):
+        model, ckpt = load_reference_model(plan.checkpoint)
+        shared_masks = checks.share_causal_masks(model, ckpt, device=plan.device.name)
+        model = plan.device.place(model)
+    try:
+        parity, parity_error = None, None
+        if candidate.parity_error is None:
+            with _timing(plan, "reference_parity"):
+                with _Finding("the reference's forward on the parity inputs") as found:
+                    parity = checks.compare_logits(model, plan.inputs, plan.spill, budget=plan.budget)
+            parity_error = found.error
+        with _timing(plan, "reference_perplexity"):
+            nll = checks.perplexity_nll(
+                _logits_of(model, candidate=False),
+                plan.eval_ids,
+                window=plan.window,
+                vocab_size=plan.vocab_size,
+                budget=plan.budget,
+                device=checks.input_device(model),
+            )
+        with _timing(plan, "reference_greedy"):
+            verdicts = tuple(
+                None
+                if case.run is None
+                else checks.teacher_forced_greedy(
+                    model,
+                    ref_ids,
+                    case.run.ids,
+                    max_new_tokens=plan.max_new_tokens,
+                    eos_token_id=plan.eos_token_id,
+                    tie_margin=gates.greedy_tie_margin,
+                    budget=plan.budget,
+                )
+                for case, ref_ids in zip(candidate.cases, plan.ref_prompt_ids, strict=True)
+            )
+        if parity is not None and not parity_within(parity, gates):
+            with _timing(plan, "reference_hidden_states"):
+                checks.spill_reference_hidden_states(model, plan.inputs, plan.spill, budget=plan.budget)
+        return ReferenceFigures(
+            nll=nll, parity=parity, parity_error=parity_error, checks=verdicts, shared_masks=shared_masks
         )
+    finally:
+        del model
+        ckpt.close()
+        del ckpt
 
-    def _locate(self) -> None:
-        from release.verify.checks import locate_divergence
-        from release.verify.loading import fresh_remote_code_modules
 
-        fig = self.figures
-        with fresh_remote_code_modules():
+def _logits_of(model, *, candidate: bool):
+    """Logits as each side is called: the candidate as users call it, the training module's ``(logits, loss)``."""
+    if candidate:
+        return lambda x: model(input_ids=x, use_cache=False).logits
+    return lambda x: model(x)[0]
+
+
+def _locate(plan: _Plan, reference: ReferenceFigures, gates: Gates) -> ReferenceFigures:
+    """The candidate loaded again, its hidden states against the reference's spilled ones."""
+    from release.verify import checks
+    from release.verify.loading import fresh_remote_code_modules
+
+    located = dataclasses.replace(reference.parity, located=True)
+    with _timing(plan, "locate"), fresh_remote_code_modules():
+        try:
+            model, _tokenizer = _load_candidate(plan)
             try:
-                model, _tokenizer = self._load_candidate()
-                try:
-                    locate_divergence(
-                        model,
-                        self.inputs,
-                        self.spill,
-                        fig,
-                        n_hidden=self.n_hidden,
-                        width=self.width,
-                        hidden_rel_tol=self.used_gates.hidden_rel_tol,
-                        budget=self.budget,
-                    )
-                finally:
-                    del model, _tokenizer
-                    gc.collect()
-            except Exception:  # it loaded and ran once already; locating is a refinement of a failure
-                log.debug("locating the divergence failed", exc_info=True)
-        self.parity.update(
-            first_divergent_layer=fig.first_divergent_layer,
-            divergence_location=fig.location(),
-            per_layer_max_abs_diff=fig.per_layer_max_abs_diff,
-            per_layer_relative_diff=fig.per_layer_rel_diff,
-            hidden_states="index 0: embeddings; index i: output of layer i-1",
+                located = checks.locate_divergence(
+                    model,
+                    plan.inputs,
+                    plan.spill,
+                    reference.parity,
+                    n_hidden=plan.n_hidden,
+                    width=plan.width,
+                    hidden_rel_tol=gates.hidden_rel_tol,
+                    budget=plan.budget,
+                )
+            finally:
+                del model, _tokenizer
+                gc.collect()
+        except Exception:  # it loaded and ran once already; locating is a refinement of a failure
+            log.debug("locating the divergence failed", exc_info=True)
+    return dataclasses.replace(reference, parity=located)
+
+
+def _candidate_generation(plan: _Plan, model, tokenizer) -> dict[str, Any]:
+    """The generation fields of ``CandidateFigures``: greedy, the padded batch, sampling, the pipeline."""
+    from release.verify import checks
+
+    eos = checks.normalize_eos(model.generation_config.eos_token_id)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(sorted(eos)), None)
+    cases = tuple(_greedy(plan, model, tokenizer, prompt, pad) for prompt in plan.prompts)
+    return {
+        "cases": cases,
+        **_padded_batch(plan, model, tokenizer, pad, eos, cases),
+        **_sampling(plan, model, tokenizer, pad, eos),
+        **_pipeline(plan, model, tokenizer, cases[0]),
+    }
+
+
+def _greedy(plan: _Plan, model, tokenizer, prompt: str, pad) -> CandidateCase:
+    from release.verify import checks
+
+    ids, run = [], None
+    with _Finding(f"{prompt!r}: generate()") as found:
+        ids = _encode(tokenizer, prompt)
+        run = checks.candidate_greedy(model, ids, max_new_tokens=plan.max_new_tokens, pad_token_id=pad)
+    text = tokenizer.decode(run.ids, skip_special_tokens=True) if run else ""
+    return CandidateCase(prompt, ids, run, found.error, text)
+
+
+def _padded_batch(plan: _Plan, model, tokenizer, pad, eos, cases) -> dict[str, Any]:
+    from release.verify import checks
+
+    info: dict[str, Any] = {"prompts": len(plan.prompts)}
+    with _Finding("generate() on the padded batch") as found:
+        if any(c.run is None for c in cases):
+            raise RuntimeError("single-prompt generation failed, nothing to compare with")
+        info["padded"], rows = checks.candidate_padded_batch(
+            model, tokenizer, plan.prompts, max_new_tokens=plan.max_new_tokens, pad_token_id=pad, eos=eos
         )
+        return {"padded_batch": info, "padded_rows": tuple(rows)}
+    return {"padded_batch": info, "padded_error": found.error}
 
-    # ---- perplexity
 
-    def _candidate_perplexity(self, model, tokenizer) -> None:
-        from release.verify.checks import perplexity_ids, perplexity_nll
+def _sampling(plan: _Plan, model, tokenizer, pad, eos) -> dict[str, Any]:
+    from release.verify import checks
 
-        with _Finding("scoring the text") as found:
-            ids = perplexity_ids(
-                _encode(tokenizer, self.text), window=self.window, tokens=self.perplexity_tokens
-            )
-            self.candidate_nll = perplexity_nll(
-                lambda x: model(input_ids=x, use_cache=False).logits,
-                ids,
-                window=self.window,
-                vocab_size=self.vocab_size,
-                budget=self.budget,
-            )
-        self.perplexity_error = found.error
-
-    def _reference_perplexity(self, model) -> None:
-        from release.verify.checks import perplexity, perplexity_nll
-
-        self.reference_nll = perplexity_nll(
-            lambda x: model(x)[0],
-            self.eval_ids,
-            window=self.window,
-            vocab_size=self.vocab_size,
-            budget=self.budget,
+    prompt = plan.prompts[0]
+    info: dict[str, Any] = {**SAMPLING, "prompt": prompt, "tokens": 0, "stopped": None, "text": ""}
+    problem = None
+    with _Finding("generate(do_sample=True)") as found:
+        cont = checks.candidate_sampling(
+            model,
+            _encode(tokenizer, prompt),
+            **SAMPLING,
+            max_new_tokens=plan.max_new_tokens,
+            pad_token_id=pad,
         )
-        ref_ppl = perplexity(*self.reference_nll)
-        self.perplexity.update(tokens=self.reference_nll[1], reference=ref_ppl)
-        if self.candidate_nll is not None:
-            ppl = perplexity(*self.candidate_nll)
-            rel = abs(ppl - ref_ppl) / ref_ppl if ref_ppl > 0 else float("nan")
-            self.perplexity.update(candidate=ppl, candidate_tokens=self.candidate_nll[1], relative_diff=rel)
+        info.update(tokens=len(cont), text=tokenizer.decode(cont, skip_special_tokens=True))
+        first_eos = next((i for i, tok in enumerate(cont) if tok in eos), None)
+        if first_eos is not None:
+            info["stopped"] = "eos"
+            if first_eos != len(cont) - 1:
+                problem = f"{len(cont) - 1 - first_eos} tokens after eos at position {first_eos}"
+        elif len(cont) == plan.max_new_tokens:
+            info["stopped"] = "max_new_tokens"
+        else:
+            problem = f"stopped after {len(cont)} of {plan.max_new_tokens} tokens without eos"
+    return {"sampling": info, "sampling_problem": found.error or problem}
 
-    # ---- generation
 
-    def _candidate_generation(self, model, tokenizer) -> None:
-        from release.verify.checks import normalize_eos
+def _pipeline(plan: _Plan, model, tokenizer, first: CandidateCase) -> dict[str, Any]:
+    from transformers import pipeline
 
-        eos = normalize_eos(model.generation_config.eos_token_id)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(sorted(eos)), None)
-        self._greedy(model, tokenizer, pad)
-        self._padded_batch(model, tokenizer, pad, eos)
-        self._sampling(model, tokenizer, pad, eos)
-        self._pipeline(model, tokenizer)
+    info: dict[str, Any] = {"prompt": first.prompt}
+    problem = None
+    with _Finding('pipeline("text-generation")') as found:
+        pipe = pipeline("text-generation", model=model, tokenizer=tokenizer)
+        out = pipe(first.prompt, max_new_tokens=plan.max_new_tokens, do_sample=False, return_full_text=False)
+        got = out[0]["generated_text"]
+        info["text"] = got
+        if first.run is not None and got != first.text:
+            problem = f"pipeline text {got[:60]!r} differs from generate()'s {first.text[:60]!r}"
+    return {"pipeline": info, "pipeline_problem": found.error or problem}
 
-    def _greedy(self, model, tokenizer, pad) -> None:
-        from release.verify.checks import candidate_greedy
 
-        for prompt in self.prompts:
-            case: dict[str, Any] = {"prompt": prompt, "input_ids": []}
-            run = None
-            with _Finding(f"{prompt!r}: generate()") as found:
-                ids = _encode(tokenizer, prompt)
-                case["input_ids"] = ids
-                run = candidate_greedy(model, ids, max_new_tokens=self.max_new_tokens, pad_token_id=pad)
-            self.runs.append(run)
-            self.generate_errors.append(found.error)
-            self.candidate_input_ids.append(case["input_ids"])
-            case.update(
-                candidate_ids=run.ids if run else [],
-                text=tokenizer.decode(run.ids, skip_special_tokens=True) if run else "",
-                match=False,
-                diverged_at=None,
-                tolerated=False,
+# --------------------------------------------------------------------------- figures -> gates and sections
+
+
+def gate_results(
+    plan: _Plan, candidate: CandidateFigures, reference: ReferenceFigures | None, gates: Gates
+) -> list[GateResult]:
+    """Every gate of the two halves' figures against ``gates``, in the order of ``GATES`` (hygiene and the
+    card snippet aside). The logits and perplexity thresholds are applied by ``report.parity_gates`` and
+    ``report.perplexity_gate``."""
+    if candidate.load_error is not None or reference is None:
+        return [GateResult("load", False, None, None, candidate.load_error)]
+    dtype = candidate.dtype
+    where = _where(reference.parity)
+    results = [
+        GateResult("load", True, dtype, None, f"loaded {candidate.model_class.rsplit('.', 1)[-1]} as {dtype}")
+    ]
+    parity_error = candidate.parity_error or reference.parity_error
+    if parity_error is not None:
+        results.append(GateResult("parity.forward", False, None, None, parity_error))
+    else:
+        results += parity_gates(reference.parity, gates, where=where)
+    if candidate.perplexity_error is not None:
+        results.append(
+            GateResult("perplexity", False, None, gates.max_perplexity_rel_diff, candidate.perplexity_error)
+        )
+    else:
+        p = _perplexity_figures(candidate, reference)
+        ppl = perplexity_gate(
+            p["reference"],
+            p["candidate"],
+            gates,
+            tokens=p["tokens"],
+            candidate_tokens=p["candidate_tokens"],
+            where=where,
+        )
+        results += [ppl] if ppl else []
+    results.append(_greedy_gate(plan, candidate, reference, where))
+    padded = _padded_problems(candidate, gates)
+    results.append(
+        GateResult(
+            "generation.padded_batch",
+            not padded,
+            not padded,
+            True,
+            "a left-padded batch of all prompts equals the prompts one by one"
+            if not padded
+            else "padded batch differs from the prompts one by one: " + "; ".join(padded),
+        )
+    )
+    info, problem = candidate.sampling, candidate.sampling_problem
+    results.append(
+        GateResult(
+            "generation.sampling",
+            problem is None,
+            info["stopped"],
+            "eos or max_new_tokens",
+            f"seeded sampling stopped at {info['stopped']} after {info['tokens']} tokens"
+            if problem is None
+            else f"seeded sampling: {problem}",
+        )
+    )
+    problem = candidate.pipeline_problem
+    detail = 'pipeline("text-generation") gives generate()\'s greedy text' if problem is None else problem
+    results.append(GateResult("generation.pipeline", problem is None, problem is None, True, detail))
+    return results
+
+
+def _where(parity) -> str:
+    location = parity.location() if parity is not None and parity.located else None
+    if location is None:
+        return ""
+    if location.startswith("layer "):
+        return f" (first divergent layer: {location.removeprefix('layer ')})"
+    return f" (first divergence: {location})"
+
+
+def _greedy_gate(
+    plan: _Plan, candidate: CandidateFigures, reference: ReferenceFigures, where: str
+) -> GateResult:
+    problems, ok_count = [], 0
+    for case, check, ref_ids in zip(candidate.cases, reference.checks, plan.ref_prompt_ids, strict=True):
+        if case.error is not None:
+            problems.append(case.error)
+        elif case.input_ids != list(ref_ids):
+            problems.append(
+                f"{case.prompt!r}: the shipped tokenizer gives {case.input_ids}, the training tokenizer "
+                f"{list(ref_ids)}"
             )
-            self.generation["cases"].append(case)
+        elif check.divergence.match or check.divergence.tolerated:
+            ok_count += 1
+        else:
+            problems.append(f"{case.prompt!r}: {check.divergence.describe(len(case.run.ids))}")
+    n = len(candidate.cases)
+    detail = (
+        f"{ok_count}/{n} greedy continuations equal the reference's"
+        if not problems
+        else f"{n - ok_count} of {n} greedy continuations differ from the reference: " + "; ".join(problems)
+    )
+    return GateResult(
+        "generation.greedy", not problems, ok_count / n, 1.0, detail + (where if problems else "")
+    )
 
-    def _reference_greedy(self, model) -> None:
-        from release.verify.checks import teacher_forced_greedy
 
-        margin = self.used_gates.greedy_tie_margin
-        for case, run, ref_ids in zip(self.generation["cases"], self.runs, self.ref_prompt_ids, strict=True):
-            if run is None:
-                self.checks.append(None)
-                continue
-            check = teacher_forced_greedy(
-                model,
-                ref_ids,
-                run.ids,
-                max_new_tokens=self.max_new_tokens,
-                eos_token_id=self.eos_token_id,
-                tie_margin=margin,
-                budget=self.budget,
-            )
-            self.checks.append(check)
+def _padded_problems(candidate: CandidateFigures, gates: Gates) -> list[str]:
+    """Where the padded batch's continuations part from the single prompts' (beyond a near tie)."""
+    from release.verify import checks
+
+    if candidate.padded_error is not None:
+        return [candidate.padded_error]
+    problems = []
+    for case, row in zip(candidate.cases, candidate.padded_rows, strict=True):
+        div = checks.compare_greedy(case.run, row, tie_margin=gates.greedy_tie_margin)
+        if not (div.match or div.tolerated):
+            problems.append(f"{case.prompt!r}: {div.describe(len(case.run.ids))}")
+    return problems
+
+
+def _perplexity_figures(candidate: CandidateFigures, reference: ReferenceFigures | None) -> dict[str, Any]:
+    from release.verify.checks import perplexity
+
+    figures: dict[str, Any] = dict.fromkeys(
+        ("tokens", "reference", "candidate", "candidate_tokens", "relative_diff")
+    )
+    if reference is None:
+        return figures
+    ref_ppl = perplexity(*reference.nll)
+    figures.update(tokens=reference.nll[1], reference=ref_ppl)
+    if candidate.nll is not None:
+        ppl = perplexity(*candidate.nll)
+        figures.update(
+            candidate=ppl,
+            candidate_tokens=candidate.nll[1],
+            relative_diff=perplexity_relative_diff(ref_ppl, ppl),
+        )
+    return figures
+
+
+def _parity_section(plan: _Plan, reference: ReferenceFigures | None) -> ParitySection:
+    inputs = [i.describe() for i in plan.inputs]
+    fig = reference.parity if reference is not None else None
+    if fig is None:
+        return ParitySection(inputs=inputs)
+    located = {}
+    if fig.located:
+        located = {
+            "first_divergent_layer": fig.first_divergent_layer,
+            "divergence_location": fig.location(),
+            "per_layer_max_abs_diff": fig.per_layer_max_abs_diff,
+            "per_layer_relative_diff": fig.per_layer_rel_diff,
+            "hidden_states": "index 0: embeddings; index i: output of layer i-1",
+        }
+    return ParitySection(
+        max_abs_diff=fig.max_abs_diff,
+        mean_abs_diff=fig.mean_abs_diff,
+        top1_agreement=fig.top1_agreement,
+        kl_divergence=fig.kl_divergence,
+        positions=fig.positions,
+        inputs=inputs,
+        **located,
+    )
+
+
+def _case_dicts(
+    plan: _Plan, candidate: CandidateFigures, reference: ReferenceFigures | None
+) -> list[dict[str, Any]]:
+    """Each prompt's case as the report writes it: the candidate's tokens, and the reference's verdict."""
+    if candidate.load_error is not None:
+        return []
+    checks = reference.checks if reference is not None else (None,) * len(candidate.cases)
+    cases = []
+    for case, check, ref_ids in zip(candidate.cases, checks, plan.ref_prompt_ids, strict=True):
+        d: dict[str, Any] = {
+            "prompt": case.prompt,
+            "input_ids": case.input_ids,
+            "candidate_ids": case.run.ids if case.run else [],
+            "text": case.text,
+            "match": False,
+            "diverged_at": None,
+            "tolerated": False,
+        }
+        if check is not None:
             div = check.divergence
-            case.update(
+            d.update(
                 reference_ids=check.reference_ids,
                 match=div.match,
                 diverged_at=div.index,
                 tolerated=div.tolerated,
             )
             if div.margin is not None:
-                case["logit_margin"] = div.margin
-            if case["input_ids"] != list(ref_ids):
-                case["reference_input_ids"] = list(ref_ids)
+                d["logit_margin"] = div.margin
+            if case.input_ids != list(ref_ids):
+                d["reference_input_ids"] = list(ref_ids)
+        cases.append(d)
+    return cases
 
-    def _padded_batch(self, model, tokenizer, pad, eos) -> None:
-        import torch
 
-        from release.verify.checks import compare_greedy, trim_at_eos
-
-        margin = self.used_gates.greedy_tie_margin
-        info: dict[str, Any] = {"prompts": len(self.prompts)}
-        saved = (tokenizer.padding_side, tokenizer.pad_token)
-        problems = []
-        try:
-            if any(r is None for r in self.runs):
-                raise RuntimeError("single-prompt generation failed, nothing to compare with")
-            tokenizer.padding_side = "left"
-            if tokenizer.pad_token is None:
-                tokenizer.pad_token = tokenizer.eos_token
-            enc = tokenizer(list(self.prompts), return_tensors="pt", padding=True)
-            info["padded"] = bool((enc["attention_mask"] == 0).any())
-            with torch.no_grad():
-                out = model.generate(
-                    **enc,
-                    max_new_tokens=self.max_new_tokens,
-                    do_sample=False,
-                    num_beams=1,
-                    pad_token_id=pad,
-                )
-            width = enc["input_ids"].shape[1]
-            for prompt, run, row in zip(self.prompts, self.runs, out[:, width:].tolist(), strict=True):
-                div = compare_greedy(run, trim_at_eos(row, eos), tie_margin=margin)
-                if not (div.match or div.tolerated):
-                    problems.append(f"{prompt!r}: {div.describe(len(run.ids))}")
-        except Exception as exc:
-            log.debug("padded batch failed", exc_info=True)
-            problems.append(f"generate() on the padded batch {_exc(exc)}")
-        finally:
-            tokenizer.padding_side, tokenizer.pad_token = saved
-        self.padded_problems = problems
-        self.generation["padded_batch_match"] = not problems
-        self.generation["padded_batch"] = {**info, "problems": problems}
-
-    def _sampling(self, model, tokenizer, pad, eos) -> None:
-        import torch
-
-        prompt = self.prompts[0]
-        info: dict[str, Any] = {**SAMPLING, "prompt": prompt, "tokens": 0, "stopped": None, "text": ""}
-        problem = None
-        with _Finding("generate(do_sample=True)") as found:
-            ids = torch.tensor([_encode(tokenizer, prompt)])
-            with torch.random.fork_rng(devices=[]), torch.no_grad():
-                torch.manual_seed(SAMPLING["seed"])
-                out = model.generate(
-                    input_ids=ids,
-                    attention_mask=torch.ones_like(ids),
-                    do_sample=True,
-                    temperature=SAMPLING["temperature"],
-                    top_k=SAMPLING["top_k"],
-                    max_new_tokens=self.max_new_tokens,
-                    pad_token_id=pad,
-                )
-            cont = out[0, ids.shape[1] :].tolist()
-            info.update(tokens=len(cont), text=tokenizer.decode(cont, skip_special_tokens=True))
-            first_eos = next((i for i, tok in enumerate(cont) if tok in eos), None)
-            if first_eos is not None:
-                info["stopped"] = "eos"
-                if first_eos != len(cont) - 1:
-                    problem = f"{len(cont) - 1 - first_eos} tokens after eos at position {first_eos}"
-            elif len(cont) == self.max_new_tokens:
-                info["stopped"] = "max_new_tokens"
-            else:
-                problem = f"stopped after {len(cont)} of {self.max_new_tokens} tokens without eos"
-        self.generation["sampling"] = info
-        self.sampling_problem = found.error or problem
-
-    def _pipeline(self, model, tokenizer) -> None:
-        from transformers import pipeline
-
-        prompt = self.prompts[0]
-        info: dict[str, Any] = {"prompt": prompt}
-        problem = None
-        with _Finding('pipeline("text-generation")') as found:
-            pipe = pipeline("text-generation", model=model, tokenizer=tokenizer)
-            out = pipe(prompt, max_new_tokens=self.max_new_tokens, do_sample=False, return_full_text=False)
-            got = out[0]["generated_text"]
-            info["text"] = got
-            if self.runs[0] is not None:
-                expected = tokenizer.decode(self.runs[0].ids, skip_special_tokens=True)
-                if got != expected:
-                    problem = f"pipeline text {got[:60]!r} differs from generate()'s {expected[:60]!r}"
-        self.pipeline_problem = problem = found.error or problem
-        self.generation["pipeline_ok"] = problem is None
-        self.generation["pipeline"] = info
-
-    # ---- the gates, in the order of GATES
-
-    def _where(self) -> str:
-        location = self.parity["divergence_location"]
-        if location is None:
-            return ""
-        if location.startswith("layer "):
-            return f" (first divergent layer: {location.removeprefix('layer ')})"
-        return f" (first divergence: {location})"
-
-    def gate_results(self) -> list[GateResult]:
-        if self.load_error is not None:
-            return [GateResult("load", False, None, None, self.load_error)]
-        dtype = self.dtype
-        gates = [
-            GateResult("load", True, dtype, None, f"loaded {self.model_class.rsplit('.', 1)[-1]} as {dtype}")
-        ]
-        gates += self._parity_gates()
-        gates += self._perplexity_gates()
-        gates.append(self._greedy_gate())
-        ok = not self.padded_problems
-        gates.append(
-            GateResult(
-                "generation.padded_batch",
-                ok,
-                ok,
-                True,
-                "a left-padded batch of all prompts equals the prompts one by one"
-                if ok
-                else "padded batch differs from the prompts one by one: " + "; ".join(self.padded_problems),
-            )
+def _generation_section(
+    plan: _Plan, candidate: CandidateFigures, reference: ReferenceFigures | None, gates: Gates
+) -> GenerationSection:
+    generation: dict[str, Any] = {
+        "max_new_tokens": plan.max_new_tokens,
+        "eos_token_id": plan.eos_token_id,
+        "cases": _case_dicts(plan, candidate, reference),
+        "padded_batch_match": False,
+        "sampling": candidate.sampling,
+        "pipeline_ok": False,
+    }
+    if candidate.load_error is None:
+        padded = _padded_problems(candidate, gates)
+        generation.update(
+            padded_batch_match=not padded,
+            padded_batch={**candidate.padded_batch, "problems": padded},
+            pipeline_ok=candidate.pipeline_problem is None,
+            pipeline=candidate.pipeline,
         )
-        info = self.generation["sampling"]
-        ok = self.sampling_problem is None
-        gates.append(
-            GateResult(
-                "generation.sampling",
-                ok,
-                info["stopped"],
-                "eos or max_new_tokens",
-                f"seeded sampling stopped at {info['stopped']} after {info['tokens']} tokens"
-                if ok
-                else f"seeded sampling: {self.sampling_problem}",
-            )
-        )
-        ok = self.pipeline_problem is None
-        detail = (
-            'pipeline("text-generation") gives generate()\'s greedy text' if ok else self.pipeline_problem
-        )
-        gates.append(GateResult("generation.pipeline", ok, ok, True, detail))
-        return gates
-
-    def _parity_gates(self) -> list[GateResult]:
-        if self.parity_error is not None:
-            return [GateResult("parity.forward", False, None, None, self.parity_error)]
-        fig, g = self.figures, self.used_gates
-        figures = [  # gate, label, value, threshold, higher is better, value format
-            ("max_abs_diff", "max abs diff", fig.max_abs_diff, g.max_abs_diff, False, "{:.1e}"),
-            ("mean_abs_diff", "mean abs diff", fig.mean_abs_diff, g.mean_abs_diff, False, "{:.1e}"),
-            ("top1_agreement", "top-1 agreement", fig.top1_agreement, g.min_top1_agreement, True, "{:.2%}"),
-            ("kl_divergence", "KL divergence", fig.kl_divergence, g.max_kl_divergence, False, "{:.1e}"),
-        ]
-        gates = []
-        for key, label, value, threshold, at_least, fmt in figures:
-            if threshold is None:
-                continue
-            ok = value >= threshold if at_least else value <= threshold
-            op = (">=" if ok else "<") if at_least else ("<=" if ok else ">")
-            shown_threshold = fmt.format(threshold) if at_least else _sci(threshold)
-            detail = f"{label} {fmt.format(value)} {op} {shown_threshold}" + ("" if ok else self._where())
-            gates.append(GateResult(f"parity.{key}", ok, value, threshold, detail))
-        return gates
-
-    def _perplexity_gates(self) -> list[GateResult]:
-        threshold = self.used_gates.max_perplexity_rel_diff
-        if self.perplexity_error is not None:
-            return [GateResult("perplexity", False, None, threshold, self.perplexity_error)]
-        if threshold is None:
-            return []
-        p = self.perplexity
-        rel, count, ref_count = p["relative_diff"], p["candidate_tokens"], p["tokens"]
-        ok = rel <= threshold
-        detail = (
-            f"relative diff {rel:.1e} {'<=' if ok else '>'} {_sci(threshold)} "
-            f"(reference {p['reference']:.4g}, candidate {p['candidate']:.4g}"
-            + ("" if count == ref_count else f"; {count} vs {ref_count} tokens")
-            + ")"
-        )
-        return [GateResult("perplexity", ok, rel, threshold, detail + ("" if ok else self._where()))]
-
-    def _greedy_gate(self) -> GateResult:
-        problems, ok_count = [], 0
-        cases = self.generation["cases"]
-        for case, error, check, ref_ids in zip(
-            cases, self.generate_errors, self.checks, self.ref_prompt_ids, strict=True
-        ):
-            prompt = case["prompt"]
-            if error is not None:
-                problems.append(error)
-            elif case["input_ids"] != list(ref_ids):
-                problems.append(
-                    f"{prompt!r}: the shipped tokenizer gives {case['input_ids']}, the training tokenizer "
-                    f"{list(ref_ids)}"
-                )
-            elif check.divergence.match or check.divergence.tolerated:
-                ok_count += 1
-            else:
-                problems.append(f"{prompt!r}: {check.divergence.describe(len(case['candidate_ids']))}")
-        n = len(cases)
-        detail = (
-            f"{ok_count}/{n} greedy continuations equal the reference's"
-            if not problems
-            else f"{n - ok_count} of {n} greedy continuations differ from the reference: "
-            + "; ".join(problems)
-        )
-        return GateResult(
-            "generation.greedy", not problems, ok_count / n, 1.0, detail + (self._where() if problems else "")
-        )
+    return GenerationSection.from_dict(generation, "generation")
 
 
 # --------------------------------------------------------------------------- post-upload check
@@ -1084,16 +1090,6 @@ def _load_training_tokenizer(name: str, revision: str | None = None):
         raise TokenizerError(f"cannot load the training tokenizer {name!r}: {_exc(exc)}") from exc
 
 
-def _parity_within(fig, g: Gates) -> bool:
-    pairs = [
-        (fig.max_abs_diff, g.max_abs_diff, 1),
-        (fig.mean_abs_diff, g.mean_abs_diff, 1),
-        (fig.kl_divergence, g.max_kl_divergence, 1),
-        (fig.top1_agreement, g.min_top1_agreement, -1),
-    ]
-    return all(t is None or (v <= t if sign > 0 else v >= t) for v, t, sign in pairs)
-
-
 def _hygiene_gate(problems: list[str]) -> GateResult:
     if not problems:
         return GateResult(
@@ -1108,12 +1104,6 @@ def _spill():
 
     with Spill() as spill:
         yield spill
-
-
-def _sci(value: float) -> str:
-    """A threshold as written: 1e-04, 1.5e-03."""
-    short = f"{value:.0e}"
-    return short if float(short) == value else f"{value:.1e}"
 
 
 class _Finding:
