@@ -177,8 +177,8 @@ def test_judge_applies_the_float32_logit_gates():
     )
     assert result.stage == "logits" and result.generation_match
     assert result.failures == [
-        "transformers 5.0.0: logits: max |logit diff| 0.031 exceeds the 0.0001 gate",
-        "transformers 5.0.0: logits: top-1 agreement 96.88% is below the 100% gate",
+        "transformers 5.0.0: logits: max abs diff 3.1e-02 > 1e-04",
+        "transformers 5.0.0: logits: top-1 agreement 96.88% < 100.00%",
     ]
 
 
@@ -639,6 +639,20 @@ def test_range_statement():
 # --------------------------------------------------------------------------- the recorded reference
 
 
+def full_report(**generation) -> dict:
+    """``recorded_report``'s cases in a whole report, as ``release verify`` writes one (the card tests' report)."""
+    from tests.test_card import VERIFICATION
+
+    recorded = recorded_report(**generation)
+    template = VERIFICATION["generation"]["cases"][0]
+    cases = [{**template, **case} for case in recorded["generation"]["cases"]]
+    return {
+        **VERIFICATION,
+        "model": {**VERIFICATION["model"], **recorded["model"]},
+        "generation": {**VERIFICATION["generation"], **recorded["generation"], "cases": cases},
+    }
+
+
 def recorded_report(**generation) -> dict:
     return {
         "schema_version": 1,
@@ -758,7 +772,7 @@ def fake_world(tmp_path, monkeypatch):
     folder = tmp_path / "dist" / "v1.0.0" / "model"
     folder.mkdir(parents=True)
     (folder / "config.json").write_text("{}")
-    (folder.parent / "verification.json").write_text(json.dumps(recorded_report()))
+    (folder.parent / "verification.json").write_text(json.dumps(full_report()))
     calls: list[str] = []
     monkeypatch.setattr(environments, "torch_requirement", lambda: "torch @ file:///wheels/torch.whl")
     monkeypatch.setattr(environments, "build_environment", fake_uv(calls))
@@ -777,7 +791,7 @@ def test_all_minors_runs_every_minor_in_its_own_environment_and_states_the_range
     assert calls == ALL_MINORS  # one environment each, oldest first
     assert "tested on transformers 4.46–5.24: 37 versions (supported: >=4.46,<6)" in result.output
     data = json.loads((folder.parent / "verification.json").read_text())
-    assert data["generation"] == recorded_report()["generation"]  # the verify report is kept
+    assert data["generation"] == full_report()["generation"]  # the verify report is kept
     table = data["compat"]["versions"]
     assert [row["transformers"] for row in table] == ALL_MINORS and all(row["passed"] for row in table)
     assert data["compat"]["reference"] == "verification.json" and data["compat"]["statement"].endswith(

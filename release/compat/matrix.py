@@ -621,7 +621,7 @@ def judge_child_result(
     version: str, outcome: ChildOutcome, reference: ReferenceOutputs, gates: Gates | None = None
 ) -> VersionResult:
     """Apply the gates to one child's figures. Every failure line starts with ``transformers X: <stage>:``."""
-    from release.verify.report import Gates
+    from release.verify.report import Gates, LogitFigures, parity_gates
 
     gates = gates or Gates.for_dtype("float32")
     res = outcome.result
@@ -646,12 +646,8 @@ def judge_child_result(
                     ("load", f"tokenizer encodes {text!r} as {got}, the main environment as {list(want)}")
                 )
     max_diff, top1 = res.get("max_abs_diff"), res.get("top1_agreement")
-    if max_diff is not None and gates.max_abs_diff is not None and not max_diff <= gates.max_abs_diff:
-        lines.append(("logits", f"max |logit diff| {max_diff:.3g} exceeds the {gates.max_abs_diff:g} gate"))
-    if top1 is not None and gates.min_top1_agreement is not None and top1 < gates.min_top1_agreement:
-        lines.append(
-            ("logits", f"top-1 agreement {top1:.2%} is below the {gates.min_top1_agreement:.0%} gate")
-        )
+    figures = LogitFigures(max_abs_diff=max_diff, top1_agreement=top1)
+    lines += [("logits", gate.detail) for gate in parity_gates(figures, gates) if not gate.passed]
     if "teacher_forced" in res:
         for text, forced, want in zip(
             reference.prompt_texts, res["teacher_forced"], reference.greedy_ids, strict=True
@@ -784,7 +780,7 @@ def run_compat_matrix(
         versions: Exact transformers versions; default ``default_versions()`` (pyproject.toml).
         canary: Accept pre-releases and versions past the supported range (what users may install next).
         cache_dir: Where environments are cached; default ``default_cache_dir()``.
-        gates: Logit thresholds; default the float32 gates of ``release.verify_report.Gates``.
+        gates: Logit thresholds; default the float32 gates of ``release.verify.report.Gates``.
         snippet_check: Runs the card's usage code per version (``SnippetCheck``); stage ``snippet``.
         on_result: Called with each version's result as soon as it is known (progress output).
 
