@@ -294,13 +294,13 @@ def test_swapped_heads_fail_parity(release, tmp_path):
     folder = release.copy(tmp_path / "model")
     hs = 32 // 4
 
-    def swap_heads_0_and_1(w):  # rows: [q heads | k heads | v heads]; swap heads 0 and 1 in all three
-        for base in (0, 32, 64):
-            h0, h1 = w[base : base + hs].clone(), w[base + hs : base + 2 * hs].clone()
-            w[base : base + hs], w[base + hs : base + 2 * hs] = h1, h0
+    def swap_heads_0_and_1(w):  # rows: heads 0..H-1, hs rows each
+        h0, h1 = w[:hs].clone(), w[hs : 2 * hs].clone()
+        w[:hs], w[hs : 2 * hs] = h1, h0
         return w
 
-    edit_tensor(folder, "model.layers.0.self_attn.qkv_proj.weight", swap_heads_0_and_1)
+    for proj in ("q_proj", "k_proj", "v_proj"):
+        edit_tensor(folder, f"model.layers.0.self_attn.{proj}.weight", swap_heads_0_and_1)
     report = verify_model(folder, **release.fast())
     assert "parity.max_abs_diff" in failed(report)
     assert gate(report, "load").passed and gate(report, "hygiene").passed
