@@ -155,8 +155,9 @@ class CustomTransformerAttention(nn.Module):
         if cache is not None:
             if _CACHE_UPDATE_TAKES_KWARGS:
                 k, v = cache.update(k, v, self.layer_idx, kwargs=kwargs)
-            else:
-                k, v = cache.update(k, v, self.layer_idx)  # (B, nh, past+T, hs)
+            else:  # static caches of these versions write at cache_position
+                cache_kwargs = {"cache_position": kwargs.get("cache_position")}
+                k, v = cache.update(k, v, self.layer_idx, cache_kwargs)  # (B, nh, past+T, hs)
 
         implementation = self.config._attn_implementation
         if output_attentions or implementation == "eager":
@@ -314,7 +315,7 @@ class CustomTransformerModel(CustomTransformerPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embed_tokens = value
 
-    def _mask(self, attention_mask, inputs_embeds, cache, position_ids, past_length):
+    def _mask(self, attention_mask, inputs_embeds, cache, position_ids, cache_position):
         """The attention mask in the form the configured attention implementation takes."""
         kwargs = {
             "config": self.config,
@@ -324,9 +325,7 @@ class CustomTransformerModel(CustomTransformerPreTrainedModel):
             "position_ids": position_ids,
         }
         if "cache_position" in _MASK_PARAMS:
-            kwargs["cache_position"] = torch.arange(
-                past_length, past_length + inputs_embeds.shape[1], device=inputs_embeds.device
-            )
+            kwargs["cache_position"] = cache_position
         return create_causal_mask(**kwargs)
 
     def forward(
@@ -369,7 +368,8 @@ class CustomTransformerModel(CustomTransformerPreTrainedModel):
             inputs_embeds = self.embed_tokens(input_ids)
         T = inputs_embeds.shape[1]
         # Only needed to place new tokens; caches managed by an engine (paged) come with position_ids.
-        needs_past = position_ids is None or not HAS_ATTENTION_INTERFACE or "cache_position" in _MASK_PARAMS
+        needs_past = position_ids is None or not HAS_ATTENTION_INTERFACE
+        needs_past |= "cache_position" in _MASK_PARAMS and kwargs.get("cache_position") is None
         past_length = given_cache.get_seq_length() if given_cache is not None and needs_past else 0
         positions_given = position_ids is not None
         if position_ids is None:
@@ -385,8 +385,15 @@ class CustomTransformerModel(CustomTransformerPreTrainedModel):
                 "or lower max_new_tokens"
             )
         if HAS_ATTENTION_INTERFACE:
+            if "cache_position" in _MASK_PARAMS and kwargs.get("cache_position") is None:
+                # versions whose masks and static caches index by it (their generate() passes it)
+                kwargs["cache_position"] = torch.arange(
+                    past_length, past_length + T, device=inputs_embeds.device
+                )
             # A fresh cache holds nothing yet: building the mask without it lets a packed row be recognised.
-            mask = self._mask(attention_mask, inputs_embeds, given_cache, position_ids, past_length)
+            mask = self._mask(
+                attention_mask, inputs_embeds, given_cache, position_ids, kwargs.get("cache_position")
+            )
         else:
             mask = _own_mask(attention_mask, position_ids, positions_given, past_length, T)
         hidden_states = self.drop(inputs_embeds + self.embed_positions(position_ids))

@@ -7,6 +7,7 @@ Features the installed transformers lacks are skipped by name; on such versions 
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -354,3 +355,24 @@ def test_generate_batch_returns_the_generate_tokens(implementation):
                 generation_config=config,
             )
         assert by_prompt[tuple(prompt)] == alone[0, len(prompt) :].tolist(), prompt
+
+
+def test_auto_model_loads_the_base_model_of_a_release_folder(tmp_path):
+    import json
+
+    from transformers import AutoModel
+
+    from release.convert.folder import AUTO_MAP
+
+    model = build()
+    model.save_pretrained(tmp_path)
+    for name in ("configuration_custom_transformer.py", "modeling_custom_transformer.py"):
+        (tmp_path / name).write_text((Path(modeling.__file__).parent / name).read_text())
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["auto_map"] = AUTO_MAP
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    base = AutoModel.from_pretrained(tmp_path, trust_remote_code=True).eval()
+    assert type(base).__name__ == "CustomTransformerModel"
+    ids = torch.tensor([PROMPTS[1]])
+    with torch.no_grad():
+        assert_close(base(ids).last_hidden_state, model.model(ids).last_hidden_state)
