@@ -103,13 +103,13 @@ def make_runner(model, mode: str, prompts: torch.Tensor, new_tokens: int):
         return run, prompts.shape[0] * new_tokens
 
     ids = prompts[:1]
-    kwargs = {"attention_mask": torch.ones_like(ids), "generation_config": config}
     if mode == "static":
         from transformers import CompileConfig
 
         compile_config = CompileConfig(fullgraph=True)
         compile_config._compile_all_devices = True  # generate compiles only on accelerators unless told
-        kwargs.update(cache_implementation="static", compile_config=compile_config)
+        config.cache_implementation, config.compile_config = "static", compile_config
+    kwargs = {"attention_mask": torch.ones_like(ids), "generation_config": config}
 
     def run():
         return [model.generate(ids, **kwargs)[0, ids.shape[1] :].tolist()]
@@ -128,7 +128,11 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--batch-prompts", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1: stable figures on a shared machine)"
+    )
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     modes = [m for m in args.modes.split(",") if m]
     if unknown := sorted(set(modes) - set(MODES)):
         ap.error(f"unknown modes {unknown}; choose from {', '.join(MODES)}")
