@@ -38,3 +38,12 @@ def test_a_difference_names_the_prompt_and_the_step():
     assert figures.failures() == ["static_cache: prompt 1 differs from generate() from new token 1"]
     short = _compare("continuous_batching", [[1, 2, 3]], [[1, 2]], new_tokens=3)
     assert short.first_difference == [2] and short.passed is False
+
+
+def test_model_code_without_the_features_is_reported_not_failed(monkeypatch):
+    model = build()
+    for flag in ("_supports_attention_backend", "_supports_static_cache", "_can_compile_fullgraph"):
+        monkeypatch.setattr(model, flag, False)  # what the model code of earlier releases declares
+    for figures in (check_static_cache(model, PROMPTS), check_continuous_batching(model, PROMPTS)):
+        assert not figures.available and figures.passed is None and figures.reason
+        assert figures.failures() == []

@@ -124,6 +124,12 @@ def check_continuous_batching(
     is sized for the prompts (``num_blocks`` x ``block_size`` tokens) rather than for the machine's memory."""
     if not hasattr(model, "generate_batch"):
         return ServingFigures("continuous_batching", False, "this transformers has no generate_batch")
+    if not getattr(model, "_supports_attention_backend", False):
+        return ServingFigures(
+            "continuous_batching",
+            False,
+            "the model does not run its attention through transformers' interface",
+        )
     config = _greedy_config(model, new_tokens)
     expected = _generate_each(model, prompts, config)
     try:
