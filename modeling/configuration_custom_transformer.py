@@ -21,6 +21,9 @@ class CustomTransformerConfig(PretrainedConfig):
             Number of decoder blocks. Alias: `num_hidden_layers`.
         n_head (`int`, *optional*, defaults to 12):
             Number of attention heads; must divide `n_embd`. Alias: `num_attention_heads`.
+        num_key_value_heads (`int`, *optional*):
+            Number of key/value heads, read by serving engines to size their caches. The model has no grouped-query
+            attention, so it must equal `n_head` (its default).
         ffn_type (`str`, *optional*, defaults to `"swiglu"`):
             Feed-forward variant: `"swiglu"` (`w3(silu(w1 x) * w2 x)`) or `"relu"` (`fc2(relu(fc1 x))`). Both
             use an inner width of `4 * n_embd` with biases.
@@ -40,6 +43,22 @@ class CustomTransformerConfig(PretrainedConfig):
 
     model_type = "custom_transformer"
     keys_to_ignore_at_inference = ["past_key_values", "cache"]
+    # How tensor parallelism splits the base model: q/k/v and the feed-forward's first layers by output rows (whole
+    # heads, whole inner units), o_proj and down_proj by input columns (their partial outputs are summed).
+    base_model_tp_plan = {
+        "layers.*.self_attn.q_proj": "colwise",
+        "layers.*.self_attn.k_proj": "colwise",
+        "layers.*.self_attn.v_proj": "colwise",
+        "layers.*.self_attn.o_proj": "rowwise",
+        "layers.*.mlp.gate_proj": "colwise",
+        "layers.*.mlp.up_proj": "colwise",
+        "layers.*.mlp.down_proj": "rowwise",
+    }
+    base_model_pp_plan = {
+        "embed_tokens": (["input_ids"], ["inputs_embeds"]),
+        "layers": (["hidden_states", "attention_mask"], ["hidden_states"]),
+        "norm": (["hidden_states"], ["hidden_states"]),
+    }
     attribute_map = {
         "hidden_size": "n_embd",
         "num_hidden_layers": "n_layer",
@@ -54,6 +73,7 @@ class CustomTransformerConfig(PretrainedConfig):
         n_embd=768,
         n_layer=12,
         n_head=12,
+        num_key_value_heads=None,
         ffn_type="swiglu",
         intermediate_size=None,
         dropout=0.0,
@@ -69,11 +89,17 @@ class CustomTransformerConfig(PretrainedConfig):
             raise ValueError(f"ffn_type must be one of {FFN_TYPES}, got {ffn_type!r}")
         if n_embd % n_head != 0:
             raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head})")
+        if num_key_value_heads is not None and num_key_value_heads != n_head:
+            raise ValueError(
+                f"num_key_value_heads ({num_key_value_heads}) must equal n_head ({n_head}): this model has one "
+                "key/value head per query head; drop num_key_value_heads from the config"
+            )
         self.vocab_size = vocab_size
         self.n_positions = n_positions
         self.n_embd = n_embd
         self.n_layer = n_layer
         self.n_head = n_head
+        self.num_key_value_heads = n_head
         self.ffn_type = ffn_type
         self.intermediate_size = intermediate_size if intermediate_size is not None else 4 * n_embd
         self.dropout = dropout

@@ -184,15 +184,20 @@ def plan_conversion(arch: Architecture) -> list[TargetTensor]:
     for i in range(arch.n_layer):
         src, dst = f"blocks.{i}", f"model.layers.{i}"
         heads = range(arch.n_head)
-        qkv_sources = tuple(
-            f"{src}.self_attention.heads.{h}.{proj}.weight"
-            for proj in ("query_proj", "key_proj", "value_proj")
-            for h in heads
-        )
         plan += [
             TargetTensor(f"{dst}.input_layernorm.weight", (f"{src}.layer_norm1.weight",), (C,)),
             TargetTensor(f"{dst}.input_layernorm.bias", (f"{src}.layer_norm1.bias",), (C,)),
-            TargetTensor(f"{dst}.self_attn.qkv_proj.weight", qkv_sources, (3 * C, C)),
+        ]
+        # One training head per head_size rows, heads in order: a column split of these keeps whole heads.
+        plan += [
+            TargetTensor(
+                f"{dst}.self_attn.{target}.weight",
+                tuple(f"{src}.self_attention.heads.{h}.{source}.weight" for h in heads),
+                (C, C),
+            )
+            for target, source in (("q_proj", "query_proj"), ("k_proj", "key_proj"), ("v_proj", "value_proj"))
+        ]
+        plan += [
             TargetTensor(
                 f"{dst}.self_attn.o_proj.weight", (f"{src}.self_attention.projection.weight",), (C, C)
             ),

@@ -2,18 +2,23 @@
 
 Self-contained on purpose: it imports only torch, transformers and its sibling configuration file, because users
 load it on machines where the release repo is not installed. It must keep working across the transformers range
-the project supports (4.46 up to 5.x), so version differences are handled here explicitly:
+the project supports (4.46 up to 5.x), so version differences are handled here explicitly, by feature detection:
 
-- the key/value cache argument (and output field) is ``past_key_values`` up to 5.23 and ``cache`` from 5.24 on
-  (``generate`` passes ``cache=``; checked with ``release compat``): ``forward`` accepts both and returns the cache
-  under the output field name the installed version defines;
-- caches are transformers' own ``Cache`` objects (``DynamicCache``), used only through ``update`` and
-  ``get_seq_length``, which both major versions provide;
+- where transformers has its attention interface (``ALL_ATTENTION_FUNCTIONS``) and mask builder
+  (``masking_utils.create_causal_mask``), attention runs through them: any registered kernel (sdpa, flex, flash,
+  the paged ones continuous batching uses) can be plugged in, extra keyword arguments from the top ``forward``
+  reach it, and static caches, ``torch.compile`` and packed rows work. Elsewhere the model runs its own eager/SDPA
+  path with its own masks;
+- the key/value cache argument (and output field) is ``past_key_values`` up to 5.23 and ``cache`` from 5.24 on:
+  ``forward`` accepts both and returns the cache under the output field name the installed version defines;
+- blocks are ``GradientCheckpointingLayer`` where it exists (it owns recomputation there);
 - fresh weights are initialised through ``transformers.initialization`` when it exists (5.x, which skips weights
   that were loaded from the checkpoint) and ``torch.nn.init`` otherwise (4.x only initialises missing weights).
 """
 
 from __future__ import annotations
+
+import inspect
 
 import torch
 import torch.nn as nn
@@ -29,8 +34,40 @@ try:  # transformers >= 5: init functions that leave already-loaded weights alon
 except ImportError:  # transformers 4.x
     from torch.nn import init as _init
 
+try:  # the attention interface and the mask builder that goes with it
+    from transformers.masking_utils import create_causal_mask
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+except ImportError:
+    create_causal_mask = ALL_ATTENTION_FUNCTIONS = None
+HAS_ATTENTION_INTERFACE = create_causal_mask is not None
+
+try:  # int or tensor (1D or per-row 2D) logits_to_keep
+    from transformers.modeling_utils import slice_logits_to_keep
+except ImportError:
+    slice_logits_to_keep = None
+
+try:
+    from transformers.modeling_layers import GradientCheckpointingLayer as _BlockBase
+except ImportError:
+    _BlockBase = nn.Module
+_LAYERS_CHECKPOINT_THEMSELVES = _BlockBase is not nn.Module
+
 # 5.24 renamed the output field `past_key_values` to `cache`.
 _CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+# The mask builder's argument names changed across versions (input_embeds/inputs_embeds, past_key_values/cache,
+# cache_position dropped); it is called with the names the installed version has.
+_MASK_PARAMS = set(inspect.signature(create_causal_mask).parameters) if HAS_ATTENTION_INTERFACE else set()
+_MASK_EMBEDS = "inputs_embeds" if "inputs_embeds" in _MASK_PARAMS else "input_embeds"
+_MASK_CACHE = "cache" if "cache" in _MASK_PARAMS else "past_key_values"
+# 5.x caches take the attention kwargs (the paged cache reads its indices from them and fills them in place).
+_CACHE_UPDATE_TAKES_KWARGS = any(
+    p.kind is inspect.Parameter.VAR_KEYWORD
+    for p in inspect.signature(DynamicCache.update).parameters.values()
+)
+
+
+def _is_compiling() -> bool:
+    return torch.compiler.is_compiling() if hasattr(torch, "compiler") else False
 
 
 def _new_dynamic_cache(config: CustomTransformerConfig) -> DynamicCache:
@@ -40,42 +77,107 @@ def _new_dynamic_cache(config: CustomTransformerConfig) -> DynamicCache:
         return DynamicCache()  # 4.x
 
 
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax(q k^T) v with the weights returned; the mask is boolean (True = may attend) or additive.
+
+    ``None`` means plain causal attention, the new queries being the last positions of the keys.
+    """
+    weights = torch.matmul(query, key.transpose(2, 3)) * scaling  # (B, nh, T, S)
+    if attention_mask is None:
+        T, S = query.shape[-2], key.shape[-2]
+        attention_mask = torch.ones(T, S, dtype=torch.bool, device=query.device).tril(S - T)
+    if attention_mask.dtype == torch.bool:
+        weights = weights.masked_fill(~attention_mask, torch.finfo(weights.dtype).min)
+    else:
+        weights = weights + attention_mask[..., : key.shape[-2]]
+    weights = F.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    output = torch.matmul(weights, value).transpose(1, 2).contiguous()  # (B, T, nh, hs)
+    return output, weights
+
+
+def _sdpa_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """The model's own SDPA call for versions without the attention interface; same contract as the eager one."""
+    output = F.scaled_dot_product_attention(
+        query,
+        key,
+        value,
+        attn_mask=attention_mask,
+        dropout_p=dropout,
+        scale=scaling,
+        is_causal=attention_mask is None and query.shape[-2] > 1,
+    )
+    return output.transpose(1, 2).contiguous(), None
+
+
 class CustomTransformerAttention(nn.Module):
-    """Causal self-attention with one fused QKV projection and PyTorch's scaled_dot_product_attention."""
+    """Causal self-attention: separate q/k/v projections (rows grouped per head), one output projection."""
 
     def __init__(self, config: CustomTransformerConfig, layer_idx: int):
         super().__init__()
+        self.config = config
         self.layer_idx = layer_idx
         self.num_heads = config.n_head
         self.head_dim = config.n_embd // config.n_head
-        # Rows: [q heads 0..H-1 | k heads 0..H-1 | v heads 0..H-1], each head head_dim rows.
-        self.qkv_proj = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)
+        self.num_key_value_groups = 1  # read by transformers' attention functions: no grouped-query attention
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = True
+        self.attention_dropout = config.dropout
+        # Rows of each: heads 0..H-1 in order, head_dim rows each, so a column split keeps whole heads.
+        self.q_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        self.k_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        self.v_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
         self.o_proj = nn.Linear(config.n_embd, config.n_embd, bias=True)
-        self.attn_dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(
         self,
         hidden_states: torch.Tensor,
-        attn_mask: torch.Tensor | None,
-        cache: Cache | None,
-    ) -> torch.Tensor:
-        B, T, C = hidden_states.shape
-        qkv = self.qkv_proj(hidden_states).view(B, T, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, nh, T, hs)
+        attention_mask: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        output_attentions: bool = False,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        input_shape = hidden_states.shape[:-1]
+        hidden_shape = (*input_shape, -1, self.head_dim)
+        q = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (B, nh, T, hs)
+        k = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        v = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         if cache is not None:
-            k, v = cache.update(k, v, self.layer_idx)  # (B, nh, past+T, hs)
-        # attn_mask is None only for an unpadded prompt without a past: plain causal attention.
-        y = F.scaled_dot_product_attention(
+            if _CACHE_UPDATE_TAKES_KWARGS:
+                k, v = cache.update(k, v, self.layer_idx, kwargs=kwargs)
+            else:  # static caches of these versions write at cache_position
+                cache_kwargs = {"cache_position": kwargs.get("cache_position")}
+                k, v = cache.update(k, v, self.layer_idx, cache_kwargs)  # (B, nh, past+T, hs)
+
+        implementation = self.config._attn_implementation
+        if output_attentions or implementation == "eager":
+            attention = eager_attention_forward  # the only one that computes the weights
+        elif HAS_ATTENTION_INTERFACE:
+            attention = ALL_ATTENTION_FUNCTIONS[implementation]
+        else:
+            attention = _sdpa_attention_forward
+        output, weights = attention(
+            self,
             q,
             k,
             v,
-            attn_mask=attn_mask,
-            dropout_p=self.attn_dropout if self.training else 0.0,
-            is_causal=attn_mask is None and T > 1,
-        )  # (B, nh, T, hs)
-        y = y.transpose(1, 2).reshape(B, T, C)
-        return self.resid_dropout(self.o_proj(y))
+            attention_mask,
+            dropout=self.attention_dropout if self.training else 0.0,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        output = output.reshape(*input_shape, -1).contiguous()
+        return self.resid_dropout(self.o_proj(output)), weights
 
 
 class CustomTransformerMLP(nn.Module):
@@ -98,8 +200,8 @@ class CustomTransformerMLP(nn.Module):
         return self.dropout(self.down_proj(h))
 
 
-class CustomTransformerBlock(nn.Module):
-    """Pre-norm block: x + attn(ln1(x)), then x + mlp(ln2(x))."""
+class CustomTransformerBlock(_BlockBase):
+    """Pre-norm block: x + attn(ln1(x)), then x + mlp(ln2(x)). Returns (hidden states, attention weights)."""
 
     def __init__(self, config: CustomTransformerConfig, layer_idx: int):
         super().__init__()
@@ -108,9 +210,16 @@ class CustomTransformerBlock(nn.Module):
         self.post_attention_layernorm = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.mlp = CustomTransformerMLP(config)
 
-    def forward(self, hidden_states, attn_mask, cache):
-        hidden_states = hidden_states + self.self_attn(self.input_layernorm(hidden_states), attn_mask, cache)
-        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+    def forward(self, hidden_states, attention_mask=None, cache=None, output_attentions=False, **kwargs):
+        attn_output, weights = self.self_attn(
+            self.input_layernorm(hidden_states),
+            attention_mask=attention_mask,
+            cache=cache,
+            output_attentions=output_attentions,
+            **kwargs,
+        )
+        hidden_states = hidden_states + attn_output
+        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states)), weights
 
 
 class CustomTransformerPreTrainedModel(PreTrainedModel):
@@ -121,7 +230,15 @@ class CustomTransformerPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["CustomTransformerBlock"]
     _supports_sdpa = True
     _supports_cache_class = True  # 4.x: let generate() hand us a DynamicCache
-    _supports_static_cache = False
+    # What needs the attention interface and its masks is declared only where they exist (old and new flag names).
+    _supports_attention_backend = HAS_ATTENTION_INTERFACE
+    _supports_flex_attn = HAS_ATTENTION_INTERFACE
+    _supports_flex_attention = HAS_ATTENTION_INTERFACE
+    _supports_flash_attn = HAS_ATTENTION_INTERFACE
+    _supports_flash_attn_2 = HAS_ATTENTION_INTERFACE
+    _supports_static_cache = HAS_ATTENTION_INTERFACE
+    _supports_quantized_cache = HAS_ATTENTION_INTERFACE
+    _can_compile_fullgraph = HAS_ATTENTION_INTERFACE
 
     def _init_weights(self, module):
         std = self.config.initializer_range
@@ -136,40 +253,39 @@ class CustomTransformerPreTrainedModel(PreTrainedModel):
             _init.zeros_(module.bias)
 
 
-def _positions_and_mask(
+def _own_mask(
     attention_mask: torch.Tensor | None,
-    position_ids: torch.Tensor | None,
+    position_ids: torch.Tensor,
+    positions_given: bool,
     past_length: int,
     query_length: int,
-    device: torch.device,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Position ids for the new tokens and the boolean SDPA mask (B or 1, 1, T, past+T); True = may attend.
+) -> torch.Tensor | None:
+    """The boolean mask (B or 1, 1, T, past+T) for the model's own attention path; True = may attend.
 
-    Positions come from the 2D padding mask so a left-padded prompt gets the same positions as the prompt alone.
+    ``None`` stands for plain causal attention. A row given without a mask and without a past whose positions
+    restart (several sequences packed into one row) gets a block-diagonal causal mask.
     """
+    device = position_ids.device
     key_length = past_length + query_length
     if attention_mask is not None:
         if attention_mask.dim() != 2:
             raise ValueError(
-                "attention_mask must be a 2D (batch, past + new tokens) padding mask; "
-                f"got shape {tuple(attention_mask.shape)}"
+                "attention_mask must be a 2D (batch, past + new tokens) padding mask with this transformers "
+                f"version; got shape {tuple(attention_mask.shape)}"
             )
         if attention_mask.shape[-1] != key_length:
             raise ValueError(
                 f"attention_mask covers {attention_mask.shape[-1]} positions but the cache holds {past_length} "
                 f"and {query_length} new tokens were given; pass the mask for all {key_length} positions"
             )
-    if position_ids is None:
-        if attention_mask is not None:
-            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past_length:]
-        else:
-            position_ids = torch.arange(past_length, key_length, device=device).unsqueeze(0)
-
     padded = attention_mask is not None and not bool(attention_mask.all())
-    if not padded and past_length == 0:
-        return position_ids, None  # SDPA's is_causal path
-    if not padded and query_length == 1:
-        return position_ids, None  # one new token may see the whole past
+    if not padded and positions_given and past_length == 0 and query_length > 1:
+        segments = (position_ids.diff(dim=-1, prepend=position_ids[:, :1] - 1) != 1).cumsum(-1)  # (B, T)
+        if bool(segments[:, -1].any()):
+            causal = torch.ones(query_length, query_length, dtype=torch.bool, device=device).tril()
+            return (causal & (segments[:, :, None] == segments[:, None, :]))[:, None]
+    if not padded and (past_length == 0 or query_length == 1):
+        return None
     q_pos = torch.arange(past_length, key_length, device=device)
     k_pos = torch.arange(key_length, device=device)
     mask = (k_pos[None, :] <= q_pos[:, None])[None, None]  # (1, 1, T, S)
@@ -177,8 +293,7 @@ def _positions_and_mask(
         mask = mask & attention_mask[:, None, None, :].bool()  # (B, 1, T, S)
     # A query at a padding position may see nothing; give it everything so softmax stays finite. Its output is
     # never read (real tokens never attend to padding keys).
-    mask = mask | ~mask.any(dim=-1, keepdim=True)
-    return position_ids, mask
+    return mask | ~mask.any(dim=-1, keepdim=True)
 
 
 class CustomTransformerModel(CustomTransformerPreTrainedModel):
@@ -200,6 +315,19 @@ class CustomTransformerModel(CustomTransformerPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embed_tokens = value
 
+    def _mask(self, attention_mask, inputs_embeds, cache, position_ids, cache_position):
+        """The attention mask in the form the configured attention implementation takes."""
+        kwargs = {
+            "config": self.config,
+            _MASK_EMBEDS: inputs_embeds,
+            "attention_mask": attention_mask,
+            _MASK_CACHE: cache,
+            "position_ids": position_ids,
+        }
+        if "cache_position" in _MASK_PARAMS:
+            kwargs["cache_position"] = cache_position
+        return create_causal_mask(**kwargs)
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -208,6 +336,7 @@ class CustomTransformerModel(CustomTransformerPreTrainedModel):
         past_key_values: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         cache: Cache | None = None,
@@ -215,66 +344,108 @@ class CustomTransformerModel(CustomTransformerPreTrainedModel):
     ):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        config = self.config
+        output_attentions = output_attentions if output_attentions is not None else config.output_attentions
         output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+            output_hidden_states if output_hidden_states is not None else config.output_hidden_states
         )
-        use_cache = use_cache if use_cache is not None else self.config.use_cache
-        return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
-        if self.gradient_checkpointing and self.training:
-            use_cache = False  # recomputation and an incrementally filled cache do not mix
+        use_cache = use_cache if use_cache is not None else config.use_cache
+        return_dict = return_dict if return_dict is not None else getattr(config, "return_dict", True)
         if cache is None:
             cache = past_key_values
-        if cache is not None and not isinstance(cache, Cache):
+        if isinstance(cache, (tuple, list)):
             raise TypeError(
                 "the key/value cache must be a transformers Cache (e.g. DynamicCache); legacy tuples are not "
                 "supported by this model"
             )
+        if self.gradient_checkpointing and self.training:
+            use_cache, cache = False, None  # recomputation and an incrementally filled cache do not mix
+        given_cache = cache
         if use_cache and cache is None:
-            cache = _new_dynamic_cache(self.config)
-        if not use_cache:
-            cache = None
+            cache = _new_dynamic_cache(config)
 
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
-        B, T, _ = inputs_embeds.shape
-        past_length = cache.get_seq_length() if cache is not None else 0
-        position_ids, attn_mask = _positions_and_mask(
-            attention_mask, position_ids, past_length, T, inputs_embeds.device
-        )
-        if T > 0 and int(position_ids.max()) >= self.config.n_positions:
+        T = inputs_embeds.shape[1]
+        # Only needed to place new tokens; caches managed by an engine (paged) come with position_ids.
+        needs_past = position_ids is None or not HAS_ATTENTION_INTERFACE
+        needs_past |= "cache_position" in _MASK_PARAMS and kwargs.get("cache_position") is None
+        past_length = given_cache.get_seq_length() if given_cache is not None and needs_past else 0
+        positions_given = position_ids is not None
+        if position_ids is None:
+            if attention_mask is not None and attention_mask.dim() == 2:
+                # a left-padded prompt gets the positions it has alone
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
+            else:
+                position_ids = torch.arange(past_length, past_length + T, device=inputs_embeds.device)[None]
+        if T > 0 and not _is_compiling() and int(position_ids.max()) >= config.n_positions:
             raise ValueError(
                 f"sequence too long: position {int(position_ids.max())} needs max_position_embeddings > "
-                f"{int(position_ids.max())}, but this model has {self.config.n_positions}; truncate the input "
+                f"{int(position_ids.max())}, but this model has {config.n_positions}; truncate the input "
                 "or lower max_new_tokens"
             )
+        if HAS_ATTENTION_INTERFACE:
+            if "cache_position" in _MASK_PARAMS and kwargs.get("cache_position") is None:
+                # versions whose masks and static caches index by it (their generate() passes it)
+                kwargs["cache_position"] = torch.arange(
+                    past_length, past_length + T, device=inputs_embeds.device
+                )
+            # A fresh cache holds nothing yet: building the mask without it lets a packed row be recognised.
+            mask = self._mask(
+                attention_mask, inputs_embeds, given_cache, position_ids, kwargs.get("cache_position")
+            )
+        else:
+            mask = _own_mask(attention_mask, position_ids, positions_given, past_length, T)
         hidden_states = self.drop(inputs_embeds + self.embed_positions(position_ids))
 
         all_hidden_states = () if output_hidden_states else None
+        all_attentions = () if output_attentions else None
         for layer in self.layers:
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
-            if self.gradient_checkpointing and self.training:
-                hidden_states = self._gradient_checkpointing_func(
-                    layer.__call__, hidden_states, attn_mask, None
+            if self.gradient_checkpointing and self.training and not _LAYERS_CHECKPOINT_THEMSELVES:
+                hidden_states, weights = self._gradient_checkpointing_func(
+                    layer.__call__, hidden_states, mask, None, output_attentions
                 )
             else:
-                hidden_states = layer(hidden_states, attn_mask, cache)
+                hidden_states, weights = layer(
+                    hidden_states,
+                    attention_mask=mask,
+                    cache=cache,
+                    output_attentions=output_attentions,
+                    position_ids=position_ids,
+                    **kwargs,
+                )
+            if output_attentions:
+                all_attentions += (weights,)
         if output_hidden_states:
             all_hidden_states += (hidden_states,)
         hidden_states = self.norm(hidden_states)
 
-        outputs = {
-            "last_hidden_state": hidden_states,
-            "hidden_states": all_hidden_states,
-            _CACHE_FIELD: cache if use_cache else None,
-        }
-        if not return_dict:
-            return tuple(v for v in outputs.values() if v is not None)
-        return BaseModelOutputWithPast(**outputs)
+        outputs = BaseModelOutputWithPast(
+            last_hidden_state=hidden_states,
+            hidden_states=all_hidden_states,
+            attentions=all_attentions,
+            **{_CACHE_FIELD: cache if use_cache else None},
+        )
+        return outputs if return_dict else outputs.to_tuple()
+
+
+def _keep_logits(hidden_states: torch.Tensor, logits_to_keep: int | torch.Tensor) -> torch.Tensor:
+    """The positions whose logits are wanted: the last ``n`` for an int (0 = all), the given indices for a tensor."""
+    if slice_logits_to_keep is not None:
+        return slice_logits_to_keep(hidden_states, logits_to_keep)
+    if isinstance(logits_to_keep, int):
+        return hidden_states[:, -logits_to_keep:, :] if logits_to_keep else hidden_states
+    return hidden_states[:, logits_to_keep, :]
 
 
 class CustomTransformerForCausalLM(CustomTransformerPreTrainedModel, GenerationMixin):
     """The decoder with its biased, untied LM head. ``labels`` give the shifted next-token cross-entropy."""
+
+    # The LM head is split by vocabulary rows and gathered (its bias is split with them).
+    _tp_plan = {"lm_head": "colwise_rep"}
+    _pp_plan = {"lm_head": (["hidden_states"], ["logits"])}
 
     def __init__(self, config: CustomTransformerConfig):
         super().__init__(config)
@@ -307,11 +478,9 @@ class CustomTransformerForCausalLM(CustomTransformerPreTrainedModel, GenerationM
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         cache: Cache | None = None,
-        logits_to_keep: int = 0,
+        logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ):
-        if output_attentions:
-            raise ValueError("output_attentions is not supported: attention runs in fused SDPA kernels")
         return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
         base = self.model(
             input_ids=input_ids,
@@ -319,14 +488,13 @@ class CustomTransformerForCausalLM(CustomTransformerPreTrainedModel, GenerationM
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
             cache=cache if cache is not None else past_key_values,
+            **kwargs,
         )
-        hidden_states = base.last_hidden_state
-        if logits_to_keep:  # generate() asks only for the last position's logits
-            hidden_states = hidden_states[:, -logits_to_keep:, :]
-        logits = self.lm_head(hidden_states)
+        logits = self.lm_head(_keep_logits(base.last_hidden_state, logits_to_keep))
 
         loss = None
         if labels is not None:
@@ -336,15 +504,14 @@ class CustomTransformerForCausalLM(CustomTransformerPreTrainedModel, GenerationM
                 shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=-100
             )
 
-        outputs = {
-            "loss": loss,
-            "logits": logits,
-            _CACHE_FIELD: getattr(base, _CACHE_FIELD),
-            "hidden_states": base.hidden_states,
-        }
-        if not return_dict:
-            return tuple(v for v in outputs.values() if v is not None)
-        return CausalLMOutputWithPast(**outputs)
+        outputs = CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            hidden_states=base.hidden_states,
+            attentions=base.attentions,
+            **{_CACHE_FIELD: getattr(base, _CACHE_FIELD)},
+        )
+        return outputs if return_dict else outputs.to_tuple()
 
 
 __all__ = ["CustomTransformerForCausalLM", "CustomTransformerModel", "CustomTransformerPreTrainedModel"]

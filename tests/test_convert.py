@@ -280,6 +280,7 @@ def test_config_and_generation_config(tmp_path, convert):
     assert text == json.dumps(data, indent=2, sort_keys=True) + "\n"
     assert data["auto_map"] == {
         "AutoConfig": "configuration_custom_transformer.CustomTransformerConfig",
+        "AutoModel": "modeling_custom_transformer.CustomTransformerModel",
         "AutoModelForCausalLM": "modeling_custom_transformer.CustomTransformerForCausalLM",
     }
     assert data["architectures"] == ["CustomTransformerForCausalLM"]

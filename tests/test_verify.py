@@ -19,8 +19,8 @@ from release.demo import demo_text, train_tokenizer, training_config_dict, write
 from tests.conftest import build_reference
 
 REPO = "owner/verified-model"
-CACHE_LINE = "k, v = cache.update(k, v, self.layer_idx)"
-CAUSAL_LINE = "is_causal=attn_mask is None and T > 1,"
+CACHE_LINE = "k, v = cache.update(k, v, self.layer_idx, kwargs=kwargs)"
+CAUSAL_LINE = "self.is_causal = True"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -294,13 +294,13 @@ def test_swapped_heads_fail_parity(release, tmp_path):
     folder = release.copy(tmp_path / "model")
     hs = 32 // 4
 
-    def swap_heads_0_and_1(w):  # rows: [q heads | k heads | v heads]; swap heads 0 and 1 in all three
-        for base in (0, 32, 64):
-            h0, h1 = w[base : base + hs].clone(), w[base + hs : base + 2 * hs].clone()
-            w[base : base + hs], w[base + hs : base + 2 * hs] = h1, h0
+    def swap_heads_0_and_1(w):  # rows: heads 0..H-1, hs rows each
+        h0, h1 = w[:hs].clone(), w[hs : 2 * hs].clone()
+        w[:hs], w[hs : 2 * hs] = h1, h0
         return w
 
-    edit_tensor(folder, "model.layers.0.self_attn.qkv_proj.weight", swap_heads_0_and_1)
+    for proj in ("q_proj", "k_proj", "v_proj"):
+        edit_tensor(folder, f"model.layers.0.self_attn.{proj}.weight", swap_heads_0_and_1)
     report = verify_model(folder, **release.fast())
     assert "parity.max_abs_diff" in failed(report)
     assert gate(report, "load").passed and gate(report, "hygiene").passed
@@ -313,7 +313,7 @@ def test_cache_path_bug_fails_generation_while_plain_logits_pass(release, tmp_pa
 
     folder = release.copy(tmp_path / "model")
     # The cache is filled but its result ignored: without a past nothing changes; with one, the past is lost.
-    edit_modeling(folder, CACHE_LINE, "cache.update(k, v, self.layer_idx)")
+    edit_modeling(folder, CACHE_LINE, "cache.update(k, v, self.layer_idx, kwargs=kwargs)")
     report = verify_model(folder, **release.fast())
     assert not report.passed
     for name in ("parity.max_abs_diff", "parity.top1_agreement", "perplexity", "hygiene", "load"):
@@ -438,7 +438,7 @@ def test_stale_remote_code_module_cannot_mask_a_broken_file(release, tmp_path, m
     ]:
         monkeypatch.delitem(sys.modules, name)
     folder = release.copy(tmp_path / "model")
-    edit_modeling(folder, CAUSAL_LINE, "is_causal=False,")  # attends to the future: logits change
+    edit_modeling(folder, CAUSAL_LINE, "self.is_causal = False")  # attends to the future: logits change
 
     # Import the broken file as transformers does, then turn the imported module into the correct code while
     # keeping transformers' "already up to date" hash: a stale, correct module sitting in sys.modules.
@@ -594,7 +594,7 @@ def test_cli_verify_passes_writes_reports_beside_the_model_folder_and_the_step_s
 
 def test_cli_verify_fails_with_one_line_per_failed_gate(release, tmp_path, cli):
     folder = release.copy(tmp_path / "model")
-    edit_modeling(folder, CACHE_LINE, "cache.update(k, v, self.layer_idx)")
+    edit_modeling(folder, CACHE_LINE, "cache.update(k, v, self.layer_idx, kwargs=kwargs)")
     result = cli("verify", folder, *fast_options(release), "--report", tmp_path / "out" / "report.json")
     assert result.exit_code == 1
     lines = result.stderr.strip().splitlines()
@@ -705,7 +705,7 @@ def test_check_generation_against_report_fails_on_a_cache_path_bug(release, good
     from release.verify.runner import check_generation_against_report
 
     folder = release.copy(tmp_path / "model")
-    edit_modeling(folder, CACHE_LINE, "cache.update(k, v, self.layer_idx)")
+    edit_modeling(folder, CACHE_LINE, "cache.update(k, v, self.layer_idx, kwargs=kwargs)")
     failures = check_generation_against_report(folder, revision=None, report=good[0].to_dict())
     assert "files: modeling_custom_transformer.py differs from the verified file" in failures[0]
     generation = [line for line in failures if line.startswith("generation: ")]
@@ -750,7 +750,7 @@ def test_hub_revision_is_verified_and_rechecked_from_a_fresh_cache(release, hub,
     assert text.startswith(case["prompt"])
 
     source = files["modeling_custom_transformer.py"].decode()
-    broken_source = source.replace(CACHE_LINE, "cache.update(k, v, self.layer_idx)")
+    broken_source = source.replace(CACHE_LINE, "cache.update(k, v, self.layer_idx, kwargs=kwargs)")
     broken = hub.commit(
         REPO, {"modeling_custom_transformer.py": broken_source.encode()}, message="regression"
     )

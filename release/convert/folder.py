@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 MODELING_FILES = ("configuration_custom_transformer.py", "modeling_custom_transformer.py")
 AUTO_MAP = {
     "AutoConfig": "configuration_custom_transformer.CustomTransformerConfig",
+    "AutoModel": "modeling_custom_transformer.CustomTransformerModel",
     "AutoModelForCausalLM": "modeling_custom_transformer.CustomTransformerForCausalLM",
 }
 ARCHITECTURES = ["CustomTransformerForCausalLM"]

@@ -1,0 +1,153 @@
+"""Serving checks on a loaded model: the static cache and continuous batching give the tokens ``generate`` gives.
+
+Pure functions of a loaded model and token-id prompts (no files, no report): verify runs them in its own process,
+``release compat`` in each transformers environment's child. Where the installed transformers (or the model's
+code) lacks the feature, the figures say so (``available=False`` with the reason) instead of failing: what does
+not exist on a version is not a defect of the release.
+
+Both compare greedy decoding with a fixed number of new tokens, prompt by prompt (a prompt that reaches eos
+stops there in every mode), so a mismatch names the prompt and the first differing step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class ServingFigures:
+    """One serving mode compared with plain ``generate``: per prompt, whether the new tokens are identical."""
+
+    mode: str  # "static_cache" | "continuous_batching"
+    available: bool
+    reason: str | None = None  # why not available, in words
+    prompts: int = 0
+    new_tokens: int = 0
+    identical: list[bool] = field(default_factory=list)
+    first_difference: list[int | None] = field(default_factory=list)  # step of the first differing token
+
+    @property
+    def passed(self) -> bool | None:
+        """True/False where the mode ran; None where it is not available on this transformers."""
+        return all(self.identical) if self.available else None
+
+    def failures(self) -> list[str]:
+        return [
+            f"{self.mode}: prompt {i} differs from generate() from new token {step}"
+            for i, (same, step) in enumerate(zip(self.identical, self.first_difference, strict=True))
+            if not same
+        ]
+
+
+def _first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
+    for step, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return step
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def _greedy_config(model, new_tokens: int):
+    from transformers import GenerationConfig
+
+    eos = model.config.eos_token_id
+    pad = model.config.pad_token_id if model.config.pad_token_id is not None else eos
+    return GenerationConfig(max_new_tokens=new_tokens, do_sample=False, eos_token_id=eos, pad_token_id=pad)
+
+
+@torch.no_grad()
+def _generate_each(model, prompts: Sequence[Sequence[int]], config, **kwargs) -> list[list[int]]:
+    out = []
+    for prompt in prompts:
+        ids = torch.tensor([list(prompt)], device=model.device)
+        tokens = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config, **kwargs)
+        out.append(tokens[0, len(prompt) :].tolist())
+    return out
+
+
+def _compare(mode: str, expected: list[list[int]], got: list[list[int]], new_tokens: int) -> ServingFigures:
+    diffs = [_first_difference(e, g) for e, g in zip(expected, got, strict=True)]
+    return ServingFigures(
+        mode=mode,
+        available=True,
+        prompts=len(expected),
+        new_tokens=new_tokens,
+        identical=[d is None for d in diffs],
+        first_difference=diffs,
+    )
+
+
+def _left_padded(prompts: Sequence[Sequence[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p) :] = torch.tensor(list(p))
+        mask[row, width - len(p) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def check_static_cache(model, prompts: Sequence[Sequence[int]], *, new_tokens: int = 16) -> ServingFigures:
+    """``generate(cache_implementation="static")`` on the prompts as one left-padded batch vs plain ``generate``
+    per prompt. Not available where the model (on this transformers) does not support a static cache."""
+    if not getattr(model, "_supports_static_cache", False) and not getattr(
+        model, "_can_compile_fullgraph", False
+    ):
+        return ServingFigures(
+            "static_cache", False, "the model does not support a static cache on this transformers"
+        )
+    config = _greedy_config(model, new_tokens)
+    expected = _generate_each(model, prompts, config)
+    ids, mask = _left_padded(prompts, config.pad_token_id, model.device)
+    batch = model.generate(ids, attention_mask=mask, generation_config=config, cache_implementation="static")
+    got = []
+    for row, e in enumerate(expected):
+        row_tokens = batch[row, ids.shape[1] :].tolist()
+        # a row that finished keeps emitting padding in the batch; alone it stops at eos
+        got.append(row_tokens[: len(e)] if len(e) < new_tokens else row_tokens)
+    return _compare("static_cache", expected, got, new_tokens)
+
+
+@torch.no_grad()
+def check_continuous_batching(
+    model,
+    prompts: Sequence[Sequence[int]],
+    *,
+    new_tokens: int = 16,
+    num_blocks: int = 64,
+    block_size: int = 32,
+) -> ServingFigures:
+    """``generate_batch`` (paged attention, continuous batching) vs plain ``generate`` per prompt. The paged cache
+    is sized for the prompts (``num_blocks`` x ``block_size`` tokens) rather than for the machine's memory."""
+    if not hasattr(model, "generate_batch"):
+        return ServingFigures("continuous_batching", False, "this transformers has no generate_batch")
+    if not getattr(model, "_supports_attention_backend", False):
+        return ServingFigures(
+            "continuous_batching",
+            False,
+            "the model does not run its attention through transformers' interface",
+        )
+    config = _greedy_config(model, new_tokens)
+    expected = _generate_each(model, prompts, config)
+    try:
+        from transformers import ContinuousBatchingConfig
+    except ImportError:  # versions before it size the paged cache from the generation config
+        sizing = {"num_blocks": num_blocks, "block_size": block_size}
+        config.update(**sizing)
+        engine = {}
+    else:
+        max_tokens = max(len(p) for p in prompts) + new_tokens
+        engine = {
+            "continuous_batching_config": ContinuousBatchingConfig(
+                num_blocks=num_blocks, block_size=block_size, max_batch_tokens=max_tokens
+            )
+        }
+    results = model.generate_batch(
+        [list(p) for p in prompts], generation_config=config, progress_bar=False, **engine
+    )
+    by_prompt = {tuple(r.prompt_ids): list(r.generated_tokens) for r in results.values()}
+    got = [by_prompt.get(tuple(p), []) for p in prompts]
+    return _compare("continuous_batching", expected, got, new_tokens)
