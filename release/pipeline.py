@@ -279,6 +279,7 @@ def _verify(settings: Settings, run: RunResult) -> str:
         report_path=run.report_path,
         # The configured tokenizer, after the one convert recorded in release.json (the same one here).
         settings_tokenizer=checkpoint.tokenizer,
+        device=settings.device,
         # The original's; the reference is its weights-only file.
         checkpoint_sha256=checkpoint.fetched.sha256 if checkpoint.fetched else None,
     )

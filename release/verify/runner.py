@@ -73,12 +73,11 @@ ALLOWED_EXTRA_FILES = ("README.md", ".gitattributes")
 
 
 def default_report_path(model: str | Path) -> Path:
-    """``<folder>/../verification.json`` for a folder (in ``dist/<version>/``); ``./verification.json`` for a
-    repo id."""
+    """The report beside a folder (``dist/<version>/verification.json``); ``./verification.json`` for a repo id."""
+    from release.verify.report import REPORT_FILE, report_path
+
     path = Path(model)
-    if path.is_dir():
-        return path.resolve().parent / "verification.json"
-    return Path("verification.json")
+    return report_path(path.resolve()) if path.is_dir() else Path(REPORT_FILE)
 
 
 def verify_model(
