@@ -349,6 +349,7 @@ def test_card_sections_and_pinned_usage(full_card):
     assert headings == [
         "## Model details",
         "## How to use",
+        "## Serving",
         "## Evaluation",
         "## Verification",
         "## Sample generations",

@@ -419,6 +419,8 @@ def check_verification(report, *, source: Path | str, checkpoint_sha256: str) ->
         # "4.46–5.24": the span of the versions that passed, for the card's compact line when they are many.
         "compat_span": _compat_span(compat_passed),
         "dtype": typed.model.dtype,
+        "device": typed.model.device,
+        "serving": [g for g in gates if g["name"].startswith("serving.")],
     }
 
 

@@ -171,6 +171,8 @@ GATES: tuple[GateSpec, ...] = (
     GateSpec("generation.padded_batch", "Left-padded batch matches", "greedy_tie_margin"),
     GateSpec("generation.sampling", "Seeded sampling stops cleanly"),
     GateSpec("generation.pipeline", "`text-generation` pipeline matches"),
+    GateSpec("serving.static_cache", 'Static cache (`cache_implementation="static"`) matches'),
+    GateSpec("serving.continuous_batching", "Continuous batching (`generate_batch`) matches"),
     GateSpec("card_snippet", "This card's code runs as written, without a prompt"),
 )
 GATE_REGISTRY: dict[str, GateSpec] = {g.name: g for g in GATES}

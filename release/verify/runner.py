@@ -367,6 +367,7 @@ class CandidateFigures:
     sampling_problem: str | None = None
     pipeline: dict[str, Any] | None = None
     pipeline_problem: str | None = None
+    serving: tuple = ()  # serving.ServingFigures of the modes this transformers has (static cache, batching)
 
 
 @dataclass(frozen=True)
@@ -549,7 +550,34 @@ def _candidate_generation(plan: _Plan, model, tokenizer) -> dict[str, Any]:
         **_padded_batch(plan, model, tokenizer, pad, eos, cases),
         **_sampling(plan, model, tokenizer, pad, eos),
         **_pipeline(plan, model, tokenizer, cases[0]),
+        "serving": _serving(model, [case.input_ids for case in cases if case.input_ids]),
     }
+
+
+SERVING_NEW_TOKENS = (
+    16  # per prompt and mode: enough to cross several decode steps of a paged or static cache
+)
+
+
+def _serving(model, prompts: list[list[int]]) -> tuple:
+    """The static cache and continuous batching against plain ``generate``, where this transformers has them.
+
+    A mode that raises is a failed figure, not an absent one: it exists on this version and broke.
+    """
+    from release.verify.serving import ServingFigures, check_continuous_batching, check_static_cache
+
+    figures = []
+    for mode, check in (
+        ("static_cache", check_static_cache),
+        ("continuous_batching", check_continuous_batching),
+    ):
+        with _Finding(f"{mode}: generate()") as found:
+            result = check(model, prompts, new_tokens=SERVING_NEW_TOKENS)
+        if found.error is not None:
+            result = ServingFigures(mode, True, found.error, len(prompts), SERVING_NEW_TOKENS, [False], [0])
+        if result.available:
+            figures.append(result)
+    return tuple(figures)
 
 
 def _greedy(plan: _Plan, model, tokenizer, prompt: str, pad) -> CandidateCase:
@@ -683,6 +711,14 @@ def gate_results(
     problem = candidate.pipeline_problem
     detail = 'pipeline("text-generation") gives generate()\'s greedy text' if problem is None else problem
     results.append(GateResult("generation.pipeline", problem is None, problem is None, True, detail))
+    for figures in candidate.serving:
+        failures = [figures.reason] if figures.reason else figures.failures()
+        detail = (
+            f"{figures.prompts} prompts x {figures.new_tokens} new tokens equal generate()'s"
+            if not failures
+            else "; ".join(failures)
+        )
+        results.append(GateResult(f"serving.{figures.mode}", not failures, not failures, True, detail))
     return results
 
 
