@@ -785,25 +785,23 @@ def test_weights_only_http_drop_mid_stream_resumes_and_hashes_every_byte(
     assert_bit_identical(result.path, ckpt)
 
 
-def test_weights_only_http_drop_before_the_model_records_resumes(
-    tmp_path: Path, server: ServerState, ckpt: Path
+@pytest.mark.parametrize(
+    "ignore_range,drop_after",
+    [
+        (False, 5000),
+        (True, None),
+    ],  # inside data.pkl / the first records; halfway, then a 200 with the whole body
+    ids=["resumed-with-range", "server-ignores-range-skips-what-it-had"],
+)
+def test_weights_only_http_drop_resumes(
+    tmp_path: Path, server: ServerState, ckpt: Path, ignore_range: bool, drop_after: int | None
 ) -> None:
     body = ckpt.read_bytes()
     server.files["/best_model.pt"] = body
-    server.drop_after = 5000  # inside data.pkl / the first model records
+    dropped_at = drop_after or len(body) // 2
+    server.drop_after, server.ignore_range = dropped_at, ignore_range
     result = fetch_weights_only(server.url("/best_model.pt"), sha256=sha256_file(ckpt), **FAST)
-    assert [r["range"] for r in server.requests] == [None, "bytes=5000-"]
-    assert_bit_identical(result.path, ckpt)
-
-
-def test_weights_only_http_drop_on_a_server_that_ignores_range_skips_what_it_had(
-    tmp_path: Path, server: ServerState, ckpt: Path
-) -> None:
-    body = ckpt.read_bytes()
-    server.files["/best_model.pt"] = body
-    server.drop_after, server.ignore_range = len(body) // 2, True  # the retry gets a 200 with the whole body
-    result = fetch_weights_only(server.url("/best_model.pt"), sha256=sha256_file(ckpt), **FAST)
-    assert len(server.requests) == 2 and server.requests[1]["range"] is not None
+    assert [r["range"] for r in server.requests] == [None, f"bytes={dropped_at}-"]
     assert (result.source, result.size) == ("stream", len(body))
     assert_bit_identical(result.path, ckpt)
 

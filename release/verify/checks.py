@@ -710,18 +710,18 @@ def candidate_sampling(
     max_new_tokens: int,
     pad_token_id,
 ) -> list[int]:
-    """Seeded ``generate(do_sample=True)`` of one prompt (the global RNG is left as it was); the new tokens."""
+    """Seeded ``generate()`` of one prompt, sampling when ``temperature`` > 0 (else greedy); the global RNG is left
+    as it was. The new tokens."""
     ids = torch.tensor([input_ids], device=input_device(model))
+    sampling = {"do_sample": True, "temperature": temperature, "top_k": top_k} if temperature > 0 else {}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         out = model.generate(
             input_ids=ids,
             attention_mask=torch.ones_like(ids),
-            do_sample=True,
-            temperature=temperature,
-            top_k=top_k,
             max_new_tokens=max_new_tokens,
             pad_token_id=pad_token_id,
+            **{"do_sample": False, **sampling},
         )
     return out[0, ids.shape[1] :].tolist()
 

@@ -1015,9 +1015,8 @@ def generate_text(
             context.
         VerificationError: The model cannot be loaded or generation fails.
     """
-    import torch
-
     from release.errors import VerificationError
+    from release.verify import checks
     from release.verify.loading import CandidateSource, fresh_remote_code_modules, is_repo_id, load_candidate
 
     if not prompt:
@@ -1046,28 +1045,25 @@ def generate_text(
         except Exception as exc:
             raise VerificationError(f"cannot load {model}: {_exc(exc)}") from exc
         try:
-            ids = torch.tensor([_encode(tokenizer, prompt)])
+            ids = _encode(tokenizer, prompt)
             context = int(getattr(lm.config, "max_position_embeddings", 0) or 0)
-            if context and ids.shape[1] + max_new_tokens > context:
+            if context and len(ids) + max_new_tokens > context:
                 raise UsageError(
-                    f"the prompt is {ids.shape[1]} tokens; with max_new_tokens={max_new_tokens} it exceeds "
+                    f"the prompt is {len(ids)} tokens; with max_new_tokens={max_new_tokens} it exceeds "
                     f"the model's context of {context}; use --max-new-tokens "
-                    f"{max(1, context - ids.shape[1])} or less"
+                    f"{max(1, context - len(ids))} or less"
                 )
-            sampling: dict[str, Any] = {"do_sample": False}
-            if temperature > 0:
-                sampling = {"do_sample": True, "temperature": temperature, "top_k": top_k}
             pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-            with torch.random.fork_rng(devices=[]), torch.no_grad():
-                torch.manual_seed(seed)
-                out = lm.generate(
-                    input_ids=ids,
-                    attention_mask=torch.ones_like(ids),
-                    max_new_tokens=max_new_tokens,
-                    pad_token_id=pad,
-                    **sampling,
-                )
-            return prompt + tokenizer.decode(out[0, ids.shape[1] :].tolist(), skip_special_tokens=True)
+            new = checks.candidate_sampling(
+                lm,
+                ids,
+                seed=seed,
+                temperature=temperature,
+                top_k=top_k,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=pad,
+            )
+            return prompt + tokenizer.decode(new, skip_special_tokens=True)
         except ReleaseError:
             raise
         except Exception as exc:
