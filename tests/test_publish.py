@@ -57,6 +57,15 @@ def _restamp_report(folder: Path, report_from: Path | None = None) -> None:
     path.write_text(json.dumps(report, indent=2, sort_keys=True))
 
 
+def _negate_logits(folder: Path) -> None:
+    """Break the shipped model code: it still loads and runs, with every logit negated."""
+    modeling = folder / "modeling_custom_transformer.py"
+    code = modeling.read_text()
+    line = "logits = self.lm_head(_keep_logits(base.last_hidden_state, logits_to_keep))\n"
+    assert line in code, "the modeling code changed: update the injected bug"
+    modeling.write_text(code.replace(line, line.replace("= self.lm_head", "= -self.lm_head")))
+
+
 def _write_card(folder: Path) -> None:
     """Stand-ins for the card step's output, written after verification like the real ones."""
     (folder / "README.md").write_text(
@@ -616,12 +625,7 @@ def test_a_folder_changed_during_the_release_never_reaches_main(hub, publish, re
 
 def test_broken_modeling_file_fails_the_post_upload_check_and_nothing_is_tagged(hub, publish, release_dir):
     folder = release_dir("v1")
-    modeling = folder / "modeling_custom_transformer.py"
-    code = modeling.read_text()
-    assert "logits = self.lm_head(hidden_states)\n" in code
-    modeling.write_text(
-        code.replace("logits = self.lm_head(hidden_states)\n", "logits = -self.lm_head(hidden_states)\n")
-    )
+    _negate_logits(folder)
     _restamp_report(folder)  # local checks pass: the report vouches for the (broken) folder
 
     hub.create_repo(REPO)
@@ -824,12 +828,7 @@ def test_a_broken_model_is_still_a_verification_failure_when_the_download_needed
     hub, publish, release_dir, hf_backoff_sleeps
 ):
     folder = release_dir("v1")
-    modeling = folder / "modeling_custom_transformer.py"
-    modeling.write_text(
-        modeling.read_text().replace(
-            "logits = self.lm_head(hidden_states)\n", "logits = -self.lm_head(hidden_states)\n"
-        )
-    )
+    _negate_logits(folder)
     _restamp_report(folder)
     fault = hub.inject_fault(None, r"/resolve/", drop_connection=True, times=2)
     with pytest.raises(VerificationError, match="does not reproduce the recorded generations") as err:

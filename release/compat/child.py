@@ -8,6 +8,7 @@ and one ``COMPAT_RESULT <json>`` line at the end: figures only; the gates are ap
 """
 
 import importlib
+import importlib.util
 import json
 import sys
 import traceback
@@ -29,6 +30,16 @@ def last_line(exc):
 
 def stage(name):
     emit(STAGE_MARK + name)
+
+
+def load_by_path(name, path):
+    """A module of this repo's that needs only torch and transformers, imported from its file (the package is
+    not installed here)."""
+    spec = importlib.util.spec_from_file_location(f"_compat_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 def main(model_dir, ref_dir):
@@ -127,6 +138,15 @@ def main(model_dir, ref_dir):
         result["pad_token_id"] = pad
     except Exception as exc:  # the logits below are still compared: they tell a cache bug from a model bug
         result.update(error=last_line(exc), error_stage="generation")
+
+    stage("serving")
+    try:  # the static cache and continuous batching where this version has them (release/verify/serving.py)
+        serving = load_by_path("serving", Path(__file__).resolve().parents[1] / "verify" / "serving.py")
+        new_tokens = min(16, ref["max_new_tokens"])
+        checks = (serving.check_static_cache, serving.check_continuous_batching)
+        result["serving"] = [vars(check(model, ref["prompt_ids"], new_tokens=new_tokens)) for check in checks]
+    except Exception as exc:
+        result["serving_error"] = last_line(exc)
 
     if tensors is not None:  # the training module's logits (needs the checkpoint): last, it upcasts in place
         stage("logits")

@@ -73,7 +73,7 @@ if TYPE_CHECKING:
 
     from release.verify.report import Gates
 
-STAGES = ("load", "logits", "generation", "snippet")
+STAGES = ("load", "logits", "generation", "serving", "snippet")
 STAMP = ".compat-environment.json"  # written last: its presence marks a complete environment
 DEFAULT_PROMPTS = ("The Fox", "A Lion lay asleep in the forest, when", "Once upon a time a")
 DEFAULT_MAX_NEW_TOKENS = 8
@@ -671,6 +671,11 @@ def judge_child_result(
         gen_lines = [g for g in gen_lines if g]
         lines += [("generation", g) for g in gen_lines]
         generation_match = not gen_lines
+    if res.get("serving_error"):
+        lines.append(("serving", res["serving_error"]))
+    for figures in res.get("serving", []):  # a mode this version lacks is not judged
+        if figures["available"]:
+            lines += [("serving", line) for line in _serving_failures(figures)]
     if res.get("snippet_error"):
         lines.append(("snippet", res["snippet_error"]))
     lines.sort(key=lambda item: STAGES.index(item[0]))  # stable: within a stage, the order found
@@ -680,9 +685,10 @@ def judge_child_result(
     else:
         figures = f"max |diff| {max_diff:.2g}, top-1 {top1:.0%}, " if max_diff is not None else ""
         forced = ", teacher-forced too" if "teacher_forced" in res else ""
+        served = [f["mode"].replace("_", " ") for f in res.get("serving", []) if f["available"]]
         detail = (
             f"{figures}greedy tokens match for {len(reference.prompt_ids)} prompts alone and in a left-padded "
-            f"batch{forced} (reference: {reference.source})"
+            f"batch{forced}{''.join(f', {mode} too' for mode in served)} (reference: {reference.source})"
         )
     return VersionResult(
         transformers=version,
@@ -695,6 +701,13 @@ def judge_child_result(
         failures=failures,
         environment=dict(res.get("versions", {})),
     )
+
+
+def _serving_failures(figures: dict[str, Any]) -> list[str]:
+    """``release.verify.serving.ServingFigures.failures`` of the child's figures (a dict of its fields)."""
+    from release.verify.serving import ServingFigures
+
+    return ServingFigures(**figures).failures()
 
 
 # --------------------------------------------------------------------------- the matrix
