@@ -235,3 +235,14 @@ def repo_id_problem(repo_id: str) -> str | None:
     except HFValidationError as exc:
         return f"{repo_id!r} is not OWNER/NAME ({str(exc).splitlines()[0]})"
     return None
+
+
+def cache_dir(kind: str) -> Path:
+    """This tool's cache of one ``kind`` ("artifacts", "compat"): ``~/.cache/custom-transformer-release/<kind>``,
+    or ``$RELEASE_CACHE_DIR``, which holds the artifacts at its top (the folder ``release.yml`` caches) and the
+    other kinds in subfolders."""
+    configured = os.environ.get("RELEASE_CACHE_DIR")
+    if configured:
+        base = Path(configured).expanduser()
+        return base if kind == "artifacts" else base / kind
+    return Path.home() / ".cache" / PROJECT / kind

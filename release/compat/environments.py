@@ -34,10 +34,10 @@ UV_CACHE = "uv-cache"  # below the cache folder: on the environments' filesystem
 
 
 def default_cache_dir() -> Path:
-    """``$RELEASE_CACHE_DIR/compat``, else ``~/.cache/custom-transformer-release/compat``."""
-    configured = os.environ.get("RELEASE_CACHE_DIR")
-    base = Path(configured).expanduser() if configured else Path.home() / ".cache" / PROJECT
-    return base / "compat"
+    """The environments' cache (``release.settings.cache_dir``)."""
+    from release.settings import cache_dir
+
+    return cache_dir("compat")
 
 
 def python_tag() -> str:

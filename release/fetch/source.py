@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
 import time
 from collections.abc import Iterator
@@ -56,11 +55,10 @@ class HfLocation:
 
 
 def default_cache_dir() -> Path:
-    """The artifact cache: ``$RELEASE_CACHE_DIR``, else ``~/.cache/custom-transformer-release/artifacts``."""
-    configured = os.environ.get("RELEASE_CACHE_DIR")
-    if configured:
-        return Path(configured).expanduser()
-    return Path.home() / ".cache" / "custom-transformer-release" / "artifacts"
+    """The artifact cache (``release.settings.cache_dir``)."""
+    from release.settings import cache_dir
+
+    return cache_dir("artifacts")
 
 
 def normalize_sha256(value: str) -> str:

@@ -33,14 +33,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from release._io import sha256_file
+from release._io import hash_folder
 from release.auth import read_token
 from release.errors import UsageError, VerificationError
 
 log = logging.getLogger(__name__)
 
 _DYNAMIC_PACKAGE = "transformers_modules"
-_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 
 
 def _take_dynamic_modules() -> dict[str, Any]:
@@ -120,7 +119,17 @@ class CandidateSource:
 
 
 def is_repo_id(model: str | Path) -> bool:
-    return not Path(model).exists() and bool(_REPO_ID.match(str(model)))
+    """Not a path here, and a Hub repo id by huggingface_hub's own rule."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if Path(model).exists():
+        return False
+    try:
+        validate_repo_id(str(model))
+    except HFValidationError:
+        return False
+    return True
 
 
 @contextlib.contextmanager
@@ -142,7 +151,7 @@ def candidate_source(model: str | Path, revision: str | None) -> Iterator[Candid
         resolved = path.resolve()
         yield CandidateSource(kind="folder", folder=resolved, load_id=str(resolved))
         return
-    if not _REPO_ID.match(str(model)):
+    if not is_repo_id(model):
         raise UsageError(f"{model} is neither a model folder nor a Hub repo id (owner/name)")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
@@ -168,13 +177,8 @@ def candidate_source(model: str | Path, revision: str | None) -> Iterator[Candid
 
 
 def folder_file_hashes(folder: Path) -> dict[str, str]:
-    """``{relative posix path: sha256}`` of every file under ``folder`` (symlinks followed, as loaders do)."""
-    folder = Path(folder)
-    return {
-        p.relative_to(folder).as_posix(): sha256_file(p)
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and ".cache" not in p.relative_to(folder).parts
-    }
+    """``{relative posix path: sha256}`` of every file under ``folder`` (``release._io.hash_folder``)."""
+    return hash_folder(folder)
 
 
 def load_candidate(source: CandidateSource, device: Device | None = None):
