@@ -64,7 +64,7 @@ from release.compat.environments import (
 )
 from release.compat.environments import ensure_environment as ensure_environment_at
 from release.errors import CompatError, SettingsError, UsageError
-from release.settings import PROJECT, project_pyproject, read_toml
+from release.settings import DEFAULT_PROMPTS, PROJECT, project_pyproject, read_toml
 from release.verify.snippet import child_environment
 from release.verify.without_repo import child_command
 
@@ -75,7 +75,6 @@ if TYPE_CHECKING:
 
 STAGES = ("load", "logits", "generation", "serving", "snippet")
 STAMP = ".compat-environment.json"  # written last: its presence marks a complete environment
-DEFAULT_PROMPTS = ("The Fox", "A Lion lay asleep in the forest, when", "Once upon a time a")
 DEFAULT_MAX_NEW_TOKENS = 8
 PARITY_SHAPE = (2, 16)  # (batch, tokens) of the seeded random input the logits are compared on
 PARITY_SEED = 0
