@@ -116,14 +116,11 @@ def test_a_folder_that_differs_from_its_sha256sums_is_refused(folder, change, na
 
 
 def test_publish_refuses_a_folder_whose_sha256sums_is_stale(folder):
-    (folder.parent / "verification.json").write_text(
-        json.dumps(
-            {
-                "passed": True,
-                "model": {"files": {"config.json": hashlib.sha256(b'{"n_layer": 2}\n').hexdigest()}},
-            }
-        )
-    )
+    from tests.test_card import VERIFICATION
+
+    files = {"config.json": hashlib.sha256(b'{"n_layer": 2}\n').hexdigest()}
+    report = {**VERIFICATION, "model": {**VERIFICATION["model"], "files": files}}
+    (folder.parent / "verification.json").write_text(json.dumps(report))
     for path in (folder / "model.safetensors", folder / "tokenizer config.json"):
         path.unlink()
     write_checksums(folder)
