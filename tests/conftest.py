@@ -104,3 +104,19 @@ def run_isolated(code: str, *, cwd: Path, env: dict | None = None, timeout: floa
         text=True,
         timeout=timeout,
     )
+
+
+@pytest.fixture
+def hub_progress_bars(monkeypatch):
+    """huggingface_hub's bars on: the Hub fixtures set HF_HUB_DISABLE_PROGRESS_BARS=1, which the library
+    reads once at import and which wins over enable_progress_bars(); both are restored afterwards."""
+    import sys
+
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    monkeypatch.setattr(sys.modules["huggingface_hub.utils.tqdm"], "HF_HUB_DISABLE_PROGRESS_BARS", None)
+    was_disabled = are_progress_bars_disabled()
+    enable_progress_bars()
+    yield
+    if was_disabled:
+        disable_progress_bars()

@@ -357,20 +357,6 @@ def test_http_error_message_hides_credentials(tmp_path: Path, server: ServerStat
     assert "secret123" not in str(excinfo.value)
 
 
-@pytest.fixture
-def hub_progress_bars(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """huggingface_hub's bars on: the Hub fixtures set HF_HUB_DISABLE_PROGRESS_BARS=1, which the library
-    reads once at import and which wins over enable_progress_bars(); both are restored afterwards."""
-    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
-
-    monkeypatch.setattr(sys.modules["huggingface_hub.utils.tqdm"], "HF_HUB_DISABLE_PROGRESS_BARS", None)
-    was_disabled = are_progress_bars_disabled()
-    enable_progress_bars()
-    yield
-    if was_disabled:
-        disable_progress_bars()
-
-
 def test_http_progress_bar_goes_to_stderr(
     tmp_path: Path, server: ServerState, capsys: pytest.CaptureFixture[str], hub_progress_bars: None
 ) -> None:

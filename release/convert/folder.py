@@ -29,7 +29,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -750,41 +749,29 @@ def _converter_git() -> tuple[str | None, bool | None]:
 
 
 class _Progress:
-    """Tensors and bytes written, on stderr: a live line on a terminal, a line per weights file otherwise."""
+    """The weights' bytes as huggingface_hub's progress bar on stderr (it honours HF_HUB_DISABLE_PROGRESS_BARS, as
+    fetch's does), and a line per weights file written."""
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
-        self._tty = enabled and sys.stderr.isatty()
-        self._tensors = self._bytes = self._total_tensors = self._total_bytes = 0
-        self._last = 0.0
+        self._bar = None
 
     def start(self, tensors: int, nbytes: int) -> None:
-        self._total_tensors, self._total_bytes = tensors, nbytes
+        if self.enabled:
+            from huggingface_hub.utils import tqdm
 
-    def _line(self) -> str:
-        mb = 10**6
-        return (
-            f"converting: {self._tensors}/{self._total_tensors} tensors, "
-            f"{self._bytes / mb:.1f}/{self._total_bytes / mb:.1f} MB"
-        )
+            self._bar = tqdm(
+                total=nbytes, unit="B", unit_scale=True, desc=f"converting {tensors} tensors", disable=False
+            )
 
     def advance(self, nbytes: int) -> None:
-        self._tensors += 1
-        self._bytes += nbytes
-        now = time.monotonic()
-        if self._tty and now - self._last > 0.1:
-            self._last = now
-            self._say("\r" + self._line())
+        if self._bar is not None:
+            self._bar.update(nbytes)
 
     def file_done(self, filename: str) -> None:
-        if self.enabled and not self._tty:
-            self._say(f"{self._line()} (wrote {filename})\n")
+        if self._bar is not None:
+            self._bar.write(f"wrote {filename}", file=sys.stderr)
 
     def finish(self) -> None:
-        if self._tty:
-            self._say("\r" + self._line() + "\n")
-
-    @staticmethod
-    def _say(text: str) -> None:
-        sys.stderr.write(text)
-        sys.stderr.flush()
+        if self._bar is not None:
+            self._bar.close()
