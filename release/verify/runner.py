@@ -550,7 +550,11 @@ def _candidate_generation(plan: _Plan, model, tokenizer) -> dict[str, Any]:
         **_padded_batch(plan, model, tokenizer, pad, eos, cases),
         **_sampling(plan, model, tokenizer, pad, eos),
         **_pipeline(plan, model, tokenizer, cases[0]),
-        "serving": _serving(model, [case.input_ids for case in cases if case.input_ids]),
+        "serving": _serving(
+            model,
+            [case for case in cases if case.input_ids and case.run is not None],
+            new_tokens=min(SERVING_NEW_TOKENS, plan.max_new_tokens),
+        ),
     }
 
 
@@ -559,22 +563,23 @@ SERVING_NEW_TOKENS = (
 )
 
 
-def _serving(model, prompts: list[list[int]]) -> tuple:
-    """The static cache and continuous batching against plain ``generate``, where this transformers has them.
-
-    A mode that raises is a failed figure, not an absent one: it exists on this version and broke.
+def _serving(model, cases: list[CandidateCase], *, new_tokens: int) -> tuple:
+    """The static cache and continuous batching against the greedy runs just made, where this transformers has
+    them. A mode that raises is a failed figure, not an absent one: it exists on this version and broke.
     """
     from release.verify.serving import ServingFigures, check_continuous_batching, check_static_cache
 
+    prompts = [case.input_ids for case in cases]
+    expected = [case.run.ids[:new_tokens] for case in cases]  # greedy: a longer run starts the same
     figures = []
     for mode, check in (
         ("static_cache", check_static_cache),
         ("continuous_batching", check_continuous_batching),
     ):
         with _Finding(f"{mode}: generate()") as found:
-            result = check(model, prompts, new_tokens=SERVING_NEW_TOKENS)
+            result = check(model, prompts, new_tokens=new_tokens, expected=expected)
         if found.error is not None:
-            result = ServingFigures(mode, True, found.error, len(prompts), SERVING_NEW_TOKENS, [False], [0])
+            result = ServingFigures(mode, True, found.error, len(prompts), new_tokens, [False], [0])
         if result.available:
             figures.append(result)
     return tuple(figures)

@@ -5,7 +5,8 @@ Pure functions of a loaded model and token-id prompts (no files, no report): ver
 code) lacks the feature, the figures say so (``available=False`` with the reason) instead of failing: what does
 not exist on a version is not a defect of the release.
 
-Both compare greedy decoding with a fixed number of new tokens, prompt by prompt (a prompt that reaches eos
+``expected`` (each prompt's first greedy tokens, when the caller has them: verify's greedy runs) saves decoding
+them again. Both compare greedy decoding with a fixed number of new tokens, prompt by prompt (a prompt that reaches eos
 stops there in every mode), so a mismatch names the prompt and the first differing step.
 """
 
@@ -95,7 +96,9 @@ def _left_padded(prompts: Sequence[Sequence[int]], pad: int, device) -> tuple[to
 
 
 @torch.no_grad()
-def check_static_cache(model, prompts: Sequence[Sequence[int]], *, new_tokens: int = 16) -> ServingFigures:
+def check_static_cache(
+    model, prompts: Sequence[Sequence[int]], *, new_tokens: int = 16, expected: list[list[int]] | None = None
+) -> ServingFigures:
     """``generate(cache_implementation="static")`` on the prompts as one left-padded batch vs plain ``generate``
     per prompt. Not available where the model (on this transformers) does not support a static cache."""
     if not getattr(model, "_supports_static_cache", False) and not getattr(
@@ -105,7 +108,7 @@ def check_static_cache(model, prompts: Sequence[Sequence[int]], *, new_tokens: i
             "static_cache", False, "the model does not support a static cache on this transformers"
         )
     config = _greedy_config(model, new_tokens)
-    expected = _generate_each(model, prompts, config)
+    expected = expected or _generate_each(model, prompts, config)
     ids, mask = _left_padded(prompts, config.pad_token_id, model.device)
     static = copy.deepcopy(config)
     static.cache_implementation = "static"
@@ -124,6 +127,7 @@ def check_continuous_batching(
     prompts: Sequence[Sequence[int]],
     *,
     new_tokens: int = 16,
+    expected: list[list[int]] | None = None,
     num_blocks: int = 64,
     block_size: int = 32,
 ) -> ServingFigures:
@@ -144,7 +148,7 @@ def check_continuous_batching(
             "this transformers cannot size its paged cache on this machine (it reads GPU memory, or psutil's)",
         )
     config = _greedy_config(model, new_tokens)
-    expected = _generate_each(model, prompts, config)
+    expected = expected or _generate_each(model, prompts, config)
     try:
         from transformers import ContinuousBatchingConfig
     except ImportError:  # versions before it size the paged cache from the generation config
@@ -197,7 +201,7 @@ def _quiet_planner():
 def _plans_its_cache_here() -> bool:
     """Whether this transformers' continuous batching can size its paged cache on this machine. Some versions read
     the memory from the GPU alone, others from psutil on the CPU; without either they fail in their own thread."""
-    for name in ("requests", "utils", "cache"):
+    for name in ("utils", "requests", "cache"):  # where versions keep it; 5.x moved it to utils
         try:
             module = importlib.import_module(f"transformers.generation.continuous_batching.{name}")
         except ImportError:
