@@ -305,15 +305,15 @@ def _compat(settings: Settings, run: RunResult) -> str | None:
     from release.compat.matrix import run_compat_matrix
     from release.compat.run import card_snippet_check
 
-    report = run.verified
+    recorded = run.verified.to_dict()
     compat = run_compat_matrix(
         run.model_dir,
         checkpoint=run.checkpoint.path,
-        report=report.to_dict(),
+        report=recorded,
         versions=settings.compat_versions or None,
-        snippet_check=card_snippet_check(report.to_dict()),  # the card's code, verbatim, per version
+        snippet_check=card_snippet_check(recorded),  # the card's code, verbatim, per version
     )
-    run.verified = report.with_compat(compat.to_dict())
+    run.verified = run.verified.with_compat(compat.to_dict())
     run.verified.write(run.report_path)
     if not compat.passed:
         raise VerificationError(

@@ -124,17 +124,18 @@ def run_compat(
         if revision is not None:
             raise UsageError("--revision applies to a Hub repo id, not to a local folder")
         report_file = Path(report) if report is not None else report_path(path)
-        recorded = _passing_report(report_file) if report_file.is_file() else None
+        verified = read_report(report_file) if report_file.is_file() else None
+        recorded = _reference(verified)
         if recorded is None and checkpoint is None:
             raise UsageError(
                 f"no passing verification report at {report_file} and no --checkpoint: run `release verify` "
                 "first, or pass the training checkpoint"
             )
         result = run_compat_matrix(path, checkpoint=checkpoint, canary=canary, **options(recorded))
-        if not report_file.is_file():  # nothing to add the table to: it stands alone, as for a Hub revision
+        if verified is None:  # nothing to add the table to: it stands alone, as for a Hub revision
             target = out or report_file.with_name("compat.json")
             return CompatRun(result, None, _write_compat(target, result, repo_id=None, revision=None))
-        written = read_report(report_file).with_compat(result.to_dict()).write(out or report_file)
+        written = verified.with_compat(result.to_dict()).write(out or report_file)
         return CompatRun(result, None, written)
 
     from release.compat.canary import check_hub_revision, newest_release_tag
@@ -145,7 +146,9 @@ def run_compat(
         )
     if checkpoint is not None:
         raise UsageError("a Hub revision is checked against its recorded report; drop --checkpoint")
-    recorded = _passing_report(Path(report))
+    from release.verify.report import read_report
+
+    recorded = _reference(read_report(Path(report)))
     if recorded is None:
         raise UsageError(f"{report} did not pass verification; its tokens are no reference")
     rev = newest_release_tag(str(model)) if revision in (None, "latest") else revision
@@ -158,12 +161,10 @@ def run_compat(
     return CompatRun(result, rev, _write_compat(target, result, repo_id=str(model), revision=rev))
 
 
-def _passing_report(path: Path) -> dict[str, Any] | None:
-    """The report if it passed and recorded generation cases (their tokens are the reference), else None."""
-    from release.verify.report import read_report
-
-    report = read_report(path)
-    return report.to_dict() if report.verified and report.generation.cases else None
+def _reference(report) -> dict[str, Any] | None:
+    """The report as the matrix takes it if it passed and recorded generation cases (their tokens are the
+    reference), else None."""
+    return report.to_dict() if report is not None and report.verified and report.generation.cases else None
 
 
 def _write_compat(path: Path, report: CompatReport, *, repo_id: str | None, revision: str | None) -> Path:
