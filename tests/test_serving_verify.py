@@ -25,7 +25,7 @@ def test_static_cache_check(model):
 
 
 def test_continuous_batching_check(model):
-    figures = check_continuous_batching(model, PROMPTS, new_tokens=6, num_blocks=16)
+    figures = check_continuous_batching(model, PROMPTS, new_tokens=6)
     if hasattr(model, "generate_batch"):
         assert figures.available and figures.passed is True
     else:

@@ -128,11 +128,11 @@ def check_continuous_batching(
     *,
     new_tokens: int = 16,
     expected: list[list[int]] | None = None,
-    num_blocks: int = 64,
     block_size: int = 32,
 ) -> ServingFigures:
     """``generate_batch`` (paged attention, continuous batching) vs plain ``generate`` per prompt. The paged cache
-    is sized for the prompts (``num_blocks`` x ``block_size`` tokens) rather than for the machine's memory."""
+    holds exactly the prompts and their new tokens, in blocks of ``block_size`` tokens, rather than what the
+    machine's memory allows (at 1B that default would be as large as a tenth of the weights)."""
     if not hasattr(model, "generate_batch"):
         return ServingFigures("continuous_batching", False, "this transformers has no generate_batch")
     if not getattr(model, "_supports_attention_backend", False):
@@ -149,16 +149,16 @@ def check_continuous_batching(
         )
     config = _greedy_config(model, new_tokens)
     expected = expected or _generate_each(model, prompts, config)
+    max_tokens = max(len(p) for p in prompts) + new_tokens
+    num_blocks = sum(-(-(len(p) + new_tokens) // block_size) for p in prompts)
     try:
         from transformers import ContinuousBatchingConfig
     except ImportError:  # versions before it size the paged cache from the generation config
-        max_tokens = max(len(p) for p in prompts) + new_tokens
         sizing = {"num_blocks": num_blocks, "block_size": block_size, "max_batch_tokens": max_tokens}
         for name, value in sizing.items():  # read with getattr: GenerationConfig.update() skips unknown keys
             setattr(config, name, value)
         engine = {}
     else:
-        max_tokens = max(len(p) for p in prompts) + new_tokens
         size = (
             "page_size"
             if "page_size" in inspect.signature(ContinuousBatchingConfig).parameters
