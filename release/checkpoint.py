@@ -13,8 +13,7 @@ a checkpoint before reading any weight and never holds more than it is writing:
   ``torch.load(weights_only=True)``, so a crafted DCP folder cannot run code either.
 
 Keys prefixed by DistributedDataParallel (``module.``) or ``torch.compile`` (``_orig_mod.``), in any nesting,
-are stripped (``strip_wrapper_prefixes``). Every problem is a ``CheckpointError`` (unreadable, unsafe, not a
-checkpoint) or a ``ConversionError`` (tensors that do not fit the model, a config that disagrees with them).
+are stripped (``strip_wrapper_prefixes``).
 """
 
 from __future__ import annotations
@@ -34,6 +33,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from release._io import attrs_dict, first_line
 from release.errors import CheckpointError, ConversionError
 
 if TYPE_CHECKING:
@@ -52,7 +52,6 @@ MODEL_GROUPS = ("model_state_dict", "model")  # where a DCP folder may keep the 
 # Large reads into one reused buffer: fewer handovers of the GIL to and from the thread that hashes beside the
 # conversion, and no allocation per chunk.
 DIGEST_CHUNK = 8 * 1024 * 1024
-CONFIG_ARCH_KEYS = ("n_embd", "n_head", "n_layer", "block_size", "vocab_size")
 
 
 def strip_wrapper_prefixes(keys: list[str]) -> dict[str, str]:
@@ -162,14 +161,7 @@ def validate_architecture(shapes: Mapping[str, tuple[int, ...]], train_config: d
 
 
 def _cross_check_config(arch: Architecture, train_config: dict) -> None:
-    found = {
-        "n_embd": arch.n_embd,
-        "n_head": arch.n_head,
-        "n_layer": arch.n_layer,
-        "block_size": arch.block_size,
-        "vocab_size": arch.vocab_size,
-    }
-    where = {
+    where = {  # the config keys checked, in order, and where the tensors give each
         "n_embd": "token_embedding.weight columns",
         "n_head": "attention heads in blocks.0",
         "n_layer": "blocks.N",
@@ -177,16 +169,17 @@ def _cross_check_config(arch: Architecture, train_config: dict) -> None:
         "vocab_size": "token_embedding.weight rows",
     }
     problems = []
-    for key in CONFIG_ARCH_KEYS:
+    for key in where:
+        found = getattr(arch, key)
         if key not in train_config:
             if key != "vocab_size":  # the training script never recorded vocab_size
-                log.warning("training config has no %s; using %d from the tensors", key, found[key])
+                log.warning("training config has no %s; using %d from the tensors", key, found)
             continue
         value = train_config[key]
         if isinstance(value, bool) or not isinstance(value, int):
             problems.append(f"config {key} is {value!r}, not an integer")
-        elif value != found[key]:
-            problems.append(f"config {key}={value} but the tensors have {found[key]} ({where[key]})")
+        elif value != found:
+            problems.append(f"config {key}={value} but the tensors have {found} ({where[key]})")
     if "ffn_type" in train_config and train_config["ffn_type"] != arch.ffn_type:
         problems.append(f"config ffn_type={train_config['ffn_type']!r} but the tensors are {arch.ffn_type!r}")
     if problems:
@@ -269,7 +262,7 @@ def _drop_file_pages(tensor: torch.Tensor) -> None:
     first = (start + page - 1) // page * page  # whole pages only: neighbours' pages stay
     last = end // page * page
     if last > first:
-        _LIBC.madvise(_c_void_p(first), _c_size_t(last - first), _MADV_DONTNEED)
+        _LIBC.madvise(first, last - first, _MADV_DONTNEED)  # argtypes convert the ints
 
 
 def _load_libc():
@@ -287,10 +280,6 @@ def _load_libc():
 
 _LIBC = _load_libc()
 _MADV_DONTNEED = 4
-if _LIBC is not None:
-    import ctypes
-
-    _c_void_p, _c_size_t = ctypes.c_void_p, ctypes.c_size_t
 
 
 def _torch_load(path: Path) -> tuple[Any, bool]:
@@ -321,8 +310,9 @@ def _torch_load(path: Path) -> tuple[Any, bool]:
             "only tensors and plain values are accepted"
         ) from exc
     except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot read checkpoint {path}: truncated or corrupt ({first_line})") from exc
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: truncated or corrupt ({first_line(exc)})"
+        ) from exc
 
 
 def _plain(value: Any, what: str) -> Any:
@@ -463,8 +453,7 @@ class DistributedCheckpoint(TrainingCheckpoint):
         from torch.distributed.checkpoint.metadata import BytesStorageMetadata, TensorStorageMetadata
 
         self.path = folder
-        metadata = _read_dcp_metadata(folder)
-        self._metadata = metadata
+        self._metadata = metadata = _read_dcp_metadata(folder)
         entries = metadata.state_dict_metadata
         paths = dict(metadata.planner_data or {})
         paths = {fqn: tuple(paths.get(fqn, (fqn,))) for fqn in entries}
@@ -539,9 +528,7 @@ class DistributedCheckpoint(TrainingCheckpoint):
                 warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
                 dcp.load({fqn: tensor}, storage_reader=self._reader(), no_dist=True)
         except Exception as exc:  # DCP wraps reader failures in its own exception types
-            raise CheckpointError(
-                f"cannot read {fqn} from {self.path}: {str(exc).strip().splitlines()[0]}"
-            ) from exc
+            raise CheckpointError(f"cannot read {fqn} from {self.path}: {first_line(exc)}") from exc
         return tensor
 
     def _read_bytes(self, folder: Path, fqn: str) -> Any:
@@ -624,16 +611,10 @@ def reference_config(ckpt: TrainingCheckpoint) -> ReferenceConfig:
     """
     from modeling.reference import ReferenceConfig
 
-    arch = ckpt.architecture
-    return ReferenceConfig(
-        vocab_size=arch.vocab_size,
-        block_size=arch.block_size,
-        n_layer=arch.n_layer,
-        n_head=arch.n_head,
-        n_embd=arch.n_embd,
-        ffn_type=arch.ffn_type,
-        dropout=ckpt.dropout,
+    dims = attrs_dict(
+        ckpt.architecture, "vocab_size", "block_size", "n_layer", "n_head", "n_embd", "ffn_type"
     )
+    return ReferenceConfig(**dims, dropout=ckpt.dropout)
 
 
 def load_reference_model(path: Path) -> tuple[GPTLanguageModel, TrainingCheckpoint]:

@@ -12,6 +12,7 @@ import functools
 import json
 import math
 import re
+import traceback
 from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
@@ -21,27 +22,19 @@ import jinja2
 from release.errors import CardError
 
 
-def builtin_template_dir() -> Path:
-    return Path(str(resources.files("release.templates")))
-
-
 def make_environment(template: Path | None = None) -> tuple[jinja2.Environment, str | None, list[Path]]:
     """(environment, name of the main template, search folders) for a built-in or user template.
 
     A user template is looked up first in its own folder, then among the built-in templates, so it can
     ``{% include "card/usage.md.j2" %}`` the built-in partials, or override them with its own ``card/``.
     """
-    builtin = builtin_template_dir()
-    if template is None:
-        search = [builtin]
-        name = None
-    else:
+    search = [Path(str(resources.files("release.templates")))]
+    if template is not None:
         template = Path(template)
         if not template.is_file():
             raise CardError(f"template not found: {template}")
-        search = [template.resolve().parent, builtin]
-        name = template.name
-    return _environment(tuple(str(p) for p in search)), name, search
+        search.insert(0, template.resolve().parent)
+    return _environment(tuple(str(p) for p in search)), template.name if template else None, search
 
 
 @functools.lru_cache(maxsize=8)
@@ -78,7 +71,8 @@ def render_template(name: str, context: Mapping, *, template: Path | None = None
     try:
         text = env.get_template(main).render(**context)
     except jinja2.TemplateSyntaxError as exc:
-        where = _template_label(exc.filename or exc.name or main, search)
+        filename = exc.filename or exc.name or main
+        where = _relative(filename, search) or filename
         raise CardError(f"{where}, line {exc.lineno}: template syntax error: {exc.message}") from None
     except jinja2.TemplateNotFound as exc:
         raise CardError(f"template not found: {exc.name} (looked in {', '.join(map(str, search))})") from None
@@ -91,21 +85,11 @@ def render_template(name: str, context: Mapping, *, template: Path | None = None
 
 def _template_location(exc: BaseException, search: list[Path], main: str) -> str:
     """'name, line N' of the innermost template frame in exc's traceback."""
-    found = None
-    tb = exc.__traceback__
-    while tb is not None:
-        filename = tb.tb_frame.f_code.co_filename
-        for folder in search:
-            try:
-                rel = Path(filename).resolve().relative_to(folder.resolve())
-            except ValueError:
-                continue
-            found = (rel.as_posix(), tb.tb_lineno, Path(filename))
-            break
-        tb = tb.tb_next
-    if found is None:
-        return main
-    return f"{found[0]}, line {found[1]}"
+    found = main
+    for frame, lineno in traceback.walk_tb(exc.__traceback__):
+        if rel := _relative(frame.f_code.co_filename, search):
+            found = f"{rel}, line {lineno}"
+    return found
 
 
 def _undefined_message(exc: jinja2.UndefinedError, search: list[Path], main: str) -> str:
@@ -124,13 +108,14 @@ def _undefined_message(exc: jinja2.UndefinedError, search: list[Path], main: str
     return f"{location}: undefined value: {exc.message}{source_line}"
 
 
-def _template_label(filename: str, search: list[Path]) -> str:
+def _relative(filename: str, search: list[Path]) -> str | None:
+    """``filename`` relative to the first search folder that holds it, None outside them all."""
     for folder in search:
         try:
             return Path(filename).resolve().relative_to(folder.resolve()).as_posix()
         except ValueError:
             continue
-    return filename
+    return None
 
 
 # --- filters -----------------------------------------------------------------------------------------
@@ -180,9 +165,7 @@ def fmt_num(x: float | int, digits: int = 4) -> str:
 
 
 def fmt_pct(x: float | None, digits: int = 2) -> str:
-    if x is None:
-        return "—"
-    return f"{x * 100:.{digits}f}%"
+    return "—" if x is None else f"{x * 100:.{digits}f}%"
 
 
 def fmt_value(x) -> str:
@@ -357,7 +340,7 @@ def check_card_text(
     scan_syntax = _blank_out(scan, literal)
     problems = []
     for lines, patterns in (
-        (scan.split("\n"), [(p, w) for p, w in _PLACEHOLDERS if p is not _TEMPLATE_SYNTAX]),
+        (scan.split("\n"), _PLACEHOLDERS),
         (scan_syntax.split("\n"), [(_TEMPLATE_SYNTAX, "unresolved template syntax")]),
     ):
         for i, line in enumerate(lines):

@@ -961,7 +961,7 @@ def test_job_summary():
 
 
 def test_github_run_url():
-    from release.card.model_card import github_run_url
+    from release.github import run_url as github_run_url
 
     env = {
         "GITHUB_ACTIONS": "true",

@@ -19,6 +19,7 @@ from typing import Any
 
 from packaging.version import Version
 
+from release._io import attrs_dict
 from release.errors import CardError
 
 FFN_LABELS = {
@@ -54,18 +55,6 @@ class ModelFacts:
     weight_files: tuple[WeightFile, ...]
     tokenizer_vocab_size: int | None  # from tokenizer.json when the folder has one
 
-    @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
-
-    @property
-    def weights_size(self) -> int:
-        return sum(f.size for f in self.weight_files)
-
-    @property
-    def ffn_label(self) -> str:
-        return FFN_LABELS.get(self.ffn_type, self.ffn_type)
-
 
 def read_json_object(path: Path, *, what: str) -> dict:
     """Read a JSON file that must hold an object; CardError names the file and what is wrong."""
@@ -87,20 +76,9 @@ def read_json_object(path: Path, *, what: str) -> dict:
 
 
 def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
-
-
-_MISSING = object()
+    """What a parsed JSON value is, in words."""
+    names = {type(None): "null", bool: "a boolean", int: "a number", float: "a number", str: "a string"}
+    return names.get(type(value), "an array" if isinstance(value, list) else "an object")
 
 
 def get_field(
@@ -148,15 +126,12 @@ def weight_file_facts(path: Path, *, name: str) -> WeightFile:
             slices = [f.get_slice(key) for key in f.keys()]
     except (OSError, SafetensorError) as exc:
         raise CardError(f"{path}: not a readable safetensors file ({exc})") from None
-    parameters = sum(math.prod(s.get_shape()) for s in slices)
-    tensors = len(slices)
-    dtypes = {s.get_dtype() for s in slices}
     return WeightFile(
         name=name,
         size=path.stat().st_size,
-        tensors=tensors,
-        parameters=parameters,
-        dtypes=tuple(sorted(dtypes)),
+        tensors=len(slices),
+        parameters=sum(math.prod(s.get_shape()) for s in slices),
+        dtypes=tuple(sorted({s.get_dtype() for s in slices})),
     )
 
 
@@ -313,9 +288,7 @@ SAMPLING_PARAMETERS = ("seed", "temperature", "top_k", "top_p")
 def check_verification(report, *, source: Path | str, checkpoint_sha256: str) -> dict:
     """Validate the fields of a verification report that the card shows; return them as plain data.
 
-    ``report`` is a ``release.verify.VerificationReport`` or the parsed ``verification.json``; it is read
-    through that typed schema (which names a missing or mistyped key), and the gates' titles come from its
-    registry (``release.verify.report.GATES``).
+    ``report`` is a ``release.verify.VerificationReport`` or the parsed ``verification.json`` (read through it).
 
     Raises CardError when the report is not a readable report, is for another checkpoint, or records failed
     gates: a card must not claim a verification the release does not have.
@@ -342,17 +315,7 @@ def check_verification(report, *, source: Path | str, checkpoint_sha256: str) ->
         )
     if not typed.gates:
         raise CardError(f"{source}: 'gates' is empty; nothing was verified")
-    gates = [
-        {
-            "name": g.name,
-            "title": g.title,
-            "passed": g.passed,
-            "value": g.value,
-            "threshold": g.threshold,
-            "detail": g.detail,
-        }
-        for g in typed.gates
-    ]
+    gates = [attrs_dict(g, "name", "title", "passed", "value", "threshold", "detail") for g in typed.gates]
 
     def finite(value, key: str, *, nullable: bool = False):
         if value is None:

@@ -1,8 +1,7 @@
 """Metrics for the model card: from the checkpoint, plain metrics files and lm-evaluation-harness results.
 
-Every metric becomes one :class:`Metric`; from those the card builds its evaluation table, the
-``model-index`` (huggingface_hub ``EvalResult``) and, for metrics on a known Hub benchmark dataset,
-the Hub's ``.eval_results/*.yaml`` entries (huggingface_hub ``EvalResultEntry``).
+Each becomes a :class:`Metric`: a row of the card's table, an ``EvalResult`` of its ``model-index`` and, on a
+known Hub benchmark dataset, an ``EvalResultEntry`` in the Hub's ``.eval_results/*.yaml``.
 
 Two kinds of metrics file are read, told apart by their shape:
 
@@ -21,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from release.card.facts import read_json_object
+from release.card.facts import _json_type, read_json_object
 from release.errors import CardError
 
 TASK_TYPE = "text-generation"
@@ -103,17 +102,17 @@ class Metric:
     task: str  # lm-eval task name, "validation" for held-out figures
     title: str  # what the table calls it: "HellaSwag", "Validation loss"
     metric: str  # metric id: "acc_norm", "loss", or the plain file's name
-    filter: str | None  # lm-eval filter ("strict-match"), None for "none"
-    qualifier: str | None  # added to the label: "best of the run"
     value: float
-    stderr: float | None
-    n_shot: int | None
     dataset_id: str  # Hub dataset id, or a stand-in (HELD_OUT_DATASET, an unknown task's name)
     dataset_name: str
-    dataset_config: str | None
-    dataset_split: str | None
     on_hub: bool  # dataset_id is a real Hub dataset the card can link to
-    benchmark: Benchmark | None  # known benchmark: this metric may go to .eval_results
+    filter: str | None = None  # lm-eval filter ("strict-match"), None for "none"
+    qualifier: str | None = None  # added to the label: "best of the run"
+    stderr: float | None = None
+    n_shot: int | None = None
+    dataset_config: str | None = None
+    dataset_split: str | None = None
+    benchmark: Benchmark | None = None  # known benchmark: this metric may go to .eval_results
 
     @property
     def label(self) -> str:
@@ -138,34 +137,22 @@ class Metric:
         return (self.dataset_id, self.dataset_config, self.dataset_split, self.task, self.metric_key)
 
 
-def held_out_dataset(datasets: Sequence[str]) -> tuple[str, str, bool]:
-    """(dataset id, display name, on_hub) for figures on the training data's held-out split."""
-    if len(datasets) == 1:
-        return datasets[0], f"{datasets[0]} (held-out split)", True
-    return HELD_OUT_DATASET, HELD_OUT_NAME, False
-
-
 def held_out_metric(
     *, source: str, metric: str, value: float, datasets: Sequence[str], qualifier: str | None = None
 ) -> Metric:
     """A figure measured on the training data's held-out split (validation loss and the like)."""
-    dataset_id, dataset_name, on_hub = held_out_dataset(datasets)
+    on_hub = len(datasets) == 1  # else the HELD_OUT_* stand-ins
     return Metric(
         source=source,
         task="validation",
         title=HELD_OUT_TITLE,
         metric=metric,
-        filter=None,
         qualifier=qualifier,
         value=value,
-        stderr=None,
-        n_shot=None,
-        dataset_id=dataset_id,
-        dataset_name=dataset_name,
-        dataset_config=None,
+        dataset_id=datasets[0] if on_hub else HELD_OUT_DATASET,
+        dataset_name=f"{datasets[0]} (held-out split)" if on_hub else HELD_OUT_NAME,
         dataset_split="validation",
         on_hub=on_hub,
-        benchmark=None,
     )
 
 
@@ -241,11 +228,7 @@ def _read_plain(path: Path, data: Mapping, datasets: Sequence[str]) -> list[Metr
 def _describe(value: Any) -> str:
     if isinstance(value, str):
         return f"the string {value!r}" if len(value) <= 20 else "a string"
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    return "an array" if isinstance(value, list) else "an object"
+    return _json_type(value)
 
 
 def _split_key(key: str) -> tuple[str, str | None]:
@@ -264,7 +247,6 @@ def _benchmark_metric(
         title=benchmark.title,
         metric=metric,
         filter=flt,
-        qualifier=None,
         value=float(value),
         stderr=stderr,
         n_shot=n_shot,
@@ -335,7 +317,6 @@ def _read_lm_eval(path: Path, data: Mapping) -> tuple[list[Metric], str | None]:
                     title=str(scores.get("alias") or task).strip(" -") or task,
                     metric=metric,
                     filter=flt,
-                    qualifier=None,
                     value=values[key],
                     stderr=stderrs.get(key),
                     n_shot=n_shot,
@@ -344,7 +325,6 @@ def _read_lm_eval(path: Path, data: Mapping) -> tuple[list[Metric], str | None]:
                     dataset_config=config,
                     dataset_split=split,
                     on_hub=on_hub,
-                    benchmark=None,
                 )
             )
     version = data.get("lm_eval_version")
@@ -409,24 +389,22 @@ def eval_results(metrics: Sequence[Metric]):
     """The ``EvalResult`` list for ``ModelCardData`` (-> the card's ``model-index``)."""
     from huggingface_hub import EvalResult
 
-    results = []
-    for m in metrics:
-        results.append(
-            EvalResult(
-                task_type=TASK_TYPE,
-                task_name=TASK_NAME,
-                dataset_type=m.dataset_id,
-                dataset_name=m.dataset_name,
-                dataset_config=m.dataset_config,
-                dataset_split=m.dataset_split,
-                dataset_args={"num_few_shot": m.n_shot} if m.n_shot is not None else None,
-                metric_type=m.metric,
-                metric_name=m.label,
-                metric_config=m.filter,
-                metric_value=m.value,
-            )
+    return [
+        EvalResult(
+            task_type=TASK_TYPE,
+            task_name=TASK_NAME,
+            dataset_type=m.dataset_id,
+            dataset_name=m.dataset_name,
+            dataset_config=m.dataset_config,
+            dataset_split=m.dataset_split,
+            dataset_args={"num_few_shot": m.n_shot} if m.n_shot is not None else None,
+            metric_type=m.metric,
+            metric_name=m.label,
+            metric_config=m.filter,
+            metric_value=m.value,
         )
-    return results
+        for m in metrics
+    ]
 
 
 def eval_result_entries(metrics: Sequence[Metric]) -> dict[str, Any]:

@@ -1,17 +1,13 @@
-"""The model card: render ``README.md`` (and the Hub's ``.eval_results/*.yaml``) for a converted model folder.
+"""The model card (``README.md`` and the Hub's ``.eval_results/*.yaml``), the PR preview comment, the release
+notes and the job summary, rendered from ``templates/``.
 
-The card is rendered from Jinja templates in ``templates/`` (``model_card.md.j2`` and the partials in
-``templates/card/``); its front matter is built by huggingface_hub's ``ModelCardData`` with a ``model-index``
-of ``EvalResult`` entries. Every render is checked before it is returned: the front matter parses with
-``ModelCard`` and gives back the same eval results, and no placeholder, unresolved template tag or empty
-heading is left. The same inputs always give the same bytes, so a re-release uploads nothing new.
-
-The same module renders the PR preview comment (card + diff against the published card), the GitHub
-release notes and the ``release run`` job summary.
+Every card is checked before it is returned (front matter round-trips through huggingface_hub, no placeholder,
+template tag or empty heading), and the same inputs give the same bytes, so a re-release uploads nothing new.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import re
@@ -24,6 +20,7 @@ from typing import Any
 
 from release._io import write_text_atomic
 from release.card.facts import (
+    FFN_LABELS,
     check_verification,
     git_head_commit,
     read_model_facts,
@@ -41,6 +38,7 @@ from release.errors import CardError, SettingsError
 from release.render import check_card_text, render_template
 from release.settings import repo_id_problem
 from release.verify.usage import usage_context
+from release.versions import parse_version
 
 HUB_URL = "https://huggingface.co"  # links in the card point at the public Hub, whatever HF_ENDPOINT says
 CARD_TEMPLATE = "model_card.md.j2"
@@ -50,14 +48,6 @@ MAX_COMMENT_CHARS = 65536  # GitHub's limit for an issue or PR comment body
 NO_CARD_PREFIX = "no card is published"  # how published_card() describes a missing card
 
 _PLACEHOLDER_VALUE = re.compile(r"YOUR_|<[^>]*>|\bTODO\b|\bFIXME\b|^(?:None|null|nan|undefined)$", re.I)
-
-
-def validate_version(version: str) -> str:
-    """Return ``version`` if it is ``vMAJOR.MINOR.PATCH[-prerelease]``; UsageError otherwise (one rule for
-    every command: :func:`release.versions.parse_version`)."""
-    from release.versions import parse_version
-
-    return str(parse_version(version))
 
 
 # --- settings ----------------------------------------------------------------------------------------
@@ -93,11 +83,7 @@ class CardSettings:
 
         Keys may use ``-`` or ``_`` (``model-name`` = ``model_name``); a key given as None is ignored.
         """
-        values = {}
-        for key, value in data.items():
-            norm = str(key).replace("-", "_")
-            if value is not None:
-                values[norm] = value
+        values = {str(key).replace("-", "_"): value for key, value in data.items() if value is not None}
         known = set(cls.REQUIRED) | set(cls.LISTS) | set(cls.OPTIONAL)
         problems = []
         unknown = sorted(set(values) - known)
@@ -116,9 +102,9 @@ class CardSettings:
                 problems.append(f"{key} looks like a placeholder: {value.strip()!r}")
         for key in cls.LISTS:
             value = values.get(key, [])
-            if isinstance(value, tuple):
-                value = list(value)
-            if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+            if not isinstance(value, (list, tuple)) or not all(
+                isinstance(v, str) and v.strip() for v in value
+            ):
                 problems.append(f'{key} must be a list of non-empty strings, e.g. {key} = ["..."]')
             else:
                 values[key] = tuple(v.strip() for v in value)
@@ -237,7 +223,7 @@ def render_model_card(
     """
     from huggingface_hub import ModelCardData, eval_result_entries_to_yaml
 
-    validate_version(version)
+    parse_version(version)  # UsageError unless vMAJOR.MINOR.PATCH[-prerelease]
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise CardError(f"model folder not found: {model_dir}")
@@ -387,35 +373,15 @@ def _card_context(
         "version": version,
         "front_matter": front_matter,
         "settings": {
-            "model_name": settings.model_name,
-            "repo_id": settings.repo_id,
-            "license": settings.license,
-            "languages": list(settings.languages),
-            "datasets": list(settings.datasets),
-            "tags": list(settings.tags),
-            "description": settings.description,
-            "intended_use": settings.intended_use,
-            "limitations": settings.limitations,
-            "citation": settings.citation,
-            "base_model": settings.base_model,
-            "source_url": source_url,
+            **{k: getattr(settings, k) for k in (*settings.REQUIRED, *settings.OPTIONAL) if k != "template"},
+            **{k: list(getattr(settings, k)) for k in CardSettings.LISTS},
         },
         "model": {
-            "model_type": model.model_type,
+            **_fields(model),
             "architectures": list(model.architectures),
-            "parameters": model.parameters,
-            "n_layer": model.n_layer,
-            "n_head": model.n_head,
-            "n_embd": model.n_embd,
-            "head_dim": model.head_dim,
-            "n_positions": model.n_positions,
-            "vocab_size": model.vocab_size,
-            "tokenizer_vocab_size": model.tokenizer_vocab_size,
-            "ffn_type": model.ffn_type,
-            "ffn_label": model.ffn_label,
-            "intermediate_size": model.intermediate_size,
-            "dtype": model.dtype,
-            "weights_size": model.weights_size,
+            "head_dim": model.n_embd // model.n_head,
+            "ffn_label": FFN_LABELS.get(model.ffn_type, model.ffn_type),
+            "weights_size": sum(f.size for f in model.weight_files),
             "weight_files": [
                 {"name": f.name, "size": f.size, "parameters": f.parameters, "tensors": f.tensors}
                 for f in model.weight_files
@@ -464,22 +430,17 @@ def _card_context(
     }
 
 
+def _fields(obj) -> dict[str, Any]:
+    """A dataclass's fields as a dict, shallow (``dataclasses.asdict`` would copy nested values)."""
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+
+
 def _metric_row(m: Metric) -> dict[str, Any]:
     return {
-        "title": m.title,
-        "task": m.task,
-        "metric": m.metric,
+        **_fields(m),
         "label": m.label,
-        "value": m.value,
-        "stderr": m.stderr,
-        "n_shot": m.n_shot,
         "lower_is_better": m.lower_is_better,
-        "dataset_id": m.dataset_id,
-        "dataset_name": m.dataset_name,
-        "dataset_config": m.dataset_config,
-        "dataset_split": m.dataset_split,
         "dataset_url": f"{HUB_URL}/datasets/{m.dataset_id}" if m.on_hub else None,
-        "source": m.source,
         "benchmark": m.benchmark is not None,
         "headline": m.is_headline,
     }
@@ -588,27 +549,27 @@ def diff_cards(new_text: str, old_text: str, *, old_label: str, new_label: str) 
 
 
 def _diff_stats(diff_text: str) -> tuple[int, int]:
-    added = removed = 0
-    for line in diff_text.splitlines():
-        if line.startswith("+") and not line.startswith("+++"):
-            added += 1
-        elif line.startswith("-") and not line.startswith("---"):
-            removed += 1
+    lines = diff_text.splitlines()
+    added = sum(1 for line in lines if line.startswith("+") and not line.startswith("+++"))
+    removed = sum(1 for line in lines if line.startswith("-") and not line.startswith("---"))
     return added, removed
 
 
-def _truncate_lines(text: str, limit: int) -> tuple[str, int, int]:
-    """Cut ``text`` at a line boundary to at most ``limit`` characters: (text, lines kept, lines total)."""
+def _truncate_lines(text: str, limit: int) -> dict[str, Any]:
+    """``text`` cut at a line boundary to at most ``limit`` characters, with the lines kept and in all."""
     lines = text.splitlines(keepends=True)
-    if len(text) <= limit:
-        return text, len(lines), len(lines)
     kept, size = [], 0
     for line in lines:
         if size + len(line) > limit:
             break
         kept.append(line)
         size += len(line)
-    return "".join(kept), len(kept), len(lines)
+    return {
+        "text": "".join(kept),
+        "kept": len(kept),
+        "total": len(lines),
+        "truncated": len(kept) < len(lines),
+    }
 
 
 def render_pr_comment(
@@ -622,13 +583,7 @@ def render_pr_comment(
     """
     added, removed = _diff_stats(diff_text)
 
-    def render(diff_limit: int | None, card_limit: int | None) -> str:
-        diff, diff_kept, diff_total = _truncate_lines(
-            diff_text, diff_limit if diff_limit is not None else len(diff_text)
-        )
-        card, card_kept, card_total = _truncate_lines(
-            card_text, card_limit if card_limit is not None else len(card_text)
-        )
+    def render(diff_limit: int, card_limit: int) -> str:
         context = {
             "marker": PR_COMMENT_MARKER,
             "version": version,
@@ -638,22 +593,12 @@ def render_pr_comment(
             "changed": bool(diff_text),
             "added": added,
             "removed": removed,
-            "diff": {
-                "text": diff,
-                "kept": diff_kept,
-                "total": diff_total,
-                "truncated": diff_kept < diff_total,
-            },
-            "card": {
-                "text": card,
-                "kept": card_kept,
-                "total": card_total,
-                "truncated": card_kept < card_total,
-            },
+            "diff": _truncate_lines(diff_text, diff_limit),
+            "card": _truncate_lines(card_text, card_limit),
         }
         return render_template("pr_comment.md.j2", context)
 
-    body = render(None, None)
+    body = render(len(diff_text), len(card_text))
     if len(body) <= MAX_COMMENT_CHARS:
         return body
     overhead = len(render(0, 0)) + 200  # the truncation notes grow a little with the numbers in them
@@ -692,23 +637,10 @@ def review_card(card_text: str, against: str, *, version: str, repo_id: str) -> 
 
 def write_pr_comment(path: Path, comment: str) -> Path:
     """Write the PR comment atomically (the preview workflow posts this file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return write_text_atomic(path, comment)
+    return write_text_atomic(Path(path), comment)
 
 
 # --- release notes and job summary -------------------------------------------------------------------
-
-
-def github_run_url(env: Mapping[str, str] | None = None) -> str | None:
-    """The URL of the current GitHub Actions run, None outside Actions.
-
-    Deliberately kept out of README.md: it changes on every run, so putting it in the card would make a
-    re-release of the same checkpoint upload a new README. It goes in the release notes and job summary.
-    """
-    from release.github import run_url
-
-    return run_url(env)
 
 
 def render_release_notes(
@@ -726,7 +658,8 @@ def render_release_notes(
         card: The card that was published (its context supplies the facts).
         revision_url: The Hub revision, e.g. ``https://huggingface.co/OWNER/NAME/tree/v1.2.0``.
         hub_commit: The Hub commit the version tag points at.
-        run_url: The workflow run that published it (see :func:`github_run_url`).
+        run_url: The workflow run that published it (``release.github.run_url``; never in README.md, which a
+            re-release must leave unchanged).
         digests: ``{path: sha256}`` of the release's files (its SHA256SUMS), listed in the notes.
         release_digest: The SHA-256 of SHA256SUMS itself.
     """
@@ -777,10 +710,8 @@ def render_job_summary(context: Mapping[str, Any]) -> str:
                 "detail": step.get("detail") or "",
             }
         )
-    values = {k: context.get(k) for k in JOB_SUMMARY_OPTIONAL}
-    values.update(
-        {"version": context["version"], "repo_id": context["repo_id"], "dry_run": bool(context["dry_run"])}
-    )
+    values = {k: context.get(k) for k in (*JOB_SUMMARY_REQUIRED, *JOB_SUMMARY_OPTIONAL)}
+    values["dry_run"] = bool(values["dry_run"])
     values["steps"] = steps
     values["failed"] = [s["name"] for s in steps if s["status"] == "failed"]
     verification = values["verification"]

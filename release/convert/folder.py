@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -29,14 +30,15 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from release._io import fsync_dir, fsync_file, sha256_file
+from release._io import folder_files, fsync_dir, fsync_file, sha256_file
 from release.convert.tokenizer import TokenizerInfo, stage_tokenizer
 from release.errors import CheckpointError, ConversionError, OutputExistsError, ResourceError, UsageError
 from release.settings import DTYPES, SAFETENSORS_DTYPES
@@ -159,33 +161,34 @@ def convert_checkpoint(
         raise ConversionError("converting on a big-endian machine is not supported")
     out, checkpoint = Path(out), Path(checkpoint)
     _check_output(out, force=force)
-    reporter = _Progress(sys.stderr.isatty() if progress is None else progress)
+    progress = sys.stderr.isatty() if progress is None else progress
     # Hashing the input (all of it, optimizer state included) is the longest single task: it starts at once
     # and runs beside everything else; any failure cancels it.
-    with _BackgroundDigest(checkpoint, checkpoint_sha256) as digest, _one_torch_thread():
+    with _background_digest(checkpoint, checkpoint_sha256) as digest, _one_torch_thread():
         ckpt = open_checkpoint(checkpoint)
         try:
             arch = ckpt.architecture  # config cross-check and every key's shape, before any weight is read
             dropout = ckpt.dropout
             needed = _weight_bytes(ckpt, arch, dtype)
-            _check_free_disk(out, needed)
+            folder = next(p for p in [out.parent.absolute(), *out.parent.absolute().parents] if p.exists())
+            if shutil.disk_usage(folder).free < needed:
+                raise _full_disk(folder, needed)
             with _staging_folder(out, needed) as staging:
                 tok = stage_tokenizer(tokenizer, staging, arch)
                 _write_text(staging / "config.json", _config_json(arch, dtype, dropout, tok))
                 _write_text(staging / "generation_config.json", _generation_config_json(tok))
                 for name in MODELING_FILES:
-                    _write_bytes(staging / name, resources.files("modeling").joinpath(name).read_bytes())
+                    (staging / name).write_bytes(resources.files("modeling").joinpath(name).read_bytes())
                 records = _write_weights(
-                    ckpt, arch, staging, dtype=dtype, max_shard_size=max_shard_size, progress=reporter
+                    ckpt, arch, staging, dtype=dtype, max_shard_size=max_shard_size, progress=progress
                 )
                 # Checked after the weights are written, while the disk takes them in: the time is hidden
                 # behind the final fsync (a bad buffer still leaves nothing behind).
                 _check_dropped(ckpt, dropped_keys(arch))
-                for path in sorted(p for p in staging.rglob("*") if p.is_file()):
-                    rel = path.relative_to(staging).as_posix()
+                for rel, path in folder_files(staging):
                     if rel not in records:
                         records[rel] = _file_record(path)
-                checkpoint_sha256 = digest.result()
+                checkpoint_sha256 = digest()
                 provenance = _release_json(ckpt, checkpoint_sha256, arch, dtype, tok, records, original)
                 _write_text(staging / RELEASE_FILE, provenance)
                 records[RELEASE_FILE] = _file_record(staging / RELEASE_FILE)
@@ -230,21 +233,12 @@ def _full_disk(folder: Path, needed: int) -> ResourceError:
     )
 
 
-def _check_free_disk(out: Path, needed: int) -> None:
-    folder = next(p for p in [out.parent.absolute(), *out.parent.absolute().parents] if p.exists())
-    if shutil.disk_usage(folder).free < needed:
-        raise _full_disk(folder, needed)
-
-
 @contextmanager
 def _staging_folder(out: Path, needed: int = 0) -> Iterator[Path]:
     """A fresh hidden folder beside ``out``; removed (with any parents it created) if anything goes wrong. A
     full disk becomes a ``ResourceError`` naming the folder and the ``needed`` bytes."""
     parent = out.parent.absolute()
-    created = [folder for folder in [parent, *parent.parents] if not folder.exists()]
-    created = created[
-        : next((i for i, f in enumerate([parent, *parent.parents]) if f.exists()), len(created))
-    ]
+    created = list(itertools.takewhile(lambda folder: not folder.exists(), [parent, *parent.parents]))
     staging = None
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -297,24 +291,19 @@ def _publish(staging: Path, out: Path, *, force: bool) -> None:
     fsync_dir(out.parent)
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-
-
 def _fsync_folder(folder: Path) -> None:
     """Make every file in ``folder``, and the folder itself, durable before it is renamed into place.
 
     One pass at the end rather than one fsync per file as it is written: the disk works on the weights while the
     conversion goes on, and the small files share one journal commit.
     """
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for _, path in folder_files(folder):
         fsync_file(path)
     fsync_dir(folder)
 
 
 def _write_text(path: Path, text: str) -> None:
-    _write_bytes(path, text.encode("utf-8"))
+    path.write_bytes(text.encode("utf-8"))  # no newline translation on any platform
 
 
 def _json_text(obj: Any) -> str:
@@ -342,45 +331,33 @@ def _one_torch_thread() -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-class _BackgroundDigest:
-    """Hash the input in a thread while the conversion runs (reading it again afterwards adds its time).
+@contextmanager
+def _background_digest(path: Path, known: str | None) -> Iterator[Callable[[], str]]:
+    """Hash the input in a thread while the conversion runs (reading it again afterwards adds its time); gives
+    the function that waits for the digest. Leaving the context early cancels the hashing.
 
     With ``known``, a digest the caller computed itself while writing the file (``release fetch`` hashes what it
     writes), no thread runs: hashing a 12 GB checkpoint twice is the single largest cost of a release.
     """
+    from release.checkpoint import checkpoint_digest
 
-    def __init__(self, path: Path, known: str | None = None):
-        self._path = path
-        self._cancel = threading.Event()
-        self._value: str | None = known
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="checkpoint-sha256", daemon=True)
+    if known is not None:
+        yield lambda: known
+        return
+    cancel = threading.Event()
+    with ThreadPoolExecutor(1, thread_name_prefix="checkpoint-sha256") as pool:
+        future = pool.submit(checkpoint_digest, path, cancel=cancel)
 
-    def _run(self) -> None:
-        from release.checkpoint import CancelledHash, checkpoint_digest
+        def result() -> str:
+            try:
+                return future.result()
+            except Exception as exc:  # the hash's own failure (a Ctrl-C while waiting stays one)
+                raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
 
         try:
-            self._value = checkpoint_digest(self._path, cancel=self._cancel)
-        except CancelledHash:
-            pass
-        except BaseException as exc:  # reported by result()
-            self._error = exc
-
-    def __enter__(self) -> _BackgroundDigest:
-        if self._value is None:
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._cancel.set()
-
-    def result(self) -> str:
-        if self._thread.ident is not None:  # started: wait for its digest
-            self._thread.join()
-        if self._error is not None:
-            raise CheckpointError(f"cannot read checkpoint {self._path}: {self._error}") from self._error
-        assert self._value is not None
-        return self._value
+            yield result
+        finally:
+            cancel.set()
 
 
 # --------------------------------------------------------------------------- config files
@@ -417,18 +394,12 @@ def _generation_config_json(tok: TokenizerInfo) -> str:
 # --------------------------------------------------------------------------- weights
 
 
-def _torch_dtype(name: str) -> torch.dtype:
-    import torch
-
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
 def plan_shards(plan: list[TargetTensor], itemsize: int, max_shard_size: int) -> list[tuple[str, list]]:
     """Split the plan, in order, into shards of at most ``max_shard_size`` bytes (a bigger tensor: alone)."""
     groups: list[list[TargetTensor]] = [[]]
     size = 0
     for target in plan:
-        nbytes = _numel(target.shape) * itemsize
+        nbytes = math.prod(target.shape) * itemsize
         if groups[-1] and size + nbytes > max_shard_size:
             groups.append([])
             size = 0
@@ -440,13 +411,6 @@ def plan_shards(plan: list[TargetTensor], itemsize: int, max_shard_size: int) ->
     return [(f"model-{i:05d}-of-{n:05d}.safetensors", g) for i, g in enumerate(groups, start=1)]
 
 
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
-
 def _write_weights(
     ckpt: TrainingCheckpoint,
     arch: Architecture,
@@ -454,18 +418,29 @@ def _write_weights(
     *,
     dtype: str,
     max_shard_size: int,
-    progress: _Progress,
+    progress: bool,
 ) -> dict[str, FileRecord]:
     """Stream every output tensor into safetensors files; returns the weights files' records (index included).
 
     Every tensor is checked for NaN/Inf after the cast; all offending keys are collected before failing.
+    ``progress``: huggingface_hub's bar (it honours HF_HUB_DISABLE_PROGRESS_BARS) and a line per file written.
     """
+    import torch
+    from huggingface_hub.utils import tqdm
+
     from modeling.mapping import build_target, plan_conversion
 
-    target_dtype = _torch_dtype(dtype)
+    target_dtype = getattr(torch, dtype)  # one of DTYPES, checked by convert_checkpoint
     plan = plan_conversion(arch)
     shards = plan_shards(plan, target_dtype.itemsize, max_shard_size)
-    progress.start(len(plan), sum(_numel(t.shape) for t in plan) * target_dtype.itemsize)
+    total_size = sum(math.prod(t.shape) for t in plan) * target_dtype.itemsize
+    bar = tqdm(
+        total=total_size,
+        unit="B",
+        unit_scale=True,
+        desc=f"converting {len(plan)} tensors",
+        disable=not progress,
+    )
     records: dict[str, FileRecord] = {}
     weight_map: dict[str, str] = {}
     bad: list[str] = []
@@ -480,11 +455,10 @@ def _write_weights(
                     return sources[-1]
 
                 tensor = build_target(target, get_source).to(target_dtype).contiguous()
-                problems = _nonfinite(tensor, dict(zip(target.sources, sources, strict=True)), target_dtype)
-                bad += problems
+                bad += _nonfinite(tensor, dict(zip(target.sources, sources, strict=True)), target_dtype)
                 if not bad:
                     writer.write(target.name, tensor)
-                    progress.advance(tensor.numel() * tensor.element_size())
+                    bar.update(tensor.numel() * tensor.element_size())
                 del tensor
                 for source in sources:
                     ckpt.release(source)
@@ -499,14 +473,15 @@ def _write_weights(
             continue
         records[filename] = writer.close()
         weight_map.update(dict.fromkeys((t.name for t in targets), filename))
-        progress.file_done(filename)
-    progress.finish()
+        if progress:
+            bar.write(f"wrote {filename}", file=sys.stderr)
+    bar.close()
     if bad:
         shown = "; ".join(bad[:8]) + (f"; and {len(bad) - 8} more" if len(bad) > 8 else "")
         raise ConversionError(f"non-finite weights in {len(bad)} checkpoint tensor(s): {shown}")
     if len(shards) > 1:
         index = {
-            "metadata": {"total_size": sum(_numel(t.shape) for t in plan) * target_dtype.itemsize},
+            "metadata": {"total_size": total_size},
             "weight_map": dict(sorted(weight_map.items())),
         }
         _write_text(folder / INDEX_FILE, _json_text(index))
@@ -579,7 +554,7 @@ class SafetensorsWriter:
         offset = 0
         self._expected: list[tuple[str, int]] = []
         for target in targets:
-            nbytes = _numel(target.shape) * itemsize
+            nbytes = math.prod(target.shape) * itemsize
             header[target.name] = {
                 "dtype": dtype_code,
                 "shape": list(target.shape),
@@ -658,12 +633,8 @@ def _release_json(
     import release
 
     path = Path(ckpt.path)
-    size = (
-        sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-        if path.is_dir()
-        else path.stat().st_size
-    )
-    filename = path.name
+    files = path.rglob("*") if path.is_dir() else [path]
+    filename, size = path.name, sum(f.stat().st_size for f in files if f.is_file())
     if original is not None:  # the weights-only file stands in for this checkpoint
         filename, size = original
     commit, dirty = _converter_git()
@@ -685,7 +656,7 @@ def _release_json(
             "train_config": _jsonable(ckpt.train_config),
         },
         "architecture": asdict(arch),
-        "num_parameters": sum(_numel(s) for k, s in ckpt.shapes.items() if not k.endswith(".tril")),
+        "num_parameters": sum(math.prod(s) for k, s in ckpt.shapes.items() if not k.endswith(".tril")),
         "dtype": dtype,
         "tokenizer": asdict(tok),
         "libraries": {
@@ -725,53 +696,16 @@ def _converter_git() -> tuple[str | None, bool | None]:
     root = Path(__file__).resolve().parents[2]
     if not (root / ".git").exists():
         return None, None
+
+    def git(*args: str) -> str:
+        run = subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30, check=True
+        )
+        return run.stdout.strip()
+
     try:
-        commit = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        ).stdout
+        commit = git("rev-parse", "HEAD")
+        status = git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return None, None
-    return commit or None, bool(status.strip())
-
-
-# --------------------------------------------------------------------------- progress
-
-
-class _Progress:
-    """The weights' bytes as huggingface_hub's progress bar on stderr (it honours HF_HUB_DISABLE_PROGRESS_BARS, as
-    fetch's does), and a line per weights file written."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self._bar = None
-
-    def start(self, tensors: int, nbytes: int) -> None:
-        if self.enabled:
-            from huggingface_hub.utils import tqdm
-
-            self._bar = tqdm(
-                total=nbytes, unit="B", unit_scale=True, desc=f"converting {tensors} tensors", disable=False
-            )
-
-    def advance(self, nbytes: int) -> None:
-        if self._bar is not None:
-            self._bar.update(nbytes)
-
-    def file_done(self, filename: str) -> None:
-        if self._bar is not None:
-            self._bar.write(f"wrote {filename}", file=sys.stderr)
-
-    def finish(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
+    return commit or None, bool(status)

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from release._io import first_line, fsync_dir, sha256_file
+from release._io import first_line, fsync_dir, fsync_file, sha256_file
 from release.auth import read_token, redact
 from release.errors import FetchError, UsageError
 from release.fetch.source import (
@@ -241,8 +241,7 @@ def _download_from_hub(source: HubFile, *, expected: str, out: Path, progress: b
             raise FetchError(
                 f"SHA-256 mismatch for {display}: expected {expected}, got {actual}; the fetched bytes were deleted"
             )
-        with open(downloaded, "rb+") as f:
-            os.fsync(f.fileno())
+        fsync_file(Path(downloaded))
         _commit(Path(downloaded), out)
         return size
     finally:

@@ -1,14 +1,7 @@
-"""Where a checkpoint's bytes come from: a URI opened as a stream of chunks (:func:`open_source`).
+"""Where a checkpoint's bytes come from: a local path or a ``file://``, ``http(s)://``, ``hf://``, ``s3://`` or
+``gs://`` URI, opened as a stream of chunks (:func:`open_source`; HTTP through huggingface_hub's client).
 
-- a local path or ``file://`` URI: read in place;
-- ``http://`` / ``https://``: streamed GETs through huggingface_hub's client and ``http_stream_backoff``
-  (retries on 5xx/408/429 and on connection errors before a response, honouring Retry-After);
-- ``hf://[datasets/|spaces/|models/]OWNER/REPO/PATH[@REV]``: the same, at the file's ``resolve`` URL, with
-  ``HF_TOKEN`` from the environment only (see :func:`parse_hf_uri`);
-- ``s3://`` and ``gs://`` (``gcs://``) through fsspec, with the ``cloud`` extra installed.
-
-``Source.read(start)`` yields the bytes from offset ``start`` to the end, in order, each exactly once. Over
-HTTP, a body that breaks off is asked for again from the first byte not received (``Range: bytes=N-``): this
+Over HTTP, a body that breaks off is asked for again from the first byte not received (``Range: bytes=N-``): this
 is the package's one retry/resume loop. ``http_stream_backoff`` cannot do it (it has handed the response over
 by then); a server that ignores Range is read from the start and the bytes already had are dropped.
 """
@@ -284,7 +277,8 @@ class HttpFile(Source):
                         raise FetchError(
                             f"{self.display}: asked for bytes from {received}, got range {header!r}"
                         )
-                    length = int_or_none(response.headers.get("Content-Length"))
+                    declared = response.headers.get("Content-Length", "")
+                    length = int(declared) if declared.strip().isdigit() else None
                     if length is not None:
                         self.size = begin + length
                     skip, got = received - begin, 0  # a server that ignores Range resends what we have
@@ -406,7 +400,3 @@ def content_range_start(value: str | None) -> int | None:
     """The first byte of a ``Content-Range: bytes A-B/N`` header, or None."""
     match = re.fullmatch(r"bytes (\d+)-\d+/(\d+|\*)", (value or "").strip())
     return int(match.group(1)) if match else None
-
-
-def int_or_none(value: str | None) -> int | None:
-    return int(value) if value is not None and value.strip().isdigit() else None

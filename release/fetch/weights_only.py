@@ -1,29 +1,20 @@
 """Fetch a training checkpoint as a stream and keep only what a release needs: the weights-only file.
 
-A training checkpoint is mostly optimizer state (AdamW: two tensors per parameter, so ~3x the weights), which a
-release never reads. ``fetch_weights_only`` reads the checkpoint once, front to back, from any source
-(:mod:`release.fetch.source`), hashes every byte for the SHA-256 pin, and writes
-``<cache>/weights-only/<original sha256>.pt``: a ``torch.save`` file holding the model's tensors
-(byte-identical to the original's records) and the small metadata (``config``, ``iter_num``, ``val_loss``,
-``best_val_loss``), which ``torch.load(..., weights_only=True, mmap=True)`` reads. The optimizer and scaler
-records are hashed and dropped as they pass; memory stays around one storage record.
+A training checkpoint is mostly optimizer state (AdamW: ~3x the weights), which a release never reads.
+``fetch_weights_only`` reads the checkpoint once, front to back, hashes every byte for the SHA-256 pin, and
+writes ``<cache>/weights-only/<original sha256>.pt``: a ``torch.save`` file with the model's records
+(byte-identical) and the small metadata, for ``torch.load(..., weights_only=True, mmap=True)``. All other records
+are hashed and dropped as they pass; memory stays around one storage record.
 
-This works because torch's zip format can be read front to back: ``data.pkl`` is the first record and says
-(read here with an allow-list unpickler that builds nothing but references, never plain pickle) which
-``data/<key>`` records belong to ``model_state_dict``; every record is stored uncompressed with its sizes in
-its local header. The zip module cannot read a zip as a stream (it needs the central directory at the end),
-hence the small local-header reader here.
+torch's zip format can be read front to back: ``data.pkl`` comes first and says (read with an allow-list
+unpickler that builds nothing but references, never plain pickle) which ``data/<key>`` records are the model's.
+The zip module needs the central directory at the end, hence the small local-header reader here.
 
-Not streamable (``StreamFallback``; the caller falls back to fetching the whole file, logging the reason): a
-legacy (non-zip) ``torch.save`` file, a DCP folder, a zip whose records use a data descriptor, an archive
-without ``data.pkl`` first or without a model state dict. A local file is never copied whole: it is read in
-place, and on a fallback it is hashed in place and used as it is.
-
-A dropped HTTP connection is resumed inside the source, and the one running SHA-256 continues over the rest.
-Across runs nothing is resumed: the weights-only file appears only once the whole stream has been hashed, so
-an interrupted run leaves nothing and the next run reads from byte 0 (hashlib's state cannot be saved). A
-finished weights-only file is reused by later runs (after re-hashing it against its sidecar), which is what
-the release workflow caches.
+Not streamable (``StreamFallback``: the caller fetches the whole file, or hashes a local one in place and uses
+it as it is): a legacy (non-zip) ``torch.save`` file, a DCP folder, an archive without ``data.pkl`` first or
+without a model state dict. Across runs nothing is resumed (hashlib's state cannot be saved): the weights-only
+file appears only once the whole stream is hashed, and later runs reuse it after re-hashing it against its
+sidecar (what the release workflow caches).
 """
 
 from __future__ import annotations
@@ -45,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from release._io import first_line, fsync_dir, sha256_file, write_text_atomic
+from release._io import first_line, fsync_dir, fsync_file, sha256_file, write_text_atomic
 from release.errors import CheckpointError, FetchError
 from release.fetch.artifact import fetch_artifact
 from release.fetch.source import LocalFile, Source, default_cache_dir, normalize_sha256, open_source
@@ -88,20 +79,13 @@ class Fetched:
 
 
 class StreamFallback(Exception):
-    """The checkpoint cannot be streamed; ``reason`` says why (one line)."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
+    """The checkpoint cannot be streamed; the message says why (one line)."""
 
 
 def weights_only_path(sha256: str, cache_dir: Path | None = None) -> Path:
     """Where the weights-only file of the checkpoint with this SHA-256 lives."""
-    return (
-        (Path(cache_dir) if cache_dir is not None else default_cache_dir())
-        / WEIGHTS_ONLY_DIR
-        / f"{sha256}.pt"
-    )
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return root / WEIGHTS_ONLY_DIR / f"{sha256}.pt"
 
 
 def fetch_weights_only(
@@ -140,7 +124,7 @@ def fetch_weights_only(
     reused = _reuse(out, expected)
     if reused is not None:
         log.info("using the weights-only file %s of %s (sha256 %s)", out, source.display, expected[:12])
-        return Fetched(out, expected, reused["size"], reused.get("filename", source.name), "cache")
+        return Fetched(out, expected, *reused, "cache")
     local = source.path if isinstance(source, LocalFile) else None
     if local is not None and local.is_dir():
         return _fallback_local(source, expected, f"{source.display} is a folder (a DCP checkpoint)")
@@ -149,8 +133,8 @@ def fetch_weights_only(
             kept, size = _extract(stream, out, expected=expected, filename=source.name)
     except StreamFallback as exc:
         if local is not None:
-            return _fallback_local(source, expected, exc.reason)
-        log.warning("%s cannot be streamed (%s); downloading it whole instead", source.display, exc.reason)
+            return _fallback_local(source, expected, str(exc))
+        log.warning("%s cannot be streamed (%s); downloading it whole instead", source.display, exc)
         fetched = fetch_artifact(
             uri,
             sha256=expected,
@@ -161,7 +145,7 @@ def fetch_weights_only(
             timeout=timeout,
             progress=show_progress,
         )
-        return Fetched(fetched.path, expected, fetched.size, source.name, "fallback", exc.reason)
+        return Fetched(fetched.path, expected, fetched.size, source.name, "fallback", str(exc))
     log.info(
         "streamed %s (%d bytes, sha256 %s): kept %d bytes of model records in %s",
         source.display,
@@ -190,7 +174,7 @@ def peek_checkpoint(uri: str, *, timeout: float = 30) -> CheckpointHead:
             model = _weights_object(obj)
         except StreamFallback as exc:
             total = source.size
-            return CheckpointHead(total, total or 0, total or 0, 4, False, exc.reason)
+            return CheckpointHead(total, total or 0, total or 0, 4, False, str(exc))
     state = next((model[k] for k in MODEL_KEYS if isinstance(model.get(k), dict)), model)
     weights = reference = 0
     itemsizes: dict[int, int] = {}
@@ -198,7 +182,8 @@ def peek_checkpoint(uri: str, *, timeout: float = 30) -> CheckpointHead:
     for key, ref in state.items():
         if not isinstance(ref, _TensorRef):
             continue
-        nbytes = ref.storage.numel * _itemsize(ref.storage.storage_type)
+        itemsize = _ITEMSIZES[ref.storage.storage_type]
+        nbytes = ref.storage.numel * itemsize
         if key.endswith(".tril"):  # identical per-head buffers: one record in the weights-only file
             if ref.size not in seen_buffers:
                 seen_buffers.add(ref.size)
@@ -206,7 +191,6 @@ def peek_checkpoint(uri: str, *, timeout: float = 30) -> CheckpointHead:
             continue
         weights += nbytes
         reference += nbytes
-        itemsize = _itemsize(ref.storage.storage_type)
         itemsizes[itemsize] = itemsizes.get(itemsize, 0) + nbytes
     dtype_bytes = max(itemsizes, key=itemsizes.get) if itemsizes else 4
     return CheckpointHead(source.size, weights, reference, dtype_bytes, True)
@@ -267,41 +251,33 @@ class HashingStream:
 
     def readinto(self, view: memoryview, what: str) -> None:
         """Fill ``view`` exactly; chunks go straight into it (``what`` names it in a truncation error)."""
-        filled, n = 0, len(view)
+        self._consume(len(view), what, view)
+
+    def skip(self, n: int, what: str) -> None:
+        """Consume ``n`` bytes (hashed, not kept: nothing is allocated for them)."""
+        self._consume(n, what, None)
+
+    def _consume(self, n: int, what: str, view: memoryview | None) -> None:
+        filled = 0
         while filled < n:
             available = len(self._buf) - self._pos
             if available:
                 take = min(n - filled, available)
-                with memoryview(self._buf) as buffered:
-                    view[filled : filled + take] = buffered[self._pos : self._pos + take]
+                if view is not None:
+                    with memoryview(self._buf) as buffered:
+                        view[filled : filled + take] = buffered[self._pos : self._pos + take]
                 self._pos += take
             else:
                 chunk = self._chunk()
                 if chunk is None:
                     raise self._ended(what)
                 take = min(n - filled, len(chunk))
-                view[filled : filled + take] = memoryview(chunk)[:take]
+                if view is not None:
+                    view[filled : filled + take] = memoryview(chunk)[:take]
                 if take < len(chunk):
                     self._buf, self._pos = bytearray(memoryview(chunk)[take:]), 0
             filled += take
             self.offset += take
-
-    def skip(self, n: int, what: str) -> None:
-        """Consume ``n`` bytes (hashed, not kept)."""
-        while n:
-            available = len(self._buf) - self._pos
-            if available:
-                take = min(n, available)
-                self._pos += take
-            else:
-                chunk = self._chunk()
-                if chunk is None:
-                    raise self._ended(what)
-                take = min(n, len(chunk))
-                if take < len(chunk):
-                    self._buf, self._pos = bytearray(memoryview(chunk)[take:]), 0
-            self.offset += take
-            n -= take
 
     def peek(self, n: int) -> bytes:
         while len(self._buf) - self._pos < n and self._pull():
@@ -310,12 +286,8 @@ class HashingStream:
 
     def drain(self) -> int:
         """Hash the rest of the stream (the zip's central directory); return the total size."""
-        self.offset += len(self._buf) - self._pos
-        self._buf.clear()
-        self._pos = 0
-        while self._pull():
-            self.offset += len(self._buf)
-            self._buf.clear()
+        while self._chunk() is not None:
+            pass
         return self.received
 
 
@@ -347,39 +319,27 @@ def _next_record(stream: HashingStream) -> _Record | None:
     header = stream.read(30, "a zip record header")
     _, _, flags, method, _, _, _, csize, usize, name_len, extra_len = struct.unpack("<IHHHHHIIIHH", header)
     name = stream.read(name_len, "a zip record name").decode("utf-8", "replace")
-    extra = stream.read(extra_len, "a zip record header")
-    zip64 = _has_zip64(extra)
+    zip64 = _zip64_field(stream.read(extra_len, "a zip record header"))
     descriptor = bool(flags & _DATA_DESCRIPTOR_FLAG)
-    size: int | None = None
-    if not descriptor:
-        size = _zip64_sizes(extra, usize, csize)[1] if 0xFFFFFFFF in (csize, usize) else csize
-    return _Record(name.split("/", 1)[1] if "/" in name else name, size, method, descriptor, zip64)
+    size = None if descriptor else csize
+    if size is not None and 0xFFFFFFFF in (csize, usize):
+        if zip64 is None:
+            raise CheckpointError("a zip64 record has no zip64 sizes; the checkpoint is damaged")
+        if csize == 0xFFFFFFFF:  # the zip64 field holds the uncompressed size first (if it overflowed)
+            size = struct.unpack_from(f"<{len(zip64) // 8}Q", zip64)[1 if usize == 0xFFFFFFFF else 0]
+    name = name.split("/", 1)[1] if "/" in name else name
+    return _Record(name, size, method, descriptor, zip64 is not None)
 
 
-def _has_zip64(extra: bytes) -> bool:
+def _zip64_field(extra: bytes) -> bytes | None:
+    """The zip64 extended information in a local header's extra data, None without one."""
     pos = 0
     while pos + 4 <= len(extra):
         tag, length = struct.unpack_from("<HH", extra, pos)
         if tag == 0x0001:
-            return True
+            return extra[pos + 4 : pos + 4 + length]
         pos += 4 + length
-    return False
-
-
-def _zip64_sizes(extra: bytes, usize: int, csize: int) -> tuple[int, int]:
-    pos = 0
-    while pos + 4 <= len(extra):
-        tag, length = struct.unpack_from("<HH", extra, pos)
-        if tag == 0x0001:
-            fields = extra[pos + 4 : pos + 4 + length]
-            values = list(struct.unpack_from(f"<{len(fields) // 8}Q", fields))
-            if usize == 0xFFFFFFFF:
-                usize = values.pop(0)
-            if csize == 0xFFFFFFFF:
-                csize = values.pop(0)
-            return usize, csize
-        pos += 4 + length
-    raise CheckpointError("a zip64 record has no zip64 sizes; the checkpoint is damaged")
+    return None
 
 
 def _end_of_record(stream: HashingStream, record: _Record, size: int) -> None:
@@ -480,10 +440,6 @@ def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, *rest):
     return data
 
 
-_STORAGE_TYPES = frozenset(
-    f"{t}Storage"
-    for t in ("Float", "Double", "Half", "BFloat16", "Long", "Int", "Short", "Char", "Byte", "Bool")
-)
 _ALLOWED = {
     ("collections", "OrderedDict"): collections.OrderedDict,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
@@ -506,7 +462,7 @@ class _ReferenceUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) in _ALLOWED:
             return _ALLOWED[(module, name)]
-        if module == "torch" and name in _STORAGE_TYPES:
+        if module == "torch" and name in _ITEMSIZES:
             return _StorageType(name)
         raise CheckpointError(
             f"{self.display}: data.pkl asks for {module}.{name}, which a checkpoint has no reason to contain; "
@@ -519,12 +475,9 @@ class _ReferenceUnpickler(pickle.Unpickler):
         _, storage_type, key, location, numel = pid
         if not isinstance(storage_type, _StorageType):
             raise CheckpointError(f"{self.display}: data.pkl names a storage of an unknown type")
-        ref = self.storages.get(str(key))
-        if ref is None:
-            ref = self.storages[str(key)] = _StorageRef(
-                str(storage_type), str(key), str(location), int(numel)
-            )
-        return ref
+        if str(key) not in self.storages:
+            self.storages[str(key)] = _StorageRef(str(storage_type), str(key), str(location), int(numel))
+        return self.storages[str(key)]
 
 
 def _read_pickle(file, display: str) -> tuple[Any, dict[str, _StorageRef]]:
@@ -631,7 +584,7 @@ def _extract(stream: HashingStream, out: Path, *, expected: str, filename: str) 
         # therefore written last (torch.load finds records by name, not by position).
         first_of: dict[tuple[str, str], str] = {}
         alias: dict[str, str] = {}
-        sizes = {key: ref.numel * _itemsize(ref.storage_type) for key, ref in storages.items()}
+        sizes = {key: ref.numel * _ITEMSIZES[ref.storage_type] for key, ref in storages.items()}
         while (record := _next_record(stream)) is not None:
             key = record.name[len("data/") :] if record.name.startswith("data/") else None
             keep = key in wanted
@@ -643,19 +596,16 @@ def _extract(stream: HashingStream, out: Path, *, expected: str, filename: str) 
                     )
                 if record.size is None:
                     raise StreamFallback(f"record {record.name} is compressed and its size follows its bytes")
-            size = record.size
-            if size is None and key is not None and key in sizes:
-                size = sizes[key]
+            size = record.size if record.size is not None else sizes.get(key)
             if size is None:  # a small record of unknown size: .format_version, byteorder, ...
                 data = _scan_small_record(stream, record)
                 if record.name in _COPIED_RECORDS:
                     writer.write_record(record.name, data, len(data))
                 continue
             if keep:
-                expected_bytes = wanted[key].numel * _itemsize(wanted[key].storage_type)
-                if size != expected_bytes:
+                if size != sizes[key]:
                     raise CheckpointError(
-                        f"{display}: record {record.name} has {size} bytes, data.pkl says {expected_bytes}; "
+                        f"{display}: record {record.name} has {size} bytes, data.pkl says {sizes[key]}; "
                         "the checkpoint is damaged"
                     )
                 buffer = bytearray(size)
@@ -697,8 +647,7 @@ def _extract(stream: HashingStream, out: Path, *, expected: str, filename: str) 
         writer.write_record("data.pkl", data_pkl, len(data_pkl))
         writer.write_end_of_file()
         del writer
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        fsync_file(tmp)
         sidecar = {
             "format": "weights-only/1",
             "original_sha256": expected,
@@ -716,33 +665,30 @@ def _extract(stream: HashingStream, out: Path, *, expected: str, filename: str) 
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _itemsize(storage_type: str) -> int:
-    return {
-        "DoubleStorage": 8,
-        "LongStorage": 8,
-        "FloatStorage": 4,
-        "IntStorage": 4,
-        "HalfStorage": 2,
-        "BFloat16Storage": 2,
-        "ShortStorage": 2,
-        "CharStorage": 1,
-        "ByteStorage": 1,
-        "BoolStorage": 1,
-    }[storage_type]
+_ITEMSIZES = {  # the storage types data.pkl may name, and their item sizes
+    "DoubleStorage": 8,
+    "LongStorage": 8,
+    "FloatStorage": 4,
+    "IntStorage": 4,
+    "HalfStorage": 2,
+    "BFloat16Storage": 2,
+    "ShortStorage": 2,
+    "CharStorage": 1,
+    "ByteStorage": 1,
+    "BoolStorage": 1,
+}
 
 
-def _reuse(out: Path, expected: str) -> dict | None:
-    """The sidecar of a complete weights-only file whose bytes still match it; else None (and it is removed)."""
+def _reuse(out: Path, expected: str) -> tuple[int, str] | None:
+    """(original size, file name) from the sidecar of a complete weights-only file whose bytes still match it;
+    else None (and it is removed)."""
     sidecar = out.with_suffix(".json")
     if not (out.is_file() and sidecar.is_file()):
         return None
     try:
         meta = json.loads(sidecar.read_text(encoding="utf-8"))
         if meta.get("original_sha256") == expected and sha256_file(out) == meta.get("sha256"):
-            return {
-                "size": int(meta["original_size"]),
-                "filename": str(meta.get("filename") or "checkpoint.pt"),
-            }
+            return int(meta["original_size"]), str(meta.get("filename") or "checkpoint.pt")
     except (OSError, ValueError, KeyError, TypeError):
         pass
     log.warning("the weights-only file %s does not match its sidecar; fetching the checkpoint again", out)
