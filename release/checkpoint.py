@@ -29,7 +29,9 @@ import sys
 import threading
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -213,6 +215,33 @@ def _file_sha256(path: Path, cancel: threading.Event | None) -> str:
 
 class CancelledHash(Exception):
     """``checkpoint_digest`` was cancelled."""
+
+
+@contextmanager
+def background_digest(path: Path, known: str | None) -> Iterator[Callable[[], str]]:
+    """Hash ``path`` (``checkpoint_digest``) in a thread while the caller works with it (convert, verify); gives
+    the function that waits for the digest. Leaving the context early cancels the hashing.
+
+    With ``known``, a digest the caller computed itself while writing the file (``release fetch`` hashes what it
+    writes), no thread runs: hashing a 12 GB checkpoint twice is the single largest cost of a release.
+    """
+    if known is not None:
+        yield lambda: known
+        return
+    cancel = threading.Event()
+    with ThreadPoolExecutor(1, thread_name_prefix="checkpoint-sha256") as pool:
+        future = pool.submit(checkpoint_digest, path, cancel=cancel)
+
+        def result() -> str:
+            try:
+                return future.result()
+            except Exception as exc:  # the hash's own failure (a Ctrl-C while waiting stays one)
+                raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+
+        try:
+            yield result
+        finally:
+            cancel.set()
 
 
 # --------------------------------------------------------------------------- torch.save files

@@ -29,9 +29,7 @@ import struct
 import subprocess
 import sys
 import tempfile
-import threading
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -39,8 +37,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from release._io import folder_files, fsync_dir, fsync_file, sha256_file
+from release.checkpoint import background_digest
 from release.convert.tokenizer import TokenizerInfo, stage_tokenizer
-from release.errors import CheckpointError, ConversionError, OutputExistsError, ResourceError, UsageError
+from release.errors import ConversionError, OutputExistsError, ResourceError, UsageError
 from release.settings import DTYPES, SAFETENSORS_DTYPES
 
 if TYPE_CHECKING:
@@ -164,7 +163,7 @@ def convert_checkpoint(
     progress = sys.stderr.isatty() if progress is None else progress
     # Hashing the input (all of it, optimizer state included) is the longest single task: it starts at once
     # and runs beside everything else; any failure cancels it.
-    with _background_digest(checkpoint, checkpoint_sha256) as digest, _one_torch_thread():
+    with background_digest(checkpoint, checkpoint_sha256) as digest, _one_torch_thread():
         ckpt = open_checkpoint(checkpoint)
         try:
             arch = ckpt.architecture  # config cross-check and every key's shape, before any weight is read
@@ -329,35 +328,6 @@ def _one_torch_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
-
-
-@contextmanager
-def _background_digest(path: Path, known: str | None) -> Iterator[Callable[[], str]]:
-    """Hash the input in a thread while the conversion runs (reading it again afterwards adds its time); gives
-    the function that waits for the digest. Leaving the context early cancels the hashing.
-
-    With ``known``, a digest the caller computed itself while writing the file (``release fetch`` hashes what it
-    writes), no thread runs: hashing a 12 GB checkpoint twice is the single largest cost of a release.
-    """
-    from release.checkpoint import checkpoint_digest
-
-    if known is not None:
-        yield lambda: known
-        return
-    cancel = threading.Event()
-    with ThreadPoolExecutor(1, thread_name_prefix="checkpoint-sha256") as pool:
-        future = pool.submit(checkpoint_digest, path, cancel=cancel)
-
-        def result() -> str:
-            try:
-                return future.result()
-            except Exception as exc:  # the hash's own failure (a Ctrl-C while waiting stays one)
-                raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
-
-        try:
-            yield result
-        finally:
-            cancel.set()
 
 
 # --------------------------------------------------------------------------- config files

@@ -399,16 +399,19 @@ def compare_logits(model, inputs: Sequence[ParityInput], spill: Spill, *, budget
                 ):
                     for row in range(ids.shape[0]):
                         for i in range(0, e - s, chunk):
-                            ref = logits[row, i : i + chunk].double()
+                            # Differences and argmax in float32 (the logits' own precision; widening is exact
+                            # and keeps the order), sums and the log-probabilities of the KL in float64.
+                            ref = logits[row, i : i + chunk].float()
                             key = f"{inp.key}.r{r0 + row}.logits"
-                            cand = spill.rows(key, s + i, s + i + ref.shape[0]).to(ref.device).double()
+                            cand = spill.rows(key, s + i, s + i + ref.shape[0]).to(ref.device, torch.float32)
                             diff = (cand - ref).abs_()
                             max_abs = _max(max_abs, float(diff.max()))
-                            sum_abs += float(diff.sum())
+                            sum_abs += float(diff.sum(dtype=torch.float64))
                             n_el += diff.numel()
                             agree += int((cand.argmax(-1) == ref.argmax(-1)).sum())
-                            lp_ref, lp_cand = F.log_softmax(ref, -1), F.log_softmax(cand, -1)
-                            kl_sum += float((lp_ref.exp() * (lp_ref - lp_cand)).sum())
+                            lp_ref = F.log_softmax(ref, -1, dtype=torch.float64)
+                            lp_cand = F.log_softmax(cand, -1, dtype=torch.float64)
+                            kl_sum += float(F.kl_div(lp_cand, lp_ref, reduction="sum", log_target=True))
                             positions += ref.shape[0]
                             del cand, ref, diff, lp_ref, lp_cand
                     del logits
