@@ -1,23 +1,11 @@
 """Hub credentials, in one place for every step, and the redaction every message about the Hub passes through.
 
-Where a token comes from (never from a command-line option, so it cannot end up in shell history or CI logs):
-
-1. ``HF_OIDC_RESOURCE`` set (GitHub Actions with ``permissions: id-token: write``): huggingface_hub's own
-   trusted-publishing support mints a GitHub OIDC id token and exchanges it for a short-lived Hub token scoped
-   to that resource. Nothing long-lived is stored anywhere. The library re-exchanges it before it expires.
-2. ``HF_TOKEN`` (or the legacy ``HUGGING_FACE_HUB_TOKEN``) in the environment.
-
-A token saved by ``hf auth login`` is deliberately not used for writes: a release must say where its
-credentials come from. Both sources are read by ``huggingface_hub.get_token()``, which also decides the
-precedence (OIDC first), so what is checked here is what the client sends.
-
-Reads (fetching an ``hf://`` checkpoint, verify's and publish's downloads, the published card) use
-:func:`read_token`: whatever ``huggingface_hub.get_token()`` resolves (OIDC, ``HF_TOKEN``, a saved login), so a
-private repo is readable with trusted publishing too. Writes use :func:`resolve_token`, which insists on an
-explicit source.
-
-``redact`` replaces every known secret value and anything shaped like a Hub token or a bearer header; it is
-applied to every message derived from an exception before it is shown or raised.
+Tokens never come from a command-line option (shell history, CI logs). Writes (:func:`resolve_token`) need an
+explicit source: ``HF_OIDC_RESOURCE`` (trusted publishing: huggingface_hub exchanges the GitHub Actions OIDC id
+token for a short-lived token scoped to that repo, and re-exchanges it before it expires) or ``HF_TOKEN`` (or
+the legacy ``HUGGING_FACE_HUB_TOKEN``); a saved ``hf auth login`` is not used, so a release says where its
+credentials come from. Reads (:func:`read_token`) take whatever ``huggingface_hub.get_token()`` resolves,
+a saved login included. Either way ``get_token()`` decides the precedence, so what is checked is what is sent.
 """
 
 from __future__ import annotations
@@ -82,27 +70,34 @@ def check_oidc_resource(repo_id: str) -> None:
         )
 
 
+def _get_token(error: type[Exception]) -> str | None:
+    """``huggingface_hub.get_token()``, remembered for redaction; a failed OIDC exchange is one ``error`` line."""
+    from huggingface_hub import get_token
+
+    try:
+        token = get_token()
+    except Exception as exc:  # OIDCError, or an HTTP error from the token exchange
+        raise error(f"trusted publishing (HF_OIDC_RESOURCE) failed: {redact(str(exc))}") from None
+    if token:
+        _known_secrets.add(token)
+    return token
+
+
 def resolve_token() -> str:
     """The token to publish with, from OIDC trusted publishing or ``HF_TOKEN``; remembered for redaction.
 
     Raises:
         PublishError: Neither source is configured, or the OIDC exchange failed.
     """
-    from huggingface_hub import get_token
-
     oidc = bool(os.environ.get("HF_OIDC_RESOURCE"))
     if not oidc and not (os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")):
         raise PublishError(
             "no Hub credentials: set HF_TOKEN in the environment, or HF_OIDC_RESOURCE=OWNER/NAME inside GitHub "
             "Actions (job permission id-token: write) for trusted publishing; --dry-run needs neither"
         )
-    try:
-        token = get_token()
-    except Exception as exc:  # OIDCError, or an HTTP error from the token exchange
-        raise PublishError(f"trusted publishing (HF_OIDC_RESOURCE) failed: {redact(str(exc))}") from None
+    token = _get_token(PublishError)
     if not token:
         raise PublishError("the Hub client resolved no token from HF_TOKEN / HF_OIDC_RESOURCE")
-    _known_secrets.add(token)
     return token
 
 
@@ -115,13 +110,4 @@ def read_token() -> str | bool:
     Raises:
         CredentialsError: ``HF_OIDC_RESOURCE`` is set and the trusted-publishing exchange failed.
     """
-    from huggingface_hub import get_token
-
-    try:
-        token = get_token()
-    except Exception as exc:  # OIDCError, or an HTTP error from the token exchange
-        raise CredentialsError(f"trusted publishing (HF_OIDC_RESOURCE) failed: {redact(str(exc))}") from None
-    if not token:
-        return False
-    _known_secrets.add(token)
-    return token
+    return _get_token(CredentialsError) or False

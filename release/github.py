@@ -60,11 +60,8 @@ def version_from_ref(env: Mapping[str, str] | None = None) -> str | None:
 
 
 def check_release_ref(version: str, *, dry_run: bool, env: Mapping[str, str] | None = None) -> None:
-    """Inside Actions, refuse a release that its ref does not back, before any work is done.
-
-    On a tag ref the version must be the tag (a manual run on tag v1.0.0 with version v2.0.0 would publish
-    v1.0.0's code as v2.0.0); on any other ref (a dispatch on a branch, a pull request) only a dry run is
-    allowed. Outside Actions: no check (a local release names its own version).
+    """Inside Actions, refuse a release that its ref does not back, before any work is done: on a tag the version
+    must be the tag (else v1.0.0's code could be published as v2.0.0); off a tag only a dry run is allowed.
 
     Raises:
         IntegrityError: The version differs from the tag, or a real release runs off a tag (one line).

@@ -1,10 +1,5 @@
 """What a release uploads, and how it differs from a Hub revision. Pure: no network.
 
-``read_release_folder`` lists the folder (every file, in sorted order) with the two hashes the Hub can be
-compared against, and refuses a folder that is not exactly what verification passed on. ``compute_plan``
-then sorts each path into add / replace / unchanged / delete against a remote listing, and ``tree_matches``
-answers "is this revision exactly this release?", the question behind idempotent re-runs and tag checks.
-
 Content is compared by hash, never by size or date: an LFS file by its sha256, a regular file by its git
 blob id (``git hash-object``), whichever form the Hub reports for the remote file.
 """
@@ -17,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from release._io import CHUNK_SIZE, attrs_dict
+from release._io import CHUNK_SIZE, attrs_dict, folder_files
 from release.errors import PublishError, UsageError
 
 if TYPE_CHECKING:
@@ -25,11 +20,9 @@ if TYPE_CHECKING:
 
 KEEP_REMOTE = frozenset({".gitattributes"})  # the Hub's LFS rules: never deleted, never compared
 
-# Written into the folder after verification (the card step renders them from the report; SHA256SUMS and the
-# signature are made over the finished folder), so the report's file map cannot vouch for them: they are
-# neither required nor compared. Every other file must match the map exactly, both ways. SHA256SUMS, when
-# present, must list every file with its hash (checked below). (verification.json itself lives outside the
-# folder and is never uploaded: its timings vary.)
+# Written into the folder after verification (the card, SHA256SUMS and the signature over the finished folder),
+# so the report's file map cannot vouch for them: neither required nor compared. Every other file must match
+# the map exactly, both ways.
 WRITTEN_AFTER_VERIFICATION = ("README.md", ".eval_results/", "SHA256SUMS", "model.sig")
 
 FileAction = Literal["add", "replace", "unchanged", "delete"]
@@ -76,11 +69,6 @@ class ReleaseFolder:
     files: dict[str, LocalFile]  # sorted by path
     report: VerificationReport
 
-    @property
-    def written_after_verification(self) -> tuple[str, ...]:
-        """The card files (README.md, .eval_results/*) in this folder: uploaded, but not in the report."""
-        return tuple(path for path in self.files if is_written_after_verification(path))
-
 
 def hash_file(path: Path, rel: str) -> LocalFile:
     """Size, sha256 and git blob id (``git hash-object``: sha1 of ``blob <size>\\0`` + content), in one read."""
@@ -94,19 +82,6 @@ def hash_file(path: Path, rel: str) -> LocalFile:
     return LocalFile(
         path=rel, size=size, sha256=sha256.hexdigest(), git_oid=sha1.hexdigest(), mtime_ns=stat.st_mtime_ns
     )
-
-
-def scan_folder(folder: Path) -> dict[str, LocalFile]:
-    """Every file below ``folder`` (symlinks followed), keyed by repo path, in sorted order.
-
-    ``.cache/`` (huggingface_hub's metadata in a ``--local-dir`` download) is skipped, as verify skips it.
-    """
-    files = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        rel = path.relative_to(folder)
-        if ".cache" not in rel.parts:
-            files[rel.as_posix()] = hash_file(path, rel.as_posix())
-    return dict(sorted(files.items()))
 
 
 def is_written_after_verification(path: str) -> bool:
@@ -155,7 +130,7 @@ def read_release_folder(folder: str | Path, verification=None) -> ReleaseFolder:
     if not verified:
         raise PublishError(f"{source} has no model.files map of sha256 hashes")
 
-    files = scan_folder(folder)
+    files = {rel: hash_file(path, rel) for rel, path in folder_files(folder)}  # .cache/ skipped, as in verify
     problems = []
     for path, entry in sorted(verified.items()):
         expected = _expected_sha256(entry)
@@ -232,9 +207,7 @@ class ReleasePlan:
     remote_state: str  # "known", or why the remote could not be read (the plan then assumes an empty repo)
     files: tuple[PlannedFile, ...]
     published_commit: str | None = None  # the commit the tag already points to (an idempotent re-run)
-    cleanup: tuple[
-        str, ...
-    ] = ()  # leftover staging branches of already tagged releases, removed by publishing
+    cleanup: tuple[str, ...] = ()  # leftover staging branches of tagged releases, removed by publishing
 
     @property
     def changes(self) -> list[PlannedFile]:

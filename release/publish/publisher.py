@@ -1,71 +1,44 @@
 """Publish a verified release folder to the Hub as one commit and a tag that points at verified content.
 
 ``publish_release`` is the library function behind ``release publish`` and the last step of ``release run``.
+Where a release lands: see ``target_branch`` (``main`` always holds the newest stable release). The steps:
 
-Where a release lands: a stable ``vX.Y.Z`` newer than every stable tag goes to ``main``; a stable version lower
-than the newest stable tag (a patch to an older line, e.g. ``v1.0.1`` after ``v1.1.0``) goes to that line's
-branch ``release/vX.Y``, so ``main`` always holds the newest stable release; a prerelease ``vX.Y.Z-rc.N``
-goes to its own branch ``release/<tag>``. Each is tagged where it lands.
+1. Offline checks: the version parses, and the folder is exactly what ``verification.json`` passed on.
+2. Tag check: an existing tag is judged by its commit's tree: same content is success with nothing written
+   (``created=False``), different content a ``VersionConflictError``.
+3. Plan against the target branch head ``B`` (for a new branch: ``main`` for a prerelease, the newest lower
+   stable tag for an older line): add / replace / unchanged, every other remote file deleted (never
+   ``.gitattributes``).
+4. Staging: ``release-staging/<tag>`` is created at ``B`` and the plan committed there in one ``create_commit``
+   with ``parent_commit=B`` (the LFS upload); the staged commit ``S`` must hold exactly the folder's files.
+5. Checking: ``S`` is downloaded into a fresh cache and loaded with ``trust_remote_code=True``, as users load
+   it, and must reproduce the report's generations (else ``VerificationError``; an unreachable Hub is a
+   ``HubUnavailableError``); nothing is tagged and the target branch is untouched until then.
+6. Landing: the Hub has no fast-forward, so the target branch gets the same operations with ``parent_commit=B``,
+   large files copied on the Hub from ``S``; the landed tree is re-read and compared before tagging. A new
+   target branch is simply created at ``S``.
+7. Tagging, then the staging branch is deleted (also on failure), then a requested visibility change is
+   applied, so a failed release never makes a repo public.
 
-1. Offline checks, before any network call: the version parses, and the folder is exactly what
-   ``verification.json`` passed on (``release.publish.plan.read_release_folder``).
-2. Tag check: if the tag exists, the tree of the commit it points to is compared with the folder. Same
-   content: success, nothing is written (``created=False``). Different content: ``VersionConflictError``
-   naming that commit. A tag is judged by its commit, never by its mere existence.
-3. Plan against the target branch head ``B`` (for a branch that does not exist yet: ``main``'s head for a
-   prerelease, the newest lower stable tag for an older line): every release file is add / replace /
-   unchanged, every other remote file is deleted (``.gitattributes`` never).
-4. Staging: branch ``release-staging/<tag>`` is created at ``B`` and the whole plan is committed there in one
-   ``create_commit`` with ``parent_commit=B`` (this is where the LFS objects are uploaded). The staged commit
-   ``S`` must hold exactly the folder's files.
-5. Checking: ``S`` is downloaded (``snapshot_download`` at the commit, under the same retry policy as every
-   other Hub call) into a fresh cache, then loaded from that snapshot with ``trust_remote_code=True`` in a
-   fresh modules cache, exactly as users load it, and must reproduce the reference generations recorded in
-   the report (``release.verify.check_generation_against_report``). A model that does not reproduce them is
-   a ``VerificationError``; a Hub that cannot be reached is a ``HubUnavailableError``. Either way nothing is
-   tagged and the target branch was never touched.
-6. Landing: the Hub has no fast-forward, so the target branch gets the same operations in one commit with
-   ``parent_commit=B``, its large files copied on the Hub from ``S`` (nothing of the weights is read or sent
-   again). Same parent + same operations = same tree, and that tree is re-read and compared with the folder
-   before anything is tagged. A branch
-   that does not exist yet is simply created at ``S``. Either way the target branch only ever receives the
-   exact tree that passed step 5.
-7. Tagging: the landed commit is tagged; then the staging branch is deleted (also on every failure), and only
-   then is a requested visibility change applied, so a failed release never makes a repo public.
+Both commits name their parent: a branch that moved (HTTP 412, or a head that is not ours after a lost response)
+is a ``ConcurrentPushError``. Every Hub call is retried on transient failures within one wait budget per run
+(``release.publish.retry``); a commit is not retried blindly: the head is re-read (unchanged: retry; our tree:
+the response was lost; else: a concurrent push). Running out of retries is a ``HubUnavailableError`` carrying
+the command that completes the release; a re-run after a death between steps 6 and 7 checks and tags the
+landed commit without a new commit. A staging branch that cannot be deleted is reported as "cleanup pending"
+and removed by the next publish to the repo.
 
-Guarded: both commits name their parent; if the branch moved (HTTP 412, or a head that is not ours after a
-lost response), the release stops with ``ConcurrentPushError`` and nothing is tagged.
-
-Resilient: every Hub call is retried with exponential back-off and jitter on 5xx/408/429 and dropped
-connections, and on the same failures of the transfer layer (hf_xet) at the upload and the post-upload
-download; a wait the Hub asks for (``RateLimit`` or ``Retry-After``) is honoured, all within one budget of waiting
-per run (``release.publish.retry``). A commit is not blindly retried: after a failed attempt the branch head
-is re-read; unchanged means retry, moved to exactly our tree means the commit landed and only its response
-was lost, moved otherwise means a concurrent push. When the retries run out, the error is a
-``HubUnavailableError`` carrying the command to re-run. Re-running after any failure completes the release:
-if the target branch already holds the release but has no tag (a run died between step 6 and 7), that
-commit is checked as in step 5 and tagged without a new commit.
-
-Clean: deleting a staging branch is retried twice as patiently as other calls; if it still fails, the result
-says "cleanup pending" (``PublishResult.cleanup_pending``: the CLI prints it as a warning, in the job summary
-and in the publish JSON), and every later publish to the repo removes the staging branches of releases that
-are already tagged.
-
-Pinned content: every commit sends the bytes that were hashed when the folder was checked (small files from
-memory; LFS files by the sha256 measured then, each file read once per release for hashing and once for the
-upload, with a size or mtime that changed since refused); the post-upload check hashes what the Hub serves
-against the report, and the landing commit names the same LFS objects, so a folder touched mid-release cannot
-put anything but the checked tree on the target branch.
-
-Dry run: no token, no writes; the plan is computed against the remote if it can be read (anonymously, or
-with a token if one is configured), else against an empty repo with the reason ("offline"). A version conflict
-is reported by a dry run exactly as by a real one. Tokens: see ``release.auth``; every message built from an
-exception is redacted.
+Content is pinned: every commit sends the bytes hashed when the folder was checked (small files from memory,
+LFS files by their measured sha256, refused if their size or mtime changed), so a folder touched mid-release
+cannot put anything but the checked tree on the target branch. A dry run needs no token and writes nothing;
+it plans against an empty repo, with the reason, when the remote cannot be read. Every message built from an
+exception is redacted (``release.auth``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import shlex
 import tempfile
@@ -73,7 +46,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from release._io import attrs_dict
+from release._io import attrs_dict, write_text_atomic
 from release.auth import check_oidc_resource, read_token, redact, resolve_token
 from release.errors import (
     ConcurrentPushError,
@@ -102,13 +75,11 @@ from release.versions import PRERELEASE_BRANCH_PREFIX, STAGING_BRANCH_PREFIX, Ve
 
 logger = logging.getLogger("release.publish")
 
-IN_MEMORY_LIMIT = (
-    10 * 1024 * 1024
-)  # files up to this size are sent from memory (the Hub's regular-file limit)
+# Files up to this size are sent from memory (the Hub's regular-file limit).
+IN_MEMORY_LIMIT = 10 * 1024 * 1024
 
-# (repo_id, commit sha) -> failure lines, empty when the commit loads from the Hub and generates as recorded.
-# It may raise HubUnavailableError (the Hub could not be reached) or PublishError (the download failed for
-# good): those are not verification failures.
+# (repo_id, commit sha) -> failure lines, empty when the commit loads from the Hub and generates as recorded;
+# the HubUnavailableError or PublishError of a failed download is not a verification failure.
 PostUploadCheck = Callable[[str, str], list[str]]
 Echo = Callable[[str], None]  # receives the progress lines (staging, checking, landing, tagging, warnings)
 
@@ -161,10 +132,6 @@ class PublishResult:
 
     def write_json(self, path: str | Path) -> Path:
         """Write ``to_dict()`` as JSON atomically (temp file, then rename); redacted like every output."""
-        import json
-
-        from release._io import write_text_atomic
-
         return write_text_atomic(
             Path(path), redact(json.dumps(self.to_dict(), indent=2, sort_keys=True)) + "\n"
         )
@@ -223,36 +190,16 @@ def publish_release(
     publisher = _Publisher(repo_id, parsed, release, policy, token=None, echo=echo)
     try:
         return publisher.publish(private=private, commit_message=commit_message, check=check)
-    except HubUnavailableError as exc:
-        exc.rerun = rerun_command(
-            folder,
-            repo_id=repo_id,
-            version=parsed,
-            private=private,
-            commit_message=commit_message,
-            verification=verification if isinstance(verification, (str, Path)) else None,
-        )
+    except HubUnavailableError as exc:  # carries the `release publish` command that completes the release
+        args = ["release", "publish", str(folder), "--repo-id", repo_id, "--version", parsed.tag]
+        if private is not None:
+            args.append("--private" if private else "--public")
+        if commit_message is not None:
+            args += ["--commit-message", commit_message]
+        if isinstance(verification, (str, Path)):
+            args += ["--verification", str(verification)]
+        exc.rerun = shlex.join(args)
         raise
-
-
-def rerun_command(
-    folder: str | Path,
-    *,
-    repo_id: str,
-    version: Version,
-    private: bool | None = None,
-    commit_message: str | None = None,
-    verification: str | Path | None = None,
-) -> str:
-    """The ``release publish`` command that completes this release (also after a ``release run``)."""
-    args = ["release", "publish", str(folder), "--repo-id", repo_id, "--version", version.tag]
-    if private is not None:
-        args.append("--private" if private else "--public")
-    if commit_message is not None:
-        args += ["--commit-message", commit_message]
-    if verification is not None:
-        args += ["--verification", str(verification)]
-    return shlex.join(args)
 
 
 def _validate_repo_id(repo_id: str) -> None:
@@ -266,18 +213,20 @@ def _validate_repo_id(repo_id: str) -> None:
         raise UsageError(f"invalid --repo-id {repo_id!r}: expected OWNER/NAME")
 
 
-def hub_failure(what: str, exc: BaseException, *, attempts: int, consequence: str) -> PublishError:
-    """The error for a Hub call that failed for good: ``HubUnavailableError`` if only the Hub was unreachable.
-
-    ``what`` says which call ("commit to main of org/model"), ``consequence`` what that leaves ("nothing was
-    tagged").
-    """
-    if is_transient(exc):
-        return HubUnavailableError(
-            f"{what} failed: {describe(exc)} ({attempts} attempts; the Hub could not be reached, nothing is "
-            f"wrong with the release); {consequence}"
-        )
-    return PublishError(f"{what} failed: {describe(exc)}; {consequence}")
+def hub_call(what: str, func: Callable, *, policy: RetryPolicy, consequence: str = "nothing was tagged"):
+    """``func`` under ``policy``; a failure for good is one line naming ``what`` and ``consequence``, raised
+    from the Hub's error: ``HubUnavailableError`` if only the Hub was unreachable, else ``PublishError``."""
+    try:
+        return call_with_retry(func, what=what, policy=policy)
+    except ReleaseError:  # a retry budget that ran out: already one line
+        raise
+    except Exception as exc:
+        if is_transient(exc):
+            raise HubUnavailableError(
+                f"{what} failed: {describe(exc)} ({policy.attempts} attempts; the Hub could not be reached, "
+                f"nothing is wrong with the release); {consequence}"
+            ) from exc
+        raise PublishError(f"{what} failed: {describe(exc)}; {consequence}") from exc
 
 
 def download_commit(repo_id: str, commit: str, *, cache_dir: Path, policy: RetryPolicy) -> Path:
@@ -291,25 +240,19 @@ def download_commit(repo_id: str, commit: str, *, cache_dir: Path, policy: Retry
     """
     from huggingface_hub import snapshot_download
 
-    what = f"downloading {repo_id}@{commit[:12]}"
-    try:
-        return Path(
-            call_with_retry(
-                lambda: snapshot_download(repo_id, revision=commit, cache_dir=cache_dir, token=read_token()),
-                what=what,
-                policy=policy,
-            )
+    return Path(
+        hub_call(
+            f"downloading {repo_id}@{commit[:12]}",
+            lambda: snapshot_download(repo_id, revision=commit, cache_dir=cache_dir, token=read_token()),
+            policy=policy,
         )
-    except ReleaseError:
-        raise
-    except Exception as exc:
-        raise hub_failure(what, exc, attempts=policy.attempts, consequence="nothing was tagged") from exc
+    )
 
 
 def generation_check(release: ReleaseFolder, policy: RetryPolicy) -> PostUploadCheck:
     """The gate of ``release verify`` repeated on the uploaded commit, from the Hub, with the recorded tokens."""
     # Card files are written after verification: the report cannot vouch for them, but they are uploaded too.
-    card_files = release.written_after_verification
+    card_files = tuple(path for path in release.files if is_written_after_verification(path))
     files = release.report.model.files
     kept = {path: sha for path, sha in files.items() if not is_written_after_verification(path)}
     report = dataclasses.replace(release.report, model=dataclasses.replace(release.report.model, files=kept))
@@ -349,8 +292,8 @@ def _stable_key(version: Version) -> tuple[int, int, int]:
     return (version.major, version.minor, version.patch)
 
 
-def _stable_tags(tags: Mapping[str, str]) -> dict[str, Version]:
-    """The repo's stable release tags, parsed; other tags (prereleases, anything else) are ignored."""
+def _stable_tags(tags: Mapping[str, str]) -> dict[str, tuple[int, int, int]]:
+    """The ``_stable_key`` of each stable release tag; other tags (prereleases, anything else) are ignored."""
     parsed = {}
     for name in tags:
         try:
@@ -358,26 +301,17 @@ def _stable_tags(tags: Mapping[str, str]) -> dict[str, Version]:
         except UsageError:
             continue
         if not version.is_prerelease:
-            parsed[name] = version
+            parsed[name] = _stable_key(version)
     return parsed
 
 
-def line_branch(version: Version) -> str:
-    """The branch of an older release line: ``release/v1.0`` for ``v1.0.3``."""
-    return f"{PRERELEASE_BRANCH_PREFIX}v{version.major}.{version.minor}"
-
-
 def target_branch(version: Version, tags: Mapping[str, str]) -> str:
-    """Where ``version`` lands: its prerelease branch, ``main``, or its line's branch if it is older.
-
-    ``main`` always holds the newest stable release: a stable version lower than the newest stable tag goes
-    to ``release/vX.Y`` instead.
-    """
+    """Where ``version`` lands: its prerelease branch ``release/<tag>``, ``main``, or, for a stable version lower
+    than the newest stable tag, its line's ``release/vX.Y``, so that ``main`` holds the newest stable release."""
     if version.is_prerelease:
         return version.branch
-    stable = _stable_tags(tags).values()
-    if any(_stable_key(version) < _stable_key(other) for other in stable):
-        return line_branch(version)
+    if any(_stable_key(version) < other for other in _stable_tags(tags).values()):
+        return f"{PRERELEASE_BRANCH_PREFIX}v{version.major}.{version.minor}"
     return "main"
 
 
@@ -436,10 +370,7 @@ class _Publisher:
         self.target = target_branch(v, tags)
         cleanup = self._stale_staging(branches, tags)
         if v.tag in tags:
-            published = self._existing_tag(tags[v.tag])
-            plan = self._plan(
-                self._tree(published), base_ref=v.tag, base=published, published=published, cleanup=cleanup
-            )
+            published, plan = self._published(tags, cleanup)
             return self._result(plan, commit=published, created=False, dry_run=True)
         base_ref, base = self._base(branches, tags)
         plan = self._plan(self._tree(base) if base else {}, base_ref=base_ref, base=base, cleanup=cleanup)
@@ -458,10 +389,7 @@ class _Publisher:
             if self._cleanup(branch):
                 self.cleaned_up.append(branch)
         if v.tag in tags:
-            published = self._existing_tag(tags[v.tag])
-            plan = self._plan(
-                self._tree(published), base_ref=v.tag, base=published, published=published, cleanup=cleanup
-            )
+            published, plan = self._published(tags, cleanup)
             self._say(f"{v.tag} is already published at {published[:12]} with this content; nothing to do")
             self._apply_visibility(private, existed)
             return self._result(plan, commit=published, created=False)
@@ -472,7 +400,12 @@ class _Publisher:
             raise PublishError(f"{self.repo_id} has no branch {base_ref} to release onto")
         plan = self._plan(self._tree(base), base_ref=base_ref, base=base, cleanup=cleanup)
         message = commit_message or f"Release {v.tag}"
-        description = self._commit_description(plan)
+        c = plan.counts()
+        description = (
+            f"Release {v.tag}: {len(self.local)} files ({c['add']} added, {c['replace']} replaced, "
+            f"{c['delete']} deleted, {c['unchanged']} unchanged). Published by `release publish` after the "
+            "verification gates passed."
+        )
         staging = v.staging_branch
         staged = False  # True once this run created the staging branch: it must be gone when the run ends
 
@@ -489,14 +422,25 @@ class _Publisher:
                     self._cleanup(staging)
             else:
                 if staging in branches:  # a leftover of an interrupted run, possibly at an older base
-                    self._delete_branch(staging, missing_ok=True)
+                    self._delete_branch(staging)
                 self._say(
                     f"staging: committing {len(plan.changes)} change(s) to {staging} (base {base_ref} at "
                     f"{base[:12]})"
                 )
                 staged = True  # before the call: a lost response may leave the branch created
                 self._create_branch(staging, base)
-                final = self._check_and_land(plan, base, target, target_exists, message, description, check)
+                commit = self._commit(staging, base, plan.files, message, description)
+                self._expect_release_tree(commit, where=f"staged commit {commit[:12]}")
+                self._run_check(check, commit, where=f"staged commit {commit[:12]}", untouched=target)
+                if target_exists:
+                    self._say(f"landing: committing to {target} (parent {base[:12]})")
+                    final = self._commit(target, base, plan.files, message, description, copy_from=commit)
+                    # Same parent and same operations give the same tree; confirm before anything is tagged.
+                    self._expect_release_tree(final, where=f"{target} at {final[:12]}")
+                else:
+                    self._say(f"landing: creating branch {target} at {commit[:12]}")
+                    self._create_branch(target, commit)
+                    final = commit
             self._say(f"tagging: {v.tag} at {final[:12]}")
             self._create_tag(v.tag, final)
         except BaseException as exc:  # also KeyboardInterrupt: the CLI promises nothing is left behind
@@ -512,31 +456,14 @@ class _Publisher:
 
     # -- the release steps -------------------------------------------------------------------------
 
-    def _check_and_land(
-        self,
-        plan: ReleasePlan,
-        base: str,
-        target: str,
-        target_exists: bool,
-        message: str,
-        description: str,
-        check: PostUploadCheck,
-    ) -> str:
-        """Steps 4 (the commit) to 6 of the module docstring; returns the commit to tag."""
-        staging = self.version.staging_branch
-        staged = self._commit(staging, base, plan.files, message, description)
-        self._expect_release_tree(staged, where=f"staged commit {staged[:12]}")
-        self._run_check(check, staged, where=f"staged commit {staged[:12]}", untouched=target)
-        if target_exists:
-            self._say(f"landing: committing to {target} (parent {base[:12]})")
-            final = self._commit(target, base, plan.files, message, description, copy_from=staged)
-            # Same parent and same operations give the same tree; confirm before anything is tagged.
-            self._expect_release_tree(final, where=f"{target} at {final[:12]}")
-        else:
-            self._say(f"landing: creating branch {target} at {staged[:12]}")
-            self._create_branch(target, staged)
-            final = staged
-        return final
+    def _published(self, tags: Mapping[str, str], cleanup: tuple[str, ...]) -> tuple[str, ReleasePlan]:
+        """The commit the tag already points to (checked to hold this release) and the plan against it."""
+        tag = self.version.tag
+        published = self._existing_tag(tags[tag])
+        plan = self._plan(
+            self._tree(published), base_ref=tag, base=published, published=published, cleanup=cleanup
+        )
+        return published, plan
 
     def _base(self, branches: Mapping[str, str], tags: Mapping[str, str]) -> tuple[str, str | None]:
         """The ref the release is planned against, and its commit: the target branch if it exists, else where
@@ -545,9 +472,7 @@ class _Publisher:
             return self.target, branches[self.target]
         if self.target != "main" and not self.version.is_prerelease:
             lower = [
-                (_stable_key(other), name)
-                for name, other in _stable_tags(tags).items()
-                if _stable_key(other) < _stable_key(self.version)
+                (key, name) for name, key in _stable_tags(tags).items() if key < _stable_key(self.version)
             ]
             if lower:
                 name = max(lower)[1]
@@ -563,12 +488,9 @@ class _Publisher:
         )
 
     def _cleanup(self, branch: str) -> bool:
-        """Delete a staging branch, patiently; if that fails, record "cleanup pending" instead of failing.
-
-        Returns True if the branch is gone.
-        """
+        """Delete a staging branch, patiently; True if it is gone, else "cleanup pending" is recorded."""
         try:
-            self._delete_branch(branch, missing_ok=True, policy=self.policy.patient())
+            self._delete_branch(branch, policy=self.policy.patient())
             return True
         except PublishError as exc:
             pending = CleanupPending(branch=branch, error=describe(exc.__cause__ or exc))
@@ -616,11 +538,8 @@ class _Publisher:
     ) -> str:
         """One guarded commit of ``files`` onto ``branch``, which must still be at ``parent``. Returns its sha.
 
-        With ``copy_from`` (the checked staged commit), large files are copied from that commit on the Hub rather
-        than sent again: nothing of the weights is read or uploaded twice.
-
-        Not retried blindly: a dropped response may hide a commit that landed, so after each failure the head
-        is re-read (see the module docstring).
+        With ``copy_from`` (the checked staged commit), large files are copied from it on the Hub. Not retried
+        blindly: a dropped response may hide a commit that landed, so after each failure the head is re-read.
         """
         what = f"commit to {branch} of {self.repo_id}"
         for attempt in range(1, self.policy.attempts + 1):
@@ -663,13 +582,8 @@ class _Publisher:
         raise AssertionError("unreachable")
 
     def _operations(self, files: tuple[PlannedFile, ...], *, copy_from: str | None = None) -> list:
-        """Fresh operation objects for one commit attempt (huggingface_hub mutates and refuses to reuse them).
-
-        Content is pinned to the hashes the plan was made from, so the staged and the landed commit cannot differ
-        even if the folder is touched in between: small files are read once into memory (what is hashed is what
-        is sent); a large file goes by the sha256 measured when the folder was read (LFS), and on landing is
-        copied from the staged commit that passed the check.
-        """
+        """Fresh operation objects for one commit attempt (huggingface_hub mutates and refuses to reuse them),
+        pinned to the hashes the plan was made from (see "Content is pinned" in the module docstring)."""
         from huggingface_hub import CommitOperationAdd, CommitOperationCopy, CommitOperationDelete
 
         operations: list = []
@@ -691,10 +605,9 @@ class _Publisher:
                         src_path_in_repo=item.path, path_in_repo=item.path, src_revision=copy_from
                     )
                 else:
-                    # Hashed once, when the folder was read and SHA256SUMS checked against it: huggingface_hub
-                    # is handed that hash instead of reading the weights again. A file rewritten since shows in
-                    # its size or mtime; content swapped without either is caught by the post-upload check,
-                    # which hashes what the Hub serves against the report.
+                    # huggingface_hub is handed the hash measured when the folder was read instead of reading
+                    # the weights again; content swapped without a size or mtime change is caught by the
+                    # post-upload check, which hashes what the Hub serves against the report.
                     stat = local_path.stat()
                     if (stat.st_size, stat.st_mtime_ns) != (local.size, local.mtime_ns):
                         raise changed
@@ -724,33 +637,25 @@ class _Publisher:
 
     # -- Hub calls ---------------------------------------------------------------------------------
 
-    def _call(self, what: str, func, *, policy: RetryPolicy | None = None):
-        policy = policy or self.policy
-        try:
-            return call_with_retry(func, what=what, policy=policy)
-        except ReleaseError:
-            raise
-        except Exception as exc:
-            raise hub_failure(what, exc, attempts=policy.attempts, consequence="nothing was tagged") from exc
+    def _call(
+        self, what: str, func, *, policy: RetryPolicy | None = None, consequence: str = "nothing was tagged"
+    ):
+        return hub_call(what, func, policy=policy or self.policy, consequence=consequence)
 
     def _ensure_repo(self, private: bool | None) -> bool:
         """Create the model repo if missing; True if it existed already."""
         from huggingface_hub.errors import RepositoryNotFoundError
 
         try:
-            call_with_retry(lambda: self.api.repo_info(self.repo_id), what="read repo", policy=self.policy)
-            return True
-        except RepositoryNotFoundError:
-            pass
-        except ReleaseError:  # a retry budget that ran out: already one line
-            raise
-        except Exception as exc:
-            raise hub_failure(
+            self._call(
                 f"reading {self.repo_id}",
-                exc,
-                attempts=self.policy.attempts,
+                lambda: self.api.repo_info(self.repo_id),
                 consequence="nothing was changed",
-            ) from exc
+            )
+            return True
+        except PublishError as exc:
+            if not isinstance(exc.__cause__, RepositoryNotFoundError):
+                raise
         self._call(
             f"create repo {self.repo_id}",
             lambda: self.api.create_repo(self.repo_id, repo_type="model", private=private, exist_ok=True),
@@ -794,74 +699,48 @@ class _Publisher:
 
     def _create_branch(self, branch: str, commit: str) -> None:
         try:
-            call_with_retry(
-                lambda: self.api.create_branch(self.repo_id, branch=branch, revision=commit),
-                what=f"create branch {branch}",
-                policy=self.policy,
-            )
-        except ReleaseError:  # a retry budget that ran out: already one line
-            raise
-        except Exception as exc:
-            # 409 after a retry: our first attempt may have landed. Fine if the branch is where we wanted it.
-            if http_status(exc) == 409 and self._refs()[0].get(branch) == commit:
-                return
-            raise hub_failure(
+            self._call(
                 f"creating branch {branch}",
-                exc,
-                attempts=self.policy.attempts,
-                consequence="nothing was tagged",
-            ) from exc
+                lambda: self.api.create_branch(self.repo_id, branch=branch, revision=commit),
+            )
+        except PublishError as exc:
+            # 409 after a retry: our first attempt may have landed. Fine if the branch is where we wanted it.
+            if http_status(exc.__cause__) != 409 or self._refs()[0].get(branch) != commit:
+                raise
 
-    def _delete_branch(self, branch: str, *, missing_ok: bool, policy: RetryPolicy | None = None) -> None:
+    def _delete_branch(self, branch: str, *, policy: RetryPolicy | None = None) -> None:
         from huggingface_hub.errors import RevisionNotFoundError
 
-        policy = policy or self.policy
-        try:  # a retry after a lost response finds the branch gone (404): that is success with missing_ok
-            call_with_retry(
-                lambda: self.api.delete_branch(self.repo_id, branch=branch),
-                what=f"delete branch {branch}",
-                policy=policy,
-            )
-        except RevisionNotFoundError:
-            if not missing_ok:
-                raise PublishError(f"branch {branch} of {self.repo_id} does not exist") from None
-        except ReleaseError:  # a retry budget that ran out: already one line
-            raise
-        except Exception as exc:
-            if http_status(exc) == 404 and missing_ok:
-                return
-            raise hub_failure(
+        try:
+            self._call(
                 f"deleting branch {branch}",
-                exc,
-                attempts=policy.attempts,
+                lambda: self.api.delete_branch(self.repo_id, branch=branch),
+                policy=policy,
                 consequence="the branch is still there",
-            ) from exc
+            )
+        except PublishError as exc:  # a retry after a lost response finds the branch gone (404): success
+            cause = exc.__cause__
+            if not (isinstance(cause, RevisionNotFoundError) or http_status(cause) == 404):
+                raise
 
     def _create_tag(self, tag: str, commit: str) -> None:
         try:
-            call_with_retry(
+            self._call(
+                f"creating tag {tag} at {commit[:12]}",
                 lambda: self.api.create_tag(
                     self.repo_id, tag=tag, revision=commit, tag_message=f"Release {tag}"
                 ),
-                what=f"create tag {tag}",
-                policy=self.policy,
-            )
-        except ReleaseError:  # a retry budget that ran out: already one line
-            raise
-        except Exception as exc:
-            if http_status(exc) == 409:  # a retry after a lost response, or another run of the same release
-                existing = self._refs()[1].get(tag)
-                if existing == commit:
-                    return
-                if existing is not None:
-                    self._existing_tag(existing)  # raises VersionConflictError if the content differs
-                    return
-            raise hub_failure(
-                f"creating tag {tag} at {commit[:12]}",
-                exc,
-                attempts=self.policy.attempts,
                 consequence=f"{self.target} holds the release, re-run to check and tag it",
-            ) from exc
+            )
+        except PublishError as exc:
+            if http_status(exc.__cause__) != 409:
+                raise
+            # A retry after a lost response, or another run of the same release.
+            existing = self._refs()[1].get(tag)
+            if existing is None:
+                raise
+            if existing != commit:
+                self._existing_tag(existing)  # raises VersionConflictError if the content differs
 
     # -- results -----------------------------------------------------------------------------------
 
@@ -885,14 +764,6 @@ class _Publisher:
             files=tuple(compute_plan(self.local, remote)),
             published_commit=published,
             cleanup=cleanup,
-        )
-
-    def _commit_description(self, plan: ReleasePlan) -> str:
-        c = plan.counts()
-        return (
-            f"Release {self.version.tag}: {len(self.local)} files "
-            f"({c['add']} added, {c['replace']} replaced, {c['delete']} deleted, {c['unchanged']} unchanged). "
-            "Published by `release publish` after the verification gates passed."
         )
 
     def _result(

@@ -1,24 +1,14 @@
 """Retry with exponential back-off and jitter for Hub calls that fail transiently.
 
-Transient: HTTP 5xx, 408 and 429, transport failures (refused or dropped connections, timeouts, a server that
-closed the socket mid-response), and the same failures of the transfer layer (``hf_xet``, through which
-huggingface_hub uploads and downloads large files: it raises ``ConnectionError``, ``TimeoutError`` or a
-``RuntimeError`` such as "CAS service error ... Request failed after 5 retries", never an HTTP error).
-Everything else, 4xx in particular, is final and raised at once. ``call_with_retry`` is only for calls that
-are safe to repeat (reads, ref operations whose outcome the caller re-checks); a commit needs more care, see
-``release.publish.publisher``.
+Transient: HTTP 5xx, 408 and 429, transport failures, and the same failures of the transfer layer (``hf_xet``,
+which raises ``ConnectionError``, ``TimeoutError`` or a ``RuntimeError`` such as "CAS service error ...", never
+an HTTP error); everything else is final. ``call_with_retry`` is only for calls that are safe to repeat; a
+commit needs more care (``release.publish.publisher``). huggingface_hub's own ``http_backoff`` retries single
+requests, not a whole ``snapshot_download`` or a ref operation whose lost response must be re-checked.
 
-A wait the server asks for (a ``RateLimit: "api";r=0;t=N`` header on a 429, or ``Retry-After``) is honoured in
-full rather than capped, because retrying inside a rate-limit window only burns attempts. Every wait, asked for
-or not, is taken from one budget per policy (``RetryPolicy.wait_budget``, shared by the calls of one publish);
-a wait the budget cannot cover fails at once with one line naming the wait.
-
-The HTTP error types are huggingface_hub's: ``HfHubHTTPError`` for an answer with a status, and for transport
-failures the exceptions of the HTTP client it is built on, which it exports under the stable name
-``huggingface_hub.utils.httpx`` (httpx2 in huggingface_hub 2.x). Importing that export rather than a client by
-name keeps this module right whichever client the installed huggingface_hub uses. huggingface_hub's own
-``http_backoff`` retries single requests; it cannot retry a whole ``snapshot_download`` or re-check a ref
-operation whose response was lost, which is why this small policy exists.
+A wait the server asks for (``RateLimit: "api";r=0;t=N`` on a 429, or ``Retry-After``) is honoured in full,
+because retrying inside a rate-limit window only burns attempts; every wait comes out of one budget per policy
+(shared by the calls of one publish), and a wait the budget cannot cover fails at once with one line.
 """
 
 from __future__ import annotations
@@ -40,15 +30,12 @@ logger = logging.getLogger("release.publish")
 T = TypeVar("T")
 
 
+@dataclass
 class WaitBudget:
     """Seconds of waiting left to the calls that share it (one publish); taken from as each wait starts."""
 
-    def __init__(self, seconds: float):
-        self.total = seconds
-        self.left = seconds
-
-    def take(self, seconds: float) -> None:
-        self.left = max(0.0, self.left - seconds)
+    total: float
+    left: float
 
 
 @dataclass(frozen=True)
@@ -67,30 +54,7 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         if self.budget is None:
-            object.__setattr__(self, "budget", WaitBudget(self.wait_budget))
-
-    def delay(self, retry_number: int, *, retry_after: float | None = None) -> float:
-        """Seconds to wait before retry ``retry_number`` (1-based): the server's wait if it named one."""
-        if retry_after is not None:
-            return max(0.0, retry_after)
-        delay = min(self.max_delay, self.base_delay * 2 ** (retry_number - 1))
-        return delay * random.uniform(1 - self.jitter, 1 + self.jitter)  # jitter, not cryptography
-
-    def wait(self, seconds: float, *, what: str, reason: str, exc: BaseException) -> None:
-        """Sleep ``seconds`` out of the budget, or fail at once if the budget cannot cover them.
-
-        Raises:
-            HubUnavailableError: ``seconds`` is more than the budget has left (from ``exc``).
-        """
-        if seconds > self.budget.left:
-            asked = "back-off" if reason == "back-off" else f"the Hub asked to wait: {reason}"
-            raise HubUnavailableError(
-                f"{what} failed: retrying needs a wait of {seconds:.0f}s ({asked}), more than the "
-                f"{self.budget.left:.0f}s left of this run's {self.budget.total:.0f}s retry budget; nothing is "
-                "wrong with the release, re-run once the wait is over"
-            ) from exc
-        self.budget.take(seconds)
-        self.sleep(seconds)
+            object.__setattr__(self, "budget", WaitBudget(self.wait_budget, self.wait_budget))
 
     def patient(self) -> RetryPolicy:
         """Twice the attempts, same waits: for cleanup that must not give up at the first bad minute.
@@ -99,16 +63,6 @@ class RetryPolicy:
         three minutes with the defaults), and never more than the shared budget has left.
         """
         return replace(self, attempts=2 * self.attempts, budget=self.budget)
-
-    def max_wait(self) -> float:
-        """The longest this policy's own back-off can wait in total between its attempts, in seconds."""
-        return sum(
-            min(self.max_delay, self.base_delay * 2 ** (n - 1)) * (1 + self.jitter)
-            for n in range(1, self.attempts)
-        )
-
-
-NO_RETRY = RetryPolicy(attempts=1)
 
 
 def _causes(exc: BaseException):
@@ -240,13 +194,17 @@ def call_with_retry(func: Callable[[], T], *, what: str, policy: RetryPolicy) ->
 
 def backoff(policy: RetryPolicy, exc: BaseException, attempt: int, *, what: str) -> None:
     """Wait before retry ``attempt + 1`` of ``what`` after the transient ``exc``: the server's wait if it named
-    one, else exponential back-off; out of the policy's budget.
+    one, else exponential back-off with jitter; out of the policy's budget.
 
     Raises:
         HubUnavailableError: The wait is more than the budget has left.
     """
     asked = server_wait(exc)
-    wait = policy.delay(attempt, retry_after=asked[0] if asked else None)
+    if asked is not None:
+        wait = max(0.0, asked[0])
+    else:
+        wait = min(policy.max_delay, policy.base_delay * 2 ** (attempt - 1))
+        wait *= random.uniform(1 - policy.jitter, 1 + policy.jitter)  # jitter, not cryptography
     logger.warning(
         "%s failed (%s); retrying in %.1fs (attempt %d of %d)",
         what,
@@ -255,4 +213,13 @@ def backoff(policy: RetryPolicy, exc: BaseException, attempt: int, *, what: str)
         attempt + 1,
         policy.attempts,
     )
-    policy.wait(wait, what=what, reason=asked[1] if asked else "back-off", exc=exc)
+    budget = policy.budget
+    if wait > budget.left:
+        reason = f"the Hub asked to wait: {asked[1]}" if asked else "back-off"
+        raise HubUnavailableError(
+            f"{what} failed: retrying needs a wait of {wait:.0f}s ({reason}), more than the "
+            f"{budget.left:.0f}s left of this run's {budget.total:.0f}s retry budget; nothing is "
+            "wrong with the release, re-run once the wait is over"
+        ) from exc
+    budget.left = max(0.0, budget.left - wait)
+    policy.sleep(wait)

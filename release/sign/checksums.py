@@ -1,13 +1,10 @@
 """``SHA256SUMS``: the release folder's checksum manifest, in the format ``sha256sum -c`` reads.
 
-One line per file, ``<64 hex>  <path>`` (two spaces: text mode, as coreutils writes it), sorted by path, over
-every file of the folder except the manifest itself, its signature (which signs the folder, manifest included),
-``.gitattributes`` (the Hub's LFS rules, which the Hub writes into every repo; model-signing leaves it out too)
-and huggingface_hub's ``.cache/`` of a ``--local-dir`` download. Paths use "/" and never need escaping: a path
-with a newline or a backslash is refused, so every line stays the plain coreutils form.
-
-The manifest's own SHA-256 is the *release digest*: one value that names every byte of the release, shown in
-the build job's summary, matched by the publish job, and listed in the GitHub Release notes.
+One ``<64 hex>  <path>`` line per file (coreutils text mode), sorted by path, over every file of the folder
+except the manifest, its signature (which signs the manifest too), ``.gitattributes`` (the Hub writes it into
+every repo; model-signing leaves it out too) and ``.cache/``. A path with a newline or a backslash is refused,
+so every line stays the plain coreutils form. The manifest's own SHA-256 is the *release digest*: one value
+that names every byte of the release, matched by the publish job and listed in the GitHub Release notes.
 """
 
 from __future__ import annotations
@@ -64,12 +61,11 @@ def write_checksums(folder: str | Path) -> Path:
     return write_text_atomic(folder / CHECKSUMS_FILE, format_checksums(folder_hashes(folder)))
 
 
-def checksum_problems(listed: Mapping[str, str], actual: Mapping[str, str]) -> list[str]:
-    """How a manifest differs from the folder's files, both ways: one short phrase per difference."""
-    problems = [f"changed: {p}" for p in sorted(listed) if p in actual and actual[p] != listed[p]]
-    problems += [f"missing: {p}" for p in sorted(set(listed) - set(actual))]
-    problems += [f"not listed: {p}" for p in sorted(set(actual) - set(listed))]
-    return problems
+def _manifest(folder: str | Path) -> Path:
+    path = Path(folder) / CHECKSUMS_FILE
+    if not path.is_file():
+        raise IntegrityError(f"{folder} has no {CHECKSUMS_FILE}: run `release sign {folder}` to write it")
+    return path
 
 
 def check_checksums(folder: str | Path, actual: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -84,12 +80,12 @@ def check_checksums(folder: str | Path, actual: Mapping[str, str] | None = None)
         IntegrityError: No SHA256SUMS, or it differs from the files (each difference named).
     """
     folder = Path(folder)
-    path = folder / CHECKSUMS_FILE
-    if not path.is_file():
-        raise IntegrityError(f"{folder} has no {CHECKSUMS_FILE}: run `release sign {folder}` to write it")
+    path = _manifest(folder)
     listed = parse_checksums(path.read_text(encoding="utf-8"), source=str(path))
     actual = folder_hashes(folder) if actual is None else {p: h for p, h in actual.items() if is_listed(p)}
-    problems = checksum_problems(listed, actual)
+    problems = [f"changed: {p}" for p in sorted(listed) if p in actual and actual[p] != listed[p]]
+    problems += [f"missing: {p}" for p in sorted(set(listed) - set(actual))]
+    problems += [f"not listed: {p}" for p in sorted(set(actual) - set(listed))]
     if problems:
         shown = "; ".join(problems[:4]) + (f"; and {len(problems) - 4} more" if len(problems) > 4 else "")
         raise IntegrityError(
@@ -100,10 +96,7 @@ def check_checksums(folder: str | Path, actual: Mapping[str, str] | None = None)
 
 def release_digest(folder: str | Path) -> str:
     """The SHA-256 of ``folder/SHA256SUMS``: the one value that names every byte of the release."""
-    path = Path(folder) / CHECKSUMS_FILE
-    if not path.is_file():
-        raise IntegrityError(f"{folder} has no {CHECKSUMS_FILE}: run `release sign {folder}` to write it")
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return hashlib.sha256(_manifest(folder).read_bytes()).hexdigest()
 
 
 def check_release_digest(folder: str | Path, expected: str) -> str:

@@ -1,16 +1,10 @@
 """Sign a release folder and verify a signed one, with OpenSSF model-signing (``model_signing``).
 
-The signature, ``model.sig``, is a Sigstore bundle over an in-toto statement listing every file of the folder
-with its SHA-256 (``SHA256SUMS`` included; ``model.sig``, ``.cache/`` and git's files left out), so anyone can
-check a download with the project's own tool or with model-signing's CLI. Two ways to sign:
-
-- keyless, in GitHub Actions: the job's OIDC identity (``permissions: id-token: write``) gets a short-lived
-  Sigstore certificate naming the workflow and ref; the signature is logged in Rekor. Checked against that
-  identity (``--identity https://github.com/OWNER/REPO/.github/workflows/release.yml@refs/tags/vX.Y.Z``).
-- with a local elliptic-curve key (PEM): offline, for tests and for teams that keep their own key.
-
-Signatures are not byte-identical across runs (ECDSA and Sigstore certificates are fresh each time); what they
-sign is.
+``model.sig`` is a Sigstore bundle over an in-toto statement listing every file of the folder with its SHA-256
+(``SHA256SUMS`` included), so a download can be checked with this tool or model-signing's CLI. Signing is
+keyless in GitHub Actions (the job's OIDC identity gets a short-lived certificate naming the workflow and ref,
+logged in Rekor), or with a local elliptic-curve key (PEM) offline. Signatures differ run to run (ECDSA and
+fresh certificates); what they sign does not.
 """
 
 from __future__ import annotations
@@ -133,11 +127,8 @@ def verify_revision(
     identity: str | None = None,
     issuer: str = GITHUB_OIDC_ISSUER,
 ) -> SignatureCheck:
-    """Download ``repo_id`` at ``revision`` into ``download_dir`` and :func:`verify_folder` it.
-
-    The download is a plain folder (``local_dir``), the same files a user gets; huggingface_hub's ``.cache/``
-    metadata inside it is neither listed nor signed.
-    """
+    """Download ``repo_id`` at ``revision`` into ``download_dir`` (a plain folder: the files a user gets; its
+    ``.cache/`` is neither listed nor signed) and :func:`verify_folder` it."""
     from huggingface_hub import snapshot_download
 
     from release.auth import read_token
