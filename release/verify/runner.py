@@ -223,6 +223,13 @@ def verify_model(
             window=window,
             timings=timings,
         )
+        snippet = None
+        if card_snippet:  # its child runs meanwhile; judged once the greedy runs are verified
+            snippet = stack.enter_context(
+                card_snippet_gate(
+                    source.folder, prompt=prompts[0], max_new_tokens=max_new_tokens, commit=source.commit
+                )
+            )
         candidate = _candidate_half(plan)
         used_gates = _gates_for(gates, candidate.dtype)
         reference = None
@@ -233,17 +240,10 @@ def verify_model(
             if reference.parity is not None and not parity_within(reference.parity, used_gates):
                 reference = _locate(plan, reference, used_gates)
         snippet_gate = None
-        if card_snippet and candidate.load_error is None:
+        if snippet is not None and candidate.load_error is None:
             t = time.perf_counter()
-            snippet_gate = card_snippet_gate(
-                source.folder,
-                generation={
-                    "max_new_tokens": max_new_tokens,
-                    "cases": _case_dicts(plan, candidate, reference),
-                },
-                commit=source.commit,
-            )
-            timings["card_snippet"] = time.perf_counter() - t
+            snippet_gate = snippet(_case_dicts(plan, candidate, reference))
+            timings["card_snippet"] = time.perf_counter() - t  # the wait beyond the two halves
         t = time.perf_counter()
         checkpoint_info["sha256"] = digest()
         timings["checkpoint_sha256"] = time.perf_counter() - t  # what the hash took beyond the models' time

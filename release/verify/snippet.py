@@ -23,6 +23,7 @@ A failure is one line naming the snippet's line: ``card snippet line 6 (`tokeniz
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
 import json
 import os
@@ -30,7 +31,8 @@ import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -257,6 +259,23 @@ def run_card_snippet(
     Raises:
         VerificationError: The snippet is not valid Python or names no literal repo id.
     """
+    with started_card_snippet(code, folder, python=python, env=env, commit=commit, timeout=timeout) as finish:
+        return finish(expected)
+
+
+@contextlib.contextmanager
+def started_card_snippet(
+    code: str,
+    folder: Path,
+    *,
+    python: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    commit: str | None = None,
+    timeout: float = SNIPPET_TIMEOUT,
+) -> Iterator[Callable[[ExpectedRun | None], SnippetResult]]:
+    """``run_card_snippet`` in two halves: the child starts on entry; the function given waits for it and judges
+    its tokens against the expected run, which may be known only later. Leaving the block stops a child that is
+    still running. Same arguments as ``run_card_snippet``."""
     targets = snippet_targets(code)
     lines = code.splitlines()
     with tempfile.TemporaryDirectory(prefix="release-card-snippet-") as tmp:
@@ -265,30 +284,48 @@ def run_card_snippet(
         snippet.write_text(code, encoding="utf-8")
         hf_home = work / "hf"
         stage_hub_cache(Path(folder), hf_home / "hub", targets, commit=commit)
-        child_env = child_environment(hf_home, env)
         cmd = child_command(python or sys.executable, CHILD, snippet, result_path)
-        try:
-            proc = subprocess.run(
+        # Output to files, not pipes: nobody reads a pipe while the caller works, and a full one would stall it.
+        with open(work / "stdout", "w+", encoding="utf-8") as out, open(work / "stderr", "w+") as err:
+            proc = subprocess.Popen(
                 cmd,
                 cwd=work,
-                env=child_env,
+                env=child_environment(hf_home, env),
                 stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
+                stdout=out,
+                stderr=err,
             )
-            stdout, stderr, code_rc = proc.stdout, proc.stderr, proc.returncode
-        except subprocess.TimeoutExpired:
-            return SnippetResult([f"card snippet: did not finish within {timeout:.0f}s"], targets=targets)
-        raw = json.loads(result_path.read_text(encoding="utf-8")) if result_path.is_file() else None
-    if raw is None:
-        tail = [ln for ln in stderr.splitlines() if ln.strip()]
-        return SnippetResult(
-            [f"card snippet: the process died (exit code {code_rc}): {tail[-1] if tail else 'no output'}"],
-            stdout=stdout,
-            targets=targets,
-        )
-    return judge_snippet_run(raw, lines, expected, stdout=stdout, stderr=stderr, targets=targets)
+            deadline = time.monotonic() + timeout
+
+            def finish(expected: ExpectedRun | None) -> SnippetResult:
+                try:
+                    proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    return SnippetResult(
+                        [f"card snippet: did not finish within {timeout:.0f}s"], targets=targets
+                    )
+                out.seek(0)
+                err.seek(0)
+                stdout, stderr = out.read(), err.read()
+                if not result_path.is_file():
+                    tail = [ln for ln in stderr.splitlines() if ln.strip()]
+                    return SnippetResult(
+                        [
+                            f"card snippet: the process died (exit code {proc.returncode}): "
+                            f"{tail[-1] if tail else 'no output'}"
+                        ],
+                        stdout=stdout,
+                        targets=targets,
+                    )
+                raw = json.loads(result_path.read_text(encoding="utf-8"))
+                return judge_snippet_run(raw, lines, expected, stdout=stdout, stderr=stderr, targets=targets)
+
+            try:
+                yield finish
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
 
 
 def judge_snippet_run(
@@ -424,14 +461,24 @@ def check_card_snippet(
     """
     code = card_snippet(folder, repo_id=repo_id, version=version, report=report)
     snippet_targets(code)  # a syntax error: one line naming the snippet's line
+    expected = _expected_run(code, report) if report else None
+    return run_card_snippet(code, folder, expected=expected, python=python, env=env, commit=commit)
+
+
+def _expected_run(code: str, report: Mapping[str, Any]) -> ExpectedRun:
+    """The verified run of the snippet's prompt.
+
+    Raises:
+        VerificationError: The report has no case of that prompt (the card was rendered for other prompts).
+    """
     prompt = snippet_prompt(code)
-    expected = ExpectedRun.from_report(report, prompt) if report and prompt is not None else None
-    if report and expected is None:
+    expected = ExpectedRun.from_report(report, prompt) if prompt is not None else None
+    if expected is None:
         shown = repr(prompt) if prompt is not None else "(no tokenizer(text, return_tensors=...) call)"
         raise VerificationError(
             f"the card's prompt {shown} is not among the verified generation cases; re-render the card"
         )
-    return run_card_snippet(code, folder, expected=expected, python=python, env=env, commit=commit)
+    return expected
 
 
 def check_card_snippet_on_hub(
@@ -454,26 +501,45 @@ def check_card_snippet_on_hub(
         return check_card_snippet(source.folder, report=report, python=python, commit=source.commit)
 
 
+@contextlib.contextmanager
 def card_snippet_gate(
-    folder: Path, *, generation: Mapping[str, Any], commit: str | None = None
-) -> GateResult:
-    """``release verify``'s ``card_snippet`` gate: the card's code (as rendered for this run's prompt and length)
-    against ``folder``, in this environment; its tokens against the greedy run just verified (``generation``).
+    folder: Path, *, prompt: str, max_new_tokens: int, commit: str | None = None
+) -> Iterator[Callable[[Sequence[Mapping[str, Any]]], GateResult]]:
+    """``release verify``'s ``card_snippet`` gate, started on entry: the card's code (as rendered for ``prompt``
+    and ``max_new_tokens``) against ``folder``, in this environment. The function given waits for it and judges
+    its tokens against the greedy cases verified meanwhile (``generation.cases``).
+
+    The child runs while the caller's candidate half does: it maps the same weight files, so the two share one
+    copy of the weights, and adds an interpreter's memory (torch + transformers, ~0.3 GB).
 
     Never raises: a card without a runnable block, or a snippet that breaks, is a failed gate.
     """
     from release.verify.report import GateResult
 
-    try:
-        result = check_card_snippet(folder, report={"generation": dict(generation)}, commit=commit)
-    except VerificationError as exc:
-        return GateResult("card_snippet", False, False, True, str(exc))
-    detail = (
-        "the card's code runs verbatim with stdin closed: no prompt, no transformers warning, the verified tokens"
-        if result.passed
-        else "; ".join(result.failures)
-    )
-    return GateResult("card_snippet", result.passed, result.passed, True, detail)
+    def gate(result: SnippetResult | None, problem: str | None = None) -> GateResult:
+        if result is not None and result.passed:
+            detail = "the card's code runs verbatim with stdin closed: no prompt, no transformers warning, "
+            return GateResult("card_snippet", True, True, True, detail + "the verified tokens")
+        return GateResult("card_snippet", False, False, True, problem or "; ".join(result.failures))
+
+    planned = {"generation": {"max_new_tokens": max_new_tokens, "cases": [{"prompt": prompt}]}}
+    with contextlib.ExitStack() as stack:
+        try:
+            code = card_snippet(folder, report=planned)
+            finish = stack.enter_context(started_card_snippet(code, folder, commit=commit))
+        except VerificationError as exc:
+            problem = str(exc)
+            yield lambda cases: gate(None, problem)
+            return
+
+        def judge(cases: Sequence[Mapping[str, Any]]) -> GateResult:
+            report = {"generation": {"max_new_tokens": max_new_tokens, "cases": list(cases)}}
+            try:
+                return gate(finish(_expected_run(code, report)))
+            except VerificationError as exc:
+                return gate(None, str(exc))
+
+        yield judge
 
 
 __all__ = [
