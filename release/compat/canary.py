@@ -1,12 +1,8 @@
-"""The compatibility canary: re-check a published Hub revision when transformers moves, and say so in ONE issue.
+"""The compatibility canary: re-check a published Hub revision when transformers moves, say so in ONE issue.
 
-A published revision is checked with no checkpoint: its recorded ``verification.json`` holds the greedy tokens
-that ``release verify`` proved against the training module, and ``run_compat_matrix`` checks each transformers
-version against those (teacher-forced logits, greedy alone and in a padded batch). The versions are what users
-get next: the newest release on the package index and, when one is newer, its latest pre-release.
-
-On failure ``upsert_canary_issue`` opens the canary's issue, or updates the one already open (found by a
-label and a marker on the body's first line), so a weekly failure never piles up duplicates.
+The revision is checked with no checkpoint, against the tokens its ``verification.json`` recorded, on what
+users get next: the newest transformers release and its latest pre-release. ``upsert_canary_issue`` updates
+the open issue (found by a label and a marker) rather than open another: weekly failures never pile up.
 """
 
 from __future__ import annotations
@@ -72,11 +68,8 @@ def canary_versions(page: Mapping[str, Any] | None = None, *, python: str | None
     finals = available_versions(page, python=python)
     if not finals:
         raise CompatError("the package index lists no transformers release")
-    versions = [finals[-1]]
     pre = newest_prerelease(available_versions(page, python=python, include_pre=True))
-    if pre is not None:
-        versions.append(pre)
-    return versions
+    return [finals[-1]] if pre is None else [finals[-1], pre]
 
 
 def check_hub_revision(
@@ -89,10 +82,8 @@ def check_hub_revision(
     snippet_check: SnippetCheck | None = None,
     on_result: Callable[[VersionResult], None] | None = None,
 ) -> CompatReport:
-    """Download ``repo_id@revision`` (fresh cache) and run the matrix on it against ``report``'s tokens.
-
-    The revision's files must be the ones the report verified (same SHA-256): a report of another release
-    proves nothing about this one.
+    """Download ``repo_id@revision`` (fresh cache) and run the matrix on it against ``report``'s tokens; its
+    files must be the ones the report verified (a report of another release proves nothing about this one).
 
     Raises:
         CompatError: The report does not describe this revision, or see ``run_compat_matrix``.
@@ -144,8 +135,7 @@ def render_canary_issue(
     from release.render import render_template
 
     try:
-        versions = list(compat["versions"])
-        failures = list(compat["failures"])
+        versions, failures = list(compat["versions"]), list(compat["failures"])
     except (KeyError, TypeError):
         raise UsageError("not a compatibility report: no 'versions' and 'failures'") from None
     failed = [v for v in versions if not v.get("passed")]
@@ -236,10 +226,8 @@ def close_canary_issue(
 
 
 class GitHubIssues:
-    """``IssueTracker`` over GitHub's REST API with the workflow's token (``issues: write``); never logged.
-
-    Small on purpose: three calls of the issues API with the stdlib, since the project has no GitHub client.
-    """
+    """``IssueTracker`` over GitHub's REST API with the workflow's token (``issues: write``; never logged):
+    three calls, since the project has no GitHub client."""
 
     def __init__(self, repository: str, *, token: str, api_url: str = "https://api.github.com") -> None:
         if repository.count("/") != 1 or not all(repository.split("/")):

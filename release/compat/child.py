@@ -1,10 +1,8 @@
-"""One cell of the compatibility matrix, run inside one transformers version's own environment.
+"""One cell of the compatibility matrix, run in one transformers version's environment (``run_child``).
 
-Usage: ``<env>/bin/python -E -P release/verify/without_repo.py release/compat/child.py MODEL_DIR REFERENCE_DIR``
-(``release.compat.matrix.run_child``). Started by path where this project is not installed, so it imports only
-the standard library, torch, transformers and safetensors. Writes ``COMPAT_STAGE <stage>`` as each stage starts
-and one ``COMPAT_RESULT <json>`` line at the end: figures only; the gates are applied by the parent
-(``judge_child_result``).
+Started by path where this project is not installed, so it imports only the standard library, torch,
+transformers and safetensors. Writes ``COMPAT_STAGE <stage>`` as each stage starts and one
+``COMPAT_RESULT <json>`` line of figures at the end; the parent applies the gates (``judge_child_result``).
 """
 
 import importlib
@@ -28,27 +26,13 @@ def last_line(exc):
     return lines[-1] if lines else type(exc).__name__
 
 
-def stage(name):
-    emit(STAGE_MARK + name)
-
-
-def load_by_path(name, path):
-    """A module of this repo's that needs only torch and transformers, imported from its file (the package is
-    not installed here)."""
-    spec = importlib.util.spec_from_file_location(f"_compat_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 def main(model_dir, ref_dir):
     result = {"error": None, "error_stage": None}
 
     def finish():
         emit(RESULT_MARK + json.dumps(result))
 
-    stage("load")
+    emit(STAGE_MARK + "load")
     try:
         import torch
         import transformers
@@ -91,7 +75,7 @@ def main(model_dir, ref_dir):
     except Exception as exc:  # recorded; the model's stages still run
         result["tokenizer_error"] = f"tokenizer: {last_line(exc)}"
 
-    stage("logits")
+    emit(STAGE_MARK + "logits")
     try:
         # Teacher forcing: one forward over prompt + recorded continuation. Causal attention makes position t's
         # logits depend on tokens <= t only, so greedy decoding gives the recorded tokens iff every argmax
@@ -112,13 +96,11 @@ def main(model_dir, ref_dir):
         result.update(error=last_line(exc), error_stage="logits")
         return finish()
 
-    stage("generation")
+    emit(STAGE_MARK + "generation")
     try:
-        pad = model.generation_config.pad_token_id
-        if pad is None:
-            pad = model.generation_config.eos_token_id
-        if isinstance(pad, list):
-            pad = pad[0]
+        config = model.generation_config
+        pad = config.pad_token_id if config.pad_token_id is not None else config.eos_token_id
+        pad = pad[0] if isinstance(pad, list) else pad
         pad = 0 if pad is None else int(pad)
         settings = dict(do_sample=False, max_new_tokens=ref["max_new_tokens"], pad_token_id=pad)
         alone = []
@@ -139,9 +121,13 @@ def main(model_dir, ref_dir):
     except Exception as exc:  # the logits below are still compared: they tell a cache bug from a model bug
         result.update(error=last_line(exc), error_stage="generation")
 
-    stage("serving")
+    emit(STAGE_MARK + "serving")
     try:  # the static cache and continuous batching where this version has them (release/verify/serving.py)
-        serving = load_by_path("serving", Path(__file__).resolve().parents[1] / "verify" / "serving.py")
+        path = Path(__file__).resolve().parents[1] / "verify" / "serving.py"
+        spec = importlib.util.spec_from_file_location("_compat_serving", path)
+        serving = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = serving  # dataclasses look their module up there
+        spec.loader.exec_module(serving)
         new_tokens = min(16, ref["max_new_tokens"])
         checks = (serving.check_static_cache, serving.check_continuous_batching)
         result["serving"] = [vars(check(model, ref["prompt_ids"], new_tokens=new_tokens)) for check in checks]
@@ -149,7 +135,7 @@ def main(model_dir, ref_dir):
         result["serving_error"] = last_line(exc)
 
     if tensors is not None:  # the training module's logits (needs the checkpoint): last, it upcasts in place
-        stage("logits")
+        emit(STAGE_MARK + "logits")
         try:
             model = model.float()
             with torch.no_grad():

@@ -1,14 +1,9 @@
 """Real, isolated Python environments: one virtual environment per requirement set, built with uv.
 
-An environment holds what ``uv pip install`` resolves for its requirements plus the torch under test (the running
-torch's own wheel), and nothing of this interpreter's site-packages: its children run ``<env>/bin/python -E -P``
-(``Environment.command``), so neither ``PYTHONPATH`` nor this project's editable install reaches them. All
-environments share one uv cache below the cache folder and uv hardlinks the installed files from it, so the next
-environment costs seconds and a few MB of its own (``environment_disk`` tells the shared from the unshared).
-
-A finished environment holds a stamp file written before its folder is renamed into place
-(``install_once``): an interrupted build is simply redone, and two concurrent runs never see half of one. The
-venv is made relocatable (``uv venv --relocatable``) so that rename is safe.
+Each holds what uv resolves for its requirements plus the running torch's own wheel, and nothing of this
+interpreter's site-packages (its children run ``python -E -P``). All share one uv cache that uv hardlinks
+from, so the next one costs seconds and a few MB (``environment_disk``). A stamp written before the folder is
+renamed into place marks a finished one (``install_once``); the venv is relocatable so the rename is safe.
 """
 
 from __future__ import annotations
@@ -81,6 +76,15 @@ def uv_binary() -> str:
         ) from None
 
 
+def _run_installer(cmd: Sequence[str], timeout_error: str) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(
+            cmd, capture_output=True, text=True, timeout=INSTALL_TIMEOUT, stdin=subprocess.DEVNULL
+        )
+    except subprocess.TimeoutExpired:
+        raise CompatError(f"{timeout_error} within {INSTALL_TIMEOUT:.0f}s") from None
+
+
 def run_uv(args: Sequence[str], *, what: str, cache_dir: Path) -> None:
     """``uv <args>`` with the shared cache, no user uv config; one line naming ``what`` on failure.
 
@@ -88,31 +92,17 @@ def run_uv(args: Sequence[str], *, what: str, cache_dir: Path) -> None:
         CompatError: uv failed or timed out.
     """
     cmd = [uv_binary(), *args, "--no-config", "--quiet", "--cache-dir", str(Path(cache_dir) / UV_CACHE)]
-    try:
-        proc = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=INSTALL_TIMEOUT, stdin=subprocess.DEVNULL
-        )
-    except subprocess.TimeoutExpired:
-        raise CompatError(f"uv did not install {what} within {INSTALL_TIMEOUT:.0f}s") from None
+    proc = _run_installer(cmd, f"uv did not install {what}")
     if proc.returncode != 0:
         lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
         tail = " | ".join(lines[-3:]) or f"exit code {proc.returncode}"
         raise CompatError(f"uv could not install {what}: {tail}")
 
 
-def _index_options() -> list[str]:
-    # uv reads its own settings (UV_INDEX_URL, ...), not pip's; PIP_INDEX_URL is the index release.compat.index
-    # lists the versions from, so the environments install from it too.
-    url = os.environ.get("PIP_INDEX_URL")
-    return ["--index-url", url] if url else []
-
-
 @functools.cache
 def torch_requirement() -> str:
-    """``torch @ <url>``: the wheel of the running torch, where pip finds it with this machine's pip settings.
-
-    The matrix tests the model on the torch it runs with; a bare ``torch`` from the index could be another build
-    (a multi-GB CUDA one). pip resolves it (its find-links, extra indexes and cache), uv installs it.
+    """``torch @ <url>``: the wheel of the running torch, where pip finds it with this machine's pip settings
+    (a bare ``torch`` from the index could be another build, a multi-GB CUDA one).
 
     Raises:
         CompatError: pip finds no wheel of that torch.
@@ -122,14 +112,7 @@ def torch_requirement() -> str:
         sys.executable, "-m", "pip", "install", "--dry-run", "--no-deps", "--ignore-installed", "--quiet",
         "--disable-pip-version-check", "--only-binary", ":all:", "--report", "-", f"torch=={version}",
     ]  # fmt: skip
-    try:
-        proc = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=INSTALL_TIMEOUT, stdin=subprocess.DEVNULL
-        )
-    except subprocess.TimeoutExpired:
-        raise CompatError(
-            f"pip did not find the running torch {version} within {INSTALL_TIMEOUT:.0f}s"
-        ) from None
+    proc = _run_installer(cmd, f"pip did not find the running torch {version}")
     try:
         url = json.loads(proc.stdout)["install"][0]["download_info"]["url"]
     except (json.JSONDecodeError, KeyError, IndexError, TypeError):
@@ -150,10 +133,13 @@ def build_environment(target: Path, requirements: Sequence[str], *, cache_dir: P
         cache_dir=cache_dir,
     )
     if requirements:
+        # uv reads its own settings (UV_INDEX_URL, ...), not pip's; PIP_INDEX_URL is the index
+        # release.compat.index lists the versions from, so the environments install from it too.
+        url = os.environ.get("PIP_INDEX_URL")
         run_uv(
             [
                 "pip", "install", "--python", str(Environment(target).python), "--link-mode", "hardlink",
-                "--only-binary", ":all:", *_index_options(), *requirements,
+                "--only-binary", ":all:", *(["--index-url", url] if url else []), *requirements,
             ],
             what=what,
             cache_dir=cache_dir,
@@ -162,21 +148,14 @@ def build_environment(target: Path, requirements: Sequence[str], *, cache_dir: P
 
 def installed_packages(env_dir: Path) -> dict[str, str]:
     """``{name: version}`` of every distribution in ``env_dir``'s site-packages."""
-    found = {}
-    for site in sorted(Path(env_dir).glob("lib/python*/site-packages")) + [
-        Path(env_dir) / "Lib/site-packages"
-    ]:
-        for dist in metadata.distributions(path=[str(site)]):
-            found[dist.metadata["Name"]] = dist.version
+    sites = [*sorted(Path(env_dir).glob("lib/python*/site-packages")), Path(env_dir) / "Lib/site-packages"]
+    found = {d.metadata["Name"]: d.version for d in metadata.distributions(path=[str(s) for s in sites])}
     return dict(sorted(found.items()))
 
 
 def install_once(target: Path, build: Callable[[Path], dict[str, Any]], *, stamp: str) -> bool:
-    """Fill ``target`` once: ``build(staging)`` installs into a fresh folder and returns the stamp's content;
-    the stamp is written last and the folder renamed into place. True when ``target`` was already complete.
-
-    An interrupted build leaves nothing (it is redone next time); two concurrent runs cannot see half of one.
-    """
+    """Fill ``target`` once: ``build(staging)`` installs into a fresh folder and returns the stamp's content,
+    written last before the folder is renamed into place. True when ``target`` was already complete."""
     if (target / stamp).is_file():
         return True
     if target.exists():  # never produced by the rename below; a leftover of an interrupted copy by hand

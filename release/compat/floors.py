@@ -1,19 +1,14 @@
-"""Declared dependency floors made true: install the lowest declared versions and run the pipeline on the demo.
+"""Declared dependency floors made true: install the lowest declared versions, run the pipeline on the demo.
 
-``[project].dependencies`` says ``huggingface_hub>=X`` and ``torch>=Y``; a floor nobody installs is a guess.
-``check_floors`` pins the named dependencies to their floors, installs the project's other dependencies as uv
-resolves them around those pins, with the running torch, into a virtual environment (``release.compat.
-environments``, cached like the matrix's), and runs ``release run --dry-run --stop-after card`` on the built-in
-demo with that environment's interpreter and this source tree (installed without dependencies into a temporary
-folder on ``PYTHONPATH``) only.
-
-The environment's torch is always the running one (a bare ``torch`` from the index is a multi-GB CUDA build):
-the floor of torch is checked by running this with that torch installed (CI's floors job installs it from the
-CPU index), and ``check_floors`` refuses a torch floor that is not the running torch.
+A floor nobody installs is a guess. ``check_floors`` pins the named dependencies of ``[project].dependencies``
+to their floors, lets uv resolve the others around them with the running torch (a bare ``torch`` from the
+index is a multi-GB CUDA build, so a torch floor is checked by running this with that torch installed), and
+runs ``release run --dry-run --stop-after card`` on the demo with that environment's Python and this source.
 """
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 import tempfile
@@ -55,20 +50,15 @@ def declared_floors(pyproject: Path | None = None) -> dict[str, str]:
     """``{canonical name: lowest version}`` of every dependency declared with ``>=``."""
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
+    from packaging.version import Version
 
     floors = {}
     for text in _requirements(pyproject):
         req = Requirement(text)
         lows = [s.version for s in req.specifier if s.operator == ">="]
         if lows:
-            floors[canonicalize_name(req.name)] = max(lows, key=_version)
+            floors[canonicalize_name(req.name)] = max(lows, key=Version)
     return floors
-
-
-def _version(text: str):
-    from packaging.version import Version
-
-    return Version(text)
 
 
 def floor_pins(lowest: Sequence[str], pyproject: Path | None = None) -> list[str]:
@@ -98,13 +88,7 @@ def pinned_requirements(lowest: Sequence[str], pyproject: Path | None = None) ->
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
-    floors = declared_floors(pyproject)
-    wanted = {canonicalize_name(n) for n in lowest}
-    unknown = sorted(wanted - set(floors))
-    if unknown:
-        raise UsageError(
-            f"{', '.join(unknown)}: not a dependency with a declared floor (known: {', '.join(sorted(floors))})"
-        )
+    pins = dict(pin.split("==", 1) for pin in floor_pins(lowest, pyproject))
     out = []
     for text in _requirements(pyproject):
         req = Requirement(text)
@@ -112,7 +96,7 @@ def pinned_requirements(lowest: Sequence[str], pyproject: Path | None = None) ->
         if name == "torch":
             continue
         marker = f"; {req.marker}" if req.marker else ""
-        out.append(f"{req.name}=={floors[name]}{marker}" if name in wanted else text)
+        out.append(f"{req.name}=={pins[name]}{marker}" if name in pins else text)
     return out
 
 
@@ -155,8 +139,6 @@ def floors_environment(
     Raises:
         CompatError: uv failed, missed a pin or installed another torch.
     """
-    import hashlib
-
     key = hashlib.sha256(
         "\n".join([sys.version.split()[0], torch_version(), *requirements]).encode()
     ).hexdigest()[:16]
@@ -181,6 +163,7 @@ def check_floors(
         CompatError: The environment cannot be installed, or uv did not honour a pin.
     """
     from packaging.utils import canonicalize_name
+    from packaging.version import Version
 
     names = sorted({canonicalize_name(n) for n in lowest})
     if not names:
@@ -191,7 +174,7 @@ def check_floors(
     pins = {n: floors[n] for n in names if n in floors}
     if "torch" in names and "torch" in floors:
         running = torch_version().split("+")[0]
-        if _version(running) != _version(floors["torch"]):
+        if Version(running) != Version(floors["torch"]):
             raise UsageError(
                 f"the torch floor is {floors['torch']} but this is torch {running}; install torch=={floors['torch']} "
                 "(CPU build) first, then run this again"
@@ -203,13 +186,12 @@ def check_floors(
     installed_at = time.monotonic()
     got = {canonicalize_name(name): version for name, version in environment.packages.items()}
     source_root = Path(__file__).resolve().parents[2]
-    project_installer = project_installer or _install_project
     with tempfile.TemporaryDirectory(prefix="release-floors-") as tmp:
         work = Path(tmp)
         # This source tree as pip installs it (templates/ becomes release/templates), without dependencies:
         # the code under test, built fresh each time, on PYTHONPATH; the rest is the floors environment's.
         project = work / "project"
-        project_installer(source_root, project)
+        (project_installer or _install_project)(source_root, project)
         env = child_environment(work / "hf", {"PYTHONPATH": str(project)})
         env = {k: v for k, v in env.items() if not k.startswith("RELEASE_")}
         # In the source tree, so its [tool.release] settings apply; -P keeps the cwd off sys.path, so the

@@ -1,9 +1,7 @@
 """The transformers versions on the package index: every minor's newest patch, and the newest pre-release.
 
-The list is computed from the index's own answer, the JSON form of the simple repository API (PEP 691, which
-PyPI and pip's other indexes serve): one request per package, every file with its ``yanked`` flag and
-``requires-python``. pip has no stable machine-readable "which versions exist" command (``pip index versions``
-is experimental, prints text and hides yanked files), so the request is made here, with the stdlib.
+Read from the index's PEP 691 JSON API (every file with its ``yanked`` flag and ``requires-python``) with
+huggingface_hub's HTTP client: pip has no stable machine-readable "which versions exist" command.
 """
 
 from __future__ import annotations
@@ -21,11 +19,6 @@ ACCEPT = "application/vnd.pypi.simple.v1+json"
 INDEX_TIMEOUT = 60.0
 
 
-def index_url() -> str:
-    """``$PIP_INDEX_URL`` (what pip itself would ask), else PyPI's simple API."""
-    return os.environ.get("PIP_INDEX_URL") or DEFAULT_INDEX_URL
-
-
 def fetch_project_page(package: str, *, url: str | None = None) -> dict[str, Any]:
     """The index's PEP 691 JSON page of ``package`` (``{"files": [...], ...}``).
 
@@ -34,7 +27,7 @@ def fetch_project_page(package: str, *, url: str | None = None) -> dict[str, Any
     """
     from packaging.utils import canonicalize_name
 
-    base = (url or index_url()).rstrip("/")
+    base = (url or os.environ.get("PIP_INDEX_URL") or DEFAULT_INDEX_URL).rstrip("/")  # what pip would ask
     page = f"{base}/{canonicalize_name(package)}/"
     from huggingface_hub.utils import http_backoff
 
@@ -57,23 +50,16 @@ def fetch_project_page(package: str, *, url: str | None = None) -> dict[str, Any
     return data
 
 
-def _python_version() -> str:
-    return ".".join(map(str, sys.version_info[:3]))
-
-
 def available_versions(
     page: Mapping[str, Any], *, python: str | None = None, include_pre: bool = False
 ) -> list[str]:
-    """Versions with at least one installable wheel: not yanked, ``requires-python`` accepting ``python``.
-
-    A version with only an sdist does not count (the matrix installs wheels only), nor one whose files are all
-    yanked. Pre-releases and dev releases only with ``include_pre``. Oldest first.
-    """
+    """Versions with an installable wheel (the matrix installs wheels only): not yanked, ``requires-python``
+    accepting ``python``. Pre-releases and dev releases only with ``include_pre``. Oldest first."""
     from packaging.specifiers import InvalidSpecifier, SpecifierSet
     from packaging.utils import InvalidWheelFilename, parse_wheel_filename
     from packaging.version import Version
 
-    python = python or _python_version()
+    python = python or ".".join(map(str, sys.version_info[:3]))
     found: set[Version] = set()
     for entry in page.get("files", []):
         if not isinstance(entry, Mapping) or not isinstance(entry.get("filename"), str):
@@ -107,28 +93,20 @@ def newest_patch_per_minor(versions: Sequence[str], *, range_spec: str) -> list[
     from packaging.version import Version
 
     spec = SpecifierSet(range_spec)
-    newest: dict[tuple[int, int], Version] = {}
-    for text in versions:
-        v = Version(text)
-        if v.is_prerelease or v.is_devrelease or v not in spec:
-            continue
-        line = (v.major, v.minor)
-        if line not in newest or v > newest[line]:
-            newest[line] = v
-    return [str(newest[line]) for line in sorted(newest)]
+    finals = sorted(
+        v for v in map(Version, versions) if not (v.is_prerelease or v.is_devrelease) and v in spec
+    )
+    newest = {(v.major, v.minor): v for v in finals}  # oldest first, so each line keeps its newest
+    return [str(v) for v in newest.values()]
 
 
-def newest_prerelease(versions: Sequence[str], *, range_spec: str | None = None) -> str | None:
+def newest_prerelease(versions: Sequence[str]) -> str | None:
     """The newest pre-release newer than every final release (what users of ``pip --pre`` get next), or None."""
-    from packaging.specifiers import SpecifierSet
     from packaging.version import Version
 
     parsed = sorted(Version(v) for v in versions)
     finals = [v for v in parsed if not (v.is_prerelease or v.is_devrelease)]
     pres = [v for v in parsed if v.is_prerelease and (not finals or v > finals[-1])]
-    if range_spec is not None:
-        spec = SpecifierSet(range_spec, prereleases=True)
-        pres = [v for v in pres if spec.contains(v, prereleases=True)]
     return str(pres[-1]) if pres else None
 
 

@@ -1,42 +1,13 @@
-"""The transformers compatibility matrix: prove a converted folder works on every transformers version we support.
+"""The compatibility matrix: prove a converted folder works on every transformers version we support.
 
-Remote-code models break silently when transformers changes (cache API, generation mixin, config names, weight
-loading). ``run_compat_matrix`` checks the folder on each version of a list, each in its own environment:
-
-1. The reference. With a passing ``verification.json`` (the normal case, and the only one for a published Hub
-   revision) its recorded tokens are the reference: verify proved them against the training module, so the
-   training module never decodes again. With the training checkpoint the training module adds one forward:
-   logits on fixed seeded token ids. Without a report, the checkpoint's module also decodes the prompts greedily
-   (a folder nobody verified).
-2. For each version, ``ensure_environment`` builds a virtual environment holding ``transformers==X``, the
-   dependencies it resolves (huggingface_hub, tokenizers, ... as a user of that version gets them) and the
-   running torch, and nothing else (``release.compat.environments``: uv, one hardlinked cache for all).
-3. The child, ``child.py`` started by path in that environment's interpreter through
-   ``release.verify.without_repo`` (stdlib, torch, transformers and safetensors only; this repo's packages
-   refused), sees nothing of this interpreter's site-packages. HF_HOME and the remote-code module cache are fresh
-   temporary folders; the child works offline. It loads the folder with ``trust_remote_code=True`` (model and
-   tokenizer) and reports figures as JSON; the gates are applied here (``judge_child_result``).
-
-Stages and gates (the first failing stage names the result; every failed gate is one line naming the version):
-
-- ``load``: the model loads with no missing/unexpected/mismatched keys, in the dtype its config declares
-  (``torch_dtype="auto"``, ``dtype="auto"`` from 4.56), and the tokenizer encodes the prompts as recorded.
-- ``logits``: teacher forcing on the recorded tokens (one forward over prompt + continuation: every argmax must
-  be the next recorded token, up to the dtype's tie margin; the first differing step is named), and, with the
-  checkpoint, the float32 gates on the training module's logits (max |diff| <= 1e-4, 100% top-1). For those
-  the model is upcast to float32 and the reference is computed with the training module's weights rounded to
-  the folder's dtype: precision loss is ``verify``'s subject, the matrix asks "the same computation?".
-- ``generation``: ``generate(do_sample=False, max_new_tokens=N, attention_mask=...)`` gives the reference tokens
-  for each prompt alone and for all prompts in one left-padded batch. With a recorded report the model runs in
-  its own dtype, as verify ran it.
-- ``snippet``: the card's usage code, run per version in the same environment (``SnippetCheck``,
-  ``release.verify.snippet``).
-
-The versions come from ``[tool.release.compat] transformers`` in pyproject.toml (or the package index, see
-``release.compat.index``) and must satisfy the supported range, the ``transformers`` requirement of
-``[project].dependencies``: declared once and read by the code, CI and the card (``supported_range``). Results go
-into the report's ``compat`` section (``VerificationReport.with_compat``): one row per version with its stage, figures,
-library versions and cost (time and disk), and the card's compact ``statement``.
+Remote-code models break silently when transformers changes, so ``run_compat_matrix`` runs ``child.py`` in
+each version's own uv environment (offline, this repo refused) and judges its figures here
+(``judge_child_result``) against the reference: the tokens a passing ``verification.json`` recorded, else the
+training module's greedy ones, plus the training module's logits when the checkpoint is given. Stages, the
+first failing one naming the result: ``load`` (clean weights, the declared dtype, the recorded token ids),
+``logits`` (teacher forcing on the recorded tokens; with the checkpoint, the float32 gates against the
+training module with its weights rounded to the folder's dtype: precision loss is verify's subject),
+``generation`` (greedy, alone and in a left-padded batch), ``serving`` and ``snippet`` (the card's code).
 """
 
 from __future__ import annotations
@@ -65,13 +36,12 @@ from release.compat.environments import (
 from release.compat.environments import ensure_environment as ensure_environment_at
 from release.errors import CompatError, SettingsError, UsageError
 from release.settings import DEFAULT_PROMPTS, PROJECT, project_pyproject, read_toml
+from release.verify.report import Gates, LogitFigures, parity_gates
 from release.verify.snippet import child_environment
 from release.verify.without_repo import child_command
 
 if TYPE_CHECKING:
     import torch
-
-    from release.verify.report import Gates
 
 STAGES = ("load", "logits", "generation", "serving", "snippet")
 STAMP = ".compat-environment.json"  # written last: its presence marks a complete environment
@@ -88,7 +58,8 @@ _OPERATOR_ORDER = {"===": 0, "==": 0, "~=": 1, ">=": 2, ">": 2, "!=": 3, "<=": 4
 # --------------------------------------------------------------------------- the supported range and the list
 
 
-def _transformers_requirement(requirements: Sequence[str], source: str):
+def _transformers_range(requirements: Sequence[str], source: str) -> str:
+    """The transformers requirement's range, lower bounds first (``>=4.46,<6``) whatever packaging's order."""
     from packaging.requirements import InvalidRequirement, Requirement
     from packaging.utils import canonicalize_name
 
@@ -104,14 +75,9 @@ def _transformers_requirement(requirements: Sequence[str], source: str):
                 raise SettingsError(
                     f"{source}: the transformers requirement {text!r} declares no version range"
                 )
-            return req
+            parts = sorted(req.specifier, key=lambda s: (_OPERATOR_ORDER.get(s.operator, 5), s.version))
+            return ",".join(str(s) for s in parts)
     raise SettingsError(f"{source}: no transformers requirement among the project's dependencies")
-
-
-def _format_specifier(specifier) -> str:
-    """Lower bounds first (``>=4.46,<6``), whatever order packaging keeps them in."""
-    parts = sorted(specifier, key=lambda s: (_OPERATOR_ORDER.get(s.operator, 5), s.version))
-    return ",".join(str(s) for s in parts)
 
 
 def supported_range(pyproject: Path | None = None) -> str:
@@ -125,13 +91,12 @@ def supported_range(pyproject: Path | None = None) -> str:
     """
     path = pyproject or project_pyproject()
     if path is not None:
-        deps = read_toml(path).get("project", {}).get("dependencies", [])
-        return _format_specifier(_transformers_requirement(deps, str(path)).specifier)
+        return _transformers_range(read_toml(path).get("project", {}).get("dependencies", []), str(path))
     try:
         requires = metadata.requires(PROJECT) or []
     except metadata.PackageNotFoundError:
         raise SettingsError(f"cannot find {PROJECT}'s pyproject.toml or installed metadata") from None
-    return _format_specifier(_transformers_requirement(requires, f"{PROJECT} metadata").specifier)
+    return _transformers_range(requires, f"{PROJECT} metadata")
 
 
 def check_versions(
@@ -217,13 +182,9 @@ def default_versions(pyproject: Path | None = None) -> list[str]:
 
 @dataclass(frozen=True)
 class ReferenceOutputs:
-    """What each version is checked against. Token ids only: no tokenizer needed.
-
-    The tokens come from a passing ``verification.json`` (``reference_from_report``: verify proved them against
-    the training module, so the training module is not asked to decode again), or, without a report, from the
-    training module's own greedy decoding. The logits (seeded random ids) come from the training module and
-    need its checkpoint; without one (a Hub revision, the canary), the ``logits`` stage is teacher-forced: one
-    forward over prompt + recorded continuation, whose argmax must give every recorded token.
+    """What each version is checked against, as token ids (no tokenizer needed): the tokens of a passing
+    ``verification.json`` (``reference_from_report``) or of the training module's greedy decoding, and the
+    training module's logits when its checkpoint is given.
     """
 
     input_ids: torch.Tensor | None  # (B, T) int64, seeded random tokens; None without a checkpoint
@@ -249,28 +210,20 @@ class ReferenceOutputs:
                 {"input_ids": self.input_ids.contiguous(), "logits": self.logits.contiguous()},
                 str(folder / "reference.safetensors"),
             )
-        meta = {
-            "prompt_texts": list(self.prompt_texts),
-            "prompt_ids": [list(p) for p in self.prompt_ids],
-            "greedy_ids": [list(g) for g in self.greedy_ids],
-            "max_new_tokens": self.max_new_tokens,
-            "dtype": self.dtype,
-            "upcast": self.upcast,
-        }
+        meta = attrs_dict(
+            self, "prompt_texts", "prompt_ids", "greedy_ids", "max_new_tokens", "dtype", "upcast"
+        )
         (folder / "reference.json").write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
 
 
 def reference_from_report(report: dict[str, Any], *, source: str = "verification.json") -> ReferenceOutputs:
     """The reference tokens a passing ``verification.json`` recorded: no training module, no checkpoint.
 
-    Each ``generation.cases[i]`` gives the prompt, its ``input_ids`` and ``candidate_ids``, the continuation
-    verify generated and proved equal to the training module's (within the dtype's tie margin).
+    Each case's ``candidate_ids`` are what verify generated and proved equal to the training module's.
 
     Raises:
         CompatError: The report did not pass, or lacks the cases, ``max_new_tokens`` or the model's dtype.
     """
-    from release.verify.report import Gates
-
     if not isinstance(report, dict) or report.get("passed") is not True:
         raise CompatError(f"{source} did not pass verification; its tokens are no reference")
     try:
@@ -305,28 +258,6 @@ def reference_from_report(report: dict[str, Any], *, source: str = "verification
     )
 
 
-def _folder_config(model_dir: Path) -> dict[str, Any]:
-    try:
-        return json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CompatError(
-            f"{model_dir} is not a converted model folder: cannot read config.json ({exc})"
-        ) from exc
-
-
-def _folder_eos(model_dir: Path, config: dict[str, Any]) -> int | None:
-    gen_path = model_dir / "generation_config.json"
-    gen = json.loads(gen_path.read_text(encoding="utf-8")) if gen_path.is_file() else {}
-    eos = gen.get("eos_token_id", config.get("eos_token_id"))
-    if isinstance(eos, list):
-        if len(eos) != 1:
-            raise CompatError(
-                f"{model_dir}: several eos_token_id values {eos}; the reference decoder takes one"
-            )
-        eos = eos[0]
-    return eos
-
-
 def compute_reference_outputs(
     model,
     prompt_ids: Sequence[Sequence[int]],
@@ -339,11 +270,8 @@ def compute_reference_outputs(
 ) -> ReferenceOutputs:
     """Logits on seeded random ids and greedy continuations from the training module (``GPTLanguageModel``).
 
-    With ``dtype`` bfloat16/float16 the weights of a copy of ``model`` are rounded to that dtype first (and
-    computed in float32), exactly what the child computes after upcasting the folder's weights.
-
-    With ``recorded`` (``reference_from_report``) only the logits are computed (one forward): the tokens are
-    the recorded ones, which verify already proved against this module.
+    With a half ``dtype`` a copy's weights are rounded to it first (computed in float32: the child upcasts).
+    With ``recorded`` only the logits are computed: verify already proved its tokens against this module.
     """
     import copy
 
@@ -362,9 +290,9 @@ def compute_reference_outputs(
     gen = torch.Generator().manual_seed(PARITY_SEED)
     batch, length = PARITY_SHAPE
     input_ids = torch.randint(0, model.config.vocab_size, (batch, min(length, block)), generator=gen)
+    with torch.no_grad():
+        logits, _ = model(input_ids)
     if recorded is not None:
-        with torch.no_grad():
-            logits, _ = model(input_ids)
         return dataclasses.replace(recorded, input_ids=input_ids, logits=logits.float())
     longest = max(len(p) for p in prompt_ids)
     max_new_tokens = min(max_new_tokens, block - longest)
@@ -372,9 +300,8 @@ def compute_reference_outputs(
         raise CompatError(
             f"the prompts ({longest} tokens) leave no room to generate within {block} positions"
         )
+    greedy = []
     with torch.no_grad():
-        logits, _ = model(input_ids)
-        greedy = []
         for ids in prompt_ids:
             prompt = torch.tensor([list(ids)], dtype=torch.long)
             out = model.generate_greedy(prompt, max_new_tokens, eos_token_id=eos_token_id)
@@ -397,10 +324,8 @@ def reference_outputs(
     prompts: Sequence[str] = DEFAULT_PROMPTS,
     recorded: ReferenceOutputs | None = None,
 ) -> ReferenceOutputs:
-    """Reference outputs for ``model_dir`` from the training ``checkpoint`` it was converted from.
-
-    The prompts are encoded with the folder's tokenizer in this environment (``add_special_tokens=False``).
-    With ``recorded`` (the tokens of ``verification.json``) the training module computes the logits only.
+    """Reference outputs for ``model_dir`` from the training ``checkpoint`` it was converted from: the logits
+    only with ``recorded`` (the tokens of ``verification.json``), else greedy on the folder-encoded prompts.
 
     Raises:
         CheckpointError, ConversionError: See ``release.checkpoint.load_reference_model``.
@@ -409,27 +334,36 @@ def reference_outputs(
     from release.checkpoint import load_reference_model
 
     model_dir = Path(model_dir)
-    config = _folder_config(model_dir)
+    try:
+        config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CompatError(
+            f"{model_dir} is not a converted model folder: cannot read config.json ({exc})"
+        ) from exc
     dtype = str(config.get("dtype") or config.get("torch_dtype") or "float32").removeprefix("torch.")
     if recorded is not None:
-        model, ckpt = load_reference_model(Path(checkpoint))
+        prompt_ids, prompts, eos = recorded.prompt_ids, recorded.prompt_texts, None
+    else:
         try:
-            return compute_reference_outputs(
-                model, recorded.prompt_ids, prompt_texts=recorded.prompt_texts, dtype=dtype, recorded=recorded
-            )
-        finally:
-            ckpt.close()
-    try:
-        from transformers import AutoTokenizer
+            from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
-    except Exception as exc:  # transformers raises OSError, ValueError, KeyError... for unusable folders
-        raise CompatError(f"cannot load the tokenizer of {model_dir}: {_last_line(exc)}") from exc
-    prompt_ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in prompts]
+            tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
+        except Exception as exc:  # transformers raises OSError, ValueError, KeyError... for unusable folders
+            raise CompatError(f"cannot load the tokenizer of {model_dir}: {_last_line(exc)}") from exc
+        prompt_ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in prompts]
+        gen_path = model_dir / "generation_config.json"
+        gen = json.loads(gen_path.read_text(encoding="utf-8")) if gen_path.is_file() else {}
+        eos = gen.get("eos_token_id", config.get("eos_token_id"))
+        if isinstance(eos, list):
+            if len(eos) != 1:
+                raise CompatError(
+                    f"{model_dir}: several eos_token_id values {eos}; the reference decoder takes one"
+                )
+            eos = eos[0]
     model, ckpt = load_reference_model(Path(checkpoint))
     try:
         return compute_reference_outputs(
-            model, prompt_ids, prompt_texts=prompts, dtype=dtype, eos_token_id=_folder_eos(model_dir, config)
+            model, prompt_ids, prompt_texts=prompts, dtype=dtype, eos_token_id=eos, recorded=recorded
         )
     finally:
         ckpt.close()
@@ -444,21 +378,20 @@ def environment_dir(version: str, cache_dir: Path) -> Path:
 
 
 def ensure_environment(version: str, *, cache_dir: Path | None = None) -> tuple[Environment, bool]:
-    """(environment, reused): a virtual environment with ``transformers==version``, the dependencies it resolves
-    (huggingface_hub, tokenizers, ... as a user of that version gets them) and the running torch; cached.
+    """(environment, reused): ``transformers==version``, the dependencies it resolves as a user gets them, and
+    the running torch; cached.
 
     Raises:
         CompatError: uv failed, or it installed another transformers or torch.
     """
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    env, reused = ensure_environment_at(
+    return ensure_environment_at(
         environment_dir(version, cache),
         [f"transformers=={version}"],
         cache_dir=cache,
         stamp=STAMP,
         stamp_fields={"transformers": version},
     )
-    return env, reused
 
 
 # --------------------------------------------------------------------------- the child
@@ -526,7 +459,6 @@ class VersionResult:
     detail: str
     failures: list[str] = field(default_factory=list)  # one line per failed gate, version included
     environment: dict[str, str] = field(default_factory=dict)  # library versions the child ran with
-    seconds: float = 0.0  # install + check
     # What the version cost (varies from run to run like verify's timings; the card never reads it).
     install_seconds: float = 0.0  # 0 when the cached environment was reused
     check_seconds: float = 0.0
@@ -559,16 +491,8 @@ class VersionResult:
             f"[install {self.install_seconds:.1f}s, check {self.check_seconds:.1f}s, "
             f"{self.disk_bytes / 2**20:.0f} MB, {self.unique_disk_bytes / 2**20:.0f} MB unshared]"
         )
-        if self.passed:
-            return f"transformers {self.transformers}: passed ({self.detail}) {cost}"
-        return f"transformers {self.transformers}: FAILED at {self.stage} ({self.detail}) {cost}"
-
-
-def _first_difference(got: Sequence[int], want: Sequence[int]) -> int:
-    for i, (a, b) in enumerate(zip(got, want, strict=False)):
-        if a != b:
-            return i
-    return min(len(got), len(want))
+        state = "passed" if self.passed else f"FAILED at {self.stage}"
+        return f"transformers {self.transformers}: {state} ({self.detail}) {cost}"
 
 
 def _compare_generation(
@@ -583,8 +507,9 @@ def _compare_generation(
         got = got[: len(want)]
     if got == list(want):
         return None
-    step = _first_difference(got, want) + 1
-    if step > min(len(got), len(want)):
+    shorter = min(len(got), len(want))
+    step = next((i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b), shorter) + 1
+    if step > shorter:
         return (
             f"greedy generation stopped after {len(got)} tokens, the reference after {len(want)}, "
             f"for prompt {prompt!r}{where}"
@@ -595,11 +520,8 @@ def _compare_generation(
 def _compare_teacher_forced(
     forced: dict[str, list], want: Sequence[int], prompt: str, tie_margin: float
 ) -> str | None:
-    """None when every teacher-forced argmax is the recorded next token (or a tie within ``tie_margin``).
-
-    Reports the first differing position: the step (from 1) of the continuation, what the argmax chose and
-    what was recorded. After a tolerated tie the rest of the row is not compared (greedy parts ways there).
-    """
+    """None when every teacher-forced argmax is the recorded next token (or a tie within ``tie_margin``:
+    greedy parts ways there, so the rest is not compared); else the first differing step (from 1)."""
     for step, (got, gap, token) in enumerate(zip(forced["argmax"], forced["gap"], want, strict=False), 1):
         if got == token:
             continue
@@ -620,8 +542,6 @@ def judge_child_result(
     version: str, outcome: ChildOutcome, reference: ReferenceOutputs, gates: Gates | None = None
 ) -> VersionResult:
     """Apply the gates to one child's figures. Every failure line starts with ``transformers X: <stage>:``."""
-    from release.verify.report import Gates, LogitFigures, parity_gates
-
     gates = gates or Gates.for_dtype("float32")
     res = outcome.result
     lines: list[tuple[str, str]] = []  # (stage, text)
@@ -637,36 +557,29 @@ def judge_child_result(
     if res.get("tokenizer_error"):
         lines.append(("load", res["tokenizer_error"]))
     elif "tokenizer_ids" in res:
-        for text, got, want in zip(
-            reference.prompt_texts, res["tokenizer_ids"], reference.prompt_ids, strict=True
-        ):
-            if list(got) != list(want):
-                lines.append(
-                    ("load", f"tokenizer encodes {text!r} as {got}, the main environment as {list(want)}")
-                )
+        rows = zip(reference.prompt_texts, res["tokenizer_ids"], reference.prompt_ids, strict=True)
+        lines += [
+            ("load", f"tokenizer encodes {text!r} as {got}, the main environment as {list(want)}")
+            for text, got, want in rows
+            if list(got) != list(want)
+        ]
     max_diff, top1 = res.get("max_abs_diff"), res.get("top1_agreement")
     figures = LogitFigures(max_abs_diff=max_diff, top1_agreement=top1)
     lines += [("logits", gate.detail) for gate in parity_gates(figures, gates) if not gate.passed]
     if "teacher_forced" in res:
-        for text, forced, want in zip(
-            reference.prompt_texts, res["teacher_forced"], reference.greedy_ids, strict=True
-        ):
-            problem = _compare_teacher_forced(forced, want, text, reference.tie_margin)
-            if problem:
-                lines.append(("logits", problem))
+        rows = zip(reference.prompt_texts, res["teacher_forced"], reference.greedy_ids, strict=True)
+        problems = [
+            _compare_teacher_forced(row, want, text, reference.tie_margin) for text, row, want in rows
+        ]
+        lines += [("logits", problem) for problem in problems if problem]
     generation_match = False
     if "generated" in res:
-        gen_lines = []
-        for text, got, want in zip(
-            reference.prompt_texts, res["generated"], reference.greedy_ids, strict=True
-        ):
-            gen_lines.append(_compare_generation(got, want, text, ""))
-        for text, got, want in zip(
-            reference.prompt_texts, res["generated_batch"], reference.greedy_ids, strict=True
-        ):
-            gen_lines.append(
-                _compare_generation(got, want, text, " in a left-padded batch", res["pad_token_id"])
-            )
+        runs = (("generated", "", None), ("generated_batch", " in a left-padded batch", res["pad_token_id"]))
+        gen_lines = [
+            _compare_generation(got, want, text, where, pad)
+            for key, where, pad in runs
+            for text, got, want in zip(reference.prompt_texts, res[key], reference.greedy_ids, strict=True)
+        ]
         gen_lines = [g for g in gen_lines if g]
         lines += [("generation", g) for g in gen_lines]
         generation_match = not gen_lines
@@ -674,7 +587,9 @@ def judge_child_result(
         lines.append(("serving", res["serving_error"]))
     for figures in res.get("serving", []):  # a mode this version lacks is not judged
         if figures["available"]:
-            lines += [("serving", line) for line in _serving_failures(figures)]
+            from release.verify.serving import ServingFigures
+
+            lines += [("serving", line) for line in ServingFigures(**figures).failures()]
     if res.get("snippet_error"):
         lines.append(("snippet", res["snippet_error"]))
     lines.sort(key=lambda item: STAGES.index(item[0]))  # stable: within a stage, the order found
@@ -702,13 +617,6 @@ def judge_child_result(
     )
 
 
-def _serving_failures(figures: dict[str, Any]) -> list[str]:
-    """``release.verify.serving.ServingFigures.failures`` of the child's figures (a dict of its fields)."""
-    from release.verify.serving import ServingFigures
-
-    return ServingFigures(**figures).failures()
-
-
 # --------------------------------------------------------------------------- the matrix
 
 
@@ -718,12 +626,11 @@ def range_statement(versions: Sequence[str]) -> str | None:
 
     if not versions:
         return None
-    ordered = sorted(versions, key=Version)
-    low, high = Version(ordered[0]), Version(ordered[-1])
+    low, high = min(map(Version, versions)), max(map(Version, versions))
     span = f"{low.major}.{low.minor}"
     if (high.major, high.minor) != (low.major, low.minor):
         span += f"–{high.major}.{high.minor}"
-    count = len(ordered)
+    count = len(versions)
     return f"transformers {span}: {count} version{'s' if count != 1 else ''}"
 
 
@@ -839,7 +746,6 @@ def run_compat_matrix(
             result = judge_child_result(version, outcome, reference, gates)
             done = time.monotonic()
             disk = environment_disk(env.root)
-            result.seconds = done - start
             result.install_seconds = 0.0 if cached else installed - start
             result.check_seconds = done - installed
             result.disk_bytes, result.unique_disk_bytes = disk.total_bytes, disk.unique_bytes
@@ -847,6 +753,3 @@ def run_compat_matrix(
             if on_result is not None:
                 on_result(result)
     return CompatReport(range=range_spec, results=results, reference=reference.source)
-
-
-# --------------------------------------------------------------------------- the card's code per version

@@ -1,13 +1,9 @@
 """``release compat``: choose the versions and the reference, run the matrix, record the table.
 
-- Versions: an explicit list; ``all_minors`` (the newest patch of every transformers minor in the supported range,
-  from the package index); ``newest`` (the newest release and its latest pre-release: the canary); else the
-  four-version set of ``[tool.release.compat]``.
-- Reference: the recorded tokens of ``verification.json`` whenever it is there and passed (no greedy decoding by
-  the training module: verify already proved those tokens), plus the training module's logits when the
-  checkpoint is given. A Hub revision needs its recorded report and no checkpoint.
-- The table becomes the report's ``compat`` section (a folder: ``release.verify.report`` writes it), or is written
-  alone to ``out`` (a Hub revision, or a folder with no report).
+The reference is ``verification.json``'s recorded tokens when it passed (verify already proved them), plus the
+training module's logits when the checkpoint is given; a Hub revision needs its recorded report and no
+checkpoint. The table becomes the report's ``compat`` section, or is written alone to ``out`` (a Hub revision,
+or a folder with no report).
 """
 
 from __future__ import annotations
@@ -18,16 +14,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from release._io import write_text_atomic
+from release.compat.canary import canary_versions, check_hub_revision, newest_release_tag
 from release.compat.environments import Environment
+from release.compat.index import all_minor_versions
 from release.compat.matrix import (
     CompatReport,
     SnippetCheck,
     VersionResult,
     check_versions,
+    default_versions,
     run_compat_matrix,
     supported_range,
 )
 from release.errors import UsageError
+from release.verify.report import read_report, report_path
 
 
 @dataclass(frozen=True)
@@ -51,12 +52,8 @@ def select_versions(
     if sum([bool(listed), all_minors, newest]) > 1:
         raise UsageError("choose the versions one way: --versions, --all-minors or --newest")
     if all_minors:
-        from release.compat.index import all_minor_versions
-
         return all_minor_versions(range_spec=supported_range()), False
     if newest:
-        from release.compat.canary import canary_versions
-
         return canary_versions(), True
     if listed:
         return check_versions(list(listed), range_spec=supported_range(), source="--versions"), False
@@ -71,10 +68,8 @@ def card_snippet_check(report: dict[str, Any] | None) -> SnippetCheck | None:
     from release.verify.snippet import card_has_code, check_card_snippet
 
     def check(version: str, env: Environment, model_dir: Path) -> str | None:
-        if not card_has_code(model_dir):
-            return (
-                None  # a card of the user's own template with no code: nothing to run verbatim (as publish)
-            )
+        if not card_has_code(model_dir):  # the user's own card template, no code: nothing to run (as publish)
+            return None
         try:
             result = check_card_snippet(model_dir, report=report, python=env.python)
         except ReleaseError as exc:
@@ -106,21 +101,17 @@ def run_compat(
     """
     chosen, canary = select_versions(versions, all_minors=all_minors, newest=newest)
 
-    def options(recorded: dict[str, Any] | None) -> dict[str, Any]:
-        """What a folder's check and a Hub revision's share: the reference, the versions, the snippet stage."""
-        snippet_check = card_snippet_check(recorded)
+    def options(recorded: dict[str, Any] | None) -> dict[str, Any]:  # what a folder and a Hub revision share
         return dict(
             report=recorded,
             versions=chosen,
             cache_dir=cache_dir,
-            snippet_check=snippet_check,
+            snippet_check=card_snippet_check(recorded),
             on_result=on_result,
         )
 
     path = Path(model)
     if path.exists():
-        from release.verify.report import read_report, report_path
-
         if revision is not None:
             raise UsageError("--revision applies to a Hub repo id, not to a local folder")
         report_file = Path(report) if report is not None else report_path(path)
@@ -138,23 +129,17 @@ def run_compat(
         written = verified.with_compat(result.to_dict()).write(out or report_file)
         return CompatRun(result, None, written)
 
-    from release.compat.canary import check_hub_revision, newest_release_tag
-
     if report is None:
         raise UsageError(
             "checking a Hub revision needs its recorded verification report: pass --report verification.json"
         )
     if checkpoint is not None:
         raise UsageError("a Hub revision is checked against its recorded report; drop --checkpoint")
-    from release.verify.report import read_report
-
     recorded = _reference(read_report(Path(report)))
     if recorded is None:
         raise UsageError(f"{report} did not pass verification; its tokens are no reference")
     rev = newest_release_tag(str(model)) if revision in (None, "latest") else revision
     if chosen is None:
-        from release.compat.matrix import default_versions
-
         chosen = default_versions()
     result = check_hub_revision(str(model), revision=rev, **options(recorded))
     target = Path(out) if out is not None else Path("compat.json")
@@ -162,15 +147,12 @@ def run_compat(
 
 
 def _reference(report) -> dict[str, Any] | None:
-    """The report as the matrix takes it if it passed and recorded generation cases (their tokens are the
-    reference), else None."""
+    """The report as the matrix takes it when it passed and recorded generation cases, else None."""
     return report.to_dict() if report is not None and report.verified and report.generation.cases else None
 
 
 def _write_compat(path: Path, report: CompatReport, *, repo_id: str | None, revision: str | None) -> Path:
     """The table alone, with what it checked: a Hub revision (the canary's input), or a folder with no report."""
-    from release._io import write_text_atomic
-
     data = {"repo_id": repo_id, "revision": revision, "compat": report.to_dict()}
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
     return path
