@@ -20,15 +20,28 @@ FULL = {
 SMALL = {"vocab_size": 8192, "n_embd": 256, "n_head": 4, "n_layer": 4, "block_size": 256}  # ~7.4M parameters
 
 
-def proc_status_bytes(field: str) -> int | None:
-    """A size field of /proc/self/status (``VmHWM``, ``RssAnon``...) in bytes; None where /proc is missing."""
+def proc_status_bytes(field: str, pid: int | str = "self") -> int | None:
+    """A size field of /proc/<pid>/status (``VmHWM``, ``RssAnon``...) in bytes; None where /proc is missing."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
     return None
+
+
+def children_anon() -> int:
+    """RssAnon of this process's child processes, summed (their file-backed pages, such as the same mapped weight
+    files, are shared with this process and are not counted twice)."""
+    total = 0
+    for task in Path("/proc/self/task").glob("*"):
+        try:
+            pids = (task / "children").read_text().split()
+        except OSError:
+            continue
+        total += sum(proc_status_bytes("RssAnon", pid) or 0 for pid in pids)
+    return total
 
 
 def peak_rss() -> int:

@@ -748,7 +748,8 @@ def fake_child(failing: dict[str, dict] | None = None):
     """A child that answers like the real one: the recorded tokens, except for the versions in ``failing``."""
     failing = failing or {}
 
-    def run(model_dir, reference_dir, env, work_dir):
+    def run(model_dir, reference_dir, env, work_dir, *, device="cpu"):
+        assert device == "cpu"  # what resolve_device gives on this machine, for --device cpu and auto
         version = env.packages["transformers"]
         ref = json.loads((reference_dir / "reference.json").read_text())
         result = {
@@ -822,6 +823,26 @@ def test_a_failure_on_one_version_names_the_version_and_the_stage(fake_world, mo
     failed = [row for row in data["versions"] if not row["passed"]]
     assert [(row["transformers"], row["stage"]) for row in failed] == [("5.3.0", "generation")]
     assert data["statement"] == "tested on transformers 4.46–5.24: 36 versions"
+
+
+def test_compat_runs_each_child_on_the_resolved_device_and_refuses_an_absent_one(fake_world, monkeypatch):
+    import functools
+
+    from release.verify import loading
+
+    folder, calls = fake_world
+    assert (
+        CliRunner()
+        .invoke(main, ["compat", str(folder), "--versions", "4.46.3", "--device", "auto"])
+        .exit_code
+        == 0
+    )
+    no_gpu = functools.partial(loading.resolve_device, gpus=lambda: [])  # the fake of a machine without CUDA
+    monkeypatch.setattr(compat, "resolve_device", no_gpu)
+    calls.clear()
+    result = CliRunner().invoke(main, ["compat", str(folder), "--versions", "4.46.3", "--device", "cuda"])
+    assert result.exit_code == 2 and calls == []  # refused before any environment is built
+    assert "device 'cuda': no CUDA device is visible here; use --device cpu or auto" in result.output
 
 
 def test_compat_needs_a_recorded_report_or_the_checkpoint(fake_world):

@@ -26,7 +26,7 @@ def last_line(exc):
     return lines[-1] if lines else type(exc).__name__
 
 
-def main(model_dir, ref_dir):
+def main(model_dir, ref_dir, device="cpu"):
     result = {"error": None, "error_stage": None}
 
     def finish():
@@ -64,6 +64,9 @@ def main(model_dir, ref_dir):
         model = model.eval()
         if ref["upcast"]:
             model = model.float()
+        if device != "cpu" and not torch.cuda.is_available():
+            raise RuntimeError(f"device {device}: this environment's torch sees no CUDA device")
+        model = model.to(device)
     except Exception as exc:
         result.update(error=f"model: {last_line(exc)}", error_stage="load")
         return finish()
@@ -86,9 +89,9 @@ def main(model_dir, ref_dir):
                 if not new:
                     forced.append({"argmax": [], "gap": []})
                     continue
-                seq = torch.tensor([ids + new[:-1]], dtype=torch.long)
+                seq = torch.tensor([ids + new[:-1]], dtype=torch.long, device=model.device)
                 logits = model(input_ids=seq).logits[0, len(ids) - 1 :].float()
-                want = torch.tensor(new, dtype=torch.long)
+                want = torch.tensor(new, dtype=torch.long, device=model.device)
                 gap = logits.max(-1).values - logits.gather(-1, want[:, None])[:, 0]
                 forced.append({"argmax": logits.argmax(-1).tolist(), "gap": gap.tolist()})
         result["teacher_forced"] = forced
@@ -106,14 +109,18 @@ def main(model_dir, ref_dir):
         alone = []
         with torch.no_grad():
             for ids in ref["prompt_ids"]:
-                prompt = torch.tensor([ids], dtype=torch.long)
+                prompt = torch.tensor([ids], dtype=torch.long, device=model.device)
                 out = model.generate(prompt, attention_mask=torch.ones_like(prompt), **settings)
                 alone.append(out[0, prompt.shape[1] :].tolist())
             width = max(len(ids) for ids in ref["prompt_ids"])
             batch = torch.tensor(
-                [[pad] * (width - len(ids)) + ids for ids in ref["prompt_ids"]], dtype=torch.long
+                [[pad] * (width - len(ids)) + ids for ids in ref["prompt_ids"]],
+                dtype=torch.long,
+                device=model.device,
             )
-            mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in ref["prompt_ids"]])
+            mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in ref["prompt_ids"]]).to(
+                batch
+            )
             out = model.generate(batch, attention_mask=mask, **settings)
         result["generated"] = alone
         result["generated_batch"] = out[:, width:].tolist()
@@ -139,7 +146,7 @@ def main(model_dir, ref_dir):
         try:
             model = model.float()
             with torch.no_grad():
-                logits = model(input_ids=tensors["input_ids"]).logits.float()
+                logits = model(input_ids=tensors["input_ids"].to(model.device)).logits.float().cpu()
             reference = tensors["logits"]
             if logits.shape != reference.shape:
                 raise RuntimeError(
@@ -154,4 +161,4 @@ def main(model_dir, ref_dir):
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    main(Path(sys.argv[1]), Path(sys.argv[2]), *sys.argv[3:4])

@@ -36,6 +36,7 @@ from release.compat.environments import (
 from release.compat.environments import ensure_environment as ensure_environment_at
 from release.errors import CompatError, SettingsError, UsageError
 from release.settings import DEFAULT_PROMPTS, PROJECT, project_pyproject, read_toml
+from release.verify.loading import resolve_device
 from release.verify.report import Gates, LogitFigures, parity_gates
 from release.verify.snippet import child_environment
 from release.verify.without_repo import child_command
@@ -415,10 +416,13 @@ class ChildOutcome:
     stderr: str
 
 
-def run_child(model_dir: Path, reference_dir: Path, env: Environment, work_dir: Path) -> ChildOutcome:
-    """Run ``child.py`` in ``env``'s interpreter, this repo refused, a fresh HF_HOME below ``work_dir``, offline."""
+def run_child(
+    model_dir: Path, reference_dir: Path, env: Environment, work_dir: Path, *, device: str = "cpu"
+) -> ChildOutcome:
+    """Run ``child.py`` in ``env``'s interpreter, this repo refused, a fresh HF_HOME below ``work_dir``, offline;
+    the model on ``device`` (a torch device name: ``cpu`` or ``cuda:N``)."""
     hf_home = Path(tempfile.mkdtemp(prefix="hf-", dir=work_dir))
-    cmd = child_command(env.python, CHILD, Path(model_dir).resolve(), reference_dir.resolve())
+    cmd = child_command(env.python, CHILD, Path(model_dir).resolve(), reference_dir.resolve(), device)
     try:
         proc = subprocess.run(
             cmd,
@@ -686,6 +690,7 @@ def run_compat_matrix(
     gates: Gates | None = None,
     snippet_check: SnippetCheck | None = None,
     on_result: Callable[[VersionResult], None] | None = None,
+    device: str = "cpu",
 ) -> CompatReport:
     """Check a converted folder on each transformers version of the matrix, each in an isolated environment.
 
@@ -702,18 +707,29 @@ def run_compat_matrix(
         gates: Logit thresholds; default the float32 gates of ``release.verify.report.Gates``.
         snippet_check: Runs the card's usage code per version (``SnippetCheck``); stage ``snippet``.
         on_result: Called with each version's result as soon as it is known (progress output).
+        device: Where each version's child runs the model: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``
+            (``release.verify.loading.resolve_device``); it must fit one device (no spreading here).
 
     Returns:
         The report. A version that fails a gate does not raise: see ``CompatReport.passed`` and ``failures``.
 
     Raises:
-        UsageError: None of ``checkpoint``, ``report``, ``reference``; or a version outside the supported range.
+        UsageError: None of ``checkpoint``, ``report``, ``reference``; a version outside the supported range;
+            a device that is absent or too small for the model.
         SettingsError: The default list in pyproject.toml is missing or invalid.
         CompatError: The folder or report is unusable, or an environment cannot be installed.
     """
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise CompatError(f"{model_dir} is not a converted model folder (no config.json)")
+    placement = resolve_device(
+        device, weights_bytes=sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
+    )
+    if placement.spread:
+        raise UsageError(
+            f"device {device!r}: the model does not fit {placement.name}'s free memory, and each compatibility "
+            "check runs it on one device; use --device cpu"
+        )
     range_spec = supported_range()
     if versions is None:
         versions = default_versions()
@@ -738,7 +754,7 @@ def run_compat_matrix(
             start = time.monotonic()
             env, cached = ensure_environment(version, cache_dir=cache)
             installed = time.monotonic()
-            outcome = run_child(model_dir, work / "reference", env, work)
+            outcome = run_child(model_dir, work / "reference", env, work, device=placement.name)
             if snippet_check is not None and outcome.result is not None and not outcome.result.get("error"):
                 problem = snippet_check(version, env, model_dir.resolve())
                 if problem:

@@ -91,6 +91,7 @@ def run_compat(
     newest: bool = False,
     cache_dir: Path | None = None,
     on_result: Callable[[VersionResult], None] | None = None,
+    device: str = "cpu",
 ) -> CompatRun:
     """Check a converted folder, or a Hub revision (``revision``; ``"latest"``: the newest release tag).
 
@@ -108,6 +109,7 @@ def run_compat(
             cache_dir=cache_dir,
             snippet_check=card_snippet_check(recorded),
             on_result=on_result,
+            device=device,
         )
 
     path = Path(model)
