@@ -8,124 +8,73 @@ so ``release --help`` answers at once.
 from __future__ import annotations
 
 import functools
+import json
 import sys
-from collections.abc import Callable
+import tempfile
 from pathlib import Path
 
 import click
 
-from release.errors import ReleaseError, UsageError
+from release.errors import ReleaseError, UsageError, VerificationError, explain
 from release.settings import DTYPES, STEPS
 
 
-def _fail(message: str, code: int) -> None:
-    click.echo(f"Error: {message}", err=True)
-    sys.exit(code)
+class ReportingCommand(click.Command):
+    """A command that turns a ReleaseError into one line on stderr and its exit code; tracebacks only with --debug."""
 
-
-def reports_errors(func):
-    """Turn a ReleaseError into one line on stderr and its exit code; tracebacks only with --debug."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        ctx = click.get_current_context()
-        debug = bool(ctx.find_root().params.get("debug"))
+    def invoke(self, ctx: click.Context):
         try:
-            return func(*args, **kwargs)
-        except ReleaseError as exc:
-            if debug:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("Error: interrupted; nothing was left behind", err=True)
+            sys.exit(130)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as exc:
+            if ctx.find_root().params.get("debug"):
                 raise
             from release.auth import redact  # every message, whichever step raised it
 
-            for line in getattr(exc, "failures", None) or []:
+            error = exc if isinstance(exc, ReleaseError) else explain(exc)
+            for line in getattr(error, "failures", None) or []:
                 click.echo(f"FAILED: {redact(line)}", err=True)
-            rerun = getattr(exc, "rerun", None)  # HubUnavailableError: the Hub, not the release, failed
-            if rerun:
-                click.echo(f"Error: {redact(str(exc))}", err=True)
+            click.echo(f"Error: {redact(str(error))}", err=True)
+            # HubUnavailableError: the Hub, not the release, failed
+            if rerun := getattr(error, "rerun", None):
                 click.echo(f"Re-run to complete the release: {redact(rerun)}", err=True)
-                sys.exit(exc.exit_code)
-            _fail(redact(str(exc)), exc.exit_code)
-        except KeyboardInterrupt:
-            _fail("interrupted; nothing was left behind", 130)
-        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
-            raise
-        except Exception as exc:
-            if debug:
-                raise
-            from release.auth import redact
-            from release.errors import explain
-
-            _fail(redact(str(explain(exc))), 1)
-
-    return wrapper
+            sys.exit(error.exit_code)
 
 
-# Options that several commands share, declared once so their names and help read the same everywhere.
-def repo_id_option(help: str = "Model repo OWNER/NAME (default: the settings' repo_id).") -> Callable:
-    return click.option("--repo-id", default=None, help=help)
-
-
-def version_option(*, required: bool, help: str) -> Callable:
-    return click.option("--version", "version", required=required, default=None, help=help)
-
-
-def tokenizer_option(
-    help: str = "Tokenizer folder or Hub id (default: from settings, else gpt2).",
-) -> Callable:
-    return click.option("--tokenizer", default=None, help=help)
-
-
-def dtype_option(**kwargs) -> Callable:
-    return click.option("--dtype", type=click.Choice(DTYPES), **kwargs)
-
-
-def progress_option() -> Callable:
-    return click.option(
-        "--progress/--no-progress", default=None, help="Progress on stderr (default: only on a TTY)."
-    )
-
-
-def key_file_option(flag: str, dest: str, help: str) -> Callable:
-    """A PEM key file (``--key`` of ``sign``, ``--public-key`` of ``verify-signature``)."""
-    return click.option(flag, dest, type=click.Path(path_type=Path, dir_okay=False, exists=True), help=help)
-
-
-def expect_digest_option() -> Callable:
-    return click.option(
-        "--expect-digest",
-        default=None,
-        metavar="SHA256",
-        help="Refuse unless the release digest (sha256 of FOLDER/SHA256SUMS) is this: the build job's digest.",
-    )
-
-
-def cache_dir_option(help: str) -> Callable:
-    return click.option(
-        "--cache-dir", type=click.Path(path_type=Path, file_okay=False), default=None, help=help
-    )
-
-
-def dry_run_option(help: str) -> Callable:
-    return click.option("--dry-run", is_flag=True, help=help)
-
-
-def private_option(help: str) -> Callable:
-    return click.option("--private/--public", "private", default=None, help=help)
-
-
-def version_choice_options(*, all_minors: str, newest: str) -> Callable:
-    """``--all-minors`` and ``--newest``: which transformers versions ``compat`` and ``compat-versions`` take."""
-
-    def decorate(func: Callable) -> Callable:
-        func = click.option("--newest", is_flag=True, help=newest)(func)
-        return click.option("--all-minors", is_flag=True, help=all_minors)(func)
-
-    return decorate
-
-
-def file_option(*names: str, help: str) -> Callable:
-    """An optional path to a file (not a folder), ``None`` when not given."""
-    return click.option(*names, type=click.Path(path_type=Path, dir_okay=False), default=None, help=help)
+# Options that several commands share, declared once so their names and types read the same everywhere.
+repo_id_option = functools.partial(
+    click.option, "--repo-id", help="Model repo OWNER/NAME (default: the settings' repo_id)."
+)
+version_option = functools.partial(click.option, "--version")
+tokenizer_option = functools.partial(
+    click.option, "--tokenizer", help="Tokenizer folder or Hub id (default: from settings, else gpt2)."
+)
+dtype_option = functools.partial(click.option, "--dtype", type=click.Choice(DTYPES))
+progress_option = click.option(
+    "--progress/--no-progress", default=None, help="Progress on stderr (default: only on a TTY)."
+)
+existing_file_option = functools.partial(
+    click.option, type=click.Path(path_type=Path, dir_okay=False, exists=True)
+)
+expect_digest_option = click.option(
+    "--expect-digest",
+    metavar="SHA256",
+    help="Refuse unless the release digest (sha256 of FOLDER/SHA256SUMS) is this: the build job's digest.",
+)
+cache_dir_option = functools.partial(
+    click.option, "--cache-dir", type=click.Path(path_type=Path, file_okay=False)
+)
+private_option = functools.partial(click.option, "--private/--public", "private", default=None)
+file_option = functools.partial(click.option, type=click.Path(path_type=Path, dir_okay=False))
+device_option = click.option(
+    "--device",
+    metavar="auto|cpu|cuda|cuda:N",
+    help="Where verify runs both models (default: settings, cpu); accelerate spreads one too large for a GPU.",
+)
 
 
 def _repo_id_or_settings(repo_id: str | None) -> str:
@@ -153,15 +102,17 @@ def main(debug: bool) -> None:
     """
 
 
+main.command_class = ReportingCommand  # every command reports its errors the same way
+
+
 @main.command()
 @click.argument("checkpoint", type=click.Path(path_type=Path))
-@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Output model folder.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output model folder.")
 @tokenizer_option()
 @dtype_option(default="float32", show_default=True)
 @click.option("--max-shard-size", default="5GB", show_default=True, help="e.g. 500MB, 2GB, or bytes.")
 @click.option("--force", is_flag=True, help="Replace an existing non-empty output folder.")
-@progress_option()
-@reports_errors
+@progress_option
 def convert(checkpoint, out, tokenizer, dtype, max_shard_size, force, progress):
     """Convert a training CHECKPOINT to a transformers model folder.
 
@@ -185,15 +136,12 @@ def convert(checkpoint, out, tokenizer, dtype, max_shard_size, force, progress):
 
 @main.command()
 @click.argument("uri")
-@click.option("--sha256", "sha256", required=True, help="Expected SHA-256 of the file (64 hex digits).")
-@click.option(
-    "--out", "out", required=True, type=click.Path(path_type=Path, dir_okay=False), help="File to write."
-)
+@click.option("--sha256", required=True, help="Expected SHA-256 of the file (64 hex digits).")
+@file_option("--out", required=True, help="File to write.")
 @cache_dir_option(
-    "Artifact cache (default: $RELEASE_CACHE_DIR, else ~/.cache/custom-transformer-release/artifacts)."
+    help="Artifact cache (default: $RELEASE_CACHE_DIR, else ~/.cache/custom-transformer-release/artifacts)."
 )
-@progress_option()
-@reports_errors
+@progress_option
 def fetch(uri, sha256, out, cache_dir, progress):
     """Fetch the checkpoint at URI to --out and check its SHA-256.
 
@@ -213,22 +161,21 @@ def fetch(uri, sha256, out, cache_dir, progress):
 
 @main.command()
 @click.argument("folder", type=click.Path(path_type=Path, file_okay=False))
-@repo_id_option("Model repo OWNER/NAME (created if missing); default: the settings' repo_id.")
+@repo_id_option(help="Model repo OWNER/NAME (created if missing); default: the settings' repo_id.")
 @version_option(required=True, help="vX.Y.Z, or vX.Y.Z-rc.N etc. for a prerelease.")
 @private_option(
-    "Set the repo's visibility, after the tag is in place (default: leave it; a new repo gets the Hub's default)."
+    help="Set the repo's visibility, after the tag is in place (default: leave it; a new repo gets the Hub's default)."
 )
-@dry_run_option("Print the plan and change nothing (no token needed; works offline).")
 @click.option(
-    "--commit-message", default=None, help="Summary of the release commit (default: 'Release <tag>')."
+    "--dry-run", is_flag=True, help="Print the plan and change nothing (no token needed; works offline)."
 )
+@click.option("--commit-message", help="Summary of the release commit (default: 'Release <tag>').")
 @file_option(
     "--verification",
     help="The verification report the folder must match (default: FOLDER/../verification.json).",
 )
 @file_option("--json", "json_out", help="Also write the result here.")
-@expect_digest_option()
-@reports_errors
+@expect_digest_option
 def publish(
     folder, repo_id, version, private, dry_run, commit_message, verification, json_out, expect_digest
 ):
@@ -247,9 +194,9 @@ def publish(
         release publish dist/v1.2.0/model --repo-id me/tiny-gpt --version v1.2.0 --dry-run
     """
     from release.auth import redact
-    from release.github import check_release_ref
+    from release.github import append_summary, check_release_ref, report_publish, report_review
     from release.publish.publisher import publish_release
-    from release.sign.checksums import check_release_digest
+    from release.sign.checksums import CHECKSUMS_FILE, check_release_digest, release_digest
 
     check_release_ref(version, dry_run=dry_run)
     if expect_digest is not None:
@@ -276,9 +223,6 @@ def publish(
         click.echo(f"{result.tag} is already published at {result.commit} with this content; nothing to do.")
     if json_out is not None:
         result.write_json(json_out)
-    from release.github import append_summary, report_publish, report_review
-    from release.sign.checksums import CHECKSUMS_FILE, release_digest
-
     report_publish(result.to_dict())
     for warning in result.warnings:
         click.echo(f"Warning: {redact(warning)}", err=True)
@@ -292,11 +236,9 @@ def publish(
 @main.command()
 @click.argument("model_dir", metavar="DIR", type=click.Path(path_type=Path, file_okay=False))
 @version_option(required=True, help="vX.Y.Z[-prerelease]; the card's code pins revision=VERSION.")
-@click.option(
+@file_option(
     "--metrics",
-    "metrics",
     multiple=True,
-    type=click.Path(path_type=Path, dir_okay=False),
     help="A metrics file: a JSON object of name -> number, or lm-evaluation-harness results. Repeatable.",
 )
 @file_option(
@@ -309,20 +251,16 @@ def publish(
 )
 @click.option(
     "--diff-against",
-    "diff_against",
-    default=None,
     metavar="REPO_ID[@REV]|FILE",
     help="Print a diff against the published card and write a PR comment.",
 )
 @file_option(
     "--pr-comment",
-    "pr_comment",
     help="Where --diff-against writes the PR comment (default: DIR/../pr_comment.md).",
 )
-@repo_id_option("Override the repo id (OWNER/NAME).")
-@click.option("--model-name", default=None, help="Override the card's model name.")
-@click.option("--license", "license_", default=None, help="Override the license (a Hub license id).")
-@reports_errors
+@repo_id_option(help="Override the repo id (OWNER/NAME).")
+@click.option("--model-name", help="Override the card's model name.")
+@click.option("--license", "license_", help="Override the license (a Hub license id).")
 def card(
     model_dir,
     version,
@@ -346,7 +284,7 @@ def card(
     """
     from release.card.model_card import card_release, review_card, write_pr_comment
 
-    settings, base_dir = _card_settings({"repo_id": repo_id, "model_name": model_name, "license": license_})
+    settings = _card_settings(repo_id, model_name=model_name, license=license_)
     carded = card_release(
         model_dir,
         version=version,
@@ -365,20 +303,17 @@ def card(
         click.echo(f"Wrote {pr_comment}", err=True)
 
 
-def _card_settings(overrides: dict):
-    """The card settings from the effective release settings and the options; the pyproject's folder."""
+def _card_settings(repo_id: str | None, **overrides):
+    """The card settings from the effective release settings, with the options over them."""
     from release.card.model_card import card_settings_from
     from release.settings import find_pyproject, load_settings
 
-    overrides = dict(overrides)
     pyproject = find_pyproject()
-    base_dir = pyproject.parent if pyproject else None
-    settings = card_settings_from(
-        load_settings(overrides={"repo_id": overrides.pop("repo_id", None)}, pyproject=pyproject),
+    return card_settings_from(
+        load_settings(overrides={"repo_id": repo_id}, pyproject=pyproject),
         overrides=overrides,
-        base_dir=base_dir,
+        base_dir=pyproject.parent if pyproject else None,
     )
-    return settings, base_dir
 
 
 def _verification_for(model_dir: Path, path: Path | None):
@@ -392,14 +327,8 @@ def _verification_for(model_dir: Path, path: Path | None):
 
 @main.command("notes")
 @click.argument("model_dir", metavar="DIR", type=click.Path(path_type=Path, file_okay=False, exists=True))
-@click.option(
-    "--published",
-    required=True,
-    type=click.Path(path_type=Path, dir_okay=False, exists=True),
-    help="The JSON written by `release publish --json FILE`.",
-)
-@click.option("--out", required=True, type=click.Path(path_type=Path, dir_okay=False), help="Notes file.")
-@reports_errors
+@existing_file_option("--published", required=True, help="The JSON written by `release publish --json FILE`.")
+@file_option("--out", required=True, help="Notes file.")
 def notes(model_dir, published, out):
     """Render GitHub Release notes for a published release (links the Hub revision).
 
@@ -407,11 +336,10 @@ def notes(model_dir, published, out):
     Example:
         release notes dist/v1.2.0/model --published publish.json --out notes.md
     """
-    import json
-
     from release._io import write_text_atomic
-    from release.card.model_card import render_release_notes
+    from release.card.model_card import render_model_card, render_release_notes
     from release.github import run_url
+    from release.sign.checksums import CHECKSUMS_FILE, check_checksums, release_digest
 
     try:
         result = json.loads(published.read_text(encoding="utf-8"))
@@ -421,14 +349,12 @@ def notes(model_dir, published, out):
         ) from None
     if result.get("dry_run") or not result.get("commit") or not result.get("revision_url"):
         raise UsageError(f"{published} describes a dry run or an unpublished release; publish first")
-    from release.card.model_card import render_model_card
-
-    settings, _ = _card_settings({"repo_id": result["repo_id"]})
     rendered = render_model_card(
-        model_dir, version=result["tag"], settings=settings, verification=_verification_for(model_dir, None)
+        model_dir,
+        version=result["tag"],
+        settings=_card_settings(result["repo_id"]),
+        verification=_verification_for(model_dir, None),
     )
-    from release.sign.checksums import CHECKSUMS_FILE, check_checksums, release_digest
-
     digests = check_checksums(model_dir) if (model_dir / CHECKSUMS_FILE).is_file() else {}
     text = render_release_notes(
         rendered,
@@ -442,38 +368,26 @@ def notes(model_dir, published, out):
     click.echo(f"Wrote {out}")
 
 
-device_option = click.option(
-    "--device",
-    default=None,
-    metavar="auto|cpu|cuda|cuda:N",
-    help="Where verify runs both models (default: settings, cpu); accelerate spreads one too large for a GPU.",
-)
-
-
 @main.command("run")
-@version_option(required=False, help="vX.Y.Z[-pre]; default: the tag on a GitHub tag push.")
-@dry_run_option("Run every step; publishing only prints its plan.")
-@click.option(
-    "--checkpoint", default=None, help="Checkpoint URI (path, file://, http(s)://, hf://, s3://, gs://)."
-)
-@click.option("--sha256", "checkpoint_sha256", default=None, help="The checkpoint's SHA-256.")
-@repo_id_option("Model repo OWNER/NAME.")
-@tokenizer_option("Tokenizer folder or Hub id.")
-@dtype_option(default=None, help="Weights dtype of the release.")
-@click.option("--max-shard-size", default=None, help="e.g. 2GB.")
-@click.option("--dist-dir", default=None, help="Where dist/<version>/ goes (default: dist).")
+@version_option(help="vX.Y.Z[-pre]; default: the tag on a GitHub tag push.")
+@click.option("--dry-run", is_flag=True, help="Run every step; publishing only prints its plan.")
+@click.option("--checkpoint", help="Checkpoint URI (path, file://, http(s)://, hf://, s3://, gs://).")
+@click.option("--sha256", "checkpoint_sha256", help="The checkpoint's SHA-256.")
+@repo_id_option(help="Model repo OWNER/NAME.")
+@tokenizer_option(help="Tokenizer folder or Hub id.")
+@dtype_option(help="Weights dtype of the release.")
+@click.option("--max-shard-size", help="e.g. 2GB.")
+@click.option("--dist-dir", help="Where dist/<version>/ goes (default: dist).")
 @click.option(
     "--compat/--no-compat", "run_compat", default=None, help="Also run the transformers compatibility matrix."
 )
-@private_option("Visibility of a newly created repo.")
+@private_option(help="Visibility of a newly created repo.")
 @device_option
 @click.option(
     "--stop-after",
     type=click.Choice(STEPS[:-1]),
-    default=None,
     help="Stop after this step (the CI build job stops after card and publishes in another job).",
 )
-@reports_errors
 def run(version, dry_run, stop_after, **options):
     """Release end to end: fetch -> convert -> verify -> card -> publish, into dist/<version>/.
 
@@ -522,10 +436,10 @@ def run(version, dry_run, stop_after, **options):
     type=click.Path(path_type=Path),
     help="The training checkpoint (reference).",
 )
-@repo_id_option("Verify a Hub repo instead of DIR (downloaded to a temporary cache).")
-@click.option("--revision", default=None, help="Branch, tag or commit of --repo-id (default: main).")
+@repo_id_option(help="Verify a Hub repo instead of DIR (downloaded to a temporary cache).")
+@click.option("--revision", help="Branch, tag or commit of --repo-id (default: main).")
 @tokenizer_option(
-    "The tokenizer the model was trained with (default: the one release.json records, else settings, else gpt2)."
+    help="The tokenizer the model was trained with (default: the one release.json records, else settings, else gpt2)."
 )
 @file_option(
     "--report",
@@ -543,13 +457,10 @@ def run(version, dry_run, stop_after, **options):
     "--eval-text",
     help="Text for the perplexity gate (default: from settings, else the shipped public-domain text).",
 )
-@click.option(
-    "--max-new-tokens", type=click.IntRange(min=1), default=None, help="Per prompt (default: settings, 32)."
-)
+@click.option("--max-new-tokens", type=click.IntRange(min=1), help="Per prompt (default: settings, 32).")
 @click.option(
     "--perplexity-tokens",
     type=click.IntRange(min=1),
-    default=None,
     help="Tokens of the text each model scores (default: 2048; all of a shorter text).",
 )
 @click.option(
@@ -560,7 +471,6 @@ def run(version, dry_run, stop_after, **options):
     help="Override a threshold of the dtype's defaults, e.g. max_abs_diff=2e-4 or max_kl_divergence=off.",
 )
 @device_option
-@reports_errors
 def verify(
     model_dir,
     checkpoint,
@@ -587,7 +497,6 @@ def verify(
         release verify dist/v1.2.0/model --checkpoint ckpt.pt --tokenizer ./tokenizer
         release verify --repo-id me/tiny-gpt --revision v1.2.0 --checkpoint ckpt.pt
     """
-    from release.errors import VerificationError
     from release.github import append_summary
     from release.settings import load_settings
     from release.verify.runner import default_report_path, verify_model
@@ -631,9 +540,8 @@ def verify(
     click.echo(summary)
     append_summary(summary)
     if not report.passed:
-        failed = len(report.failures)
         raise VerificationError(
-            f"verification failed: {failed} of {len(report.gates)} gates; report: {report_path}",
+            f"verification failed: {len(report.failures)} of {len(report.gates)} gates; report: {report_path}",
             report.failures,
         )
     click.echo(f"Verification passed: {report_path}")
@@ -642,14 +550,13 @@ def verify(
 @main.command()
 @click.argument("model")
 @click.option("--prompt", required=True, help="Text to continue.")
-@click.option("--revision", default=None, help="Branch, tag or commit when MODEL is a Hub repo id.")
+@click.option("--revision", help="Branch, tag or commit when MODEL is a Hub repo id.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=50, show_default=True)
 @click.option(
     "--temperature", type=click.FloatRange(min=0.0), default=0.0, show_default=True, help="0 = greedy."
 )
-@click.option("--top-k", type=click.IntRange(min=1), default=None, help="Sample from the K likeliest tokens.")
+@click.option("--top-k", type=click.IntRange(min=1), help="Sample from the K likeliest tokens.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for sampling.")
-@reports_errors
 def generate(model, prompt, revision, max_new_tokens, temperature, top_k, seed):
     """Continue --prompt with MODEL (a folder or a Hub repo id), loaded the way users load it.
 
@@ -677,24 +584,25 @@ def generate(model, prompt, revision, max_new_tokens, temperature, top_k, seed):
 @click.argument("model", metavar="DIR|REPO_ID")
 @click.option(
     "--revision",
-    default=None,
     help="With a Hub REPO_ID: the tag or commit to check; 'latest' (the default): the newest release tag.",
 )
 @click.option(
     "--checkpoint",
-    default=None,
     type=click.Path(path_type=Path, exists=True),
     help="The training checkpoint DIR was converted from: adds its logits; needed only without a report.",
 )
 @click.option(
     "--versions",
-    default=None,
     envvar="RELEASE_COMPAT_VERSIONS",
     help="Comma-separated transformers versions (default: [tool.release.compat] in pyproject.toml).",
 )
-@version_choice_options(
-    all_minors="The newest patch of every transformers minor in the supported range, from the package index.",
-    newest="The newest transformers release and its latest pre-release (the canary).",
+@click.option(
+    "--all-minors",
+    is_flag=True,
+    help="The newest patch of every transformers minor in the supported range, from the package index.",
+)
+@click.option(
+    "--newest", is_flag=True, help="The newest transformers release and its latest pre-release (the canary)."
 )
 @file_option(
     "--report",
@@ -703,9 +611,8 @@ def generate(model, prompt, revision, max_new_tokens, temperature, top_k, seed):
 )
 @file_option("--out", help="Write the results here instead (default for a Hub revision: ./compat.json).")
 @cache_dir_option(
-    "Environment cache (default: $RELEASE_CACHE_DIR/compat, else ~/.cache/custom-transformer-release/compat)."
+    help="Environment cache (default: $RELEASE_CACHE_DIR/compat, else ~/.cache/custom-transformer-release/compat)."
 )
-@reports_errors
 def compat(model, revision, checkpoint, versions, all_minors, newest, report, out, cache_dir):
     """Check the converted folder DIR (or a Hub revision) on each transformers version of the matrix.
 
@@ -722,7 +629,6 @@ def compat(model, revision, checkpoint, versions, all_minors, newest, report, ou
     """
     from release.compat.matrix import parse_versions
     from release.compat.run import run_compat
-    from release.errors import VerificationError  # carries one FAILED line per version and gate
 
     outcome = run_compat(
         model,
@@ -748,11 +654,8 @@ def compat(model, revision, checkpoint, versions, all_minors, newest, report, ou
 
 
 @main.command("compat-versions")
-@version_choice_options(
-    all_minors="The newest patch of every minor in the supported range.",
-    newest="The newest release and its latest pre-release.",
-)
-@reports_errors
+@click.option("--all-minors", is_flag=True, help="The newest patch of every minor in the supported range.")
+@click.option("--newest", is_flag=True, help="The newest release and its latest pre-release.")
 def compat_versions(all_minors, newest):
     """Print the transformers versions `release compat` would test, as a JSON list (for a CI matrix).
 
@@ -761,8 +664,6 @@ def compat_versions(all_minors, newest):
         release compat-versions                 # [tool.release.compat] in pyproject.toml
         release compat-versions --all-minors    # from the package index
     """
-    import json
-
     from release.compat.matrix import default_versions
     from release.compat.run import select_versions
 
@@ -772,7 +673,6 @@ def compat_versions(all_minors, newest):
 
 @main.command("compat-tag")
 @repo_id_option()
-@reports_errors
 def compat_tag(repo_id):
     """Print the newest published release tag of the model repo (what the compatibility canary checks).
 
@@ -787,8 +687,7 @@ def compat_tag(repo_id):
 
 @main.command("compat-issue")
 @click.argument("results", type=click.Path(path_type=Path, dir_okay=False, exists=True))
-@click.option("--run-url", default=None, help="Link to the workflow run (default: this Actions run, if any).")
-@reports_errors
+@click.option("--run-url", help="Link to the workflow run (default: this Actions run, if any).")
 def compat_issue(results, run_url):
     """Open, update or close the ONE compatibility canary issue from RESULTS (`release compat --out`).
 
@@ -811,14 +710,12 @@ def compat_issue(results, run_url):
 @main.command("compat-floors")
 @click.option(
     "--lowest",
-    "lowest",
     multiple=True,
     required=True,
     help="A dependency to install at its declared floor (repeatable), e.g. huggingface_hub or torch.",
 )
-@cache_dir_option("Environment cache (default: the compat cache).")
+@cache_dir_option(help="Environment cache (default: the compat cache).")
 @click.option("--show", is_flag=True, help="Only print NAME==FLOOR for each --lowest (e.g. to install it).")
-@reports_errors
 def compat_floors(lowest, cache_dir, show):
     """Prove the declared floors: install them and run the pipeline on the demo (fetch..card, dry run).
 
@@ -829,11 +726,9 @@ def compat_floors(lowest, cache_dir, show):
         release compat-floors --lowest huggingface_hub
     """
     from release.compat.floors import check_floors, floor_pins
-    from release.errors import VerificationError
 
     if show:
-        for line in floor_pins(lowest):
-            click.echo(line)
+        click.echo("\n".join(floor_pins(lowest)))
         return
     result = check_floors(lowest, cache_dir=cache_dir)
     if not result.passed:
@@ -842,9 +737,8 @@ def compat_floors(lowest, cache_dir, show):
 
 
 @main.command("settings")
-@click.option("--get", "name", default=None, help="Print only this setting's value (empty if unset).")
+@click.option("--get", "name", help="Print only this setting's value (empty if unset).")
 @click.option("--json", "as_json", is_flag=True, help="Print all effective settings as JSON.")
-@reports_errors
 def settings_(name, as_json):
     """Show the effective settings (option > RELEASE_* environment > [tool.release] > default).
 
@@ -853,31 +747,27 @@ def settings_(name, as_json):
         release settings
         release settings --get checkpoint_sha256     # e.g. for a cache key in a workflow
     """
-    import json
+    from release.settings import load_settings
 
-    from release.settings import find_pyproject, load_settings
-
-    settings = load_settings(pyproject=find_pyproject())
+    settings = load_settings()
     if name is not None:
         click.echo(settings.value_text(name))
     elif as_json:
         click.echo(json.dumps(settings.values(), indent=2, sort_keys=True, default=str))
     else:
-        for line in settings.describe():
-            click.echo(line)
+        click.echo("\n".join(settings.describe()))
 
 
 @main.command("sign")
 @click.argument("folder", type=click.Path(path_type=Path, file_okay=False, exists=True))
-@key_file_option("--key", "private_key", "Also sign with this elliptic-curve private key (PEM).")
+@existing_file_option("--key", "private_key", help="Also sign with this elliptic-curve private key (PEM).")
 @click.option(
     "--sigstore",
     "keyless",
     is_flag=True,
     help="Also sign keyless with Sigstore, as this GitHub Actions job (needs `id-token: write`).",
 )
-@expect_digest_option()
-@reports_errors
+@expect_digest_option
 def sign(folder, private_key, keyless, expect_digest):
     """Write FOLDER/SHA256SUMS (sha256sum format, every file but itself and model.sig) and, with --key or
     --sigstore, sign the folder into FOLDER/model.sig (OpenSSF model-signing). With --expect-digest the
@@ -901,16 +791,12 @@ def sign(folder, private_key, keyless, expect_digest):
 
 @main.command("verify-signature")
 @click.argument("target", metavar="REPO@TAG|DIR")
-@key_file_option(
-    "--public-key", "public_key", "The signer's public key (PEM), for a release signed with --key."
-)
+@existing_file_option("--public-key", help="The signer's public key (PEM), for a release signed with --key.")
 @click.option(
     "--identity",
-    default=None,
     help="The Sigstore identity, e.g. https://github.com/OWNER/REPO/.github/workflows/release.yml@refs/tags/v1.2.0.",
 )
-@click.option("--issuer", default=None, help="The identity's OIDC issuer (default: GitHub Actions').")
-@reports_errors
+@click.option("--issuer", help="The identity's OIDC issuer (default: GitHub Actions').")
 def verify_signature(target, public_key, identity, issuer):
     """Check a release's model.sig and SHA256SUMS: a Hub revision REPO@TAG (downloaded to a temporary
     folder) or a local DIR. Exits 1 naming the first difference.
@@ -921,8 +807,6 @@ def verify_signature(target, public_key, identity, issuer):
             --identity https://github.com/me/tiny-gpt-release/.github/workflows/release.yml@refs/tags/v1.2.0
         release verify-signature ./downloaded --public-key signing-key.pub
     """
-    import tempfile
-
     from release.sign import GITHUB_OIDC_ISSUER, verify_folder, verify_revision
 
     keys = {"public_key": public_key, "identity": identity, "issuer": issuer or GITHUB_OIDC_ISSUER}

@@ -65,19 +65,16 @@ def write_training_checkpoint(
     val_loss: float | None = None,
     best_val_loss: float | None = None,
     optimizer=None,
-    scaler=None,
 ) -> Path:
     """``torch.save`` a checkpoint dict exactly as the training script does."""
     import torch
 
     if optimizer is None:
         optimizer = torch.optim.AdamW(model.parameters(), lr=train_config.get("learning_rate", 1e-3))
-    if scaler is None:
-        scaler = torch.amp.GradScaler("cpu", enabled=False)
     ckpt = {
         "model_state_dict": model.state_dict(),
         "optimizer_state_dict": optimizer.state_dict(),
-        "scaler_state_dict": scaler.state_dict(),
+        "scaler_state_dict": torch.amp.GradScaler("cpu", enabled=False).state_dict(),
         "iter_num": iter_num,
         "config": dict(train_config),
     }
@@ -95,7 +92,7 @@ def training_config_dict(
     *, n_embd: int, n_head: int, n_layer: int, block_size: int, dropout: float = 0.0, **extra
 ) -> dict:
     """A training-script config dict (no vocab_size: the training script never recorded it)."""
-    cfg = {
+    return {
         "n_embd": n_embd,
         "n_head": n_head,
         "n_layer": n_layer,
@@ -107,9 +104,8 @@ def training_config_dict(
         "eval_interval": 50,
         "use_flash_attn": False,
         "gradient_checkpointing": False,
+        **extra,
     }
-    cfg.update(extra)
-    return cfg
 
 
 DEMO_ARCH = {"n_embd": 64, "n_head": 4, "n_layer": 2, "block_size": 64}

@@ -1,8 +1,6 @@
 """``release run``: fetch -> convert -> verify -> (compat) -> card -> publish, every output in ``dist/<version>/``.
 
-Each step is the library function its CLI verb calls, with a typed result the next step consumes::
-
-    Checkpoint (Fetched) -> ConversionResult -> VerificationReport -> Carded -> PublishResult
+Each step is the library function its CLI verb calls; its typed result (``RunResult``) is what the next consumes.
 
 Layout of one run (only ``model/`` is uploaded; everything else is evidence for people and CI)::
 
@@ -51,10 +49,6 @@ class Checkpoint:
     tokenizer: str | None  # the configured training tokenizer (None: GPT-2's); the demo's own folder
     fetched: Fetched | None = None  # the original's sha256, name and size; None for the demo
 
-    @property
-    def demo(self) -> bool:
-        return self.fetched is None
-
 
 @dataclass
 class StepRecord:
@@ -101,7 +95,7 @@ class RunResult:
         return {
             "version": self.version,
             "dry_run": self.dry_run,
-            "demo": bool(checkpoint and checkpoint.demo),
+            "demo": checkpoint is not None and checkpoint.fetched is None,
             "checkpoint": str(checkpoint.path) if checkpoint else None,
             "tokenizer": checkpoint.tokenizer if checkpoint else None,
             "out_dir": str(self.out_dir),
@@ -150,6 +144,7 @@ def run_release(
         UsageError: Bad version, missing repo id or checkpoint hash, unusable output folder.
         ReleaseError: The first failed step's error (VerificationError for failed gates).
     """
+    from release.preflight import preflight
     from release.versions import parse_version
 
     tag = str(parse_version(version))
@@ -163,9 +158,6 @@ def run_release(
             "a checkpoint is configured without its sha256: set checkpoint_sha256, RELEASE_CHECKPOINT_SHA256 "
             "or --sha256"
         )
-
-    from release.preflight import preflight
-
     checked = preflight(settings, stop_after=stop_after, pyproject_dir=pyproject_dir)  # before any download
     out = prepare_out_dir(Path(settings.dist_dir), tag)
     run = RunResult(version=tag, out_dir=out, dry_run=dry_run)
@@ -197,9 +189,8 @@ def run_release(
             try:
                 detail = steps[name]()
             except BaseException as exc:
-                seconds = time.perf_counter() - started
                 message = str(exc) if isinstance(exc, ReleaseError) else f"{type(exc).__name__}: {exc}"
-                run.steps.append(StepRecord(name, "failed", seconds, message))
+                run.steps.append(StepRecord(name, "failed", time.perf_counter() - started, message))
                 log.error("%s failed: %s", name, message)
                 for line in getattr(exc, "failures", []) or []:
                     log.error("  %s", line)
@@ -336,6 +327,7 @@ def _card(settings: Settings, run: RunResult, pyproject_dir: Path | None) -> str
 
 
 def _publish(settings: Settings, run: RunResult, say: Callable[[str], None]) -> str:
+    from release.github import append_summary
     from release.publish.publisher import publish_release
 
     run.published = published = publish_release(
@@ -347,12 +339,9 @@ def _publish(settings: Settings, run: RunResult, say: Callable[[str], None]) -> 
         verification=run.verified,
         echo=lambda line: say(f"  {line}"),
     )
-    if published.warnings:
-        from release.github import append_summary
-
-        for warning in published.warnings:
-            say(f"  warning: {warning}")
-            append_summary(f"> [!WARNING]\n> {warning}\n")
+    for warning in published.warnings:
+        say(f"  warning: {warning}")
+        append_summary(f"> [!WARNING]\n> {warning}\n")
     if run.dry_run:
         for line in published.plan.format_lines():
             say(f"  {line}")
@@ -365,6 +354,7 @@ def _publish(settings: Settings, run: RunResult, say: Callable[[str], None]) -> 
 def _report_to_github(settings: Settings, run: RunResult) -> None:
     """Step outputs and the job summary, inside GitHub Actions only."""
     from release import github
+    from release.card.model_card import render_job_summary
 
     if not github.in_github_actions():
         return
@@ -381,8 +371,6 @@ def _report_to_github(settings: Settings, run: RunResult) -> None:
         "tokenizer": (run.checkpoint.tokenizer or "") if run.checkpoint else "",
     }
     github.write_outputs(outputs)
-    from release.card.model_card import render_job_summary
-
     summary = render_job_summary(
         {
             "version": run.version,

@@ -1,15 +1,8 @@
 """Preflight: in seconds and before any download, check that ``release run`` can finish.
 
-``preflight`` validates every setting the run will need (the card's included, which otherwise fail only at the
-card step, after verify) and checks free disk and memory against what this checkpoint needs. The figures come
-from the checkpoint's head: its size (a local ``stat``, the HTTP ``Content-Length`` of the first request, the
-object store's listing) and its ``data.pkl`` (the first record of torch's zip, a few kilobytes: the model
-tensors' bytes and dtypes), read with the same allow-list reader the streaming fetch uses. Where the head
-cannot be read (a legacy file, a DCP folder), the whole checkpoint counts as weights: an upper bound.
-
-What a run needs on disk (``needs``): the weights-only file (the model's records), the model folder (the
-weights in the release dtype), and verify's transient files; memory: the candidate model in the release dtype
-and the reference's pages. A shortfall is one line with the figures and what to do.
+Every setting the run needs is validated up front (the card's would otherwise fail only after verify), and free
+disk and memory are checked against what this checkpoint needs, from its head alone (its size and ``data.pkl``,
+read as the streaming fetch reads them; where the head cannot be read, the whole checkpoint counts as weights).
 """
 
 from __future__ import annotations
@@ -73,26 +66,17 @@ def needs_for(head: CheckpointHead, *, dtype: str, cached: bool, local: bool) ->
     return Needs(disk=disk, memory=memory, detail=detail)
 
 
-def read_head(uri: str, *, timeout: float = 30) -> CheckpointHead:
-    """The checkpoint's size and model bytes from its first record (never the whole file)."""
-    from release.fetch import peek_checkpoint
-
-    return peek_checkpoint(uri, timeout=timeout)
+def _existing(path: Path) -> Path:
+    """``path``, or its nearest existing parent."""
+    path = Path(path).absolute()
+    while not path.exists():
+        path = path.parent
+    return path
 
 
 def free_disk_bytes(path: Path) -> int:
     """Free bytes on the file system holding ``path`` (or its nearest existing parent)."""
-    path = Path(path).absolute()
-    while not path.exists():
-        path = path.parent
-    return shutil.disk_usage(path).free
-
-
-def _device(path: Path) -> int:
-    path = Path(path).absolute()
-    while not path.exists():
-        path = path.parent
-    return os.stat(path).st_dev
+    return shutil.disk_usage(_existing(path)).free
 
 
 def available_memory_bytes() -> int | None:
@@ -118,7 +102,7 @@ def check_resources(needs: Needs, *, work_dirs: list[Path]) -> None:
     """Raise ``ResourceError`` (one line, figures, what to do) when disk or memory fall short."""
     by_device: dict[int, Path] = {}
     for folder in work_dirs:
-        by_device.setdefault(_device(folder), folder)
+        by_device.setdefault(os.stat(_existing(folder)).st_dev, folder)
     # Everything lands on one file system in the common case; with several, the largest share must fit each.
     for folder in by_device.values():
         free = free_disk_bytes(folder)
@@ -189,9 +173,9 @@ def preflight(settings, *, stop_after: str | None, pyproject_dir: Path | None) -
         )
     if not settings.checkpoint:
         return lines
-    from release.fetch import default_cache_dir, weights_only_path
+    from release.fetch import default_cache_dir, peek_checkpoint, weights_only_path
 
-    head = read_head(settings.checkpoint)
+    head = peek_checkpoint(settings.checkpoint)
     cached = weights_only_path(settings.checkpoint_sha256.lower()).is_file()
     local = "://" not in settings.checkpoint or settings.checkpoint.startswith("file://")
     needs = needs_for(head, dtype=settings.dtype, cached=cached, local=local)

@@ -69,16 +69,12 @@ class Settings:
 
     def describe(self) -> list[str]:
         """One line per effective setting with its source, for logs and the job summary."""
-        lines = []
-        for f in fields(self):
-            if f.name in ("sources", "card"):
-                continue
-            value = getattr(self, f.name)
-            shown = ", ".join(value) if isinstance(value, tuple) else value
-            lines.append(
-                f"{f.name} = {shown if shown not in (None, '') else '-'}  ({self.sources.get(f.name)})"
-            )
-        return lines
+        shown = {
+            k: ", ".join(v) if isinstance(v, list) else v for k, v in self.values().items() if k != "card"
+        }
+        return [
+            f"{k} = {v if v not in (None, '') else '-'}  ({self.sources.get(k)})" for k, v in shown.items()
+        ]
 
 
 _SCALARS = {f.name for f in fields(Settings)} - {"card", "compat_versions", "sources"}
@@ -129,11 +125,7 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
         if isinstance(value, str):
             text = value.strip()
             value = json.loads(text) if text.startswith("[") else [p for p in text.split("\n") if p.strip()]
-        if (
-            not isinstance(value, list | tuple)
-            or not value
-            or not all(isinstance(p, str) and p for p in value)
-        ):
+        if not (isinstance(value, list | tuple) and value and all(isinstance(p, str) and p for p in value)):
             raise SettingsError(f"{where} must be a non-empty list of non-empty strings")
         return tuple(value)
     if name in ("max_new_tokens",):
@@ -160,11 +152,7 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
         raise SettingsError(f"{where} must be one of {', '.join(DTYPES)}, got {value!r}")
     if name == "device" and not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value.lower()):
         raise SettingsError(f"{where} must be auto, cpu, cuda or cuda:N, got {value!r}")
-    if (
-        name == "checkpoint_sha256"
-        and value
-        and not (len(value) == 64 and all(c in "0123456789abcdef" for c in value.lower()))
-    ):
+    if name == "checkpoint_sha256" and value and not re.fullmatch(r"[0-9a-fA-F]{64}", value):
         raise SettingsError(f"{where} must be 64 hexadecimal characters")
     if name == "device":
         return value.lower()
