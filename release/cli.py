@@ -73,7 +73,8 @@ file_option = functools.partial(click.option, type=click.Path(path_type=Path, di
 device_option = click.option(
     "--device",
     metavar="auto|cpu|cuda|cuda:N",
-    help="Where verify runs both models (default: settings, cpu); accelerate spreads one too large for a GPU.",
+    help="Where verify (and compat) run the models (default: settings, cpu); accelerate spreads one too large "
+    "for a GPU in verify.",
 )
 
 
@@ -613,7 +614,8 @@ def generate(model, prompt, revision, max_new_tokens, temperature, top_k, seed):
 @cache_dir_option(
     help="Environment cache (default: $RELEASE_CACHE_DIR/compat, else ~/.cache/custom-transformer-release/compat)."
 )
-def compat(model, revision, checkpoint, versions, all_minors, newest, report, out, cache_dir):
+@device_option
+def compat(model, revision, checkpoint, versions, all_minors, newest, report, out, cache_dir, device):
     """Check the converted folder DIR (or a Hub revision) on each transformers version of the matrix.
 
     Each version runs in its own cached environment (reusing this torch) and must load the model with
@@ -629,6 +631,7 @@ def compat(model, revision, checkpoint, versions, all_minors, newest, report, ou
     """
     from release.compat.matrix import parse_versions
     from release.compat.run import run_compat
+    from release.settings import load_settings
 
     outcome = run_compat(
         model,
@@ -641,6 +644,7 @@ def compat(model, revision, checkpoint, versions, all_minors, newest, report, ou
         newest=newest,
         cache_dir=cache_dir,
         on_result=lambda r: click.echo(r.summary_line(), err=True),
+        device=load_settings(overrides={"device": device}).device,
     )
     result, path = outcome.report, outcome.written
     where = f"{model}@{outcome.revision}: " if outcome.revision else ""

@@ -303,6 +303,7 @@ def _compat(settings: Settings, run: RunResult) -> str | None:
         report=recorded,
         versions=settings.compat_versions or None,
         snippet_check=card_snippet_check(recorded),  # the card's code, verbatim, per version
+        device=settings.device,
     )
     run.verified = run.verified.with_compat(compat.to_dict())
     run.verified.write(run.report_path)
