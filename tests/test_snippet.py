@@ -317,3 +317,38 @@ def test_post_upload_check_runs_the_card_against_the_hub_revision(converted, hub
     bad = hub.commit(REPO, {p.name: p.read_bytes() for p in today.iterdir() if p.is_file()})
     result = check_card_snippet_on_hub(REPO, revision=bad, report=report_for(expected))
     assert any("asks for input" in f for f in result.failures), result.failures
+
+
+SLOW_SNIPPET = """import time
+from transformers import AutoModelForCausalLM
+repo = "me/slow"
+time.sleep(300)
+AutoModelForCausalLM.from_pretrained(repo, trust_remote_code=True)
+"""
+
+
+def test_a_started_snippet_leaves_no_child_behind(tmp_path, monkeypatch):
+    """verify starts the card's code beside its candidate half: a verify that stops early, or a snippet that
+    outlives its timeout, must not leave the child running."""
+    import subprocess
+
+    import release.verify.snippet as snippet
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    children = []
+    real_popen = subprocess.Popen
+
+    def popen(*args, **kwargs):
+        children.append(real_popen(*args, **kwargs))
+        return children[-1]
+
+    monkeypatch.setattr(snippet.subprocess, "Popen", popen)
+    with snippet.started_card_snippet(SLOW_SNIPPET, folder):
+        assert children[0].poll() is None  # running while the caller works
+    assert children[0].poll() is not None  # stopped and reaped on leaving
+    with snippet.started_card_snippet(SLOW_SNIPPET, folder, timeout=1) as finish:
+        result = finish(None)
+    assert result.failures == ["card snippet: did not finish within 1s"]
+    assert children[1].poll() is not None

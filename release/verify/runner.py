@@ -141,6 +141,7 @@ def verify_model(
     from release.checkpoint import background_digest, open_checkpoint, reference_config
     from release.demo import demo_text_path
     from release.verify.checks import (
+        Spill,
         heap_without_retention,
         logits_budget,
         make_parity_inputs,
@@ -207,7 +208,7 @@ def verify_model(
             source=source,
             checkpoint=Path(checkpoint),
             device=placement,
-            spill=stack.enter_context(_spill()),
+            spill=stack.enter_context(Spill()),
             prompts=tuple(prompts),
             ref_prompt_ids=tuple(ref_prompt_ids),
             eos_token_id=ref_tokenizer.eos_token_id,
@@ -1136,14 +1137,6 @@ def _hygiene_gate(problems: list[str]) -> GateResult:
             "hygiene", True, 0, 0, "auto_map resolves to shipped files; imports are self-contained"
         )
     return GateResult("hygiene", False, len(problems), 0, "; ".join(problems))
-
-
-@contextlib.contextmanager
-def _spill():
-    from release.verify.checks import Spill
-
-    with Spill() as spill:
-        yield spill
 
 
 class _Finding:
