@@ -73,9 +73,4 @@ def parse_version(text: str) -> Version:
             f"invalid version {text!r}: expected vMAJOR.MINOR.PATCH with an optional semver prerelease, "
             "e.g. v1.2.0 or v1.2.0-rc.1"
         )
-    return Version(
-        major=int(match["major"]),
-        minor=int(match["minor"]),
-        patch=int(match["patch"]),
-        prerelease=match["prerelease"],
-    )
+    return Version(*map(int, match.group("major", "minor", "patch")), prerelease=match["prerelease"])

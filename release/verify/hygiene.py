@@ -16,30 +16,25 @@ from __future__ import annotations
 import ast
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from release._io import attrs_dict
 from release.verify.without_repo import THIS_REPO_PACKAGES
 
 ALLOWED_THIRD_PARTY = ("torch", "transformers")
+_DYNAMIC_IMPORTS = ("__import__", "importlib.import_module")
 
 
 @dataclass
 class HygieneResult:
     auto_map: dict[str, Any] = field(default_factory=dict)
     python_files: list[str] = field(default_factory=list)
-    imports: dict[str, list[str]] = field(
-        default_factory=dict
-    )  # file -> absolute top-level packages imported
+    imports: dict[str, list[str]] = field(default_factory=dict)  # file -> absolute imports' top packages
     problems: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            **attrs_dict(self, "auto_map", "python_files", "imports", "problems"),
-            "passed": not self.problems,
-        }
+        return {**asdict(self), "passed": not self.problems}
 
 
 def check_remote_code_hygiene(folder: Path) -> HygieneResult:
@@ -55,8 +50,7 @@ def check_remote_code_hygiene(folder: Path) -> HygieneResult:
         except (SyntaxError, UnicodeDecodeError) as exc:
             result.problems.append(f"{rel} cannot be parsed: {exc}")
     for rel, tree in trees.items():
-        found, problems = _scan_imports(rel, tree, folder)
-        result.imports[rel] = found
+        result.imports[rel], problems = _scan_imports(rel, tree, folder)
         result.problems += problems
     _check_auto_map(folder, trees, result)
     return result
@@ -132,28 +126,13 @@ def _scan_imports(rel: str, tree: ast.Module, folder: Path) -> tuple[list[str], 
             for _ in range(node.level - 1):
                 base = base.parent
             if node.module:
-                target = base / (node.module.replace(".", "/") + ".py")
-                if (
-                    not target.is_file()
-                    and not (base / node.module.replace(".", "/") / "__init__.py").is_file()
-                ):
+                target = base / node.module.replace(".", "/")
+                if not Path(f"{target}.py").is_file() and not (target / "__init__.py").is_file():
                     problems.append(f"{rel}:{node.lineno} imports .{node.module}, which is not in the folder")
-        elif isinstance(node, ast.Call) and _is_dynamic_import(node):
+        elif isinstance(node, ast.Call) and ast.unparse(node.func) in _DYNAMIC_IMPORTS:
             first = node.args[0] if node.args else None
             if isinstance(first, ast.Constant) and isinstance(first.value, str):
                 check_absolute(first.value, node.lineno)
             else:
                 problems.append(f"{rel}:{node.lineno} imports a module whose name is computed at run time")
     return sorted(found), problems
-
-
-def _is_dynamic_import(node: ast.Call) -> bool:
-    func = node.func
-    if isinstance(func, ast.Name) and func.id == "__import__":
-        return True
-    return (
-        isinstance(func, ast.Attribute)
-        and func.attr == "import_module"
-        and isinstance(func.value, ast.Name)
-        and func.value.id == "importlib"
-    )

@@ -14,9 +14,7 @@ pieces of state, all restored afterwards: the modules-cache path (read once at i
 ``transformers.dynamic_module_utils`` and ``transformers.utils.hub``; both are repointed to a new temporary
 folder), ``sys.modules`` (every ``transformers_modules*`` entry is taken out before and after, so the import
 system cannot find an old module object or an old package ``__path__``), and ``sys.path`` / the import caches.
-tests/test_verify.py leaves a correct module in ``sys.modules`` under the name (and with the source hash)
-transformers gives a broken file, shows that a plain load in that process is masked by it, and checks that
-verification still fails.
+tests/test_verify.py shows a stale module masking a broken file in a plain load, and verification failing.
 """
 
 from __future__ import annotations
@@ -33,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from release._io import hash_folder
+from release._io import attrs_dict, first_line, hash_folder
 from release.auth import read_token
 from release.errors import UsageError, VerificationError
 
@@ -54,11 +52,8 @@ def _take_dynamic_modules() -> dict[str, Any]:
 
 @contextlib.contextmanager
 def fresh_remote_code_modules() -> Iterator[Path]:
-    """Within this block, remote code is copied to and imported from a new, empty modules cache.
-
-    Yields the temporary modules-cache folder. Everything is put back on exit (previously imported
-    ``transformers_modules`` entries included), so the caller's process is left as it was found.
-    """
+    """Within this block, remote code is copied to and imported from a new, empty modules cache (yielded);
+    everything is put back on exit, so the caller's process is left as it was found."""
     import transformers.dynamic_module_utils as dynamic_module_utils
     import transformers.utils.hub as hub_utils
 
@@ -67,8 +62,7 @@ def fresh_remote_code_modules() -> Iterator[Path]:
     saved_cache = (dynamic_module_utils.HF_MODULES_CACHE, hub_utils.HF_MODULES_CACHE)
     saved_env = os.environ.get("HF_MODULES_CACHE")
     with tempfile.TemporaryDirectory(prefix="release-verify-modules-") as tmp:
-        dynamic_module_utils.HF_MODULES_CACHE = tmp
-        hub_utils.HF_MODULES_CACHE = tmp
+        dynamic_module_utils.HF_MODULES_CACHE = hub_utils.HF_MODULES_CACHE = tmp
         os.environ["HF_MODULES_CACHE"] = tmp  # read by any module that looks it up late
         # An earlier load left its modules cache on sys.path; `import transformers_modules` would find that
         # old package first (transformers appends the new cache after it), so take those entries out too.
@@ -109,12 +103,7 @@ class CandidateSource:
 
     def describe(self) -> dict[str, Any]:
         if self.kind == "hub":
-            return {
-                "source": "hub",
-                "repo_id": self.repo_id,
-                "revision": self.revision,
-                "commit": self.commit,
-            }
+            return {"source": "hub", **attrs_dict(self, "repo_id", "revision", "commit")}
         return {"source": "folder", "path": str(self.folder)}
 
 
@@ -123,13 +112,11 @@ def is_repo_id(model: str | Path) -> bool:
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
-    if Path(model).exists():
-        return False
     try:
         validate_repo_id(str(model))
     except HFValidationError:
         return False
-    return True
+    return not Path(model).exists()
 
 
 @contextlib.contextmanager
@@ -162,9 +149,8 @@ def candidate_source(model: str | Path, revision: str | None) -> Iterator[Candid
                 snapshot_download(str(model), revision=revision, cache_dir=tmp, token=read_token())
             )
         except (RepositoryNotFoundError, LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             where = f"{model}@{revision}" if revision else str(model)
-            raise VerificationError(f"cannot download {where} from the Hub: {first}") from exc
+            raise VerificationError(f"cannot download {where} from the Hub: {first_line(exc)}") from exc
         yield CandidateSource(
             kind="hub",
             folder=snapshot,
@@ -176,17 +162,14 @@ def candidate_source(model: str | Path, revision: str | None) -> Iterator[Candid
         )
 
 
-def folder_file_hashes(folder: Path) -> dict[str, str]:
-    """``{relative posix path: sha256}`` of every file under ``folder`` (``release._io.hash_folder``)."""
-    return hash_folder(folder)
+folder_file_hashes = hash_folder  # {relative posix path: sha256} of every file under a folder
 
 
 def load_candidate(source: CandidateSource, device: Device | None = None):
     """``AutoModelForCausalLM`` and ``AutoTokenizer`` with ``trust_remote_code=True``, nothing else changed
     but where the weights go (``device``; default the CPU, as a plain ``from_pretrained``).
 
-    Call inside ``fresh_remote_code_modules``. Progress bars are off while loading (the CI log stays
-    readable).
+    Call inside ``fresh_remote_code_modules``. Progress bars are off while loading (CI logs stay readable).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging

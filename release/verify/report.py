@@ -1,16 +1,9 @@
 """The verification report and its gates: thresholds per dtype, failure lines, verification.json, Markdown.
 
-Pure Python (no torch): the card, publish and compat steps read reports through this module without paying for
-torch. This module owns ``verification.json``'s schema: ``VerificationReport`` and its typed sections
-(``ModelSection``, ``CheckpointSection``, ``ParitySection``, ``PerplexitySection``, ``GenerationSection`` with
-``GenerationCase`` and ``SamplingSection``, ``GateResult``), each with ``from_dict``/``to_dict``; ``GATES`` is the
-one registry of gate names, the titles the card gives them and the ``Gates`` field holding each threshold.
-``VerificationReport.from_dict`` checks every field it reads (``ReportError`` names the key); keys it does not
-know (``compat``, added by ``release compat``) are kept and written back unchanged.
-
-``verification.json`` (schema_version 1) is written with sorted keys and an indent of 2. Its figures are
-deterministic on one machine (fixed seeds, CPU); only ``timings`` vary, which is why the file is not uploaded
-and the card uses only the deterministic fields.
+Pure Python (no torch), so the card, publish and compat steps read reports without paying for torch.
+``verification.json`` (schema_version 1, sorted keys, indent 2) is checked field by field when read back
+(``ReportError`` names the key); keys a reader does not know are kept and written back unchanged. Its figures
+are deterministic on one machine; only ``timings`` vary, which is why the file is not uploaded.
 """
 
 from __future__ import annotations
@@ -28,32 +21,24 @@ from release.errors import ReportError, UsageError
 
 SCHEMA_VERSION = 1
 TEMPLATE = "verification.md.j2"
+REPORT_FILE = "verification.json"
 
 _DTYPE_ALIASES = {
-    "float32": "float32",
-    "fp32": "float32",
-    "torch.float32": "float32",
-    "bfloat16": "bfloat16",
-    "bf16": "bfloat16",
-    "torch.bfloat16": "bfloat16",
-    "float16": "float16",
-    "fp16": "float16",
-    "half": "float16",
-    "torch.float16": "float16",
+    alias: name
+    for name, short in (("float32", ("fp32",)), ("bfloat16", ("bf16",)), ("float16", ("fp16", "half")))
+    for alias in (name, f"torch.{name}", *short)
 }
 
-
-# The half-precision defaults of ``Gates.for_dtype``, one row per threshold as in the table in ``Gates``'
-# docstring; float32's are the field defaults.
-_HALF_COLUMNS = ("bfloat16", "float16")
-_HALF_DEFAULTS: dict[str, tuple[float | None, float | None]] = {
-    "max_abs_diff": (None, None),
-    "mean_abs_diff": (6e-2, 1e-2),
-    "min_top1_agreement": (0.95, 0.99),
-    "max_kl_divergence": (1.5e-3, 5e-5),
-    "max_perplexity_rel_diff": (1e-3, 1e-3),
-    "greedy_tie_margin": (0.25, 0.05),
-    "hidden_rel_tol": (5e-2, 1e-2),
+# ``Gates.for_dtype``'s defaults, as in ``Gates``' docstring table (float32's are also the field defaults).
+_DTYPES = ("float32", "bfloat16", "float16")
+_DEFAULTS: dict[str, tuple[float | None, float | None, float | None]] = {
+    "max_abs_diff": (1e-4, None, None),
+    "mean_abs_diff": (None, 6e-2, 1e-2),
+    "min_top1_agreement": (1.0, 0.95, 0.99),
+    "max_kl_divergence": (None, 1.5e-3, 5e-5),
+    "max_perplexity_rel_diff": (1e-3, 1e-3, 1e-3),
+    "greedy_tie_margin": (0.0, 0.25, 0.05),
+    "hidden_rel_tol": (1e-4, 5e-2, 1e-2),
 }
 
 
@@ -111,10 +96,8 @@ class Gates:
         name = _DTYPE_ALIASES.get(str(dtype).lower())
         if name is None:
             raise UsageError(f"no default gates for dtype {dtype!r}; use one of float32, bfloat16, float16")
-        if name == "float32":
-            return cls()
-        column = _HALF_COLUMNS.index(name)
-        return cls(dtype=name, **{gate: row[column] for gate, row in _HALF_DEFAULTS.items()})
+        column = _DTYPES.index(name)
+        return cls(dtype=name, **{gate: row[column] for gate, row in _DEFAULTS.items()})
 
     def with_overrides(self, overrides: dict[str, str | float | None]) -> Gates:
         """A copy with thresholds replaced, e.g. ``{"max_abs_diff": "2e-4", "max_kl_divergence": "off"}``.
@@ -178,12 +161,6 @@ GATES: tuple[GateSpec, ...] = (
 GATE_REGISTRY: dict[str, GateSpec] = {g.name: g for g in GATES}
 
 
-def gate_title(name: str) -> str:
-    """What the card calls gate ``name``; a gate the registry does not know shows its own name."""
-    spec = GATE_REGISTRY.get(name)
-    return spec.title if spec else name
-
-
 # --------------------------------------------------------------------------- judging figures against Gates
 
 # The logits gates: (figure, gate name, label, ``Gates`` field, higher is better, value format).
@@ -206,11 +183,9 @@ class LogitFigures:
 
 
 def parity_gates(figures: LogitFigures, gates: Gates, *, where: str = "") -> list[GateResult]:
-    """One ``GateResult`` per logits gate that ``gates`` turns on and ``figures`` measured, in ``GATES``' order.
-
-    ``where`` (e.g. `` (first divergent layer: 2)``) ends the detail of a failed gate. A NaN fails every gate.
-    The one place logits figures meet their thresholds: ``release verify`` and ``release compat`` both call it.
-    """
+    """One ``GateResult`` per logits gate that ``gates`` turns on and ``figures`` measured, in ``GATES``'
+    order (verify's and compat's); ``where`` (e.g. `` (first divergent layer: 2)``) ends a failed gate's
+    detail. A NaN fails every gate."""
     results = []
     for key, name, label, threshold_field, at_least, fmt in _LOGIT_GATES:
         value, threshold = getattr(figures, key), getattr(gates, threshold_field)
@@ -264,41 +239,33 @@ _NUMBER = (int, float)
 _ANY = object()  # a field whose value is kept as JSON gives it (a gate's value and threshold)
 
 
-def _spec(
-    types=_ANY,
-    *,
-    key: str | None = None,
-    nullable: bool = False,
-    section=None,
-    items=None,
-    omit_none: bool = False,
-    **kw,
-):
-    """A section field: its JSON ``types`` (or a nested ``section`` class, or a list of ``items`` sections),
-    its JSON ``key`` when that is not the field's name (``class``), whether null is allowed, and whether a
-    None is left out of ``to_dict``."""
-    meta = {
-        "types": types,
-        "key": key,
-        "nullable": nullable,
-        "section": section,
-        "items": items,
-        "omit_none": omit_none,
-    }
-    return field(metadata=meta, **kw)
+@dataclass(frozen=True)
+class _Spec:
+    """How a field is read and written: JSON ``types``, a nested ``section`` class or a list of ``items``
+    sections; the JSON ``key`` when not the field's name (``class``); ``omit_none``: None is left out."""
+
+    types: Any = _ANY
+    key: str | None = None
+    nullable: bool = False
+    section: Any = None
+    items: Any = None
+    omit_none: bool = False
 
 
-def _schema_fields(cls) -> list[dataclasses.Field]:
-    return [f for f in dataclasses.fields(cls) if "types" in f.metadata]
+def _spec(types=_ANY, *, default=MISSING, default_factory=MISSING, **spec):
+    return field(default=default, default_factory=default_factory, metadata={"spec": _Spec(types, **spec)})
+
+
+def _schema_fields(cls) -> list[tuple[dataclasses.Field, _Spec]]:
+    return [(f, f.metadata["spec"]) for f in dataclasses.fields(cls) if "spec" in f.metadata]
 
 
 def _check(value: Any, types, path: str) -> Any:
     if types is _ANY:
         return value
-    if _NUMBER == types or (isinstance(types, tuple) and float in types):
-        # A broken candidate's figures are written as the strings "nan", "inf", "-inf" (JSON has no such numbers).
-        if isinstance(value, str) and value in ("nan", "inf", "-inf"):
-            return float(value)
+    # A broken candidate's figures are written as the strings "nan", "inf", "-inf" (JSON has no such numbers).
+    if float in types and isinstance(value, str) and value in ("nan", "inf", "-inf"):
+        return float(value)
     if isinstance(value, bool) and bool not in types:
         raise ReportError(f"'{path}' must be {_type_names(types)}, found a boolean")
     if not isinstance(value, types):
@@ -312,6 +279,7 @@ def _type_names(types) -> str:
     return " or ".join(dict.fromkeys(names.get(t, t.__name__) for t in types))
 
 
+@dataclass
 class _Section:
     """``from_dict``/``to_dict`` for a dataclass whose fields are declared with ``_spec``.
 
@@ -319,16 +287,15 @@ class _Section:
     schema never drops what a newer writer added.
     """
 
+    extra: dict[str, Any] = field(default_factory=dict, repr=False, kw_only=True)
+
     @classmethod
     def from_dict(cls, data: Any, where: str = ""):
         if not isinstance(data, Mapping):
             raise ReportError(f"'{where or 'report'}' must be an object")
         values: dict[str, Any] = {}
-        known = set()
-        for f in _schema_fields(cls):
-            meta = f.metadata
-            key = meta["key"] or f.name
-            known.add(key)
+        for f, spec in _schema_fields(cls):
+            key = spec.key or f.name
             path = f"{where}.{key}" if where else key
             if key not in data:
                 if f.default is MISSING and f.default_factory is MISSING:
@@ -336,31 +303,31 @@ class _Section:
                 continue
             value = data[key]
             if value is None:
-                if not meta["nullable"]:
+                if not spec.nullable:
                     raise ReportError(f"'{path}' is null")
-            elif meta["section"] is not None:
-                value = meta["section"].from_dict(value, path)
-            elif meta["items"] is not None:
+            elif spec.section is not None:
+                value = spec.section.from_dict(value, path)
+            elif spec.items is not None:
                 if not isinstance(value, list):
                     raise ReportError(f"'{path}' must be an array")
-                value = [meta["items"].from_dict(item, f"{path}[{i}]") for i, item in enumerate(value)]
+                value = [spec.items.from_dict(item, f"{path}[{i}]") for i, item in enumerate(value)]
             else:
-                value = _check(value, meta["types"], path)
+                value = _check(value, spec.types, path)
             values[f.name] = value
-        extra = {k: v for k, v in data.items() if k not in known}
-        return cls(**values, extra=extra)
+        known = {spec.key or f.name for f, spec in _schema_fields(cls)}
+        return cls(**values, extra={k: v for k, v in data.items() if k not in known})
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.extra)
-        for f in _schema_fields(self):
+        for f, spec in _schema_fields(self):
             value = getattr(self, f.name)
-            if f.metadata.get("omit_none") and value is None:
+            if spec.omit_none and value is None:
                 continue
             if isinstance(value, _Section):
                 value = value.to_dict()
             elif isinstance(value, list) and value and isinstance(value[0], _Section):
                 value = [v.to_dict() for v in value]
-            out[f.metadata["key"] or f.name] = value
+            out[spec.key or f.name] = value
         return out
 
 
@@ -381,7 +348,6 @@ class GateResult(_Section):
     value: float | bool | str | None = _spec(nullable=True, default=None)
     threshold: float | bool | str | None = _spec(nullable=True, default=None)
     detail: str = _spec((str,), default="")
-    extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def line(self) -> str:
@@ -389,7 +355,8 @@ class GateResult(_Section):
 
     @property
     def title(self) -> str:
-        return gate_title(self.name)
+        """What the card calls this gate; a gate the registry does not know shows its own name."""
+        return GATE_REGISTRY[self.name].title if self.name in GATE_REGISTRY else self.name
 
 
 @dataclass
@@ -407,7 +374,6 @@ class ModelSection(_Section):
     repo_id: str | None = _optional((str,))  # a Hub revision
     revision: str | None = _optional((str,))  # written for a Hub revision even when null (default branch)
     commit: str | None = _optional((str,))
-    extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()
@@ -423,7 +389,6 @@ class CheckpointSection(_Section):
     sha256: str = _spec((str,))
     path: str | None = _optional((str,))
     architecture: dict[str, Any] | None = _optional((dict,))
-    extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -441,7 +406,6 @@ class ParitySection(_Section):
     per_layer_relative_diff: list[float] | None = _spec((list,), nullable=True, default=None)
     hidden_states: str | None = _optional((str,))  # what per_layer_*'s indices are, when measured
     inputs: list[dict[str, Any]] = _spec((list,), default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -458,7 +422,6 @@ class PerplexitySection(_Section):
     requested_tokens: int | None = _optional((int,))
     window: int | None = _optional((int,))
     method: str | None = _optional((str,))
-    extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -477,7 +440,6 @@ class GenerationCase(_Section):
     diverged_at: int | None = _spec((int,), nullable=True, default=None)
     reference_input_ids: list[int] | None = _optional((list,))  # when the training tokenizer differs
     logit_margin: float | None = _optional(_NUMBER)  # the reference's logit gap at diverged_at
-    extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -491,7 +453,6 @@ class SamplingSection(_Section):
     top_k: int | None = _optional((int,))
     tokens: int | None = _optional((int,))
     stopped: str | None = _spec((str,), nullable=True, default=None)
-    extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -504,7 +465,6 @@ class GenerationSection(_Section):
     sampling: SamplingSection | None = _spec(section=SamplingSection, nullable=True, default=None)
     pipeline_ok: bool = _spec((bool,), default=False)
     pipeline: dict[str, Any] | None = _optional((dict,))
-    extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -520,7 +480,6 @@ class CompatVersion(_Section):
     detail: str = _spec((str,), default="")
     environment: dict[str, str] = _spec((dict,), default_factory=dict)  # libraries the child ran with
     cost: dict[str, float] = _spec((dict,), default_factory=dict)  # seconds and disk; varies run to run
-    extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -532,7 +491,6 @@ class CompatSection(_Section):
     reference: str = _spec((str,), default="the training module")  # where the reference tokens came from
     statement: str | None = _spec((str,), nullable=True, default=None)  # the card's "tested on ..." line
     failures: list[str] = _spec((list,), default_factory=list)  # one line per version and failed gate
-    extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def passed(self) -> bool:
@@ -561,7 +519,6 @@ class VerificationReport(_Section):
     versions: dict[str, str] = _spec((dict,), default_factory=dict)
     timings: dict[str, float] = _spec((dict,), default_factory=dict)
     compat: CompatSection | None = _optional(section=CompatSection)  # added by ``release compat``
-    extra: dict[str, Any] = field(default_factory=dict, repr=False)
     recorded_passed: bool | None = field(default=None, repr=False, compare=False)
     recorded_failures: list[str] | None = field(default=None, repr=False, compare=False)
 
@@ -618,24 +575,26 @@ class VerificationReport(_Section):
         report.recorded_passed, report.recorded_failures = passed, failures
         return report
 
-    def to_json(self) -> str:
-        return json.dumps(_json_safe(self.to_dict()), indent=2, sort_keys=True, allow_nan=False) + "\n"
-
     def write(self, path: Path) -> Path:
         """Write ``verification.json`` to ``path`` and the Markdown beside it (``<stem>.md``), atomically."""
         path = Path(path)
-        write_text_atomic(path, self.to_json())
+        text = json.dumps(_json_safe(self.to_dict()), indent=2, sort_keys=True, allow_nan=False) + "\n"
+        write_text_atomic(path, text)
         write_text_atomic(path.with_suffix(".md"), self.markdown())
         return path
 
     def markdown(self) -> str:
         """The summary rendered from ``templates/verification.md.j2``."""
-        return render_markdown(self.to_dict())
+        from release.render import make_environment
+
+        # The card's environment with this summary's own cell and number formats.
+        env = make_environment()[0].overlay(cache_size=0)
+        env.filters.update(md_cell=_md_cell, fmt=_fmt)
+        return env.get_template(TEMPLATE).render(report=self.to_dict())
 
 
 def _json_safe(value: Any) -> Any:
-    """NaN and infinities (a broken candidate's figures) as the strings "nan", "inf", "-inf": JSON has no such
-    numbers."""
+    """NaN and infinities (a broken candidate's figures) as "nan", "inf", "-inf": JSON has no such numbers."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if isinstance(value, dict):
@@ -665,8 +624,7 @@ def read_report(path: Path) -> VerificationReport:
 
 def _md_cell(value: Any) -> str:
     """Text that is safe inside a Markdown table cell: one line, pipes escaped, backticks neutralised."""
-    text = str(value).replace("\r", "").replace("\n", "⏎").replace("|", "\\|").replace("`", "ˋ")
-    return text
+    return str(value).replace("\r", "").replace("\n", "⏎").replace("|", "\\|").replace("`", "ˋ")
 
 
 def _fmt(value: Any) -> str:
@@ -681,33 +639,6 @@ def _fmt(value: Any) -> str:
             return f"{value:.4g}"
         return f"{value:.2e}"
     return str(value)
-
-
-def render_markdown(data: dict[str, Any]) -> str:
-    import jinja2
-
-    env = jinja2.Environment(
-        loader=jinja2.FunctionLoader(_load_template),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        autoescape=False,  # Markdown, not HTML; untrusted text goes through the md_cell filter
-    )
-    env.filters["md_cell"] = _md_cell
-    env.filters["fmt"] = _fmt
-    return env.get_template(TEMPLATE).render(report=data)
-
-
-def _load_template(name: str) -> str:
-    from importlib import resources
-
-    return resources.files("release.templates").joinpath(name).read_text(encoding="utf-8")
-
-
-# --------------------------------------------------------------------------- the file
-
-REPORT_FILE = "verification.json"
 
 
 def report_path(model_dir: Path) -> Path:
