@@ -81,6 +81,7 @@ def check_hub_revision(
     cache_dir: Path | None = None,
     snippet_check: SnippetCheck | None = None,
     on_result: Callable[[VersionResult], None] | None = None,
+    device: str = "cpu",
 ) -> CompatReport:
     """Download ``repo_id@revision`` (fresh cache) and run the matrix on it against ``report``'s tokens; its
     files must be the ones the report verified (a report of another release proves nothing about this one).
@@ -117,6 +118,7 @@ def check_hub_revision(
             cache_dir=cache_dir,
             snippet_check=snippet_check,
             on_result=on_result,
+            device=device,
         )
 
 
