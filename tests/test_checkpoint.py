@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 import pickle
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -189,6 +190,20 @@ def test_load_reference_model_from_dcp(tmp_path):
     ids = sample_ids()
     with torch.no_grad():
         assert torch.equal(loaded(ids)[0], model(ids)[0])
+
+
+def test_building_the_reference_on_meta_pulls_in_no_compiler_stack(make_checkpoint):
+    # torch's Python meta kernels for tril and the init fills import dynamo and sympy (~800 modules, ~70 MB
+    # resident in verify's parent for the rest of the run) for values that the checkpoint replaces anyway.
+    ckpt = make_checkpoint()
+    code = (
+        "import sys, torch; from pathlib import Path; from release.checkpoint import load_reference_model; "
+        f"model, _ = load_reference_model(Path({str(ckpt.path)!r})); "
+        "assert not any(p.is_meta for p in model.state_dict().values()); "
+        "print(sorted(m for m in ('sympy', 'torch._dynamo') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_load_reference_model_is_strict(tmp_path):
