@@ -47,21 +47,10 @@ from release.verify.report import (
     parity_within,
     perplexity_gate,
     perplexity_relative_diff,
-    read_report,
 )
 from release.verify.snippet import card_snippet_gate
 
-__all__ = [
-    "DEFAULT_PROMPTS",
-    "Gates",
-    "GateResult",
-    "VerificationReport",
-    "check_generation_against_report",
-    "default_report_path",
-    "generate_text",
-    "read_report",
-    "verify_model",
-]
+__all__ = ["check_generation_against_report", "default_report_path", "generate_text", "verify_model"]
 
 log = logging.getLogger(__name__)
 
