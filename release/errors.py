@@ -6,6 +6,8 @@ Every message says what is wrong and, where there is one, what to do about it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 
 class ReleaseError(Exception):
     """Base class: an expected failure that the CLI reports as one line (exit code 1)."""
@@ -97,6 +99,17 @@ class IntegrityError(ReleaseError):
 class EnvironmentProblem(ReleaseError):
     """The machine, not the release, stopped a command: a full disk, a read-only or forbidden output, offline
     mode, an unreachable server. The message names what to change."""
+
+
+def causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what it was raised from, in turn (a library may wrap the error that matters, e.g.
+    huggingface_hub an upload's HTTP error in a plain RuntimeError)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
 
 
 def explain(exc: BaseException) -> ReleaseError:

@@ -255,6 +255,25 @@ def test_an_unexpected_exception_is_one_line(monkeypatch, world):
     assert isinstance(debug.exception, KeyError)
 
 
+def test_an_error_that_a_ctrl_c_caused_is_an_interrupt(monkeypatch, world):
+    """A Ctrl-C that strikes while a class is created (an import) arrives wrapped in a RuntimeError, and a
+    loader may wrap that again: still exit 130 and the interrupt's line, not an internal error."""
+    import release.card.model_card as model_card
+    from release.cli import main
+    from release.errors import UsageError
+
+    def interrupted_import(*args, **kwargs):
+        try:
+            raise RuntimeError("Error calling __set_name__ on 'Field' instance") from KeyboardInterrupt()
+        except RuntimeError as exc:
+            raise UsageError("cannot load the tokenizer tok: ...") from exc
+
+    monkeypatch.setattr(model_card, "card_release", interrupted_import)
+    result = CliRunner().invoke(main, ["card", str(world["model"]), "--version", "v1.0.0"])
+    assert result.exit_code == 130
+    assert result.stderr.splitlines() == ["Error: interrupted; nothing was left behind"]
+
+
 def test_offline_mode_with_a_hub_uri_says_what_to_unset(world, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     proc = subprocess.run(

@@ -23,7 +23,7 @@ from typing import TypeVar
 
 from release._io import first_line
 from release.auth import redact
-from release.errors import HubUnavailableError
+from release.errors import HubUnavailableError, causes
 
 logger = logging.getLogger("release.publish")
 
@@ -65,21 +65,11 @@ class RetryPolicy:
         return replace(self, attempts=2 * self.attempts, budget=self.budget)
 
 
-def _causes(exc: BaseException):
-    """``exc`` and what it was raised from: huggingface_hub wraps upload errors in a plain RuntimeError."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
-
-
 def _http_cause(exc: BaseException) -> BaseException | None:
     """The first HTTP or transport error in ``exc``'s chain (``exc`` itself first), if any."""
     from huggingface_hub.utils import httpx  # the HTTP client huggingface_hub is built on (httpx2 in 2.x)
 
-    return next((e for e in _causes(exc) if isinstance(e, httpx.HTTPError)), None)
+    return next((e for e in causes(exc) if isinstance(e, httpx.HTTPError)), None)
 
 
 def http_status(exc: BaseException) -> int | None:
@@ -101,7 +91,7 @@ _TRANSFER_FAILURE = re.compile(
 def _transfer_cause(exc: BaseException) -> BaseException | None:
     """The first transient failure of the transfer layer in ``exc``'s chain, if any (none for an HTTP one)."""
     final = _final_transfer_errors()
-    for e in _causes(exc):
+    for e in causes(exc):
         if isinstance(e, final):
             return None
         if isinstance(e, (ConnectionError, TimeoutError)):
@@ -127,7 +117,7 @@ def is_transient(exc: BaseException) -> bool:
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
     from huggingface_hub.utils import httpx
 
-    if any(isinstance(e, OfflineModeIsEnabled) for e in _causes(exc)):
+    if any(isinstance(e, OfflineModeIsEnabled) for e in causes(exc)):
         return False
     cause = _http_cause(exc)
     if isinstance(cause, HfHubHTTPError):
