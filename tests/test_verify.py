@@ -163,8 +163,10 @@ def test_correct_conversion_passes_every_gate(release, good):
     assert report.parity.max_abs_diff <= 1e-4 and report.parity.top1_agreement == 1.0
     assert report.parity.first_divergent_layer is None and report.parity.divergence_location is None
     inputs = report.parity.inputs
-    # Short inputs in a batch of two and one full-context row (the context is 64 tokens).
-    assert [(i["batch"], i["length"]) for i in inputs if i["kind"] == "random"] == [(2, 1), (2, 8), (1, 64)]
+    # Short random inputs in a batch of two, and one full-context row (the context is 64 tokens): the evaluation
+    # text's first window, which each side scores for perplexity in the same forward.
+    assert [(i["batch"], i["length"]) for i in inputs if i["kind"] == "random"] == [(2, 1), (2, 8)]
+    assert [(i["batch"], i["length"]) for i in inputs if i["kind"] == "text"] == [(1, 64)]
     assert [i["prompt"] for i in inputs if i["kind"] == "prompt"] == [
         "The Fox",
         "Once upon a time",
@@ -868,6 +870,40 @@ def test_spill_reads_back_row_ranges_and_chunks_cover_every_position():
         assert torch.equal(spill.rows("x", 2, 6), x[2:6])
 
 
+def test_perplexity_by_position_chunks_is_the_whole_rows_cross_entropy():
+    import torch
+    from torch.nn import functional as F
+
+    from release.verify import checks
+
+    torch.manual_seed(0)
+    ids, logits = torch.randint(0, 50, (2, 9)), torch.randn(2, 9, 50)
+    whole = checks.Scores()
+    for row in range(2):
+        for s, e in checks.position_chunks(9, 4):  # 4 + 4 + 1 positions, as _chunked_logits hands them out
+            whole.add(logits[row, s:e], ids[row], s)
+    expected = F.cross_entropy(
+        logits[:, :-1].reshape(-1, 50).double(), ids[:, 1:].reshape(-1), reduction="sum"
+    )
+    assert whole.tokens == 2 * 8  # each row's last position predicts nothing
+    assert abs(whole.total - float(expected)) < 1e-9
+
+
+def test_the_first_text_window_is_the_full_context_parity_row_only_where_it_fills_the_context():
+    from release.verify.checks import make_parity_inputs
+
+    window = list(range(16))
+    kinds = [(i.kind, i.compared, i.scored) for i in make_parity_inputs(50, 16, ["a"], [[1, 2]], window)]
+    assert kinds == [("random", True, False)] * 2 + [("text", True, True), ("prompt", True, False)]
+    short = make_parity_inputs(50, 16, ["a"], [[1, 2]], window[:10])  # a text shorter than the context
+    assert [(i.kind, tuple(i.ids.shape)) for i in short] == [
+        ("random", (2, 1)),
+        ("random", (2, 8)),
+        ("random", (1, 16)),
+        ("prompt", (1, 2)),
+    ]
+
+
 def test_logits_beyond_the_budget_are_compared_by_position_chunks(release, good, monkeypatch):
     import release.verify.checks as checks
     from release.verify.runner import verify_model
@@ -897,13 +933,16 @@ def test_logits_beyond_the_budget_are_compared_by_position_chunks(release, good,
             del model.forward, head.forward
 
     monkeypatch.setattr(checks, "candidate_logits", spy)
-    report = verify_model(release.model_dir, **release.fast())
+    report = verify_model(release.model_dir, **{**release.fast(), "eval_text": None})  # 2,048 tokens of text
     assert report.passed, report.failures
-    # One forward per row of each input (never a prefix again); the 64-token row's output layer sees its last
-    # position inside the forward, then 20 + 20 + 20 + 4 positions; the others' logits fit as they are.
+    # One forward per row of each input (never a prefix again). Perplexity scores 2,048 tokens in whole-context
+    # windows of 64 (63 scored each): 32 full windows and one of 33; the first full one is also parity's
+    # full-context row, run once. A 64-token row's output layer sees its last position inside the forward, then
+    # 20 + 20 + 20 + 4 positions, the 33-token one 20 + 13; the others' logits fit as they are.
     prompt_lengths = [i["length"] for i in report.parity.inputs if i["kind"] == "prompt"]
-    assert sorted(shape[1] for shape in forwards) == sorted([1, 8, 64, *prompt_lengths])
-    assert head_positions.count(20) == 3 and head_positions.count(4) == 1 and 64 not in head_positions
-    assert report.perplexity.window == 20
+    assert sorted(shape[1] for shape in forwards) == sorted([1, 8, *[64] * 32, 33, *prompt_lengths])
+    assert head_positions.count(20) == 3 * 32 + 1 and head_positions.count(4) == 32
+    assert head_positions.count(13) == 1 and 64 not in head_positions
+    assert report.perplexity.window == 64 and report.perplexity.tokens == 2048
     assert report.parity.positions == 2 * (1 + 8) + 64 + sum(prompt_lengths)
     assert report.parity.max_abs_diff <= 1e-4 and report.parity.top1_agreement == 1.0

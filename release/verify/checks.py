@@ -19,11 +19,12 @@ weights' bytes, at least 8 MiB), whatever the vocabulary and context:
 Every reduction over the vocabulary runs on chunks of ``CHUNK_BYTES``, and freed memory is really given back
 (``heap_without_retention``, ``trim_heap``): glibc would otherwise keep freed activations resident.
 
-Perplexity uses non-overlapping windows (stride = window): inside a window each token is predicted from the
-tokens before it in that window; the first token of a window is not scored. Both sides score the first
-``perplexity_tokens`` tokens of the text (``perplexity_ids``; 2,048 by default). The window is the context length,
-shortened when a window's logits would exceed the budget; the report records it. This is exactly as good as a
-sliding window for comparing two implementations of one model, and much cheaper.
+Perplexity uses non-overlapping windows of the context length (stride = window): inside a window each token is
+predicted from the tokens before it in that window; the first token of a window is not scored. Both sides score
+the first ``perplexity_tokens`` tokens of the text (``perplexity_ids``; 2,048 by default), their logits made by
+position chunks like parity's. This is exactly as good as a sliding window for comparing two implementations of
+one model, and much cheaper. The first window, where it fills the context, is also parity's full-context row
+(``make_parity_inputs``): one forward on each side serves both.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import contextlib
 import dataclasses
 import math
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -199,10 +200,14 @@ def share_causal_masks(model, ckpt, *, device: torch.device | str = "cpu") -> in
 
 @dataclass
 class ParityInput:
+    """Rows both models run: their logits compared (``compared``), scored for perplexity (``scored``), or both."""
+
     key: str
     ids: torch.Tensor  # (B, T) int64
-    kind: str  # "random" | "prompt"
+    kind: str  # "random" | "prompt" | "text" (a perplexity window of the evaluation text)
     prompt: str | None = None
+    compared: bool = True
+    scored: bool = False
 
     def describe(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -212,23 +217,32 @@ class ParityInput:
         }
         if self.kind == "random":
             d["seed"] = PARITY_SEED
-        else:
+        elif self.kind == "prompt":
             d["prompt"] = self.prompt
         return d
 
 
 def make_parity_inputs(
-    vocab_size: int, block_size: int, prompts: Sequence[str], prompt_ids: Sequence[Sequence[int]]
+    vocab_size: int,
+    block_size: int,
+    prompts: Sequence[str],
+    prompt_ids: Sequence[Sequence[int]],
+    text_row: Sequence[int] | None = None,
 ) -> list[ParityInput]:
-    """Seeded random ids and each tokenized prompt.
+    """Seeded random ids, one full-context row and each tokenized prompt.
 
     Two short inputs in batches of ``PARITY_BATCH`` (1 token: no attention at all; ``SHORT_PARITY_LENGTH``
     tokens: rows that must not see each other) and one full-context row: every position embedding, the
-    longest attention, the whole causal mask. A second full-context row or a half-context pair would test
-    nothing these do not, at the price of another full context on each side.
+    longest attention, the whole causal mask. That row is ``text_row`` (the evaluation text's first perplexity
+    window) when it fills the context: one forward on each side then serves parity and perplexity. Otherwise it
+    is seeded random ids. A second full-context row or a half-context pair would test nothing these do not, at
+    the price of another full context on each side.
     """
     generator = torch.Generator().manual_seed(PARITY_SEED)
-    shapes = [(PARITY_BATCH, 1), (PARITY_BATCH, min(SHORT_PARITY_LENGTH, block_size)), (1, block_size)]
+    text = text_row is not None and len(text_row) == block_size
+    shapes = [(PARITY_BATCH, 1), (PARITY_BATCH, min(SHORT_PARITY_LENGTH, block_size))]
+    if not text:
+        shapes.append((1, block_size))
     inputs, seen = [], set()
     for batch, length in shapes:
         if length in seen:  # a context of 1 or of SHORT_PARITY_LENGTH tokens
@@ -236,6 +250,8 @@ def make_parity_inputs(
         seen.add(length)
         ids = torch.randint(0, vocab_size, (batch, length), generator=generator)
         inputs.append(ParityInput(f"random{length}", ids, "random"))
+    if text:
+        inputs.append(ParityInput("text0", torch.tensor([list(text_row)]), "text", scored=True))
     for i, (prompt, ids) in enumerate(zip(prompts, prompt_ids, strict=True)):
         inputs.append(ParityInput(f"prompt{i}", torch.tensor([list(ids)]), "prompt", prompt))
     return inputs
@@ -254,6 +270,44 @@ def perplexity_ids(ids: Sequence[int], *, window: int, tokens: int) -> list[int]
     """
     full, rest = divmod(tokens, window - 1)
     return list(ids[: full * window + (rest + 1 if rest else 0)])
+
+
+def text_inputs(windows: Sequence[Sequence[int]], *, skip_first: bool) -> list[ParityInput]:
+    """The perplexity windows as scored-only inputs: the full ones as one batch (``rows_per_forward`` splits it),
+    a shorter last one alone; without the first window where the parity pass scored it already."""
+    rest = list(windows[1:] if skip_first else windows)
+    full = [w for w in rest if len(w) == len(windows[0])]
+    short = [w for w in rest if len(w) != len(windows[0])]
+    batches = ([full] if full else []) + [[w] for w in short]
+    return [
+        ParityInput(f"text-batch{i}", torch.tensor(batch), "text", compared=False, scored=True)
+        for i, batch in enumerate(batches)
+    ]
+
+
+@dataclass
+class Scores:
+    """Summed next-token negative log-likelihood (float64) and the number of tokens it covers."""
+
+    total: float = 0.0
+    tokens: int = 0
+
+    def add(self, logits: torch.Tensor, ids: torch.Tensor, start: int) -> None:
+        """Score ``logits`` (n, V) of positions ``start``.. of the row ``ids`` (T,): each predicts the next id, the
+        row's last position nothing. Reduced in chunks of ``CHUNK_BYTES``."""
+        stop = min(start + logits.shape[0], ids.shape[0] - 1)
+        step = max(1, CHUNK_BYTES // (logits.shape[-1] * 8))
+        for i in range(start, stop, step):
+            j = min(i + step, stop)
+            part = logits[i - start : j - start].double()
+            self.total += F.cross_entropy(part, ids[i + 1 : j + 1].to(part.device), reduction="sum").item()
+            self.tokens += j - i
+
+    def __add__(self, other: Scores) -> Scores:
+        return Scores(self.total + other.total, self.tokens + other.tokens)
+
+    def figures(self) -> tuple[float, int]:
+        return self.total, self.tokens
 
 
 # --------------------------------------------------------------------------- the reference's logits
@@ -298,9 +352,17 @@ def _chunked_logits(
 
 @torch.no_grad()
 def candidate_logits(
-    model, inputs: Sequence[ParityInput], spill: Spill, *, budget: int, vocab_size: int, width: int
+    model,
+    inputs: Sequence[ParityInput],
+    spill: Spill,
+    *,
+    budget: int,
+    vocab_size: int,
+    width: int,
+    scores: Scores | None = None,
 ) -> int:
-    """Run the candidate on the parity inputs as users call it and spill its logits; returns the positions.
+    """Run the candidate on ``inputs`` as users call it: spill the logits of the compared ones, score the scored
+    ones into ``scores``. Returns the compared positions.
 
     A plain forward (``use_cache=False``, as for any scoring). Where its logits would exceed the budget (a
     full-context row of a large vocabulary on a small model), the same forward runs with its output layer
@@ -316,11 +378,11 @@ def candidate_logits(
             B, T = inp.ids.shape
             rows = rows_per_forward(B, T, width=width, n_layer=0, budget=budget)
             for r0 in range(0, B, rows):
-                ids = inp.ids[r0 : r0 + rows].to(device)
+                ids = inp.ids[r0 : r0 + rows]
                 b = ids.shape[0]
                 fits = b * T * vocab_size * 4 <= budget
                 state["cut"] = not fits
-                out = model(input_ids=ids, use_cache=False)
+                out = model(input_ids=ids.to(device), use_cache=False)
                 if fits:
                     chunks = iter([(0, T, out.logits)])
                 else:
@@ -334,8 +396,11 @@ def candidate_logits(
                             f"the reference has {vocab_size} per position"
                         )
                     for row in range(b):
-                        spill.append(f"{inp.key}.r{r0 + row}.logits", logits[row])  # (e-s, V)
-                    positions += b * (e - s)
+                        if inp.compared:
+                            spill.append(f"{inp.key}.r{r0 + row}.logits", logits[row])  # (e-s, V)
+                        if inp.scored and scores is not None:
+                            scores.add(logits[row], ids[row], s)
+                    positions += b * (e - s) if inp.compared else 0
                     del logits
                 del out, chunks
                 state.pop("normed", None)
@@ -379,8 +444,11 @@ class ParityFigures:
 
 
 @torch.no_grad()
-def compare_logits(model, inputs: Sequence[ParityInput], spill: Spill, *, budget: int) -> ParityFigures:
-    """Run the reference on the parity inputs and compare its logits with the candidate's spilled ones."""
+def compare_logits(
+    model, inputs: Sequence[ParityInput], spill: Spill, *, budget: int, scores: Scores | None = None
+) -> ParityFigures:
+    """Run the reference on ``inputs``: compare the logits of the compared ones with the candidate's spilled
+    ones, score the scored ones into ``scores``."""
     cfg = model.config
     V = cfg.vocab_size
     chunk = max(1, CHUNK_BYTES // (V * 8))
@@ -398,6 +466,10 @@ def compare_logits(model, inputs: Sequence[ParityInput], spill: Spill, *, budget
                     model.lm_head, normed, state, budget=budget, vocab_size=V
                 ):
                     for row in range(ids.shape[0]):
+                        if inp.scored and scores is not None:
+                            scores.add(logits[row], ids[row], s)
+                        if not inp.compared:
+                            continue
                         for i in range(0, e - s, chunk):
                             # Differences and argmax in float32 (the logits' own precision; widening is exact
                             # and keeps the order), sums and the log-probabilities of the KL in float64.
@@ -527,45 +599,6 @@ def perplexity(nll_sum: float, tokens: int) -> float:
         return float("nan")
     mean = nll_sum / tokens
     return math.exp(mean) if mean < 700 else float("inf")
-
-
-def perplexity_window(block_size: int, vocab_size: int, budget: int) -> int:
-    """The perplexity window: the context length, or fewer tokens if one window's logits exceed ``budget``."""
-    return max(2, min(block_size, budget // (vocab_size * 4)))
-
-
-def perplexity_nll(
-    logits_of: Callable[[torch.Tensor], torch.Tensor],
-    ids: Sequence[int],
-    *,
-    window: int,
-    vocab_size: int,
-    budget: int,
-    device: torch.device | str = "cpu",
-) -> tuple[float, int]:
-    """Summed next-token negative log-likelihood over ``eval_windows`` and the number of predicted tokens
-    (the windows' ids made on ``device``, where ``logits_of``'s model takes its inputs)."""
-    windows = eval_windows(ids, window)
-    full = [w for w in windows if len(w) == window]
-    per_batch = max(1, budget // (window * vocab_size * 4))
-    batches = [full[i : i + per_batch] for i in range(0, len(full), per_batch)]
-    batches += [[w] for w in windows if len(w) != window]
-    chunk = max(1, CHUNK_BYTES // (vocab_size * 8))
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for batch in batches:
-            x = torch.tensor(batch, device=device)
-            logits = logits_of(x)  # (b, T, V)
-            for row in range(x.shape[0]):
-                for i in range(0, x.shape[1] - 1, chunk):
-                    stop = min(i + chunk, x.shape[1] - 1)
-                    part = logits[row, i:stop].double()  # predicts tokens i+1 .. stop
-                    target = x[row, i + 1 : stop + 1].to(part.device)
-                    total += F.cross_entropy(part, target, reduction="sum").item()
-                    count += stop - i
-            del logits
-            trim_heap()
-    return total, count
 
 
 @torch.no_grad()

@@ -3,10 +3,12 @@
 ``verify_model`` compares a model folder (or a Hub revision) with the training module built from the original
 checkpoint: logits parity with per-layer localisation, perplexity on an evaluation text, greedy generation
 token for token (single prompts, a padded batch), seeded sampling, ``pipeline("text-generation")``,
-remote-code hygiene, and the card's code run verbatim in a fresh process (``release.verify.snippet``). The two models are never in memory together, and each does only what the comparison
-needs: the candidate runs first (its parity logits spilled to disk, its perplexity, every generation), then
-the reference compares its logits, scores the same tokens and checks the candidate's greedy continuations by
-teacher forcing (one forward per prompt); per-layer hidden states are computed only when parity failed. The
+remote-code hygiene, and the card's code run verbatim in a fresh process (``release.verify.snippet``). The two
+models are never in memory together, and each does only what the comparison needs: the candidate runs first (its
+parity logits spilled to disk, its perplexity, every generation), then the reference compares its logits, scores
+the same tokens and checks the candidate's greedy continuations by teacher forcing (one forward per prompt). The
+text's first window is parity's full-context row as well, so each side runs it once for both; per-layer hidden
+states are computed only when parity failed. The
 result is a ``VerificationReport`` (``verification.json`` + a Markdown summary). Both halves run on one device
 (``device``: the CPU by default, a GPU, or layers spread by accelerate), which the report names.
 
@@ -131,11 +133,11 @@ def verify_model(
     from release.demo import demo_text_path
     from release.verify.checks import (
         Spill,
+        eval_windows,
         heap_without_retention,
         logits_budget,
         make_parity_inputs,
         perplexity_ids,
-        perplexity_window,
         return_freed_memory,
     )
     from release.verify.hygiene import check_remote_code_hygiene
@@ -190,9 +192,12 @@ def verify_model(
         timings["preflight"] = time.perf_counter() - t
         block_size, vocab_size = ref_config.block_size, ref_config.vocab_size
         budget = logits_budget(weights_bytes)
-        window = perplexity_window(block_size, vocab_size, budget)
+        # Whole-context windows: their logits are made by position chunks within the budget, like parity's.
+        window = block_size
         ref_prompt_ids = [_encode(ref_tokenizer, p) for p in prompts]
         _check_fits(prompts, ref_prompt_ids, max_new_tokens, block_size)
+        eval_ids = perplexity_ids(_encode(ref_tokenizer, text), window=window, tokens=perplexity_tokens)
+        first_window = next(iter(eval_windows(eval_ids, window)), None)
         plan = _Plan(
             source=source,
             checkpoint=Path(checkpoint),
@@ -202,9 +207,9 @@ def verify_model(
             ref_prompt_ids=tuple(ref_prompt_ids),
             eos_token_id=ref_tokenizer.eos_token_id,
             text=text,
-            eval_ids=perplexity_ids(_encode(ref_tokenizer, text), window=window, tokens=perplexity_tokens),
+            eval_ids=eval_ids,
             perplexity_tokens=perplexity_tokens,
-            inputs=tuple(make_parity_inputs(vocab_size, block_size, prompts, ref_prompt_ids)),
+            inputs=tuple(make_parity_inputs(vocab_size, block_size, prompts, ref_prompt_ids, first_window)),
             n_hidden=ref_config.n_layer + 1,
             width=ref_config.n_embd,
             vocab_size=vocab_size,
@@ -322,7 +327,7 @@ class _Plan:
     text: str
     eval_ids: list[int]  # the text's tokens the reference scores
     perplexity_tokens: int
-    inputs: tuple  # checks.ParityInput
+    inputs: tuple  # checks.ParityInput; a full first window of eval_ids among them is scored as well
     n_hidden: int
     width: int
     vocab_size: int
@@ -409,28 +414,23 @@ def _candidate_half(plan: _Plan) -> CandidateFigures:
         if found.error is not None:
             return CandidateFigures(load_error=found.error)
         try:
+            forward = {"budget": plan.budget, "vocab_size": plan.vocab_size, "width": plan.width}
+            scored = checks.Scores()
             with _timing(plan, "candidate_parity"), _Finding("forward on the parity inputs") as parity:
-                checks.candidate_logits(
-                    model,
-                    plan.inputs,
-                    plan.spill,
-                    budget=plan.budget,
-                    vocab_size=plan.vocab_size,
-                    width=plan.width,
-                )
+                checks.candidate_logits(model, plan.inputs, plan.spill, scores=scored, **forward)
             nll = None
             with _timing(plan, "candidate_perplexity"), _Finding("scoring the text") as scoring:
+                # The candidate scores its own tokenizer's ids; where its first window is the reference's, the
+                # parity pass has scored it.
                 ids = checks.perplexity_ids(
                     _encode(tokenizer, plan.text), window=plan.window, tokens=plan.perplexity_tokens
                 )
-                nll = checks.perplexity_nll(
-                    _logits_of(model, candidate=True),
-                    ids,
-                    window=plan.window,
-                    vocab_size=plan.vocab_size,
-                    budget=plan.budget,
-                    device=checks.input_device(model),
-                )
+                windows = checks.eval_windows(ids, plan.window)
+                shared = parity.error is None and _scored_in_parity(plan, windows)
+                scores = scored if shared else checks.Scores()
+                rest = checks.text_inputs(windows, skip_first=shared) if windows else []
+                checks.candidate_logits(model, rest, plan.spill, scores=scores, **forward)
+                nll = scores.figures()
             with _timing(plan, "candidate_generation"):
                 generation = _candidate_generation(plan, model, tokenizer)
             return CandidateFigures(
@@ -456,20 +456,21 @@ def _reference_half(plan: _Plan, candidate: CandidateFigures, gates: Gates) -> R
         model = plan.device.place(model)
     try:
         parity, parity_error = None, None
+        scored = checks.Scores()
         if candidate.parity_error is None:
             with _timing(plan, "reference_parity"):
                 with _Finding("the reference's forward on the parity inputs") as found:
-                    parity = checks.compare_logits(model, plan.inputs, plan.spill, budget=plan.budget)
+                    parity = checks.compare_logits(
+                        model, plan.inputs, plan.spill, budget=plan.budget, scores=scored
+                    )
             parity_error = found.error
         with _timing(plan, "reference_perplexity"):
-            nll = checks.perplexity_nll(
-                _logits_of(model, candidate=False),
-                plan.eval_ids,
-                window=plan.window,
-                vocab_size=plan.vocab_size,
-                budget=plan.budget,
-                device=checks.input_device(model),
-            )
+            windows = checks.eval_windows(plan.eval_ids, plan.window)
+            shared = parity is not None and _scored_in_parity(plan, windows)
+            scores = scored if shared else checks.Scores()
+            rest = checks.text_inputs(windows, skip_first=shared) if windows else []
+            checks.compare_logits(model, rest, plan.spill, budget=plan.budget, scores=scores)
+            nll = scores.figures()
         with _timing(plan, "reference_greedy"):
             verdicts = tuple(
                 None
@@ -497,11 +498,10 @@ def _reference_half(plan: _Plan, candidate: CandidateFigures, gates: Gates) -> R
         del ckpt
 
 
-def _logits_of(model, *, candidate: bool):
-    """Logits as each side is called: the candidate as users call it, the training module's ``(logits, loss)``."""
-    if candidate:
-        return lambda x: model(input_ids=x, use_cache=False).logits
-    return lambda x: model(x)[0]
+def _scored_in_parity(plan: _Plan, windows: list[list[int]]) -> bool:
+    """Whether the parity inputs include ``windows[0]`` as a scored row (it fills the context)."""
+    scored = [inp.ids[0].tolist() for inp in plan.inputs if inp.scored]
+    return bool(windows) and scored == [windows[0]]
 
 
 def _locate(plan: _Plan, reference: ReferenceFigures, gates: Gates) -> ReferenceFigures:
