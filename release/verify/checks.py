@@ -272,16 +272,15 @@ def perplexity_ids(ids: Sequence[int], *, window: int, tokens: int) -> list[int]
     return list(ids[: full * window + (rest + 1 if rest else 0)])
 
 
-def text_inputs(windows: Sequence[Sequence[int]], *, skip_first: bool) -> list[ParityInput]:
-    """The perplexity windows as scored-only inputs: the full ones as one batch (``rows_per_forward`` splits it),
-    a shorter last one alone; without the first window where the parity pass scored it already."""
-    rest = list(windows[1:] if skip_first else windows)
-    full = [w for w in rest if len(w) == len(windows[0])]
-    short = [w for w in rest if len(w) != len(windows[0])]
-    batches = ([full] if full else []) + [[w] for w in short]
+def text_inputs(windows: Sequence[Sequence[int]]) -> list[ParityInput]:
+    """Perplexity windows as scored-only inputs, one batch per length (``rows_per_forward`` splits it): the full
+    windows together, a shorter last one alone."""
+    batches: dict[int, list[list[int]]] = {}
+    for w in windows:
+        batches.setdefault(len(w), []).append(list(w))
     return [
-        ParityInput(f"text-batch{i}", torch.tensor(batch), "text", compared=False, scored=True)
-        for i, batch in enumerate(batches)
+        ParityInput(f"text{n}", torch.tensor(b), "text", compared=False, scored=True)
+        for n, b in batches.items()
     ]
 
 
@@ -302,9 +301,6 @@ class Scores:
             part = logits[i - start : j - start].double()
             self.total += F.cross_entropy(part, ids[i + 1 : j + 1].to(part.device), reduction="sum").item()
             self.tokens += j - i
-
-    def __add__(self, other: Scores) -> Scores:
-        return Scores(self.total + other.total, self.tokens + other.tokens)
 
     def figures(self) -> tuple[float, int]:
         return self.total, self.tokens

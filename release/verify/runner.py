@@ -425,10 +425,7 @@ def _candidate_half(plan: _Plan) -> CandidateFigures:
                 ids = checks.perplexity_ids(
                     _encode(tokenizer, plan.text), window=plan.window, tokens=plan.perplexity_tokens
                 )
-                windows = checks.eval_windows(ids, plan.window)
-                shared = parity.error is None and _scored_in_parity(plan, windows)
-                scores = scored if shared else checks.Scores()
-                rest = checks.text_inputs(windows, skip_first=shared) if windows else []
+                rest, scores = _rest_of_text(plan, ids, scored if parity.error is None else None)
                 checks.candidate_logits(model, rest, plan.spill, scores=scores, **forward)
                 nll = scores.figures()
             with _timing(plan, "candidate_generation"):
@@ -465,10 +462,7 @@ def _reference_half(plan: _Plan, candidate: CandidateFigures, gates: Gates) -> R
                     )
             parity_error = found.error
         with _timing(plan, "reference_perplexity"):
-            windows = checks.eval_windows(plan.eval_ids, plan.window)
-            shared = parity is not None and _scored_in_parity(plan, windows)
-            scores = scored if shared else checks.Scores()
-            rest = checks.text_inputs(windows, skip_first=shared) if windows else []
+            rest, scores = _rest_of_text(plan, plan.eval_ids, scored if parity is not None else None)
             checks.compare_logits(model, rest, plan.spill, budget=plan.budget, scores=scores)
             nll = scores.figures()
         with _timing(plan, "reference_greedy"):
@@ -498,10 +492,15 @@ def _reference_half(plan: _Plan, candidate: CandidateFigures, gates: Gates) -> R
         del ckpt
 
 
-def _scored_in_parity(plan: _Plan, windows: list[list[int]]) -> bool:
-    """Whether the parity inputs include ``windows[0]`` as a scored row (it fills the context)."""
-    scored = [inp.ids[0].tolist() for inp in plan.inputs if inp.scored]
-    return bool(windows) and scored == [windows[0]]
+def _rest_of_text(plan: _Plan, ids: list[int], scored) -> tuple[list, Any]:
+    """The perplexity windows of ``ids`` still to run, and the ``checks.Scores`` to add them to: ``scored`` (what
+    the parity pass scored, None where it failed) without the first window where that was it."""
+    from release.verify import checks
+
+    windows = checks.eval_windows(ids, plan.window)
+    first = next((inp.ids[0].tolist() for inp in plan.inputs if inp.scored), None)
+    shared = scored is not None and windows[:1] == [first]
+    return checks.text_inputs(windows[shared:]), scored if shared else checks.Scores()
 
 
 def _locate(plan: _Plan, reference: ReferenceFigures, gates: Gates) -> ReferenceFigures:
