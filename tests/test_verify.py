@@ -493,6 +493,40 @@ def test_tokenizer_other_than_the_training_one_fails_perplexity(release, tmp_pat
     assert "> 1e-03" in line
 
 
+def test_a_candidate_whose_tokenizer_splits_the_text_otherwise_scores_its_own_windows(release, tmp_path):
+    import math
+
+    import torch
+    from torch.nn import functional as F
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from release.verify.runner import verify_model
+
+    folder = release.copy(tmp_path / "model")
+    other = train_tokenizer(demo_text(), tmp_path / "other_tokenizer", vocab_size=320)
+    for f in other.iterdir():
+        shutil.copy2(f, folder / f.name)
+    # The whole default text: the reference's first window is parity's full-context row, the candidate's is not.
+    report = verify_model(folder, **{**release.fast(), "eval_text": None})
+    assert [i["kind"] for i in report.parity.inputs].count("text") == 1
+    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+    ids = AutoTokenizer.from_pretrained(folder)(demo_text(), verbose=False)["input_ids"]
+    window = report.perplexity.window
+    full, rest = divmod(
+        2048, window - 1
+    )  # windows that score 2,048 tokens: `full` whole ones and `rest` more
+    ids = ids[: full * window + rest + 1]
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(ids), window):
+            w = torch.tensor([ids[start : start + window]])
+            logits = model(input_ids=w, use_cache=False).logits[0, :-1].double()
+            total += float(F.cross_entropy(logits, w[0, 1:], reduction="sum"))
+            count += w.shape[1] - 1
+    assert report.perplexity.candidate_tokens == count == 2048
+    assert abs(report.perplexity.candidate - math.exp(total / count)) <= 1e-9 * math.exp(total / count)
+
+
 def test_broken_modeling_file_fails_load_and_hygiene_and_still_reports(release, tmp_path):
     from release.verify.runner import verify_model
 
