@@ -8,9 +8,9 @@ models are never in memory together, and each does only what the comparison need
 parity logits spilled to disk, its perplexity, every generation), then the reference compares its logits, scores
 the same tokens and checks the candidate's greedy continuations by teacher forcing (one forward per prompt). The
 text's first window is parity's full-context row as well, so each side runs it once for both; per-layer hidden
-states are computed only when parity failed. The
-result is a ``VerificationReport`` (``verification.json`` + a Markdown summary). Both halves run on one device
-(``device``: the CPU by default, a GPU, or layers spread by accelerate), which the report names.
+states are computed only when parity failed. The result is a ``VerificationReport`` (``verification.json`` + a
+Markdown summary). Both halves run on one device (``device``: the CPU by default, a GPU, or layers spread by
+accelerate), which the report names.
 
 ``check_generation_against_report`` repeats the generation check on a published revision without the
 checkpoint (the expected tokens are in the report): the gate that runs after an upload and before a tag is
