@@ -500,6 +500,7 @@ def test_a_candidate_whose_tokenizer_splits_the_text_otherwise_scores_its_own_wi
     from torch.nn import functional as F
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from release.verify.loading import fresh_remote_code_modules
     from release.verify.runner import verify_model
 
     folder = release.copy(tmp_path / "model")
@@ -509,7 +510,8 @@ def test_a_candidate_whose_tokenizer_splits_the_text_otherwise_scores_its_own_wi
     # The whole default text: the reference's first window is parity's full-context row, the candidate's is not.
     report = verify_model(folder, **{**release.fast(), "eval_text": None})
     assert [i["kind"] for i in report.parity.inputs].count("text") == 1
-    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+    with fresh_remote_code_modules():  # as verify loads it: no modules cache left by another test
+        model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
     ids = AutoTokenizer.from_pretrained(folder)(demo_text(), verbose=False)["input_ids"]
     window = report.perplexity.window
     full, rest = divmod(
