@@ -49,7 +49,7 @@ EOS = TOKENIZER_VOCAB - 1  # the tokenizer's <|endoftext|>
 
 def _restamp_report(folder: Path, report_from: Path | None = None) -> None:
     """Make verification.json vouch for the folder's current files, as if verify had passed on them."""
-    from release.verify.loading import folder_file_hashes
+    from release._io import hash_folder as folder_file_hashes
 
     path = folder.parent / "verification.json"
     report = json.loads((report_from or path).read_text())

@@ -60,8 +60,8 @@ class Harness:
     def __init__(self, hub, folder: Path, monkeypatch: pytest.MonkeyPatch):
         import release.verify.runner
         import release.verify.snippet
+        from release._io import hash_folder as folder_file_hashes
         from release.publish.plan import read_release_folder
-        from release.verify.loading import folder_file_hashes
 
         real_check = release.verify.runner.check_generation_against_report
         answers: dict[tuple, list[str]] = {}

@@ -90,14 +90,15 @@ def check_hub_revision(
         CompatError: The report does not describe this revision, or see ``run_compat_matrix``.
         VerificationError, UsageError: The revision cannot be downloaded.
     """
-    from release.verify.loading import candidate_source, folder_file_hashes
+    from release._io import hash_folder
+    from release.verify.loading import candidate_source
     from release.verify.runner import ALLOWED_EXTRA_FILES
 
     verified = report.get("model", {}).get("files") if isinstance(report.get("model"), dict) else None
     if not isinstance(verified, dict) or not verified:
         raise CompatError("the verification report has no model.files map; it cannot vouch for a revision")
     with candidate_source(repo_id, revision) as source:
-        files = folder_file_hashes(source.folder)
+        files = hash_folder(source.folder)
         extra = {
             p
             for p in set(files) - set(verified)

@@ -355,7 +355,7 @@ def candidate_logits(
     budget: int,
     vocab_size: int,
     width: int,
-    scores: Scores | None = None,
+    scores: Scores,
 ) -> int:
     """Run the candidate on ``inputs`` as users call it: spill the logits of the compared ones, score the scored
     ones into ``scores``. Returns the compared positions.
@@ -394,7 +394,7 @@ def candidate_logits(
                     for row in range(b):
                         if inp.compared:
                             spill.append(f"{inp.key}.r{r0 + row}.logits", logits[row])  # (e-s, V)
-                        if inp.scored and scores is not None:
+                        if inp.scored:
                             scores.add(logits[row], ids[row], s)
                     positions += b * (e - s) if inp.compared else 0
                     del logits
@@ -441,7 +441,7 @@ class ParityFigures:
 
 @torch.no_grad()
 def compare_logits(
-    model, inputs: Sequence[ParityInput], spill: Spill, *, budget: int, scores: Scores | None = None
+    model, inputs: Sequence[ParityInput], spill: Spill, *, budget: int, scores: Scores
 ) -> ParityFigures:
     """Run the reference on ``inputs``: compare the logits of the compared ones with the candidate's spilled
     ones, score the scored ones into ``scores``."""
@@ -462,7 +462,7 @@ def compare_logits(
                     model.lm_head, normed, state, budget=budget, vocab_size=V
                 ):
                     for row in range(ids.shape[0]):
-                        if inp.scored and scores is not None:
+                        if inp.scored:
                             scores.add(logits[row], ids[row], s)
                         if not inp.compared:
                             continue

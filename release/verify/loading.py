@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from release._io import attrs_dict, first_line, hash_folder
+from release._io import attrs_dict, first_line
 from release.auth import read_token
 from release.errors import UsageError, VerificationError
 
@@ -160,9 +160,6 @@ def candidate_source(model: str | Path, revision: str | None) -> Iterator[Candid
             commit=snapshot.name,  # snapshots/<commit sha>/
             cache_dir=Path(tmp),
         )
-
-
-folder_file_hashes = hash_folder  # {relative posix path: sha256} of every file under a folder
 
 
 def load_candidate(source: CandidateSource, device: Device | None = None):

@@ -129,6 +129,7 @@ def verify_model(
         TokenizerError: The training tokenizer cannot be loaded.
         VerificationError: A Hub revision cannot be downloaded.
     """
+    from release._io import hash_folder
     from release.checkpoint import background_digest, open_checkpoint, reference_config
     from release.demo import demo_text_path
     from release.verify.checks import (
@@ -141,7 +142,7 @@ def verify_model(
         return_freed_memory,
     )
     from release.verify.hygiene import check_remote_code_hygiene
-    from release.verify.loading import candidate_source, folder_file_hashes, library_versions, resolve_device
+    from release.verify.loading import candidate_source, library_versions, resolve_device
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -166,7 +167,7 @@ def verify_model(
         source = stack.enter_context(candidate_source(model, revision))
         t = time.perf_counter()
         hygiene = check_remote_code_hygiene(source.folder)
-        files = folder_file_hashes(source.folder)
+        files = hash_folder(source.folder)
         timings["hygiene"] = time.perf_counter() - t
 
         # ---- before either model is loaded: the checkpoint is one of this model, the prompts fit
@@ -895,8 +896,9 @@ def check_generation_against_report(
     Returns:
         One line per problem; empty when everything matches.
     """
+    from release._io import hash_folder
     from release.errors import ReportError
-    from release.verify.loading import candidate_source, folder_file_hashes, fresh_remote_code_modules
+    from release.verify.loading import candidate_source, fresh_remote_code_modules
 
     try:
         if not isinstance(report, VerificationReport):
@@ -914,7 +916,7 @@ def check_generation_against_report(
             source = stack.enter_context(candidate_source(model, revision))
         except ReleaseError as exc:
             return [f"model: {exc}"]
-        files = folder_file_hashes(source.folder)
+        files = hash_folder(source.folder)
         for rel, sha in sorted(expected_files.items()):
             if rel not in files:
                 failures.append(f"files: {rel} was verified but is missing")

@@ -207,10 +207,10 @@ def stage_hub_cache(
     The layout is huggingface_hub's own cache (``models--a--b/snapshots/<commit>``, ``refs/<revision>``); the
     files are symlinks to ``folder``'s, so nothing is copied.
     """
-    from release.verify.loading import folder_file_hashes
+    from release._io import hash_folder
 
     folder = Path(folder).resolve()
-    files = folder_file_hashes(folder)
+    files = hash_folder(folder)
     commit = commit or snapshot_commit(files)
     hub_cache.mkdir(parents=True, exist_ok=True)
     (hub_cache / "version.txt").write_text("1", encoding="utf-8")  # transformers 4.x: a current cache layout
